@@ -1,0 +1,379 @@
+"""Read and write Caffe files without Caffe: prototxt (text), caffemodel (binary), solver, solverstate.
+
+Every reader raises :class:`~sfport.errors.CaffeFileError` (one line: file, position, what is wrong) for bad
+input, and applies Caffe's legacy upgrades (:mod:`sfport.upgrade`), listing what it did.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from sfport.errors import CaffeFileError
+from sfport.protos import caffe_pb2
+from sfport import upgrade, wire
+
+TEXT = "text"
+BINARY = "binary"
+
+_TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt"}
+_BINARY_SUFFIXES = {".caffemodel", ".solverstate", ".binaryproto"}
+_SNIFF_BYTES = 65536
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bytes in, bytes out
+# --------------------------------------------------------------------------------------------------------
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes, or a one-line error for a missing, unreadable or empty file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise CaffeFileError(path, "no such file") from None
+    except IsADirectoryError:
+        raise CaffeFileError(path, "is a directory, not a file") from None
+    except PermissionError:
+        raise CaffeFileError(path, "permission denied") from None
+    except OSError as e:
+        raise CaffeFileError(path, f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise CaffeFileError(path, "empty file")
+    return data
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def sniff(data: bytes) -> str:
+    """Protobuf text or binary? Text has (almost) no control bytes; binary protobuf is full of them."""
+    sample = data[:_SNIFF_BYTES]
+    control = sum(sample.count(bytes([b])) for b in range(32) if b not in (9, 10, 11, 12, 13))
+    control += sample.count(b"\x7f")
+    # A text file with a few damaged bytes stays text (and gets a line:column error from the parser).
+    return BINARY if control > max(2, len(sample) // 100) else TEXT
+
+
+def _kind_by_suffix(path: str | os.PathLike) -> str | None:
+    suffix = Path(path).suffix.lower()
+    if suffix in _TEXT_SUFFIXES:
+        return TEXT
+    if suffix in _BINARY_SUFFIXES:
+        return BINARY
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------------
+
+def _parse_text(path, data: bytes, message):
+    text = data.decode("utf-8", errors="replace")
+    try:
+        text_format.Merge(text, message)  # Merge: a repeated singular field keeps the last value, as protobuf 2
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        msg = str(e)
+        prefix = f"{line}:{col} : "
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+        where = f"{path}:{line}:{col}" if line is not None else str(path)
+        raise CaffeFileError(where, f"syntax error: {msg}") from None
+    return message
+
+
+def _parses_as(data: bytes, message) -> bool:
+    try:
+        text_format.Merge(data.decode("utf-8", errors="replace"), message)
+    except text_format.ParseError:
+        return False
+    return True
+
+
+def _parse_binary(path, data: bytes, message, spec: dict | None, what: str):
+    values: dict[tuple, wire.BlobValues] = {}
+    try:
+        if spec is not None:
+            data, values = wire.strip_blobs(data, spec)
+        message.ParseFromString(data)
+    except (wire.WireError, DecodeError, RuntimeError, ValueError) as e:
+        detail = str(e) or "protobuf decoding failed"
+        raise CaffeFileError(path, f"not a valid binary {what} (truncated or corrupt file?): {detail}") from None
+    return message, values
+
+
+def _blob_shape(blob) -> tuple[int, ...]:
+    """Caffe Blob::FromProto: the legacy 4-D num/channels/height/width when any is set, else ``shape``."""
+    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
+        return (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
+
+
+def _take_message_values(blob, values: wire.BlobValues) -> None:
+    """Move values that protobuf parsed itself (text files, unpacked encodings) into ``values``."""
+    for name, dtype in (("data", "<f4"), ("diff", "<f4"), ("double_data", "<f8"), ("double_diff", "<f8")):
+        field_values = getattr(blob, name)
+        if len(field_values):
+            arr = np.array(field_values, dtype=dtype)
+            if name in values.arrays:
+                arr = np.concatenate([values.arrays[name], arr])
+            values.arrays[name] = arr
+            blob.ClearField(name)
+
+
+def _check_blob(path, where: str, blob, values: wire.BlobValues) -> None:
+    shape = _blob_shape(blob)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(d < 0 for d in shape):
+        raise CaffeFileError(path, f"{where}: negative dimension in blob shape {shape}")
+    stored = values.arrays.get("data")
+    if stored is None:
+        stored = values.arrays.get("double_data")
+    n = 0 if stored is None else stored.size
+    if n != count:
+        raise CaffeFileError(path, f"{where}: blob holds {n} values but its shape {list(shape)} needs {count}")
+    for name in ("diff", "double_diff"):
+        d = values.arrays.get(name)
+        if d is not None and d.size != count:
+            raise CaffeFileError(path, f"{where}: blob {name} holds {d.size} values but its shape needs {count}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Nets and models
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CaffeModel:
+    """A Caffe net as read from disk: the (upgraded) NetParameter and its blobs' values.
+
+    ``net`` holds the whole definition; its ``BlobProto`` messages keep their shapes but not their values,
+    which live in ``values[i][j]`` for blob ``j`` of ``net.layer[i]`` (numpy, possibly read-only views of the
+    file). ``upgrades`` lists the legacy conversions applied, in Caffe's words.
+    """
+    path: str | None
+    net: caffe_pb2.NetParameter
+    values: list[list[wire.BlobValues]]
+    upgrades: list[str] = field(default_factory=list)
+    kind: str = BINARY
+
+    def blob_arrays(self, layer_index: int) -> list[np.ndarray]:
+        """The layer's parameter blobs as arrays in their stored shape (float32, or float64 if so stored)."""
+        out = []
+        for blob, vals in zip(self.net.layer[layer_index].blobs, self.values[layer_index]):
+            arr = vals.arrays.get("data")
+            if arr is None:
+                arr = vals.arrays.get("double_data")
+            out.append(arr.reshape(_blob_shape(blob)))
+        return out
+
+    @property
+    def params(self) -> dict[str, list[np.ndarray]]:
+        """Layer name -> parameter arrays, for layers that have blobs (first layer wins on duplicate names)."""
+        out: dict[str, list[np.ndarray]] = {}
+        for i, layer in enumerate(self.net.layer):
+            if len(layer.blobs) and layer.name not in out:
+                out[layer.name] = self.blob_arrays(i)
+        return out
+
+    def has_weights(self) -> bool:
+        return any(len(layer.blobs) for layer in self.net.layer)
+
+
+def iter_blob_messages(net) -> Iterator[tuple[tuple, object]]:
+    """(wire path, BlobProto) for every blob of a NetParameter, in the order the schema stores them."""
+    for i, v1 in enumerate(net.layers):
+        for j, b in enumerate(v1.blobs):
+            yield ((2, i), (6, j)), b
+        if v1.HasField("layer"):
+            for j, b in enumerate(v1.layer.blobs):
+                yield ((2, i), (1, 0), (50, j)), b
+    for i, layer in enumerate(net.layer):
+        for j, b in enumerate(layer.blobs):
+            yield ((100, i), (7, j)), b
+
+
+def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
+    net = caffe_pb2.NetParameter()
+    if kind == TEXT:
+        try:
+            _parse_text(path, data, net)
+        except CaffeFileError:
+            if _parses_as(data, caffe_pb2.SolverParameter()):
+                raise CaffeFileError(path, "is a solver prototxt, not a net definition") from None
+            raise
+        values = {}
+    else:
+        net, values = _parse_binary(path, data, net, wire.NET_SPEC, "Caffe NetParameter")
+    # Values in the order the blobs appear, so they follow their blobs through the upgrades.
+    ordered = []
+    for key, blob in iter_blob_messages(net):
+        vals = values.pop(key, None) or wire.BlobValues()
+        _take_message_values(blob, vals)
+        ordered.append(vals)
+    if values:
+        raise CaffeFileError(path, "blob values found where the schema has no blob")
+    notes = upgrade.upgrade_net(net, path=path)
+    blobs = [list(layer.blobs) for layer in net.layer]
+    if sum(len(b) for b in blobs) != len(ordered):
+        raise CaffeFileError(path, "legacy upgrade lost parameter blobs (mixed V1 'layers' and 'layer' fields?)")
+    values_by_layer: list[list[wire.BlobValues]] = []
+    k = 0
+    for i, layer in enumerate(net.layer):
+        row = ordered[k:k + len(layer.blobs)]
+        k += len(layer.blobs)
+        for j, (b, v) in enumerate(zip(layer.blobs, row)):
+            _check_blob(path, f"layer '{layer.name}' ({layer.type}) blob {j}", b, v)
+        values_by_layer.append(row)
+    return CaffeModel(str(path), net, values_by_layer, notes, kind)
+
+
+def read_net(path: str | os.PathLike, role: str = "any") -> CaffeModel:
+    """Read a net from a text prototxt or a binary caffemodel (sniffed), upgraded to the current format.
+
+    ``role`` says what the caller needs: ``"definition"`` (a text prototxt, as Caffe requires for nets),
+    ``"weights"`` (a binary caffemodel with blobs), or ``"any"``.
+    """
+    data = read_bytes(path)
+    kind = sniff(data)
+    if role == "definition" and kind == BINARY:
+        raise CaffeFileError(path, "is a binary protobuf (a .caffemodel?), but a text .prototxt net "
+                                   "definition was expected")
+    if role == "weights" and kind == TEXT:
+        raise CaffeFileError(path, "is a text prototxt, but a binary .caffemodel with weights was expected")
+    if role == "any" and kind == TEXT and _kind_by_suffix(path) == BINARY:
+        raise CaffeFileError(path, "is text (a .prototxt?) but named like a binary Caffe file")
+    if role == "any" and kind == BINARY and _kind_by_suffix(path) == TEXT:
+        raise CaffeFileError(path, "is binary (a .caffemodel?) but named like a text .prototxt")
+    model = _net_from_bytes(path, data, kind)
+    if kind == BINARY and not len(model.net.layer) and not model.net.name:
+        raise CaffeFileError(path, "decodes as protobuf but holds no Caffe layers (not a caffemodel?)")
+    return model
+
+
+def read_prototxt(path: str | os.PathLike) -> CaffeModel:
+    """A text net definition (deploy or train/test prototxt)."""
+    return read_net(path, role="definition")
+
+
+def read_caffemodel(path: str | os.PathLike) -> CaffeModel:
+    """A binary caffemodel: the net Caffe stored with the weights, and the weights."""
+    return read_net(path, role="weights")
+
+
+def net_to_bytes(model: CaffeModel) -> bytes:
+    """Binary NetParameter of ``model``, values included: exactly what Caffe's WriteProtoToBinaryFile writes."""
+    stripped = model.net.SerializeToString()
+    values = {}
+    for i, row in enumerate(model.values):
+        for j, vals in enumerate(row):
+            values[((100, i), (7, j))] = vals
+    return wire.splice_blobs(stripped, wire.NET_SPEC, values)
+
+
+def write_caffemodel(path: str | os.PathLike, model: CaffeModel) -> None:
+    """Write a binary caffemodel (atomically)."""
+    atomic_write(path, net_to_bytes(model))
+
+
+def net_to_text(net) -> str:
+    """Protobuf text of a NetParameter (values stripped by the readers are not part of ``net``)."""
+    return text_format.MessageToString(net)
+
+
+def write_prototxt(path: str | os.PathLike, net) -> None:
+    """Write a net definition as a text prototxt (atomically); blob values are never written to text."""
+    definition = caffe_pb2.NetParameter()
+    definition.CopyFrom(net)
+    for layer in definition.layer:
+        layer.ClearField("blobs")
+    atomic_write(path, net_to_text(definition).encode())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Solvers and solver states
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Solver:
+    path: str | None
+    param: caffe_pb2.SolverParameter
+    upgrades: list[str] = field(default_factory=list)
+
+
+def read_solver(path: str | os.PathLike) -> Solver:
+    """A text solver prototxt, upgraded as Caffe's UpgradeSolverAsNeeded does."""
+    data = read_bytes(path)
+    if sniff(data) == BINARY:
+        raise CaffeFileError(path, "is a binary protobuf, but a text solver .prototxt was expected")
+    try:
+        param = _parse_text(path, data, caffe_pb2.SolverParameter())
+    except CaffeFileError:
+        if _parses_as(data, caffe_pb2.NetParameter()):
+            raise CaffeFileError(path, "is a net definition, not a solver prototxt") from None
+        raise
+    try:
+        notes = upgrade.upgrade_solver(param)
+    except ValueError as e:
+        raise CaffeFileError(path, str(e)) from None
+    return Solver(str(path), param, notes)
+
+
+@dataclass
+class SolverStateFile:
+    """A ``.solverstate``: iteration, lr step, learned_net and one momentum history array per learnable blob."""
+    path: str | None
+    state: caffe_pb2.SolverState
+    history: list[np.ndarray]
+
+
+def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
+    data = read_bytes(path)
+    if sniff(data) == TEXT:
+        raise CaffeFileError(path, "is text, but a binary .solverstate was expected")
+    state, values = _parse_binary(path, data, caffe_pb2.SolverState(), wire.SOLVERSTATE_SPEC, "Caffe SolverState")
+    history = []
+    for j, blob in enumerate(state.history):
+        vals = values.pop(((3, j),), None) or wire.BlobValues()
+        _take_message_values(blob, vals)
+        _check_blob(path, f"history blob {j}", blob, vals)
+        arr = vals.arrays.get("data")
+        if arr is None:
+            arr = vals.arrays.get("double_data")
+        history.append(arr.reshape(_blob_shape(blob)))
+    return SolverStateFile(str(path), state, history)
+
+
+def write_solverstate(path: str | os.PathLike, state, history: list[np.ndarray]) -> None:
+    """Write a binary ``.solverstate`` (atomically); history blobs get their shapes from the arrays."""
+    msg = caffe_pb2.SolverState()
+    msg.CopyFrom(state)
+    del msg.history[:]
+    values = {}
+    for j, arr in enumerate(history):
+        blob = msg.history.add()
+        blob.shape.dim.extend(int(d) for d in np.shape(arr))
+        values[((3, j),)] = wire.BlobValues({"data": np.asarray(arr, dtype="<f4").ravel()})
+    atomic_write(path, wire.splice_blobs(msg.SerializeToString(), wire.SOLVERSTATE_SPEC, values))

@@ -1,0 +1,129 @@
+"""A net definition merged with weights by layer name, and the per-layer summary ``sfport inspect`` prints."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sfport import shapes, wire
+from sfport.errors import CaffeFileError
+from sfport.io import CaffeModel, _blob_shape
+from sfport.protos import caffe_pb2
+
+
+@dataclass
+class MergeReport:
+    """What ``merge`` did, in the terms of Caffe's Net::CopyTrainedLayersFrom."""
+    copied: list[str] = field(default_factory=list)
+    layers_without_weights: list[str] = field(default_factory=list)   # expect parameters, none in the weights
+    weights_without_layers: list[str] = field(default_factory=list)   # in the weights, not in the definition
+    mismatches: list[str] = field(default_factory=list)               # "layer 'x' blob 0: weights [..], net [..]"
+
+    def as_dict(self) -> dict:
+        return {"copied": self.copied, "layers_without_weights": self.layers_without_weights,
+                "weights_without_layers": self.weights_without_layers, "mismatches": self.mismatches}
+
+
+def _shape_matches(blob, expected: tuple) -> bool:
+    """Caffe Blob::ShapeEquals: a legacy 4-D blob matches a shape of <= 4 axes padded with leading 1s."""
+    stored = _blob_shape(blob)
+    legacy = blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width")
+    if legacy and len(expected) <= 4:
+        return stored == (1,) * (4 - len(expected)) + tuple(expected)
+    return stored == tuple(expected)
+
+
+def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TEST,
+          strict: bool = True) -> tuple[CaffeModel, MergeReport]:
+    """Copy the blobs of ``weights`` into the layers of ``definition`` with the same name.
+
+    Layers of the definition that would have parameters but find none keep none (Caffe leaves them to their
+    fillers); weight layers without a definition layer are ignored. A blob count or shape that disagrees with
+    what the definition needs raises :class:`CaffeFileError` naming both files, unless ``strict`` is false.
+    """
+    report = MergeReport()
+    source = {}
+    for i, layer in enumerate(weights.net.layer):
+        if len(layer.blobs):
+            source[layer.name] = i  # Caffe's layer_names_index_: the last layer of a name wins
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(definition.net)
+    expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
+    values: list[list[wire.BlobValues]] = []
+    used = set()
+    for i, layer in enumerate(net.layer):
+        del layer.blobs[:]
+        src_i = source.get(layer.name)
+        need = expected.get(i)
+        if src_i is None:
+            values.append([])
+            if need:
+                report.layers_without_weights.append(layer.name)
+            continue
+        used.add(layer.name)
+        src = weights.net.layer[src_i]
+        problems = []
+        if need is not None and len(need) != len(src.blobs):
+            problems.append(f"layer '{layer.name}' ({layer.type}): the weights have {len(src.blobs)} blobs, "
+                            f"the net needs {len(need)}")
+        elif need is not None:
+            for j, (blob, shape) in enumerate(zip(src.blobs, need)):
+                if not _shape_matches(blob, shape):
+                    problems.append(f"layer '{layer.name}' ({layer.type}) blob {j}: weights have shape "
+                                    f"{list(_blob_shape(blob))}, the net needs {list(shape)}")
+        if problems and strict:
+            raise CaffeFileError(weights.path, f"does not fit {definition.path}: {problems[0]}"
+                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        report.mismatches.extend(problems)
+        layer.blobs.extend(src.blobs)
+        values.append(list(weights.values[src_i]))
+        report.copied.append(layer.name)
+    report.weights_without_layers = [n for n in source if n not in used]
+    merged = CaffeModel(weights.path, net, values, definition.upgrades + weights.upgrades, weights.kind)
+    return merged, report
+
+
+@dataclass
+class LayerRow:
+    index: int
+    name: str
+    type: str
+    bottoms: list[str]
+    tops: list[str]
+    blob_shapes: list[list[int]]
+    params: int
+    phase: str = ""
+    inferred: bool = False        # blob shapes inferred from the definition, not read from weights
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "type": self.type, "bottoms": self.bottoms,
+                "tops": self.tops, "blob_shapes": self.blob_shapes, "params": self.params, "phase": self.phase,
+                "shapes_inferred": self.inferred}
+
+
+def _phase_label(layer) -> str:
+    parts = []
+    for kind, rules in (("include", layer.include), ("exclude", layer.exclude)):
+        for r in rules:
+            if r.HasField("phase"):
+                parts.append(f"{kind} {caffe_pb2.Phase.Name(r.phase)}")
+    return ", ".join(parts)
+
+
+def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
+    """One row per layer: name, type, connections, blob shapes (stored, or inferred when there are no
+    weights) and parameter count."""
+    inferred = {}
+    if infer_missing and not model.has_weights():
+        inferred = {ls.index: ls.params for ls in shapes.infer(model.net)}
+    rows = []
+    for i, layer in enumerate(model.net.layer):
+        if len(layer.blobs):
+            blob_shapes = [list(_blob_shape(b)) for b in layer.blobs]
+            guessed = False
+        else:
+            blob_shapes = [list(s) for s in (inferred.get(i) or [])]
+            guessed = bool(blob_shapes)
+        count = sum(math.prod(s) for s in blob_shapes)
+        rows.append(LayerRow(i, layer.name, layer.type, list(layer.bottom), list(layer.top), blob_shapes,
+                             count, _phase_label(layer), guessed))
+    return rows
