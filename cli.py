@@ -97,7 +97,7 @@ def inspect(model, prototxt, as_json):
     total = sum(r.params for r in rows)
     with_blobs = sum(1 for r in rows if r.blob_shapes)
     if as_json:
-        doc = {"source": source, "name": shown.net.name, "layers": [r.as_dict() for r in rows],
+        doc = {"source": source, "name": model_mod.as_text(shown.net.name), "layers": [r.as_dict() for r in rows],
                "totals": {"layers": len(rows), "layers_with_blobs": with_blobs, "params": total,
                           "weights_present": shown.has_weights()},
                "upgrades": shown.upgrades}
@@ -105,7 +105,7 @@ def inspect(model, prototxt, as_json):
             doc["merge"] = report.as_dict()
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"{source}: net '{shown.net.name}'")
+    click.echo(f"{source}: net '{model_mod.as_text(shown.net.name)}'")
     click.echo(_table(rows))
     kind = "parameters" if shown.has_weights() else "parameters (inferred from the definition)"
     click.echo(f"total: {len(rows)} layers, {with_blobs} with blobs, {total:,} {kind}")

@@ -10,6 +10,11 @@ from sfport.io import CaffeModel, _blob_shape
 from sfport.protos import caffe_pb2
 
 
+def as_text(value) -> str:
+    """A proto2 string field as str: invalid UTF-8 in a binary file comes back from protobuf as bytes."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 @dataclass
 class MergeReport:
     """What ``merge`` did, in the terms of Caffe's Net::CopyTrainedLayersFrom."""
@@ -52,23 +57,24 @@ def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TE
     used = set()
     for i, layer in enumerate(net.layer):
         del layer.blobs[:]
+        name = as_text(layer.name)
         src_i = source.get(layer.name)
         need = expected.get(i)
         if src_i is None:
             values.append([])
             if need:
-                report.layers_without_weights.append(layer.name)
+                report.layers_without_weights.append(name)
             continue
         used.add(layer.name)
         src = weights.net.layer[src_i]
         problems = []
         if need is not None and len(need) != len(src.blobs):
-            problems.append(f"layer '{layer.name}' ({layer.type}): the weights have {len(src.blobs)} blobs, "
+            problems.append(f"layer '{name}' ({as_text(layer.type)}): the weights have {len(src.blobs)} blobs, "
                             f"the net needs {len(need)}")
         elif need is not None:
             for j, (blob, shape) in enumerate(zip(src.blobs, need)):
                 if not _shape_matches(blob, shape):
-                    problems.append(f"layer '{layer.name}' ({layer.type}) blob {j}: weights have shape "
+                    problems.append(f"layer '{name}' ({as_text(layer.type)}) blob {j}: weights have shape "
                                     f"{list(_blob_shape(blob))}, the net needs {list(shape)}")
         if problems and strict:
             raise CaffeFileError(weights.path, f"does not fit {definition.path}: {problems[0]}"
@@ -76,8 +82,8 @@ def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TE
         report.mismatches.extend(problems)
         layer.blobs.extend(src.blobs)
         values.append(list(weights.values[src_i]))
-        report.copied.append(layer.name)
-    report.weights_without_layers = [n for n in source if n not in used]
+        report.copied.append(name)
+    report.weights_without_layers = [as_text(n) for n in source if n not in used]
     merged = CaffeModel(weights.path, net, values, definition.upgrades + weights.upgrades, weights.kind)
     return merged, report
 
@@ -124,6 +130,31 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
             blob_shapes = [list(s) for s in (inferred.get(i) or [])]
             guessed = bool(blob_shapes)
         count = sum(math.prod(s) for s in blob_shapes)
-        rows.append(LayerRow(i, layer.name, layer.type, list(layer.bottom), list(layer.top), blob_shapes,
+        rows.append(LayerRow(i, as_text(layer.name), as_text(layer.type), [as_text(b) for b in layer.bottom],
+                             [as_text(t) for t in layer.top], blob_shapes,
                              count, _phase_label(layer), guessed))
     return rows
+
+
+def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caffe_pb2.TEST) -> CaffeModel:
+    """A copy of ``definition`` whose parameter blobs (shapes inferred as Caffe would allocate them) hold
+    normal random float32 values: test nets and benchmark files without real weights."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(definition.net)
+    expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
+    values = []
+    for i, layer in enumerate(net.layer):
+        del layer.blobs[:]
+        row = []
+        need = expected.get(i, [])  # layers not in this phase get no blobs
+        if need is None:
+            raise CaffeFileError(definition.path, f"cannot infer the parameter shapes of layer "
+                                                  f"'{as_text(layer.name)}' ({as_text(layer.type)})")
+        for shape in need:
+            layer.blobs.add().shape.dim.extend(shape)
+            row.append(wire.BlobValues({"data": rng.standard_normal(math.prod(shape), dtype=np.float32)}))
+        values.append(row)
+    return CaffeModel(definition.path, net, values, list(definition.upgrades), "binary")

@@ -90,7 +90,7 @@ _V1_COPIED = [
 def _set(msg, name: str, value) -> None:
     target = getattr(msg, name)
     fd = msg.DESCRIPTOR.fields_by_name[name]
-    if fd.label == fd.LABEL_REPEATED:
+    if fd.is_repeated:
         target.append(value)
     elif fd.message_type is not None:
         target.CopyFrom(value)

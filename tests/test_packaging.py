@@ -1,0 +1,28 @@
+"""Only the name `sfport` is importable after install; the design card's top-level folders live under it."""
+import subprocess
+import sys
+
+CHECK = """
+import importlib.util, json
+names = ["sfport", "sfport.cli", "sfport.protos", "sfport.protos.caffe_pb2", "cli", "protos", "converters",
+         "prototxt", "tests", "bench"]
+print(json.dumps({n: importlib.util.find_spec(n.split(".")[0]) is not None and
+                  importlib.util.find_spec(n) is not None for n in names}))
+"""
+
+
+def test_only_sfport_is_importable(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, check=True)
+    import json
+    found = json.loads(out.stdout)
+    assert found["sfport"] and found["sfport.cli"] and found["sfport.protos.caffe_pb2"]
+    assert not any(found[n] for n in ("cli", "protos", "converters", "prototxt", "tests", "bench")), found
+
+
+def test_reading_needs_no_torch(tmp_path):
+    """Reading and inspecting Caffe files works without importing torch (fast start, light installs)."""
+    code = ("import sys, sfport.cli; from sfport import io; "
+            f"io.read_caffemodel({str(__import__('conftest').FIXTURES / 'mtcnn/det1.caffemodel')!r}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
