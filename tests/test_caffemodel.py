@@ -174,3 +174,26 @@ def test_bad_files_raise_one_line_errors(case, tmp_path):
     with pytest.raises(CaffeFileError) as e:
         reader(path)
     assert str(e.value).startswith(f"{path}: ") and expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_writes_are_atomic_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """A failing write leaves neither a half-written target nor a temporary file; a good one has the
+    usual permissions."""
+    m = io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
+    target = tmp_path / "out.caffemodel"
+    target.write_bytes(b"previous content")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(io.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_caffemodel(target, m)
+    assert target.read_bytes() == b"previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.caffemodel"]
+    monkeypatch.undo()
+    io.write_caffemodel(target, m)
+    assert target.read_bytes() == (FIXTURES / "mtcnn/det1.caffemodel").read_bytes()
+    import os, stat
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
