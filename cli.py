@@ -65,8 +65,8 @@ def _table(rows) -> str:
 def inspect(model, prototxt, as_json):
     """Show the layers of a Caffe model: name, type, bottoms -> tops, blob shapes, parameter count.
 
-    MODEL is a .caffemodel (weights and the net Caffe stored with them) or a .prototxt (definition only;
-    blob shapes are then inferred). With --prototxt, MODEL's weights are matched to the definition's layers
+    MODEL is a .caffemodel (weights and the net Caffe stored with them), a .prototxt (definition only;
+    blob shapes are then inferred) or a .solverstate (iteration, lr step, momentum history). With --prototxt, MODEL's weights are matched to the definition's layers
     by name, as Caffe does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy
     'input:' headers) are upgraded and the upgrades listed. Without MODEL, the built-in SphereFace-20 deploy
     net is shown.
@@ -91,6 +91,9 @@ def inspect(model, prototxt, as_json):
             weights = io.read_caffemodel(model)
             shown, report = model_mod.merge(definition, weights)
             source = f"{model} + {prototxt}"
+    elif model.lower().endswith(".solverstate"):
+        _inspect_solverstate(io.read_solverstate(model), as_json)
+        return
     else:
         shown, source = io.read_net(model), model
     rows = model_mod.summarize(shown)
@@ -100,7 +103,7 @@ def inspect(model, prototxt, as_json):
         doc = {"source": source, "name": model_mod.as_text(shown.net.name), "layers": [r.as_dict() for r in rows],
                "totals": {"layers": len(rows), "layers_with_blobs": with_blobs, "params": total,
                           "weights_present": shown.has_weights()},
-               "upgrades": shown.upgrades}
+               "upgrades": shown.upgrades, "unknown_fields": model_mod.unknown_field_notes(shown.net)}
         if report is not None:
             doc["merge"] = report.as_dict()
         click.echo(json.dumps(doc, indent=2))
@@ -111,12 +114,29 @@ def inspect(model, prototxt, as_json):
     click.echo(f"total: {len(rows)} layers, {with_blobs} with blobs, {total:,} {kind}")
     for note in shown.upgrades:
         click.echo(f"upgraded: {note}")
+    for note in model_mod.unknown_field_notes(shown.net):
+        click.echo(f"warning: {note} (a file from another Caffe fork?)")
     if report is not None:
         click.echo(f"weights copied into {len(report.copied)} layers")
         if report.layers_without_weights:
             click.echo("layers without weights (left to their fillers): " + ", ".join(report.layers_without_weights))
         if report.weights_without_layers:
             click.echo("weights without layers (ignored): " + ", ".join(report.weights_without_layers))
+
+
+def _inspect_solverstate(s, as_json: bool) -> None:
+    shapes = [list(h.shape) for h in s.history]
+    count = sum(int(h.size) for h in s.history)
+    if as_json:
+        click.echo(json.dumps({"source": s.path, "iter": s.state.iter, "current_step": s.state.current_step,
+                               "learned_net": s.state.learned_net, "history_shapes": shapes,
+                               "history_values": count}, indent=2))
+        return
+    click.echo(f"{s.path}: solver state at iteration {s.state.iter}, lr step {s.state.current_step}, "
+               f"learned net '{s.state.learned_net}'")
+    for j, shape in enumerate(shapes):
+        click.echo(f"  history {j:3d}  [{','.join(map(str, shape))}]")
+    click.echo(f"total: {len(shapes)} history blobs, {count:,} values")
 
 
 @cli.command()

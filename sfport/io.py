@@ -98,7 +98,7 @@ def _kind_by_suffix(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------------------------------------
 
 def _parse_text(path, data: bytes, message):
-    text = data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")  # editors' byte-order mark
     try:
         text_format.Merge(text, message)  # Merge: a repeated singular field keeps the last value, as protobuf 2
     except text_format.ParseError as e:
@@ -198,10 +198,11 @@ class CaffeModel:
 
     @property
     def params(self) -> dict[str, list[np.ndarray]]:
-        """Layer name -> parameter arrays, for layers that have blobs (first layer wins on duplicate names)."""
+        """Layer name -> parameter arrays, for layers that have blobs (the last layer of a name wins, as in
+        pycaffe's ``net.params``)."""
         out: dict[str, list[np.ndarray]] = {}
         for i, layer in enumerate(self.net.layer):
-            if len(layer.blobs) and layer.name not in out:
+            if len(layer.blobs):
                 out[layer.name] = self.blob_arrays(i)
         return out
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from google.protobuf import unknown_fields
+
 from sfport import shapes, wire
 from sfport.errors import CaffeFileError
 from sfport.io import CaffeModel, _blob_shape
@@ -113,6 +115,27 @@ def _phase_label(layer) -> str:
             if r.HasField("phase"):
                 parts.append(f"{kind} {caffe_pb2.Phase.Name(r.phase)}")
     return ", ".join(parts)
+
+
+def unknown_field_notes(net) -> list[str]:
+    """Fields present in the file that the schema does not know, per layer: the sign of a file from another
+    Caffe fork (BVLC master's swish_param and clip_param, for example, reuse the fork's numbers 147 and 148)."""
+    notes = []
+
+    def walk(msg, where: str):
+        found = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(msg)})
+        if found:
+            notes.append(f"{where}: unknown field number{'s' if len(found) > 1 else ''} "
+                         + ", ".join(map(str, found)))
+        for fd, value in msg.ListFields():
+            if fd.message_type is None or fd.name == "blobs":
+                continue
+            for i, sub in enumerate(value if fd.is_repeated else [value]):
+                walk(sub, f"{where}.{fd.name}" + (f"[{i}]" if fd.is_repeated else ""))
+
+    for layer in net.layer:
+        walk(layer, f"layer '{as_text(layer.name)}'")
+    return notes
 
 
 def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:

@@ -25,6 +25,9 @@ NET_SPEC = {
 SOLVERSTATE_SPEC = {3: BLOB}        # SolverState.history
 
 
+_FIXED_WIDTH = {1: 8, 5: 4}  # wire types 1 (64-bit) and 5 (32-bit): payload bytes
+
+
 class WireError(ValueError):
     """The bytes are not valid protobuf wire format."""
 
@@ -79,11 +82,12 @@ def _fields(buf: memoryview, start: int, end: int):
             _, pos2 = _varint(buf, pos, end)
             yield _Field(number, 0, tag_start, pos, pos2)
             pos = pos2
-        elif wire_type == 1:
-            if pos + 8 > end:
-                raise WireError(f"truncated 64-bit field at byte {pos}")
-            yield _Field(number, 1, tag_start, pos, pos + 8)
-            pos += 8
+        elif wire_type in _FIXED_WIDTH:
+            width = _FIXED_WIDTH[wire_type]
+            if pos + width > end:
+                raise WireError(f"truncated {8 * width}-bit field at byte {pos}")
+            yield _Field(number, wire_type, tag_start, pos, pos + width)
+            pos += width
         elif wire_type == 2:
             length, payload = _varint(buf, pos, end)
             if payload + length > end:
@@ -91,35 +95,8 @@ def _fields(buf: memoryview, start: int, end: int):
                                 f"({length} bytes announced, {end - payload} left)")
             yield _Field(number, 2, tag_start, payload, payload + length)
             pos = payload + length
-        elif wire_type == 5:
-            if pos + 4 > end:
-                raise WireError(f"truncated 32-bit field at byte {pos}")
-            yield _Field(number, 5, tag_start, pos, pos + 4)
-            pos += 4
-        elif wire_type == 3:
-            # Groups never occur in caffe.proto; skip to the matching end-group tag.
-            depth = 1
-            while depth:
-                if pos >= end:
-                    raise WireError(f"unterminated group at byte {tag_start}")
-                t, pos = _varint(buf, pos, end)
-                wt = t & 7
-                if wt == 3:
-                    depth += 1
-                elif wt == 4:
-                    depth -= 1
-                elif wt == 0:
-                    _, pos = _varint(buf, pos, end)
-                elif wt == 1:
-                    pos += 8
-                elif wt == 2:
-                    n, pos = _varint(buf, pos, end)
-                    pos += n
-                elif wt == 5:
-                    pos += 4
-                else:
-                    raise WireError(f"invalid wire type {wt} at byte {pos}")
-            yield _Field(number, 3, tag_start, pos, pos)
+        elif wire_type in (3, 4):
+            raise WireError(f"group field at byte {tag_start}: caffe.proto has no groups")
         else:
             raise WireError(f"invalid wire type {wire_type} at byte {tag_start}")
 

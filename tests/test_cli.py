@@ -170,3 +170,36 @@ def test_real_console_script_one_line_exit_2(tmp_path):
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"sfport: error: {bad}: not a valid binary")
     ok = subprocess.run([sys.executable, "-m", "sfport", "inspect", str(DET1)], capture_output=True, text=True)
     assert ok.returncode == 0 and "total: 18 layers, 8 with blobs, 6,632 parameters" in ok.stdout
+
+
+def test_inspect_solverstate():
+    path = FIXTURES.parent / "golden/solver/runs/multistep/final_iter_12.solverstate"
+    r = run("inspect", path, "--json")
+    doc = json.loads(r.stdout)
+    assert (doc["iter"], doc["current_step"]) == (12, 2)
+    assert doc["history_shapes"][:2] == [[8, 3, 3, 3], [8]] and len(doc["history_shapes"]) == 16
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path):
+    p = tmp_path / "bom.prototxt"
+    p.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "mtcnn/det1.prototxt").read_bytes().replace(b"\n", b"\r\n"))
+    r = run("inspect", p)
+    assert r.exit_code == 0 and "total: 11 layers, 8 with blobs, 6,632 parameters" in r.stdout
+
+
+def test_unknown_fields_from_another_fork_are_reported(tmp_path):
+    """A BVLC-master Swish layer stores swish_param = 147 {beta (float) = 1}: our schema reads 147 as the
+    SphereFace fork's MarginInnerProductParameter, whose field 1 is a varint, so the float lands in the
+    unknown fields - and inspect says so instead of silently showing a margin layer."""
+    from sfport.protos import caffe_pb2
+    import struct
+    layer = caffe_pb2.LayerParameter(name="swish1", type="Swish", bottom=["x"], top=["y"])
+    raw = layer.SerializeToString() + bytes([0x9a, 0x09, 5, 0x0d]) + struct.pack("<f", 1.0)
+    net = caffe_pb2.NetParameter(name="n")
+    net.layer.add(name="input", type="Input", top=["x"]).input_param.shape.add(dim=[1, 4])
+    path = tmp_path / "swish.caffemodel"
+    path.write_bytes(net.SerializeToString() + b"\xa2\x06" + bytes([len(raw)]) + raw)
+    r = run("inspect", path, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["unknown_fields"] == [
+        "layer 'swish1'.margin_inner_product_param: unknown field number 1"]
