@@ -80,9 +80,8 @@ def inspect(model, prototxt, as_json):
 
     report = None
     if model is None and prototxt is None:
-        shown = io.CaffeModel("built-in:sphereface_deploy(20)", nets.sphereface_deploy(20), [], [], io.TEXT)
-        shown.values = [[] for _ in shown.net.layer]
-        source = shown.path
+        source = "built-in:sphereface_deploy(20)"
+        shown = io.CaffeModel.from_net(nets.sphereface_deploy(20), source)
     elif prototxt is not None:
         definition = io.read_prototxt(prototxt)
         if model is None:

@@ -27,7 +27,7 @@ def build(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     prototxt, caffemodel = out / "sphereface20_deploy.prototxt", out / "sphereface20_random.caffemodel"
-    definition = io.CaffeModel(None, nets.sphereface_deploy(20), [[] for _ in range(50)], [], io.TEXT)
+    definition = io.CaffeModel.from_net(nets.sphereface_deploy(20))
     io.write_prototxt(prototxt, definition.net)
     io.write_caffemodel(caffemodel, model.with_random_weights(definition, seed=0))
     return prototxt, caffemodel

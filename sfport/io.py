@@ -97,10 +97,13 @@ def _kind_by_suffix(path: str | os.PathLike) -> str | None:
 # Parsing
 # --------------------------------------------------------------------------------------------------------
 
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")  # editors' byte-order mark
+
+
 def _parse_text(path, data: bytes, message):
-    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")  # editors' byte-order mark
     try:
-        text_format.Merge(text, message)  # Merge: a repeated singular field keeps the last value, as protobuf 2
+        text_format.Merge(_decode(data), message)  # Merge: a repeated singular field keeps the last value
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         msg = str(e)
@@ -114,17 +117,15 @@ def _parse_text(path, data: bytes, message):
 
 def _parses_as(data: bytes, message) -> bool:
     try:
-        text_format.Merge(data.decode("utf-8", errors="replace"), message)
+        text_format.Merge(_decode(data), message)
     except text_format.ParseError:
         return False
     return True
 
 
-def _parse_binary(path, data: bytes, message, spec: dict | None, what: str):
-    values: dict[tuple, wire.BlobValues] = {}
+def _parse_binary(path, data: bytes, message, spec: dict, what: str):
     try:
-        if spec is not None:
-            data, values = wire.strip_blobs(data, spec)
+        data, values = wire.strip_blobs(data, spec)
         message.ParseFromString(data)
     except (wire.WireError, DecodeError, RuntimeError, ValueError) as e:
         detail = str(e) or "protobuf decoding failed"
@@ -132,9 +133,14 @@ def _parse_binary(path, data: bytes, message, spec: dict | None, what: str):
     return message, values
 
 
-def _blob_shape(blob) -> tuple[int, ...]:
+def has_legacy_shape(blob) -> bool:
+    """Whether a BlobProto gives its shape in the deprecated 4-D num/channels/height/width fields."""
+    return any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+
+
+def blob_shape(blob) -> tuple[int, ...]:
     """Caffe Blob::FromProto: the legacy 4-D num/channels/height/width when any is set, else ``shape``."""
-    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width"):
+    if has_legacy_shape(blob):
         return (blob.num, blob.channels, blob.height, blob.width)
     return tuple(int(d) for d in blob.shape.dim)
 
@@ -152,7 +158,7 @@ def _take_message_values(blob, values: wire.BlobValues) -> None:
 
 
 def _check_blob(path, where: str, blob, values: wire.BlobValues) -> None:
-    shape = _blob_shape(blob)
+    shape = blob_shape(blob)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if any(d < 0 for d in shape):
         raise CaffeFileError(path, f"{where}: negative dimension in blob shape {shape}")
@@ -186,6 +192,11 @@ class CaffeModel:
     upgrades: list[str] = field(default_factory=list)
     kind: str = BINARY
 
+    @classmethod
+    def from_net(cls, net, path: str | None = None) -> "CaffeModel":
+        """A model of a NetParameter built in code (no blob values, no upgrades)."""
+        return cls(path, net, [[] for _ in net.layer], [], TEXT)
+
     def blob_arrays(self, layer_index: int) -> list[np.ndarray]:
         """The layer's parameter blobs as arrays in their stored shape (float32, or float64 if so stored)."""
         out = []
@@ -193,8 +204,22 @@ class CaffeModel:
             arr = vals.arrays.get("data")
             if arr is None:
                 arr = vals.arrays.get("double_data")
-            out.append(arr.reshape(_blob_shape(blob)))
+            out.append(arr.reshape(blob_shape(blob)))
         return out
+
+    def set_blob_arrays(self, layer_index: int, arrays) -> None:
+        """Replace the layer's parameter blobs by ``arrays`` (stored as float32, with ``shape`` set from each
+        array), e.g. to write changed weights back to a caffemodel."""
+        layer = self.net.layer[layer_index]
+        del layer.blobs[:]
+        row = []
+        for arr in arrays:
+            arr = np.asarray(arr, dtype=np.float32)
+            layer.blobs.add().shape.dim.extend(int(d) for d in arr.shape)
+            row.append(wire.BlobValues({"data": arr.ravel()}))
+        while len(self.values) < len(self.net.layer):
+            self.values.append([])
+        self.values[layer_index] = row
 
     @property
     def params(self) -> dict[str, list[np.ndarray]]:
@@ -370,7 +395,7 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
         arr = vals.arrays.get("data")
         if arr is None:
             arr = vals.arrays.get("double_data")
-        history.append(arr.reshape(_blob_shape(blob)))
+        history.append(arr.reshape(blob_shape(blob)))
     return SolverStateFile(str(path), state, history)
 
 

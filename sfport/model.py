@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from google.protobuf import unknown_fields
 
 from sfport import shapes, wire
 from sfport.errors import CaffeFileError
-from sfport.io import CaffeModel, _blob_shape
+from sfport.io import CaffeModel, blob_shape, has_legacy_shape
 from sfport.protos import caffe_pb2
 
 
@@ -32,9 +34,8 @@ class MergeReport:
 
 def _shape_matches(blob, expected: tuple) -> bool:
     """Caffe Blob::ShapeEquals: a legacy 4-D blob matches a shape of <= 4 axes padded with leading 1s."""
-    stored = _blob_shape(blob)
-    legacy = blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") or blob.HasField("width")
-    if legacy and len(expected) <= 4:
+    stored = blob_shape(blob)
+    if has_legacy_shape(blob) and len(expected) <= 4:
         return stored == (1,) * (4 - len(expected)) + tuple(expected)
     return stored == tuple(expected)
 
@@ -77,7 +78,7 @@ def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TE
             for j, (blob, shape) in enumerate(zip(src.blobs, need)):
                 if not _shape_matches(blob, shape):
                     problems.append(f"layer '{name}' ({as_text(layer.type)}) blob {j}: weights have shape "
-                                    f"{list(_blob_shape(blob))}, the net needs {list(shape)}")
+                                    f"{list(blob_shape(blob))}, the net needs {list(shape)}")
         if problems and strict:
             raise CaffeFileError(weights.path, f"does not fit {definition.path}: {problems[0]}"
                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -147,7 +148,7 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
     rows = []
     for i, layer in enumerate(model.net.layer):
         if len(layer.blobs):
-            blob_shapes = [list(_blob_shape(b)) for b in layer.blobs]
+            blob_shapes = [list(blob_shape(b)) for b in layer.blobs]
             guessed = False
         else:
             blob_shapes = [list(s) for s in (inferred.get(i) or [])]
@@ -162,22 +163,15 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
 def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caffe_pb2.TEST) -> CaffeModel:
     """A copy of ``definition`` whose parameter blobs (shapes inferred as Caffe would allocate them) hold
     normal random float32 values: test nets and benchmark files without real weights."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
+    out = CaffeModel(definition.path, net, [[] for _ in net.layer], list(definition.upgrades), "binary")
     expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
-    values = []
     for i, layer in enumerate(net.layer):
-        del layer.blobs[:]
-        row = []
         need = expected.get(i, [])  # layers not in this phase get no blobs
         if need is None:
             raise CaffeFileError(definition.path, f"cannot infer the parameter shapes of layer "
                                                   f"'{as_text(layer.name)}' ({as_text(layer.type)})")
-        for shape in need:
-            layer.blobs.add().shape.dim.extend(shape)
-            row.append(wire.BlobValues({"data": rng.standard_normal(math.prod(shape), dtype=np.float32)}))
-        values.append(row)
-    return CaffeModel(definition.path, net, values, list(definition.upgrades), "binary")
+        out.set_blob_arrays(i, [rng.standard_normal(shape, dtype=np.float32) for shape in need])
+    return out
