@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -161,6 +162,142 @@ def upgrade(source, output):
     for note in m.upgrades or ["nothing to upgrade"]:
         click.echo(f"{source}: {note}")
     click.echo(f"wrote {output}")
+
+
+def _parse_shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not N,C,H,W") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise click.BadParameter(f"'{text}' is not a list of positive sizes")
+    return dims
+
+
+def _load_net(model: str, prototxt: str | None, shape):
+    """Build a Net from MODEL (+ --prototxt), the input shape applied to the first input."""
+    from sfport import io
+    from sfport.net import Net
+
+    if prototxt is not None:
+        definition, weights = io.read_prototxt(prototxt), io.read_net(model)
+    else:
+        definition, weights = io.read_net(model), None
+    return Net(definition, weights=weights, input_shapes=shape)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension).")
+@click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]), default="pt",
+              show_default=True)
+@click.option("--shape", help="Input shape N,C,H,W, when the definition has none (training snapshots).")
+@click.option("--tol", type=float, default=1e-5, show_default=True,
+              help="Largest error, relative to max|output|, an export may show against the eager net.")
+def convert(model, prototxt, output, fmt, shape, tol):
+    """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
+
+    Without --prototxt the net definition stored inside the caffemodel is used: a training snapshot's data
+    layers become inputs (give --shape) and its loss layers are dropped. pt is sfport's self-contained file
+    (net definition + state_dict, loadable with torch.load(weights_only=True) and sfport.Net). TorchScript
+    and ONNX (opset 18, dynamic batch) are checked against the eager net (ONNX on onnxruntime) before they
+    are written; a mismatch writes nothing and exits 1.
+
+    \b
+    Examples:
+      sfport convert det1.caffemodel --prototxt det1.prototxt -o det1.pt
+      sfport convert sphereface_model.caffemodel -p sphereface_deploy.prototxt --format onnx
+    """
+    from pathlib import Path
+
+    from sfport import export
+
+    net = _load_net(model, prototxt, _parse_shape(shape))
+    ext = {"pt": ".pt", "torchscript": ".torchscript.pt", "onnx": ".onnx", "caffemodel": ".converted.caffemodel"}
+    output = output or str(Path(model).with_suffix("")) + ext[fmt]
+    try:
+        worst = export.write(net, output, fmt, tol)
+    except export.ExportMismatch as e:
+        click.echo(f"sfport: error: {output}: not written: {e}", err=True)
+        raise SystemExit(1)
+    if net.report and net.report.layers_without_weights:
+        click.echo("warning: layers without weights: " + ", ".join(net.report.layers_without_weights), err=True)
+    checked = "" if worst is None else f" (checked against the eager net: max relative error {worst:.2e})"
+    click.echo(f"wrote {output}: {fmt}, inputs {net.inputs}, outputs {net.outputs}{checked}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--reference", default="opencv", show_default=True,
+              help="opencv (OpenCV 4's Caffe importer), caffe (pycaffe in a subprocess; $SFPORT_CAFFE_PYTHON), "
+                   "or a directory of <blob>.npy files.")
+@click.option("--input", "input_", default="random", show_default=True, help="An image file, or 'random'.")
+@click.option("--shape", help="Input shape N,C,H,W (default: the net's).")
+@click.option("--tol", type=float, default=1e-5, show_default=True,
+              help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
+def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
+    """Check sfport against an independent Caffe implementation, blob by blob.
+
+    Runs both on the same input and prints every blob both expose: shape, max|ref|, max abs error, error
+    relative to max(1, max|ref|), cosine. Names the first blob that diverges and exits 1 when any fails.
+
+    \b
+    Examples:
+      sfport verify det1.caffemodel --prototxt det1.prototxt --shape 1,3,217,173
+      sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --input face.jpg --json
+    """
+    import tempfile
+
+    from sfport import io, verify as V
+
+    net = _load_net(model, prototxt, _parse_shape(shape))
+    (in_name, in_shape), = list(net.inputs.items())[:1] or [(None, None)]
+    x = V.make_input(in_shape, input_, seed)
+    net.forward(**{in_name: x})
+    with tempfile.TemporaryDirectory() as tmp:
+        if prototxt is None:
+            prototxt_used = str(Path(tmp) / "deploy.prototxt")
+            io.write_prototxt(prototxt_used, net.definition)
+        else:
+            prototxt_used = prototxt
+        if reference == "opencv":
+            ref = V.opencv_reference(prototxt_used, model, {in_name: x})
+            ours = {n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs}
+            order = list(net.layer_outputs)
+        else:
+            ref = V.caffe_reference(prototxt_used, model, {in_name: x}) if reference == "caffe" \
+                else V.dir_reference(reference)
+            ours = {n: t.detach().numpy() for n, t in net.blobs.items()}
+            ours.update({n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs
+                         and n not in ours})
+            order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
+                                       + list(net.layer_outputs)))
+    checks = V.compare(ours, ref, order, tol)
+    failed = [c for c in checks if not c.ok]
+    worst = max(checks, key=lambda c: c.rel_err) if checks else None
+    if as_json:
+        click.echo(V.as_json(checks, {"model": model, "reference": reference, "input_shape": list(in_shape),
+                                      "tolerance": tol, "passed": not failed and bool(checks),
+                                      "first_failure": failed[0].name if failed else None,
+                                      "worst": worst.name if worst else None}))
+    else:
+        click.echo(V.format_table(checks))
+        if not checks:
+            click.echo("no blob in common with the reference")
+        elif failed:
+            click.echo(f"FAILED: {len(failed)} of {len(checks)} blobs over {tol:g}; first divergence at "
+                       f"'{failed[0].name}' (rel err {failed[0].rel_err:.3e})")
+        else:
+            click.echo(f"passed: {len(checks)} blobs within {tol:g}; worst '{worst.name}' "
+                       f"(rel err {worst.rel_err:.3e}, cosine {worst.cosine:.8f})")
+    if failed or not checks:
+        raise SystemExit(1)
 
 
 def main(argv=None) -> int:

@@ -240,6 +240,11 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
             return [None], []
         axis = _axis(layer.crop_param.axis, len(b0))
         return [tuple(b0[:axis]) + tuple(bottoms[1][axis:])], []
+    if t == "Upsample":
+        p = layer.upsample_param
+        sh = p.scale_h if p.HasField("scale_h") else p.scale
+        sw = p.scale_w if p.HasField("scale_w") else p.scale
+        return [tuple(b0[:-2]) + (b0[-2] * sh, b0[-1] * sw)], []
     if t == "ArgMax":
         p = layer.argmax_param
         if p.HasField("axis"):

@@ -1,0 +1,177 @@
+"""Normalisation layers: BatchNorm (three blobs: mean_sum, var_sum, scale factor), Scale, Bias, LRN (across and
+within channels), MVN, and the SSD fork's Normalize."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import Converter, register
+from sfport.shapes import _axis
+
+
+class CaffeBatchNorm(nn.Module):
+    """Caffe BatchNormLayer. Blobs: mean_sum, var_sum, s; statistics are ``sums / s`` (0 when s == 0).
+
+    With global stats (the default at test time) it normalises by the stored statistics. Otherwise it uses the
+    batch's mean and biased variance and, when training, updates the sums as Caffe does:
+    ``s = beta*s + 1; mean_sum = mean + beta*mean_sum; var_sum = m/(m-1)*var + beta*var_sum``.
+    The blobs are parameters (in Caffe order) that never take gradients: Caffe gives them lr_mult 0."""
+
+    def __init__(self, channels: int, eps: float, beta: float, use_global_stats: bool | None):
+        super().__init__()
+        self.mean_sum = nn.Parameter(torch.zeros(channels), requires_grad=False)
+        self.var_sum = nn.Parameter(torch.zeros(channels), requires_grad=False)
+        self.scale_factor = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.caffe_blobs = ["mean_sum", "var_sum", "scale_factor"]
+        self.eps, self.beta, self.use_global_stats = eps, beta, use_global_stats
+
+    def _global(self) -> bool:
+        return (not self.training) if self.use_global_stats is None else self.use_global_stats
+
+    def forward(self, x):
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        if self._global():
+            s = self.scale_factor[0]
+            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean, var = self.mean_sum * factor, self.var_sum * factor
+        else:
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims)
+            var = ((x - mean.reshape(view)) ** 2).mean(dim=dims)
+            if self.training:
+                m = x.numel() // x.shape[1]
+                with torch.no_grad():
+                    self.scale_factor.mul_(self.beta).add_(1.0)
+                    self.mean_sum.mul_(self.beta).add_(mean.detach())
+                    self.var_sum.mul_(self.beta).add_(var.detach() * (m / (m - 1) if m > 1 else 1.0))
+        return (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + self.eps)
+
+
+class CaffeScaleBias(nn.Module):
+    """Caffe ScaleLayer (x * scale [+ bias]) and BiasLayer (x + bias). With a second bottom, that bottom is the
+    scale (or bias); otherwise it is a learned blob covering ``num_axes`` axes from ``axis``."""
+
+    def __init__(self, kind: str, axis: int, param_shape, learned: bool, bias_term: bool):
+        super().__init__()
+        self.kind, self.axis = kind, axis
+        self.caffe_blobs = []
+        if learned:
+            init = 1.0 if kind == "Scale" else 0.0
+            self.weight = nn.Parameter(torch.full(tuple(param_shape), init))
+            self.caffe_blobs.append("weight")
+        else:
+            self.weight = None
+        self.bias = None
+        if bias_term:
+            self.bias = nn.Parameter(torch.zeros(tuple(param_shape)))
+            self.caffe_blobs.append("bias")
+
+    def _view(self, t, x):
+        return t.reshape(tuple(t.shape) + (1,) * (x.dim() - self.axis - t.dim()))
+
+    def forward(self, x, other=None):
+        w = self.weight if other is None else other
+        if self.kind == "Scale":
+            y = x * self._view(w, x)
+            return y + self._view(self.bias, x) if self.bias is not None else y
+        return x + self._view(w, x)
+
+
+class CaffeLRN(nn.Module):
+    """Caffe LRNLayer. ACROSS_CHANNELS: x / (k + alpha/n * sum_window x^2)^beta over n channels;
+    WITHIN_CHANNEL: x / (1 + alpha * mean_{n x n window, zero padded} x^2)^beta (k unused, as in Caffe)."""
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, within: bool):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.within = size, alpha, beta, k, within
+        self.caffe_blobs = []
+
+    def forward(self, x):
+        sq = x * x
+        pad = (self.size - 1) // 2
+        if self.within:
+            avg = F.avg_pool2d(F.pad(sq, (pad, pad, pad, pad)), self.size, 1)
+            return x * torch.pow(1.0 + self.alpha * avg, -self.beta)
+        summed = F.avg_pool3d(F.pad(sq.unsqueeze(1), (0, 0, 0, 0, pad, pad)), (self.size, 1, 1), 1).squeeze(1)
+        return x * torch.pow(self.k + self.alpha * summed, -self.beta)
+
+
+class CaffeMVN(nn.Module):
+    """Caffe MVNLayer: subtract the mean (per channel, or across channels) and optionally divide by
+    sqrt(biased variance) + eps."""
+
+    def __init__(self, normalize_variance: bool, across_channels: bool, eps: float):
+        super().__init__()
+        self.normalize_variance, self.across_channels, self.eps = normalize_variance, across_channels, eps
+        self.caffe_blobs = []
+
+    def forward(self, x):
+        dims = tuple(range(1, x.dim())) if self.across_channels else tuple(range(2, x.dim()))
+        y = x - x.mean(dim=dims, keepdim=True)
+        if self.normalize_variance:
+            y = y / (torch.sqrt((y * y).mean(dim=dims, keepdim=True)) + self.eps)
+        return y
+
+
+class SSDNormalize(nn.Module):
+    """SSD NormalizeLayer: x / sqrt(sum x^2 + eps) over (C, H, W) (across_spatial) or over C at each position,
+    times a learned scale per channel (or one shared)."""
+
+    def __init__(self, channels: int, across_spatial: bool, channel_shared: bool, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1 if channel_shared else channels))
+        self.caffe_blobs = ["weight"]
+        self.across_spatial, self.channel_shared, self.eps = across_spatial, channel_shared, eps
+
+    def forward(self, x):
+        dims = tuple(range(1, x.dim())) if self.across_spatial else (1,)
+        y = x / torch.sqrt((x * x).sum(dim=dims, keepdim=True) + self.eps)
+        w = self.weight if self.channel_shared else self.weight.reshape((-1,) + (1,) * (x.dim() - 2))
+        return y * w
+
+
+@register("BatchNorm")
+class BatchNormConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.batch_norm_param
+        return CaffeBatchNorm(bottom_shapes[0][1], p.eps, p.moving_average_fraction,
+                              p.use_global_stats if p.HasField("use_global_stats") else None)
+
+
+@register("Scale", "Bias")
+class ScaleBiasConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.scale_param if layer.type == "Scale" else layer.bias_param
+        shape = bottom_shapes[0]
+        axis = _axis(p.axis, len(shape))
+        if len(bottom_shapes) > 1:
+            other = bottom_shapes[1]
+            return CaffeScaleBias(layer.type, axis, other, False, layer.type == "Scale" and p.bias_term)
+        end = len(shape) if p.num_axes == -1 else axis + p.num_axes
+        bias_term = layer.type == "Scale" and p.bias_term
+        return CaffeScaleBias(layer.type, axis, shape[axis:end], True, bias_term)
+
+
+@register("LRN")
+class LRNConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.lrn_param
+        if p.local_size % 2 == 0:
+            raise ValueError(f"layer '{layer.name}': LRN local_size must be odd, as in Caffe")
+        return CaffeLRN(p.local_size, p.alpha, p.beta, p.k, p.norm_region == p.WITHIN_CHANNEL)
+
+
+@register("MVN")
+class MVNConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.mvn_param
+        return CaffeMVN(p.normalize_variance, p.across_channels, p.eps)
+
+
+@register("Normalize")
+class NormalizeConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.norm_param
+        return SSDNormalize(bottom_shapes[0][1], p.across_spatial, p.channel_shared, p.eps)
+

@@ -1,0 +1,69 @@
+"""Pooling: MAX / AVE / global, Caffe's ceil rounding (last window dropped when it starts in the padding),
+AVE dividing by the window clipped to H + pad, and round_mode FLOOR."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import Converter, register
+from sfport.shapes import pooling_output_size
+
+
+def _extra(size: int, out: int, k: int, s: int, p: int) -> int:
+    """Padding needed after the input so that ``out`` windows fit with no padding in the pooling call."""
+    return max(0, (out - 1) * s + k - size - p)
+
+
+class CaffePool(nn.Module):
+    """Caffe PoolingLayer (2-D). The input is padded explicitly (-inf for MAX, 0 for AVE) and pooled without
+    implicit padding, so eager PyTorch, TorchScript and ONNX all see Caffe's window arithmetic."""
+
+    def __init__(self, method: str, kernel, stride, pad, global_pooling: bool, ceil: bool):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
+        self.global_pooling, self.ceil = global_pooling, ceil
+        self.caffe_blobs = []
+
+    def forward(self, x):
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if self.global_pooling:
+            if self.method == "MAX":
+                return torch.amax(x, dim=(-2, -1), keepdim=True)
+            return torch.mean(x, dim=(-2, -1), keepdim=True)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        oh = pooling_output_size(h, kh, ph, sh, self.ceil)
+        ow = pooling_output_size(w, kw, pw, sw, self.ceil)
+        eh, ew = _extra(h, oh, kh, sh, ph), _extra(w, ow, kw, sw, pw)
+        if self.method == "MAX":
+            if ph or pw or eh or ew:
+                x = F.pad(x, (pw, ew, ph, eh), value=float("-inf"))
+            return F.max_pool2d(x, (kh, kw), (sh, sw))[..., :oh, :ow]
+        # AVE: Caffe divides by the window clipped to [-pad, H + pad), before clipping to the input
+        if ph or pw or eh or ew:
+            x = F.pad(x, (pw, ew, ph, eh), value=0.0)
+        out = F.avg_pool2d(x, (kh, kw), (sh, sw))[..., :oh, :ow]
+        rows = [min(i * sh - ph + kh, h + ph) - (i * sh - ph) for i in range(oh)]
+        cols = [min(j * sw - pw + kw, w + pw) - (j * sw - pw) for j in range(ow)]
+        if all(r == kh for r in rows) and all(c == kw for c in cols):
+            return out
+        scale = torch.tensor([[kh * kw / (r * c) for c in cols] for r in rows], dtype=x.dtype, device=x.device)
+        return out * scale
+
+
+@register("Pooling")
+class PoolingConverter(Converter):
+    def build(self, layer, bottom_shapes):
+        p = layer.pooling_param
+        method = {0: "MAX", 1: "AVE"}.get(p.pool)
+        if method is None:
+            raise ValueError(f"layer '{layer.name}': STOCHASTIC pooling is not supported")
+        if len(bottom_shapes[0]) != 4:
+            raise ValueError(f"layer '{layer.name}': pooling needs a 4-D input, got {list(bottom_shapes[0])}")
+        kh = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
+        kw = p.kernel_w if p.HasField("kernel_w") else p.kernel_size
+        ph = p.pad_h if p.HasField("pad_h") else p.pad
+        pw = p.pad_w if p.HasField("pad_w") else p.pad
+        sh = p.stride_h if p.HasField("stride_h") else p.stride
+        sw = p.stride_w if p.HasField("stride_w") else p.stride
+        return CaffePool(method, (kh, kw), (sh, sw), (ph, pw), p.global_pooling, p.round_mode == 0)

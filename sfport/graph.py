@@ -1,0 +1,172 @@
+"""NetGraph: the one intermediate form between Caffe's messages and PyTorch.
+
+Layers of one phase in order, with bottoms/tops resolved to unique blob names (an in-place layer's top gets a
+new name, so every intermediate value stays addressable), shapes inferred, and parameters shared by
+``param { name: ... }`` resolved to one owner. Everything downstream reads the graph, never the raw messages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sfport import shapes
+from sfport.errors import CaffeFileError
+from sfport.protos import caffe_pb2
+
+# Layers that produce the net's inputs (their tops become graph inputs).
+DATA_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData",
+              "Python"}
+# Layers a deploy graph made from a training net drops.
+TRAINING_ONLY = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
+                 "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "Silence", "HDF5Output"}
+
+
+@dataclass
+class GraphLayer:
+    index: int                        # position in the NetParameter
+    name: str
+    type: str
+    param: object                     # the LayerParameter
+    bottoms: list[str]                # unique blob names
+    tops: list[str]                   # unique blob names
+    caffe_bottoms: list[str]
+    caffe_tops: list[str]
+    bottom_shapes: list
+    top_shapes: list
+    shared: dict[int, tuple[str, int]] = field(default_factory=dict)  # blob index -> (owner layer, owner blob)
+
+
+@dataclass
+class NetGraph:
+    name: str
+    inputs: dict[str, tuple]          # unique input blob name -> shape (None if unknown)
+    layers: list[GraphLayer]
+    outputs: list[str]                # unique names of the blobs nothing consumes
+    caffe_name: dict[str, str]        # unique blob name -> Caffe blob name
+    final: dict[str, str]             # Caffe blob name -> unique name of its last value
+    phase: int = caffe_pb2.TEST
+
+    def layer(self, name: str) -> GraphLayer:
+        for gl in self.layers:
+            if gl.name == name:
+                return gl
+        raise KeyError(name)
+
+
+def _patched(net, input_shapes: dict | None):
+    """A copy of ``net`` whose Input layers carry the requested shapes."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    if not input_shapes:
+        return out
+    for layer in out.layer:
+        if layer.type == "Input":
+            shapes_now = [list(s.dim) for s in layer.input_param.shape]
+            if len(shapes_now) == 1 and len(layer.top) > 1:
+                shapes_now = shapes_now * len(layer.top)
+            shapes_now += [[]] * (len(layer.top) - len(shapes_now))
+            for i, top in enumerate(layer.top):
+                if top in input_shapes:
+                    shapes_now[i] = list(input_shapes[top])
+            del layer.input_param.shape[:]
+            for s in shapes_now:
+                layer.input_param.shape.add(dim=s)
+    return out
+
+
+def deploy_net(net, input_shapes: dict | None = None):
+    """A deploy form of a training net (what a caffemodel stores): data layers become Input layers for their
+    data tops (tops named like 'label' are labels), loss/accuracy/silence layers go, and so does every layer
+    that needs a removed blob."""
+    out = caffe_pb2.NetParameter(name=net.name)
+    removed: set[str] = set()
+    inputs: set[str] = set()
+    for layer in net.layer:
+        # data layers of any phase (train and test nets often have one each): their data tops become inputs
+        if layer.type in DATA_TYPES and layer.type != "Input":
+            labels = [t for t in layer.top if "label" in t.lower()]
+            keep = [t for t in layer.top if t not in labels and t not in inputs] or \
+                [t for t in layer.top[:1] if t not in inputs]
+            removed.update(t for t in layer.top if t not in keep and t not in inputs)
+            if keep:
+                inp = out.layer.add(name=layer.name, type="Input", top=keep)
+                for t in keep:
+                    shape = (input_shapes or {}).get(t)
+                    inp.input_param.shape.add(dim=list(shape) if shape else [])
+                inputs.update(keep)
+            continue
+        if not shapes.layer_included(layer, caffe_pb2.TEST) or layer.type in TRAINING_ONLY:
+            removed.update(t for t in layer.top if t not in layer.bottom)
+            continue
+        if any(b in removed for b in layer.bottom):
+            removed.update(layer.top)
+            continue
+        out.layer.add().CopyFrom(layer)
+        out.layer[-1].ClearField("include")
+        out.layer[-1].ClearField("exclude")
+        out.layer[-1].ClearField("phase")
+    return out
+
+
+def input_names(net) -> list[str]:
+    """Tops of the net's data/Input layers, in order."""
+    return [t for layer in net.layer if layer.type in DATA_TYPES for t in layer.top]
+
+
+def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = None, path=None) -> NetGraph:
+    """Resolve a NetParameter into a NetGraph for ``phase`` (Caffe's Net::Init bookkeeping)."""
+    net = _patched(net, input_shapes)
+    inferred = {ls.index: ls for ls in shapes.infer(net, phase, None)}
+    current: dict[str, str] = {}         # Caffe name -> unique name of its current value
+    caffe_name: dict[str, str] = {}
+    inputs: dict[str, tuple] = {}
+    available: list[str] = []
+    layers: list[GraphLayer] = []
+    owners: dict[str, tuple[str, int]] = {}
+    used_unique: set[str] = set()
+
+    def new_name(top: str, layer_name: str) -> str:
+        name = top if top not in used_unique else f"{top}@{layer_name}"
+        k = 2
+        while name in used_unique:
+            name, k = f"{top}@{layer_name}#{k}", k + 1
+        used_unique.add(name)
+        return name
+
+    for i, layer in enumerate(net.layer):
+        if not shapes.layer_included(layer, phase):
+            continue
+        ls = inferred[i]
+        if layer.type in DATA_TYPES:
+            for top, shape in zip(layer.top, ls.tops):
+                u = new_name(top, layer.name)
+                inputs[u] = shape
+                current[top] = u
+                caffe_name[u] = top
+                available.append(u)
+            continue
+        bottoms = []
+        for b in layer.bottom:
+            if b not in current:
+                raise CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): bottom '{b}' is not produced by "
+                                           f"any earlier layer")
+            bottoms.append(current[b])
+        for u in bottoms:
+            if u in available:
+                available.remove(u)
+        tops = []
+        for top in layer.top:
+            u = new_name(top, layer.name)
+            current[top] = u
+            caffe_name[u] = top
+            tops.append(u)
+            available.append(u)
+        gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(layer.bottom), list(layer.top),
+                        list(ls.bottoms), list(ls.tops))
+        for j, spec in enumerate(layer.param):
+            if spec.name:
+                if spec.name in owners:
+                    gl.shared[j] = owners[spec.name]
+                else:
+                    owners[spec.name] = (layer.name, j)
+        layers.append(gl)
+    return NetGraph(net.name, inputs, layers, available, caffe_name, dict(current), phase)

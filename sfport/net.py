@@ -1,0 +1,294 @@
+"""CaffeNet (the nn.Module that runs a NetGraph) and Net, a pycaffe-like handle around it."""
+from __future__ import annotations
+
+import io as _io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sfport import converters as conv_registry
+from sfport import io, model as model_mod
+from sfport.errors import CaffeFileError
+from sfport.graph import NetGraph, build_graph, deploy_net, input_names
+from sfport.protos import caffe_pb2
+
+PT_FORMAT = "sfport-net"
+PT_VERSION = 1
+
+
+def _key(name: str, taken: set) -> str:
+    """A ModuleDict key for a Caffe layer name (no dots; unique)."""
+    key = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
+    if key[0].isdigit():
+        key = "_" + key
+    base, k = key, 2
+    while key in taken:
+        key, k = f"{base}_{k}", k + 1
+    taken.add(key)
+    return key
+
+
+class CaffeNet(nn.Module):
+    """Runs a NetGraph. ``forward(*inputs or **inputs)`` returns the net's outputs by Caffe blob name;
+    ``run(inputs, keep_all=True)`` returns every blob by unique name. Parameters are nn.Parameters in Caffe
+    blob order per layer (``caffe_params(layer)``); a shared parameter is one object in every layer using it."""
+
+    def __init__(self, graph: NetGraph):
+        super().__init__()
+        self.graph = graph
+        self.layers = nn.ModuleDict()
+        self.keys: dict[str, str] = {}
+        taken: set = set()
+        for gl in graph.layers:
+            converter = conv_registry.get(gl.type, gl.name)
+            if any(s is None for s in gl.bottom_shapes):
+                raise CaffeFileError(None, f"layer '{gl.name}' ({gl.type}): the shape of its input is unknown; "
+                                           f"give the input shape")
+            try:
+                module = converter.build(gl.param, [tuple(s) for s in gl.bottom_shapes])
+            except ValueError as e:
+                raise CaffeFileError(None, str(e)) from None
+            key = _key(gl.name, taken)
+            self.keys[gl.name] = key
+            self.layers[key] = module
+        for gl in graph.layers:  # shared parameters: one owner's nn.Parameter everywhere
+            module = self.layers[self.keys[gl.name]]
+            for j, (owner, oj) in gl.shared.items():
+                owner_module = self.layers[self.keys[owner]]
+                name = module.caffe_blobs[j]
+                owner_param = getattr(owner_module, owner_module.caffe_blobs[oj])
+                if getattr(module, name).shape != owner_param.shape:
+                    raise CaffeFileError(None, f"layer '{gl.name}' shares parameter {j} with '{owner}' but their "
+                                               f"shapes differ: {list(getattr(module, name).shape)} vs "
+                                               f"{list(owner_param.shape)}")
+                setattr(module, name, owner_param)
+        self.input_names = list(graph.inputs)
+        self.output_names = [graph.caffe_name[u] for u in graph.outputs]
+
+    def module_of(self, layer_name: str) -> nn.Module:
+        return self.layers[self.keys[layer_name]]
+
+    def caffe_params(self, layer_name: str) -> list[nn.Parameter]:
+        m = self.module_of(layer_name)
+        return [getattr(m, n) for n in m.caffe_blobs]
+
+    def run(self, inputs: dict, keep_all: bool = False) -> dict[str, torch.Tensor]:
+        blobs: dict[str, torch.Tensor] = {}
+        for name in self.input_names:
+            caffe = self.graph.caffe_name[name]
+            if name in inputs:
+                blobs[name] = inputs[name]
+            elif caffe in inputs:
+                blobs[name] = inputs[caffe]
+            else:
+                raise KeyError(f"missing input '{caffe}'")
+        remaining = {}
+        if not keep_all:  # free a blob after its last consumer
+            for gl in self.graph.layers:
+                for b in gl.bottoms:
+                    remaining[b] = remaining.get(b, 0) + 1
+        outputs = set(self.graph.outputs)
+        for gl in self.graph.layers:
+            out = self.layers[self.keys[gl.name]](*[blobs[b] for b in gl.bottoms])
+            if isinstance(out, torch.Tensor):
+                out = (out,)
+            for name, t in zip(gl.tops, out):
+                blobs[name] = t
+            if not keep_all:
+                for b in gl.bottoms:
+                    remaining[b] -= 1
+                    if remaining[b] == 0 and b not in outputs:
+                        blobs.pop(b, None)
+        return blobs
+
+    def forward(self, *args, **kwargs):
+        inputs = dict(zip(self.input_names, args))
+        inputs.update(kwargs)
+        blobs = self.run(inputs)
+        return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
+
+
+class _Positional(nn.Module):
+    """Positional inputs, tuple outputs: the form tracing, TorchScript and ONNX need."""
+
+    def __init__(self, net: CaffeNet, outputs: list[str]):
+        super().__init__()
+        self.net = net
+        self.outputs = outputs
+
+    def forward(self, *xs):
+        blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False)
+        return tuple(blobs[self.net.graph.final[o]] if o in self.net.graph.final else blobs[o]
+                     for o in self.outputs)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+class Net:
+    """pycaffe-like: ``Net(prototxt_or_caffemodel_or_pt, weights=None, phase="test", input_shapes=None)``.
+
+    ``forward(**inputs)`` returns the output blobs; afterwards ``blobs[name]`` holds every blob (by Caffe name,
+    its last value; ``layer_outputs[layer]`` the tops of each layer), ``params[layer]`` the parameters in
+    Caffe order, ``module`` the nn.Module. ``save(path)`` writes sfport's self-contained ``.pt``;
+    ``save_caffemodel(path)`` writes the (possibly changed) weights back in Caffe's format.
+    """
+
+    def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None):
+        self.phase = {"test": caffe_pb2.TEST, "train": caffe_pb2.TRAIN}[str(phase).lower()]
+        state = None
+        self.report = None
+        if isinstance(model, io.CaffeModel):
+            definition = model
+        elif str(model).endswith(".pt"):
+            definition, state, saved_shapes = _load_pt(model)
+            input_shapes = input_shapes or saved_shapes
+        else:
+            definition = io.read_net(model)
+        weight_model = None
+        if weights is not None:
+            weight_model = weights if isinstance(weights, io.CaffeModel) else io.read_caffemodel(weights)
+        elif definition.has_weights():
+            weight_model = definition
+        net = definition.net
+        if isinstance(input_shapes, (tuple, list)):  # one shape: the net's first input
+            names = input_names(net)
+            if not names:
+                raise CaffeFileError(definition.path, "the net has no input to give a shape to")
+            input_shapes = {names[0]: tuple(input_shapes)}
+        if weight_model is definition and any(l.type in ("Data", "ImageData", "HDF5Data") for l in net.layer) \
+                and self.phase == caffe_pb2.TEST:
+            net = deploy_net(net, input_shapes)
+            if input_shapes and not any(k in input_names(net) for k in input_shapes):
+                input_shapes = {input_names(net)[0]: next(iter(input_shapes.values()))}
+        self.definition = net
+        self.input_shapes = dict(input_shapes or {})
+        self.graph = build_graph(net, self.phase, input_shapes, definition.path)
+        missing = [n for n, s in self.graph.inputs.items() if s is None or len(s) == 0]
+        if missing:
+            raise CaffeFileError(definition.path, f"the shape of input {missing} is unknown: give it "
+                                                  f"(--shape N,C,H,W / input_shapes={{'{missing[0]}': ...}})")
+        self.module = CaffeNet(self.graph)
+        self.module.train(self.phase == caffe_pb2.TRAIN)
+        if state is not None:
+            self.module.load_state_dict(state)
+        elif weight_model is not None:
+            self.report = self.load_weights(weight_model)
+        self.blobs: dict[str, torch.Tensor] = {}
+        self.layer_outputs: dict[str, list[torch.Tensor]] = {}
+
+    # -- weights ---------------------------------------------------------------------------------------------
+    def load_weights(self, weights: io.CaffeModel) -> model_mod.MergeReport:
+        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); returns what was copied and what not."""
+        report = model_mod.MergeReport()
+        source = {}
+        for i, layer in enumerate(weights.net.layer):
+            if len(layer.blobs):
+                source[layer.name] = i
+        used = set()
+        for gl in self.graph.layers:
+            converter = conv_registry.get(gl.type, gl.name)
+            module = self.module.module_of(gl.name)
+            if gl.name not in source:
+                if converter.params(module):
+                    report.layers_without_weights.append(gl.name)
+                continue
+            used.add(gl.name)
+            try:
+                converter.load(module, weights.blob_arrays(source[gl.name]), gl.name)
+            except ValueError as e:
+                raise CaffeFileError(weights.path, f"does not fit the net: {e}") from None
+            report.copied.append(gl.name)
+        report.weights_without_layers = [n for n in source if n not in used]
+        return report
+
+    @property
+    def params(self) -> dict[str, list[nn.Parameter]]:
+        out = {}
+        for gl in self.graph.layers:
+            ps = self.module.caffe_params(gl.name)
+            if ps:
+                out[gl.name] = ps
+        return out
+
+    def to_caffemodel(self) -> io.CaffeModel:
+        """The net definition with the current parameters as blobs, ready for ``io.write_caffemodel``."""
+        out = io.CaffeModel.from_net(self.definition, None)
+        index = {gl.name: gl for gl in self.graph.layers}
+        for i, layer in enumerate(out.net.layer):
+            gl = index.get(layer.name)
+            if gl is None or gl.index != i:
+                continue
+            arrays = conv_registry.get(gl.type, gl.name).save(self.module.module_of(gl.name))
+            if arrays:
+                out.set_blob_arrays(i, arrays)
+        return out
+
+    def save_caffemodel(self, path) -> None:
+        io.write_caffemodel(path, self.to_caffemodel())
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def forward(self, **inputs) -> dict[str, torch.Tensor]:
+        tensors = {k: _as_tensor(v) for k, v in inputs.items()}
+        with torch.set_grad_enabled(self.module.training):
+            blobs = self.module.run(tensors, keep_all=True)
+        self.blobs = {caffe: blobs[u] for caffe, u in self.graph.final.items() if u in blobs}
+        self.layer_outputs = {gl.name: [blobs[t] for t in gl.tops] for gl in self.graph.layers}
+        self.unique_blobs = blobs
+        return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
+
+    @property
+    def inputs(self) -> dict[str, tuple]:
+        return {self.graph.caffe_name[u]: s for u, s in self.graph.inputs.items()}
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.module.output_names)
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """sfport's converted file: net definition (prototxt text) + state_dict, loadable with
+        ``torch.load(weights_only=True)``."""
+        buf = _io.BytesIO()
+        torch.save({"format": PT_FORMAT, "version": PT_VERSION, "net": io.net_to_text(self.definition),
+                    "input_shapes": {k: list(v) for k, v in self.inputs.items()},
+                    "state_dict": self.module.state_dict()}, buf)
+        io.atomic_write(path, buf.getvalue())
+
+    def exportable(self, outputs: list[str] | None = None) -> nn.Module:
+        """A module with positional inputs (in ``self.inputs`` order) returning a tuple of ``outputs``."""
+        return _Positional(self.module, outputs or self.outputs)
+
+    def example_inputs(self, batch: int | None = None, seed: int = 0) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for shape in self.inputs.values():
+            s = list(shape)
+            if batch is not None:
+                s[0] = batch
+            out.append(torch.rand(s, generator=g) * 2 - 1)
+        return tuple(out)
+
+
+def _load_pt(path):
+    """Read sfport's .pt without executing code (weights_only)."""
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CaffeFileError(path, "no such file") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input here
+        raise CaffeFileError(path, f"not an sfport .pt file: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != PT_FORMAT:
+        raise CaffeFileError(path, "not an sfport converted net (.pt made by `sfport convert`)")
+    net = caffe_pb2.NetParameter()
+    from google.protobuf import text_format
+    text_format.Parse(doc["net"], net)
+    shapes = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
+    return io.CaffeModel.from_net(net, os.fspath(path)), doc["state_dict"], shapes

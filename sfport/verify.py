@@ -1,0 +1,145 @@
+"""Blob-by-blob parity of an sfport net against an independent Caffe implementation.
+
+References: OpenCV 4's Caffe importer (its own layer code; fusion and Winograd disabled so that each layer's
+output is exposed and computed directly), pycaffe in a subprocess (a failed Caffe CHECK aborts the process), or a
+directory of ``<blob or layer name>.npy`` files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sfport.errors import CaffeFileError
+
+
+@dataclass
+class BlobCheck:
+    name: str
+    shape: list
+    max_ref: float
+    max_abs_err: float
+    rel_err: float          # max_abs_err / max(1, max|ref|)
+    cosine: float
+    ok: bool
+
+
+def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
+    """The verification input: uniform(-1, 1) noise, or an image as (BGR - 127.5) / 128, resized to HxW."""
+    n, c, h, w = shape
+    if source == "random":
+        return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+    import cv2
+    img = cv2.imread(source, cv2.IMREAD_COLOR if c == 3 else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise CaffeFileError(source, "cannot read the image")
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    img = (img - 127.5) * 0.0078125
+    chw = img.transpose(2, 0, 1) if img.ndim == 3 else img[None]
+    return np.repeat(chw[None], n, axis=0)
+
+
+def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """First output of every layer OpenCV builds, keyed by layer name."""
+    import cv2
+    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    net.enableFusion(False)
+    if hasattr(net, "enableWinograd"):
+        net.enableWinograd(False)
+    for name, x in inputs.items():
+        net.setInput(x, name)
+    names = list(net.getLayerNames())
+    outs = net.forward(names)
+    return {n: np.asarray(o) for n, o in zip(names, outs)}
+
+
+_CAFFE_SCRIPT = r"""
+import sys, os, numpy as np
+import caffe
+caffe.set_mode_cpu()
+prototxt, weights, in_dir, out_dir = sys.argv[1:5]
+net = caffe.Net(prototxt, weights, caffe.TEST)
+for f in os.listdir(in_dir):
+    name = f[:-4]
+    x = np.load(os.path.join(in_dir, f))
+    net.blobs[name].reshape(*x.shape)
+    net.blobs[name].data[...] = x
+net.reshape()
+net.forward()
+for name, blob in net.blobs.items():
+    np.save(os.path.join(out_dir, name.replace('/', '__') + '.npy'), blob.data)
+"""
+
+
+def caffe_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray],
+                    python: str | None = None) -> dict[str, np.ndarray]:
+    """Every blob of pycaffe's forward (last value of each name), run in a subprocess of ``python`` (default:
+    $SFPORT_CAFFE_PYTHON, else this interpreter)."""
+    python = python or os.environ.get("SFPORT_CAFFE_PYTHON") or sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        in_dir, out_dir = Path(tmp, "in"), Path(tmp, "out")
+        in_dir.mkdir()
+        out_dir.mkdir()
+        for name, x in inputs.items():
+            np.save(in_dir / f"{name}.npy", x)
+        p = subprocess.run([python, "-c", _CAFFE_SCRIPT, prototxt, caffemodel, str(in_dir), str(out_dir)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise CaffeFileError(caffemodel, f"pycaffe reference failed (exit {p.returncode}): {tail}")
+        return dir_reference(out_dir)
+
+
+def dir_reference(directory) -> dict[str, np.ndarray]:
+    """``<name>.npy`` files of a directory (``__`` in a file name stands for ``/`` in the blob name)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CaffeFileError(directory, "reference directory not found")
+    return {f.stem.replace("__", "/"): np.load(f, allow_pickle=False) for f in sorted(d.glob("*.npy"))}
+
+
+def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list[str],
+            tol: float = 1e-5) -> list[BlobCheck]:
+    """Compare every name both sides have, in ``order``; a blob passes when
+    max|ours - ref| <= tol * max(1, max|ref|) and the shapes agree."""
+    checks = []
+    for name in order:
+        if name not in ours or name not in ref:
+            continue
+        a = np.asarray(ours[name], dtype=np.float64)
+        b = np.asarray(ref[name], dtype=np.float64)
+        if a.size != b.size:
+            checks.append(BlobCheck(name, list(b.shape), float("nan"), float("inf"), float("inf"), float("nan"),
+                                    False))
+            continue
+        a = a.reshape(b.shape)
+        max_ref = float(np.abs(b).max()) if b.size else 0.0
+        err = float(np.abs(a - b).max()) if b.size else 0.0
+        rel = err / max(1.0, max_ref)
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        cos = float(np.dot(a.ravel(), b.ravel()) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+        checks.append(BlobCheck(name, list(b.shape), max_ref, err, rel, cos, rel <= tol))
+    return checks
+
+
+def format_table(checks: list[BlobCheck]) -> str:
+    head = ("blob", "shape", "max|ref|", "max abs err", "rel err", "cosine", "")
+    rows = [(c.name, "x".join(map(str, c.shape)), f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}",
+             f"{c.cosine:.8f}", "ok" if c.ok else "FAIL") for c in checks]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) if i in (0, 1, 6) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+              .rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def as_json(checks: list[BlobCheck], extra: dict) -> str:
+    return json.dumps({**extra, "blobs": [asdict(c) for c in checks]}, indent=2)
