@@ -41,12 +41,11 @@ def torchscript_bytes(net, tol: float = 1e-5) -> tuple[bytes, float]:
     module = net.exportable().eval()
     example = net.example_inputs()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic; jit's deprecation notices
         traced = torch.jit.trace(module, example, check_trace=False)
-    buf = _io.BytesIO()
-    torch.jit.save(traced, buf)
-    loaded = torch.jit.load(_io.BytesIO(buf.getvalue()))
-    with torch.no_grad():
+        buf = _io.BytesIO()
+        torch.jit.save(traced, buf)
+        loaded = torch.jit.load(_io.BytesIO(buf.getvalue()))
         got = [t.numpy() for t in loaded(*example)]
     worst = _check("TorchScript", got, _eager(module, example), tol)
     return buf.getvalue(), worst

@@ -76,11 +76,16 @@ def _patched(net, input_shapes: dict | None):
 def deploy_net(net, input_shapes: dict | None = None):
     """A deploy form of a training net (what a caffemodel stores): data layers become Input layers for their
     data tops (tops named like 'label' are labels), loss/accuracy/silence layers go, and so does every layer
-    that needs a removed blob."""
+    that needs a removed blob; the Split layers Caffe inserted are folded away."""
     out = caffe_pb2.NetParameter(name=net.name)
     removed: set[str] = set()
     inputs: set[str] = set()
+    alias: dict[str, str] = {}  # tops of the Split layers Caffe inserted -> the blob they copy
     for layer in net.layer:
+        if layer.type == "Split" and len(layer.bottom) == 1:
+            for t in layer.top:
+                alias[t] = alias.get(layer.bottom[0], layer.bottom[0])
+            continue
         # data layers of any phase (train and test nets often have one each): their data tops become inputs
         if layer.type in DATA_TYPES and layer.type != "Input":
             labels = [t for t in layer.top if "label" in t.lower()]
@@ -97,10 +102,12 @@ def deploy_net(net, input_shapes: dict | None = None):
         if not shapes.layer_included(layer, caffe_pb2.TEST) or layer.type in TRAINING_ONLY:
             removed.update(t for t in layer.top if t not in layer.bottom)
             continue
-        if any(b in removed for b in layer.bottom):
+        if any(alias.get(b, b) in removed for b in layer.bottom):
             removed.update(layer.top)
             continue
         out.layer.add().CopyFrom(layer)
+        for j, b in enumerate(layer.bottom):
+            out.layer[-1].bottom[j] = alias.get(b, b)
         out.layer[-1].ClearField("include")
         out.layer[-1].ClearField("exclude")
         out.layer[-1].ClearField("phase")

@@ -160,9 +160,30 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
     return rows
 
 
+def _random_blobs(layer, need, rng) -> list:
+    """Random values of a sensible scale: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2), slopes near 0.25,
+    scales near 1, BatchNorm statistics with a positive variance and scale factor 1."""
+    if layer.type == "BatchNorm":
+        c = need[0]
+        return [rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32),
+                np.ones(need[2], np.float32)]
+    out = []
+    for j, shape in enumerate(need):
+        if len(shape) >= 2:
+            fan_in = math.prod(shape[1:]) if layer.type != "Deconvolution" else shape[0] * math.prod(shape[2:])
+            out.append(rng.normal(0, 1 / math.sqrt(max(fan_in, 1)), shape).astype(np.float32))
+        elif layer.type in ("PReLU",):
+            out.append((0.25 + 0.05 * rng.standard_normal(shape)).astype(np.float32))
+        elif layer.type in ("Scale", "Normalize") and j == 0:
+            out.append((1 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
+        else:
+            out.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
+    return out
+
+
 def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caffe_pb2.TEST) -> CaffeModel:
     """A copy of ``definition`` whose parameter blobs (shapes inferred as Caffe would allocate them) hold
-    normal random float32 values: test nets and benchmark files without real weights."""
+    random float32 values of a sensible scale: test nets and benchmark files without real weights."""
     rng = np.random.default_rng(seed)
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
@@ -173,5 +194,5 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
         if need is None:
             raise CaffeFileError(definition.path, f"cannot infer the parameter shapes of layer "
                                                   f"'{as_text(layer.name)}' ({as_text(layer.type)})")
-        out.set_blob_arrays(i, [rng.standard_normal(shape, dtype=np.float32) for shape in need])
+        out.set_blob_arrays(i, _random_blobs(layer, need, rng))
     return out

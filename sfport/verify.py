@@ -32,9 +32,11 @@ class BlobCheck:
 
 def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
     """The verification input: uniform(-1, 1) noise, or an image as (BGR - 127.5) / 128, resized to HxW."""
-    n, c, h, w = shape
     if source == "random":
         return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+    if len(shape) != 4:
+        raise CaffeFileError(source, f"an image input needs a 4-D net input, not {list(shape)}")
+    n, c, h, w = shape
     import cv2
     img = cv2.imread(source, cv2.IMREAD_COLOR if c == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:
