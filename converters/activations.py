@@ -61,8 +61,9 @@ class PReLU(nn.Module):
         self.shared = shared
 
     def forward(self, x):
-        w = self.weight if self.shared else self.weight.reshape((-1,) + (1,) * (x.dim() - 2))
-        return torch.where(x > 0, x, x * w)
+        if x.dim() >= 2:
+            return F.prelu(x, self.weight.reshape(1) if self.shared else self.weight)
+        return torch.where(x > 0, x, x * self.weight)
 
 
 def _log_base(base: float) -> float:
