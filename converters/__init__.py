@@ -27,21 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from sfport.errors import CaffeFileError
+
 _REGISTRY: dict[str, "Converter"] = {}
 _PLUGINS_LOADED = False
 
 
-class UnknownLayerType(KeyError):
-    """No converter is registered for a layer's type."""
+class UnknownLayerType(CaffeFileError):
+    """No converter is registered for a layer's type (bad input: one line, exit status 2 on the command line)."""
 
     def __init__(self, layer_name: str, layer_type: str):
         self.layer_name, self.layer_type = layer_name, layer_type
-        super().__init__(layer_name)
-
-    def __str__(self) -> str:
-        return (f"layer '{self.layer_name}' has type '{self.layer_type}', which sfport has no converter for; "
-                f"register one with @sfport.converters.register('{self.layer_type}') in a module named in "
-                f"SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
+        super().__init__(None, f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; "
+                               f"register one with @sfport.converters.register('{layer_type}') in a module named "
+                               f"in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
 
 
 class Converter:

@@ -203,3 +203,22 @@ def test_unknown_fields_from_another_fork_are_reported(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["unknown_fields"] == [
         "layer 'swish1'.margin_inner_product_param: unknown field number 1"]
+
+
+def test_unknown_layer_type_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "odd.prototxt"
+    p.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+                 'layer { name: "odd" type: "FancyLayer" bottom: "data" top: "t" }\n')
+    w = tmp_path / "odd.caffemodel"
+    from sfport import io
+    io.write_caffemodel(w, io.read_prototxt(p))
+    r = run("convert", w, "-p", p, "-o", tmp_path / "odd.pt")
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1
+    assert "layer 'odd' has type 'FancyLayer'" in r.stderr and not (tmp_path / "odd.pt").exists()
+
+
+def test_sfport_net_is_the_pycaffe_like_api():
+    import sfport
+    net = sfport.Net(str(FIXTURES / "mtcnn/det1.prototxt"), str(DET1), phase="test")
+    out = net.forward(data=np.zeros((1, 3, 12, 12), np.float32))
+    assert set(out) == {"conv4-2", "prob1"} and [p.shape for p in net.params["conv1"]] == [(10, 3, 3, 3), (10,)]

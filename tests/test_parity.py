@@ -164,3 +164,17 @@ def test_verify_against_a_directory_of_npy(tmp_path):
     np.save(tmp_path / "conv3.npy", bad)
     r = CliRunner().invoke(cli, ["verify", str(c), "-p", str(p), "--reference", str(tmp_path)])
     assert r.exit_code == 1 and "first divergence at 'conv3'" in r.stdout
+
+
+CAFFE_PYTHON = __import__("os").environ.get("SFPORT_CAFFE_PYTHON")
+
+
+@pytest.mark.skipif(not CAFFE_PYTHON, reason="pycaffe oracle not built: run ../shared/tools/build-caffe-oracle.sh "
+                                              "and set SFPORT_CAFFE_PYTHON to its python")
+@pytest.mark.parametrize("prototxt,caffemodel", MODEL_PAIRS, ids=[c.split("/")[-1] for _, c in MODEL_PAIRS])
+def test_fixture_models_match_pycaffe(prototxt, caffemodel):
+    """The same check against a real (forward-only) Caffe build, blob by blob in pycaffe's naming."""
+    r = CliRunner().invoke(cli, ["verify", str(FIXTURES / caffemodel), "-p", str(FIXTURES / prototxt),
+                                 "--reference", "caffe", "--json"])
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["passed"] and len(doc["blobs"]) >= 4, r.output
