@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import _conv_geometry, _axis
+from sfport.shapes import conv_geometry, _axis
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -40,11 +40,11 @@ class ConvolutionConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.convolution_param
         shape = bottom_shapes[0]
-        axis = _axis(p.axis, len(shape))
+        axis = canonical_axis(p.axis, len(shape))
         if axis != 1:
             raise ValueError(f"layer '{layer.name}': convolution axis {p.axis} is not supported (only 1)")
         nd = len(shape) - 2
-        kernel, pad, stride, dilation = _conv_geometry(p, nd)
+        kernel, pad, stride, dilation = conv_geometry(p, nd)
         cin = shape[1]
         depthwise = layer.type != "Convolution" and layer.type != "Deconvolution"
         groups = cin if depthwise and not p.HasField("group") else p.group

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import _axis
+from sfport.shapes import canonical_axis
 
 
 class CaffeInnerProduct(nn.Module):
@@ -32,5 +32,5 @@ class InnerProductConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.inner_product_param
         shape = bottom_shapes[0]
-        axis = _axis(p.axis, len(shape))
+        axis = canonical_axis(p.axis, len(shape))
         return CaffeInnerProduct(p.num_output, math.prod(shape[axis:]), axis, p.bias_term, p.transpose)

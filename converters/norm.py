@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import _axis
+from sfport.shapes import canonical_axis
 
 
 class CaffeBatchNorm(nn.Module):
@@ -145,7 +145,7 @@ class ScaleBiasConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.scale_param if layer.type == "Scale" else layer.bias_param
         shape = bottom_shapes[0]
-        axis = _axis(p.axis, len(shape))
+        axis = canonical_axis(p.axis, len(shape))
         if len(bottom_shapes) > 1:
             other = bottom_shapes[1]
             return CaffeScaleBias(layer.type, axis, other, False, layer.type == "Scale" and p.bias_term)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import pooling_output_size
+from sfport.shapes import pooling_geometry, pooling_output_size
 
 
 def _extra(size: int, out: int, k: int, s: int, p: int) -> int:
@@ -60,10 +60,5 @@ class PoolingConverter(Converter):
             raise ValueError(f"layer '{layer.name}': STOCHASTIC pooling is not supported")
         if len(bottom_shapes[0]) != 4:
             raise ValueError(f"layer '{layer.name}': pooling needs a 4-D input, got {list(bottom_shapes[0])}")
-        kh = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
-        kw = p.kernel_w if p.HasField("kernel_w") else p.kernel_size
-        ph = p.pad_h if p.HasField("pad_h") else p.pad
-        pw = p.pad_w if p.HasField("pad_w") else p.pad
-        sh = p.stride_h if p.HasField("stride_h") else p.stride
-        sw = p.stride_w if p.HasField("stride_w") else p.stride
-        return CaffePool(method, (kh, kw), (sh, sw), (ph, pw), p.global_pooling, p.round_mode == 0)
+        kernel, stride, pad = pooling_geometry(p)
+        return CaffePool(method, kernel, stride, pad, p.global_pooling, p.round_mode == 0)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import _axis
+from sfport.shapes import canonical_axis
 
 
 class Op(nn.Module):
@@ -98,7 +98,7 @@ class ConcatConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.concat_param
         axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
-        return Op("concat", axis=_axis(axis, len(bottom_shapes[0])))
+        return Op("concat", axis=canonical_axis(axis, len(bottom_shapes[0])))
 
 
 @register("Slice")
@@ -106,7 +106,7 @@ class SliceConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.slice_param
         shape = bottom_shapes[0]
-        axis = _axis(p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim, len(shape))
+        axis = canonical_axis(p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim, len(shape))
         n = len(layer.top)
         if p.slice_point:
             points = [0] + list(p.slice_point) + [shape[axis]]
@@ -127,7 +127,7 @@ class SplitConverter(Converter):
 class FlattenConverter(Converter):
     def build(self, layer, bottom_shapes):
         p, nd = layer.flatten_param, len(bottom_shapes[0])
-        return Op("flatten", axis=_axis(p.axis, nd), end_axis=_axis(p.end_axis, nd))
+        return Op("flatten", axis=canonical_axis(p.axis, nd), end_axis=canonical_axis(p.end_axis, nd))
 
 
 @register("Reshape")
@@ -143,7 +143,7 @@ class ReshapeConverter(Converter):
 class CropConverter(Converter):
     def build(self, layer, bottom_shapes):
         p, nd = layer.crop_param, len(bottom_shapes[0])
-        axis = _axis(p.axis, nd)
+        axis = canonical_axis(p.axis, nd)
         offsets = list(p.offset) or [0]
         if len(offsets) == 1:
             offsets = offsets * (nd - axis)
@@ -162,14 +162,14 @@ class PermuteConverter(Converter):
 @register("Softmax")
 class SoftmaxConverter(Converter):
     def build(self, layer, bottom_shapes):
-        return Op("softmax", axis=_axis(layer.softmax_param.axis, len(bottom_shapes[0])))
+        return Op("softmax", axis=canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0])))
 
 
 @register("ArgMax")
 class ArgMaxConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.argmax_param
-        axis = _axis(p.axis, len(bottom_shapes[0])) if p.HasField("axis") else None
+        axis = canonical_axis(p.axis, len(bottom_shapes[0])) if p.HasField("axis") else None
         return Op("argmax", top_k=p.top_k, out_max_val=p.out_max_val, axis=axis)
 
 

@@ -48,7 +48,7 @@ def layer_included(layer, phase: int, level: int = 0, stages: tuple = ()) -> boo
     return not any(meets(r) for r in layer.exclude)
 
 
-def _axis(axis: int, ndim: int) -> int:
+def canonical_axis(axis: int, ndim: int) -> int:
     return axis + ndim if axis < 0 else axis
 
 
@@ -64,7 +64,7 @@ def _spatial(values, h, w, n, default):
     return vals[:n]
 
 
-def _conv_geometry(p, ndim_spatial):
+def conv_geometry(p, ndim_spatial):
     kernel = _spatial(p.kernel_size, p.kernel_h if p.HasField("kernel_h") else None,
                       p.kernel_w if p.HasField("kernel_w") else None, ndim_spatial, None)
     pad = _spatial(p.pad, p.pad_h if p.HasField("pad_h") else None,
@@ -73,6 +73,17 @@ def _conv_geometry(p, ndim_spatial):
                       p.stride_w if p.HasField("stride_w") else None, ndim_spatial, 1)
     dilation = _spatial(p.dilation, None, None, ndim_spatial, 1)
     return kernel, pad, stride, dilation
+
+
+def pooling_geometry(p) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, pad) as (h, w) pairs of a PoolingParameter: *_h/*_w override the square values."""
+    kh = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
+    kw = p.kernel_w if p.HasField("kernel_w") else p.kernel_size
+    sh = p.stride_h if p.HasField("stride_h") else p.stride
+    sw = p.stride_w if p.HasField("stride_w") else p.stride
+    ph = p.pad_h if p.HasField("pad_h") else p.pad
+    pw = p.pad_w if p.HasField("pad_w") else p.pad
+    return (kh, kw), (sh, sw), (ph, pw)
 
 
 def pooling_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -> int:
@@ -128,21 +139,21 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         params = None
         if t == "InterClass" and b0 is not None:
             p = layer.inter_class_param
-            params = [(p.num_output, math.prod(b0[_axis(p.axis, len(b0)):]))]
+            params = [(p.num_output, math.prod(b0[canonical_axis(p.axis, len(b0)):]))]
         elif t != "InterClass":
             params = []
         tops = [()] * ntop
         if t == "Accuracy" and ntop > 1 and bottoms[0] is not None:
-            tops = [(), (bottoms[0][_axis(layer.accuracy_param.axis, len(bottoms[0]))],)]
+            tops = [(), (bottoms[0][canonical_axis(layer.accuracy_param.axis, len(bottoms[0]))],)]
         return tops, params
     if b0 is None or any(b is None for b in bottoms):
         return [None] * ntop, None
 
     if t in ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution"):
         p = layer.convolution_param
-        axis = _axis(p.axis, len(b0))
+        axis = canonical_axis(p.axis, len(b0))
         n_sp = len(b0) - axis - 1
-        kernel, pad, stride, dil = _conv_geometry(p, n_sp)
+        kernel, pad, stride, dil = conv_geometry(p, n_sp)
         if kernel[0] is None:
             return [None] * ntop, None
         cin = b0[axis]
@@ -163,18 +174,13 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         n, c, h, w = b0
         if p.global_pooling:
             return [(n, c, 1, 1)] * ntop, []
-        kh = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
-        kw = p.kernel_w if p.HasField("kernel_w") else p.kernel_size
-        ph = p.pad_h if p.HasField("pad_h") else p.pad
-        pw = p.pad_w if p.HasField("pad_w") else p.pad
-        sh = p.stride_h if p.HasField("stride_h") else p.stride
-        sw = p.stride_w if p.HasField("stride_w") else p.stride
+        (kh, kw), (sh, sw), (ph, pw) = pooling_geometry(p)
         ceil = p.round_mode == 0
         top = (n, c, pooling_output_size(h, kh, ph, sh, ceil), pooling_output_size(w, kw, pw, sw, ceil))
         return [top] * ntop, []
     if t in ("InnerProduct", "MarginInnerProduct"):
         p = layer.inner_product_param if t == "InnerProduct" else layer.margin_inner_product_param
-        axis = _axis(p.axis, len(b0))
+        axis = canonical_axis(p.axis, len(b0))
         k = math.prod(b0[axis:])
         top = tuple(b0[:axis]) + (p.num_output,)
         if t == "MarginInnerProduct":
@@ -194,7 +200,7 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         elif t in ("Scale", "Bias"):
             p = layer.scale_param if t == "Scale" else layer.bias_param
             if len(bottoms) == 1:
-                axis = _axis(p.axis, len(b0))
+                axis = canonical_axis(p.axis, len(b0))
                 end = len(b0) if p.num_axes == -1 else axis + p.num_axes
                 params = [tuple(b0[axis:end])]
                 if t == "Scale" and p.bias_term:
@@ -208,13 +214,13 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         return [tuple(b0)] * ntop, []
     if t == "Concat":
         p = layer.concat_param
-        axis = _axis(p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim, len(b0))
+        axis = canonical_axis(p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim, len(b0))
         top = list(b0)
         top[axis] = sum(b[axis] for b in bottoms)
         return [tuple(top)], []
     if t == "Slice":
         p = layer.slice_param
-        axis = _axis(p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim, len(b0))
+        axis = canonical_axis(p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim, len(b0))
         points = [0] + list(p.slice_point) + [b0[axis]]
         if not p.slice_point:
             step = b0[axis] // max(ntop, 1)
@@ -227,7 +233,7 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         return tops, []
     if t == "Flatten":
         p = layer.flatten_param
-        a, e = _axis(p.axis, len(b0)), _axis(p.end_axis, len(b0))
+        a, e = canonical_axis(p.axis, len(b0)), canonical_axis(p.end_axis, len(b0))
         return [tuple(b0[:a]) + (math.prod(b0[a:e + 1]),) + tuple(b0[e + 1:])], []
     if t == "Reshape":
         return [_reshape(tuple(b0), layer.reshape_param)], []
@@ -238,7 +244,7 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
     if t == "Crop":
         if len(bottoms) < 2:
             return [None], []
-        axis = _axis(layer.crop_param.axis, len(b0))
+        axis = canonical_axis(layer.crop_param.axis, len(b0))
         return [tuple(b0[:axis]) + tuple(bottoms[1][axis:])], []
     if t == "Upsample":
         p = layer.upsample_param
@@ -249,7 +255,7 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
         p = layer.argmax_param
         if p.HasField("axis"):
             s = list(b0)
-            s[_axis(p.axis, len(b0))] = p.top_k
+            s[canonical_axis(p.axis, len(b0))] = p.top_k
             return [tuple(s)], []
         return [(b0[0], 2 if p.out_max_val else 1, p.top_k)], []
     return [None] * ntop, None
