@@ -37,6 +37,8 @@ def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
     if len(shape) != 4:
         raise CaffeFileError(source, f"an image input needs a 4-D net input, not {list(shape)}")
     n, c, h, w = shape
+    if not Path(source).is_file():
+        raise CaffeFileError(source, "no such image file")
     import cv2
     img = cv2.imread(source, cv2.IMREAD_COLOR if c == 3 else cv2.IMREAD_GRAYSCALE)
     if img is None:
