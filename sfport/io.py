@@ -221,15 +221,15 @@ class CaffeModel:
             self.values.append([])
         self.values[layer_index] = row
 
+    def weight_layers(self) -> dict[str, int]:
+        """Layer name -> index, for layers that have blobs; the last layer of a name wins, as in Caffe's
+        layer_names_index_ (CopyTrainedLayersFrom) and pycaffe's ``net.params``."""
+        return {layer.name: i for i, layer in enumerate(self.net.layer) if len(layer.blobs)}
+
     @property
     def params(self) -> dict[str, list[np.ndarray]]:
-        """Layer name -> parameter arrays, for layers that have blobs (the last layer of a name wins, as in
-        pycaffe's ``net.params``)."""
-        out: dict[str, list[np.ndarray]] = {}
-        for i, layer in enumerate(self.net.layer):
-            if len(layer.blobs):
-                out[layer.name] = self.blob_arrays(i)
-        return out
+        """Layer name -> parameter arrays, for layers that have blobs."""
+        return {name: self.blob_arrays(i) for name, i in self.weight_layers().items()}
 
     def has_weights(self) -> bool:
         return any(len(layer.blobs) for layer in self.net.layer)

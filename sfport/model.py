@@ -49,10 +49,7 @@ def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TE
     what the definition needs raises :class:`CaffeFileError` naming both files, unless ``strict`` is false.
     """
     report = MergeReport()
-    source = {}
-    for i, layer in enumerate(weights.net.layer):
-        if len(layer.blobs):
-            source[layer.name] = i  # Caffe's layer_names_index_: the last layer of a name wins
+    source = weights.weight_layers()
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
     expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}

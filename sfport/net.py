@@ -188,10 +188,7 @@ class Net:
     def load_weights(self, weights: io.CaffeModel) -> model_mod.MergeReport:
         """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); returns what was copied and what not."""
         report = model_mod.MergeReport()
-        source = {}
-        for i, layer in enumerate(weights.net.layer):
-            if len(layer.blobs):
-                source[layer.name] = i
+        source = weights.weight_layers()
         used = set()
         for gl in self.graph.layers:
             converter = conv_registry.get(gl.type, gl.name)
