@@ -51,6 +51,10 @@ class Converter:
     def build(self, layer, bottom_shapes: list) -> nn.Module:
         raise NotImplementedError
 
+    def fillers(self, layer) -> list:
+        """The FillerParameter of each Caffe blob (None: keep the value the module was built with)."""
+        return []
+
     def params(self, module: nn.Module) -> list[nn.Parameter]:
         return [getattr(module, name) for name in getattr(module, "caffe_blobs", ())]
 
@@ -108,4 +112,4 @@ def registered_types() -> list[str]:
 
 
 # The built-in families register themselves on import.
-from . import activations, conv, linear, norm, pooling, structure  # noqa: E402,F401
+from . import activations, conv, linear, loss, margin, norm, pooling, structure  # noqa: E402,F401

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
+from sfport.fillers import constant
 
 
 class Elementwise(nn.Module):
@@ -98,3 +99,7 @@ class ElementwiseConverter(Converter):
 class PReLUConverter(Converter):
     def build(self, layer, bottom_shapes):
         return PReLU(bottom_shapes[0][1], layer.prelu_param.channel_shared)
+
+    def fillers(self, layer):
+        p = layer.prelu_param
+        return [p.filler if p.HasField("filler") else constant(0.25)]

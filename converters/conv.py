@@ -53,3 +53,7 @@ class ConvolutionConverter(Converter):
         else:
             wshape = (p.num_output, cin // groups, *kernel)
         return CaffeConv(wshape, p.bias_term, stride, pad, dilation, groups, layer.type == "Deconvolution")
+
+    def fillers(self, layer):
+        p = layer.convolution_param
+        return [p.weight_filler, p.bias_filler]

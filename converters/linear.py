@@ -34,3 +34,7 @@ class InnerProductConverter(Converter):
         shape = bottom_shapes[0]
         axis = canonical_axis(p.axis, len(shape))
         return CaffeInnerProduct(p.num_output, math.prod(shape[axis:]), axis, p.bias_term, p.transpose)
+
+    def fillers(self, layer):
+        p = layer.inner_product_param
+        return [p.weight_filler, p.bias_filler]

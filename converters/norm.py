@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
+from sfport.fillers import constant
 from sfport.shapes import canonical_axis
 
 
@@ -152,6 +153,15 @@ class ScaleBiasConverter(Converter):
         end = len(shape) if p.num_axes == -1 else axis + p.num_axes
         bias_term = layer.type == "Scale" and p.bias_term
         return CaffeScaleBias(layer.type, axis, shape[axis:end], True, bias_term)
+
+    def fillers(self, layer):
+        if len(layer.bottom) > 1:
+            return [layer.scale_param.bias_filler] if layer.type == "Scale" else []
+        if layer.type == "Bias":
+            p = layer.bias_param
+            return [p.filler if p.HasField("filler") else constant(0.0)]
+        p = layer.scale_param
+        return [p.filler if p.HasField("filler") else constant(1.0), p.bias_filler]
 
 
 @register("LRN")

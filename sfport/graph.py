@@ -33,6 +33,7 @@ class GraphLayer:
     bottom_shapes: list
     top_shapes: list
     shared: dict[int, tuple[str, int]] = field(default_factory=dict)  # blob index -> (owner layer, owner blob)
+    loss_weights: list[float] = field(default_factory=list)           # per top (Caffe's loss_weight)
 
 
 @dataclass
@@ -114,6 +115,23 @@ def deploy_net(net, input_shapes: dict | None = None):
     return out
 
 
+# Caffe's LossLayer subclasses (and the fork's InterClass): their first top has loss_weight 1 by default.
+LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
+              "MultinomialLogisticLoss", "ContrastiveLoss", "InterClass"}
+
+
+def loss_weights(layer, path=None) -> list[float]:
+    """Per-top loss weights as Caffe's Layer::SetLossWeights: explicit ``loss_weight`` (one per top), else 1 for
+    the first top of a loss layer and 0 elsewhere."""
+    n = len(layer.top)
+    if len(layer.loss_weight):
+        if len(layer.loss_weight) != n:
+            raise CaffeFileError(path, f"layer '{layer.name}': {len(layer.loss_weight)} loss_weight values for "
+                                       f"{n} tops (give one per top)")
+        return [float(v) for v in layer.loss_weight]
+    return [1.0 if (j == 0 and layer.type in LOSS_TYPES) else 0.0 for j in range(n)]
+
+
 def input_names(net) -> list[str]:
     """Tops of the net's data/Input layers, in order."""
     return [t for layer in net.layer if layer.type in DATA_TYPES for t in layer.top]
@@ -122,7 +140,8 @@ def input_names(net) -> list[str]:
 def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = None, path=None) -> NetGraph:
     """Resolve a NetParameter into a NetGraph for ``phase`` (Caffe's Net::Init bookkeeping)."""
     net = _patched(net, input_shapes)
-    inferred = {ls.index: ls for ls in shapes.infer(net, phase, None)}
+    data_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes)}
     current: dict[str, str] = {}         # Caffe name -> unique name of its current value
     caffe_name: dict[str, str] = {}
     inputs: dict[str, tuple] = {}
@@ -168,7 +187,7 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
             tops.append(u)
             available.append(u)
         gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(layer.bottom), list(layer.top),
-                        list(ls.bottoms), list(ls.tops))
+                        list(ls.bottoms), list(ls.tops), loss_weights=loss_weights(layer, path))
         for j, spec in enumerate(layer.param):
             if spec.name:
                 if spec.name in owners:

@@ -26,10 +26,24 @@ class MergeReport:
     layers_without_weights: list[str] = field(default_factory=list)   # expect parameters, none in the weights
     weights_without_layers: list[str] = field(default_factory=list)   # in the weights, not in the definition
     mismatches: list[str] = field(default_factory=list)               # "layer 'x' blob 0: weights [..], net [..]"
+    filled: dict[str, list[str]] = field(default_factory=dict)        # layer -> filler per blob (left to fillers)
 
     def as_dict(self) -> dict:
         return {"copied": self.copied, "layers_without_weights": self.layers_without_weights,
-                "weights_without_layers": self.weights_without_layers, "mismatches": self.mismatches}
+                "weights_without_layers": self.weights_without_layers, "mismatches": self.mismatches,
+                "filled": self.filled}
+
+    def lines(self) -> list[str]:
+        """What was copied, left to fillers and ignored, as log lines."""
+        out = [f"Copied weights of {len(self.copied)} layers"]
+        for name in self.layers_without_weights:
+            how = self.filled.get(name)
+            out.append(f"Layer {name}: no weights in the file; initialised by its filler"
+                       + (f" ({', '.join(how)})" if how else ""))
+        if self.weights_without_layers:
+            out.append(f"Ignoring {len(self.weights_without_layers)} weight layers the net does not have: "
+                       + ", ".join(self.weights_without_layers))
+        return out
 
 
 def _shape_matches(blob, expected: tuple) -> bool:

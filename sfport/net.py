@@ -68,6 +68,40 @@ class CaffeNet(nn.Module):
                 setattr(module, name, owner_param)
         self.input_names = list(graph.inputs)
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
+        # (unique top name, weight) of every top that enters the loss, in Caffe's order
+        self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
+
+    def fill(self, layers=None, generator: torch.Generator | None = None) -> dict[str, list[str]]:
+        """Initialise parameters by their Caffe fillers (all layers, or those named), as Caffe's LayerSetUp
+        does; a shared parameter is filled by its owner only. Returns {layer: [filler description per blob]}."""
+        from sfport import fillers
+        done = {}
+        names = None if layers is None else set(layers)
+        for gl in self.graph.layers:
+            if names is not None and gl.name not in names:
+                continue
+            converter = conv_registry.get(gl.type, gl.name)
+            module = self.module_of(gl.name)
+            described = []
+            for j, (pname, spec) in enumerate(zip(module.caffe_blobs, converter.fillers(gl.param))):
+                if j in gl.shared or spec is None:
+                    continue
+                try:
+                    fillers.fill(getattr(module, pname).data, spec, generator)
+                except ValueError as e:
+                    raise CaffeFileError(None, f"layer '{gl.name}': {e}") from None
+                described.append(fillers.describe(spec))
+            if described:
+                done[gl.name] = described
+        return done
+
+    def loss(self, blobs: dict) -> torch.Tensor | None:
+        """Caffe's net loss: sum of ``loss_weight * sum(top)`` over weighted tops (None if the net has none)."""
+        total = None
+        for name, w in self.loss_terms:
+            term = blobs[name].sum() * w if w != 1 else blobs[name].sum()
+            total = term if total is None else total + term
+        return total
 
     def module_of(self, layer_name: str) -> nn.Module:
         return self.layers[self.keys[layer_name]]
@@ -91,7 +125,7 @@ class CaffeNet(nn.Module):
             for gl in self.graph.layers:
                 for b in gl.bottoms:
                     remaining[b] = remaining.get(b, 0) + 1
-        outputs = set(self.graph.outputs)
+        outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms}
         for gl in self.graph.layers:
             out = self.layers[self.keys[gl.name]](*[blobs[b] for b in gl.bottoms])
             if isinstance(out, torch.Tensor):
@@ -141,10 +175,12 @@ class Net:
     ``save_caffemodel(path)`` writes the (possibly changed) weights back in Caffe's format.
     """
 
-    def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None):
+    def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None,
+                 seed: int | None = None):
         self.phase = {"test": caffe_pb2.TEST, "train": caffe_pb2.TRAIN}[str(phase).lower()]
         state = None
         self.report = None
+        self.filled: dict[str, list[str]] = {}
         if isinstance(model, io.CaffeModel):
             definition = model
         elif str(model).endswith(".pt"):
@@ -177,11 +213,16 @@ class Net:
                                                   f"(--shape N,C,H,W / input_shapes={{'{missing[0]}': ...}})")
         self.module = CaffeNet(self.graph)
         self.module.train(self.phase == caffe_pb2.TRAIN)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:
             self.module.load_state_dict(state)
         elif weight_model is not None:
             self.report = self.load_weights(weight_model)
+            self.report.filled = self.module.fill(self.report.layers_without_weights, generator)
+        else:
+            self.filled = self.module.fill(None, generator)
         self.blobs: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
 
     # -- weights ---------------------------------------------------------------------------------------------
@@ -239,7 +280,23 @@ class Net:
         self.blobs = {caffe: blobs[u] for caffe, u in self.graph.final.items() if u in blobs}
         self.layer_outputs = {gl.name: [blobs[t] for t in gl.tops] for gl in self.graph.layers}
         self.unique_blobs = blobs
+        self.loss = self.module.loss(blobs)
         return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
+
+    def backward(self) -> None:
+        """Accumulate the gradients of the last forward's loss into the parameters' ``.grad`` (Caffe's
+        Net::Backward adding into the param diffs)."""
+        if self.loss is None:
+            raise RuntimeError("the net has no loss (no layer with a loss_weight) or forward was not run")
+        if not self.loss.requires_grad:
+            raise RuntimeError("backward needs a forward in train phase (Net(..., phase='train'))")
+        self.loss.backward()
+
+    def forward_backward(self, **inputs) -> float:
+        """Caffe's Net::ForwardBackward: forward, backward, and the loss as a number."""
+        self.forward(**inputs)
+        self.backward()
+        return float(self.loss)
 
     @property
     def inputs(self) -> dict[str, tuple]:

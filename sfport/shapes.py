@@ -261,16 +261,40 @@ def _tops_and_params(layer, bottoms: list) -> tuple[list, list | None]:
     return [None] * ntop, None
 
 
+# Layers that feed the net from a data source (not Input): their tops' shapes come from the data.
+DATA_SOURCES = {"Data", "ImageData", "HDF5Data", "WindowData", "AnnotatedData", "Python"}
+
+
+def _data_tops(layer, given: dict) -> list:
+    """Shapes of a data layer's tops: as given, else what its parameters fix (ImageData with new_height/
+    new_width or crop_size); a label top takes the batch size of the data."""
+    tops = [given.get(t) for t in layer.top]
+    if tops and tops[0] is None and layer.type == "ImageData":
+        p, tp = layer.image_data_param, layer.transform_param
+        h = tp.crop_size or p.new_height
+        w = tp.crop_size or p.new_width
+        if h and w:
+            tops[0] = (p.batch_size, 3 if p.is_color else 1, h, w)
+    if len(tops) > 1 and tops[0] is not None and tops[1] is None:
+        tops[1] = (tops[0][0],)
+    return tops
+
+
 def infer(net, phase: int = 1, input_shapes: dict | None = None) -> list[LayerShapes]:
-    """Shapes of every layer's tops and parameter blobs for the layers active in ``phase`` (1 = TEST)."""
-    blobs: dict[str, tuple | None] = dict(input_shapes or {})
+    """Shapes of every layer's tops and parameter blobs for the layers active in ``phase`` (1 = TEST).
+    ``input_shapes`` gives blob shapes by name (for Input layers' and data layers' tops)."""
+    given = dict(input_shapes or {})
+    blobs: dict[str, tuple | None] = dict(given)
     out = []
     for i, layer in enumerate(net.layer):
         if not layer_included(layer, phase):
             continue
         bottoms = [blobs.get(b) for b in layer.bottom]
         try:
-            tops, params = _tops_and_params(layer, bottoms)
+            if layer.type in DATA_SOURCES:
+                tops, params = _data_tops(layer, given), []
+            else:
+                tops, params = _tops_and_params(layer, bottoms)
         except (ValueError, IndexError, ZeroDivisionError, TypeError):
             tops, params = [None] * len(layer.top), None
         for name, shape in zip(layer.top, tops):
