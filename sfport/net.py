@@ -84,7 +84,10 @@ class CaffeNet(nn.Module):
             module = self.module_of(gl.name)
             described = []
             for j, (pname, spec) in enumerate(zip(module.caffe_blobs, converter.fillers(gl.param))):
-                if j in gl.shared or spec is None:
+                if j in gl.shared:
+                    described.append(f"shared with {gl.shared[j][0]}")
+                    continue
+                if spec is None:
                     continue
                 try:
                     fillers.fill(getattr(module, pname).data, spec, generator)
