@@ -66,6 +66,12 @@ class CaffeNet(nn.Module):
                                                f"shapes differ: {list(getattr(module, name).shape)} vs "
                                                f"{list(owner_param.shape)}")
                 setattr(module, name, owner_param)
+        for gl in graph.layers:  # lr_mult 0: no gradient at all (Caffe's param_propagate_down false)
+            module = self.layers[self.keys[gl.name]]
+            for j, spec in enumerate(gl.param.param):
+                if j < len(module.caffe_blobs) and j not in gl.shared and spec.HasField("lr_mult") \
+                        and spec.lr_mult == 0:
+                    getattr(module, module.caffe_blobs[j]).requires_grad_(False)
         self.input_names = list(graph.inputs)
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
         # (unique top name, weight) of every top that enters the loss, in Caffe's order
@@ -299,7 +305,7 @@ class Net:
         """Caffe's Net::ForwardBackward: forward, backward, and the loss as a number."""
         self.forward(**inputs)
         self.backward()
-        return float(self.loss)
+        return float(self.loss.detach())
 
     @property
     def inputs(self) -> dict[str, tuple]:
