@@ -215,8 +215,12 @@ class _ForkInterClass(torch.autograd.Function):
         wbar = _mean_direction(w, normalize)
         wy = w[label]                                   # (M, K)
         if among:
-            diff = w.unsqueeze(0) - wy.unsqueeze(1)     # (M, N, K)
-            d = (diff * diff).sum() / w.shape[0]
+            # sum_i sum_j |w_i - w_yj|^2 = M sum_i |w_i|^2 + N sum_j |w_yj|^2 - 2 (sum_i w_i).(sum_j w_yj),
+            # in float64 (no (M, N, K) tensor: at SphereFace's size that would be 1.4e9 numbers)
+            w64, wy64 = w.double(), wy.double()
+            n, m = w.shape[0], wy.shape[0]
+            total = m * (w64 * w64).sum() + n * (wy64 * wy64).sum() - 2 * (w64.sum(0) @ wy64.sum(0))
+            d = (total / n).to(w.dtype)
         else:
             d = 1 - (wy @ wbar).mean()
         ctx.save_for_backward(w, label, wbar, d)
@@ -242,8 +246,7 @@ def mhe_energy(w: torch.Tensor, label: torch.Tensor, s: int) -> torch.Tensor:
     ``f_0(r) = log(1/r)`` and ``f_s(r) = r^-s`` (s = 1, 2). Differentiable (true gradient)."""
     wn = w / torch.sqrt((w * w).sum(dim=1, keepdim=True))
     label = label.long().reshape(-1)
-    diff = wn[label].unsqueeze(1) - wn.unsqueeze(0)               # (M, N, K)
-    r2 = (diff * diff).sum(dim=2)                                  # (M, N)
+    r2 = (2 - 2 * (wn[label] @ wn.t())).clamp_min(0)              # |a - b|^2 of unit rows, (M, N)
     others = torch.ones_like(r2, dtype=torch.bool)
     others[torch.arange(label.numel(), device=w.device), label] = False
     r2 = torch.where(others, r2, torch.ones_like(r2)).clamp_min(1e-12)
