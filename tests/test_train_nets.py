@@ -212,3 +212,76 @@ def test_deploy_weights_and_snapshots_load_into_the_train_net(tmp_path):
     # and the snapshot's deploy view still loads the released-style net for inference
     deploy_net = sfport.Net(SF20_DEPLOY, weights=tmp_path / "snap.caffemodel")
     assert deploy_net.report.weights_without_layers == ["fc6", "inter_class_dist_output"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# real Caffe (pycaffe oracle, where built): loss layers forward and backward
+# ---------------------------------------------------------------------------------------------------------
+
+CAFFE_PYTHON = __import__("os").environ.get("SFPORT_CAFFE_PYTHON")
+_PYCAFFE_LOSSES = r"""
+import sys, numpy as np, caffe
+caffe.set_mode_cpu()
+d = np.load(sys.argv[3])
+out = {}
+for path, backward in ((sys.argv[1], True), (sys.argv[2], False)):  # Accuracy has no backward
+    net = caffe.Net(path, caffe.TRAIN)
+    net.blobs["scores"].data[...] = d["scores"]
+    net.blobs["label"].data[...] = d["label"]
+    net.forward()
+    out.update({k: net.blobs[k].data.copy() for k in net.blobs if k not in ("scores", "label")})
+    if backward:
+        net.backward()
+        out["scores_diff"] = net.blobs["scores"].diff.copy()
+np.savez(sys.argv[4], **out)
+"""
+_LOSS_NET = """
+name: "losses" force_backward: true
+layer { name: "scores" type: "Input" top: "scores" input_param { shape { dim: 6 dim: 5 dim: 2 dim: 3 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 6 dim: 1 dim: 2 dim: 3 } } }
+layer { name: "full" type: "SoftmaxWithLoss" bottom: "scores" bottom: "label" top: "full"
+  loss_param { normalization: FULL ignore_label: 3 } }
+layer { name: "valid" type: "SoftmaxWithLoss" bottom: "scores" bottom: "label" top: "valid"
+  loss_weight: 0.5 loss_param { ignore_label: 3 } }
+layer { name: "batch" type: "SoftmaxWithLoss" bottom: "scores" bottom: "label" top: "batch"
+  loss_weight: 2 loss_param { normalize: false } }
+layer { name: "none" type: "SoftmaxWithLoss" bottom: "scores" bottom: "label" top: "none"
+  loss_weight: 0.01 loss_param { normalization: NONE } }
+"""
+_ACC_NET = """
+name: "accuracy"
+layer { name: "scores" type: "Input" top: "scores" input_param { shape { dim: 6 dim: 5 dim: 2 dim: 3 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 6 dim: 1 dim: 2 dim: 3 } } }
+layer { name: "acc" type: "Accuracy" bottom: "scores" bottom: "label" top: "acc" top: "per_class"
+  accuracy_param { top_k: 2 ignore_label: 1 } }
+"""
+
+
+@pytest.mark.skipif(not CAFFE_PYTHON, reason="pycaffe oracle not built: run ../shared/tools/build-caffe-oracle.sh "
+                                              "and set SFPORT_CAFFE_PYTHON to its python")
+def test_loss_layers_match_pycaffe(tmp_path):
+    import subprocess
+    rng = np.random.default_rng(7)
+    scores = (rng.standard_normal((6, 5, 2, 3)) * 4).astype(np.float32)
+    scores[0, :, 0, 0] = [0, 100, -100, 0, 0]  # a zero-probability label: the 87.3365 cap
+    label = rng.integers(0, 5, (6, 1, 2, 3)).astype(np.float32)
+    label[0, 0, 0, 0] = 2
+    (tmp_path / "net.prototxt").write_text(_LOSS_NET)
+    (tmp_path / "acc.prototxt").write_text(_ACC_NET)
+    np.savez(tmp_path / "in.npz", scores=scores, label=label)
+    p = subprocess.run([CAFFE_PYTHON, "-c", _PYCAFFE_LOSSES, str(tmp_path / "net.prototxt"),
+                        str(tmp_path / "acc.prototxt"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ref = np.load(tmp_path / "out.npz")
+    net = sfport.Net(tmp_path / "net.prototxt", phase="train")
+    x = torch.from_numpy(scores).requires_grad_()
+    net.forward(scores=x, label=torch.from_numpy(label))
+    net.backward()
+    acc = sfport.Net(tmp_path / "acc.prototxt", phase="train")
+    acc.forward(scores=x.detach(), label=torch.from_numpy(label))
+    blobs = {**net.blobs, **acc.blobs}
+    for name in ("full", "valid", "batch", "none", "acc", "per_class"):
+        assert relerr(blobs[name].reshape(ref[name].shape), ref[name]) <= 1e-6, name
+    assert float(ref["full"]) > 87.3365 / 36  # the capped sample is in there
+    assert relerr(x.grad, ref["scores_diff"]) <= 1e-6
