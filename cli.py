@@ -311,3 +311,53 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@cli.command()
+@click.argument("solver")
+@click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
+@click.option("--snapshot", help="Resume: an sfport .pt checkpoint (exact) or a Caffe .solverstate.")
+@click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
+                            "Default: the CPU (or what torchrun sets up).")
+@click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
+@click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
+@click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
+@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
+@click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
+@click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")
+@click.option("--shape", help="C,H,W of the synthetic images when the prototxt does not fix them.")
+@click.option("--max-iter", type=int, help="Override the solver's max_iter.")
+@click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def train(solver, weights, snapshot, gpu, data_root, amp, seed, workers, skip_bad_images, keep_going,
+          synthetic_data, shape, max_iter, margin_grad, progress):
+    """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
+
+    Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
+    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
+    import torch
+
+    from sfport import train as tr
+    gpus = None
+    device = "cpu"
+    if gpu:
+        if not torch.cuda.is_available():
+            raise CaffeFileError(None, f"--gpu {gpu}: no CUDA device is available on this machine")
+        gpus = list(range(torch.cuda.device_count())) if gpu == "all" else [int(g) for g in gpu.split(",")]
+        device = f"cuda:{gpus[0]}"
+        torch.backends.cudnn.benchmark = True
+    elif tr._dist_env() is not None and torch.cuda.is_available():
+        device = "cuda"
+    if amp and not device.startswith("cuda"):
+        raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
+    opts = tr.Options(weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot, data_root=data_root,
+                      seed=seed, device=device, amp=amp, workers=workers, skip_bad_images=skip_bad_images,
+                      keep_going=keep_going, synthetic_data=synthetic_data,
+                      data_shape=_parse_shape(shape) if shape else None, max_iter=max_iter, progress=progress,
+                      channels_last=device.startswith("cuda"), margin_grad=margin_grad)
+    try:
+        tr.launch(solver, opts, gpus)
+    except tr.TrainingStopped as e:
+        click.echo(f"sfport: stopped: {e}", err=True)
+        sys.exit(3)

@@ -148,10 +148,14 @@ class CaffeNet(nn.Module):
                         blobs.pop(b, None)
         return blobs
 
+    return_blobs = False  # forward returns every kept blob (training through DistributedDataParallel)
+
     def forward(self, *args, **kwargs):
         inputs = dict(zip(self.input_names, args))
         inputs.update(kwargs)
         blobs = self.run(inputs)
+        if self.return_blobs:
+            return blobs
         return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
 
 

@@ -1,0 +1,266 @@
+"""Caffe's ImageData layer as a Dataset and a deterministic batch stream (SPEC.md section 6).
+
+The list file holds ``relative/path.jpg label`` lines. The stream is Caffe's cursor over it: batches follow the list
+(reshuffled at the start and at every pass when ``shuffle``), a batch that runs past the end continues at the
+start of the next pass. Every position in that endless stream is a number, so the data of micro-batch ``b`` is a
+pure function of (list, seed, b): workers, ranks and a resumed run all see exactly the same samples. Each
+sample's random mirror and crop come from a generator seeded by (seed, position).
+
+Images are decoded by OpenCV as Caffe does (BGR, ``IMREAD_COLOR`` or grayscale, resized to
+``new_height x new_width`` when both are set), then ``transform_param`` in Caffe's order: crop (random in TRAIN,
+centre in TEST), mirror (random, in both phases as Caffe's DataTransformer), ``(pixel - mean) * scale`` with ``mean_file`` or ``mean_value``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfport.errors import CaffeFileError
+
+
+@dataclass
+class ListEntry:
+    path: str         # as written in the list
+    label: int
+    line: int         # 1-based line number in the list file
+
+
+def read_list(source: str | os.PathLike) -> list[ListEntry]:
+    """Parse an ImageData list (``path label`` per line; the path may contain spaces: the label is the last field)."""
+    p = Path(source)
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise CaffeFileError(source, "image list not found") from None
+    except IsADirectoryError:
+        raise CaffeFileError(source, "is a directory, not an image list") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        head, sep, tail = line.rpartition(" ")
+        if not sep:
+            raise CaffeFileError(source, f"line {n}: expected 'path label', got '{line[:80]}'")
+        try:
+            label = int(tail)
+        except ValueError:
+            raise CaffeFileError(source, f"line {n}: the label '{tail[:40]}' is not an integer") from None
+        out.append(ListEntry(head.strip(), label, n))
+    if not out:
+        raise CaffeFileError(source, "the image list is empty")
+    return out
+
+
+def read_mean_file(path) -> np.ndarray:
+    """A Caffe ``mean.binaryproto`` (BlobProto) as a (C, H, W) float32 array."""
+    from sfport import io
+    from sfport.protos import caffe_pb2
+    data = io.read_bytes(path)
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - any decode failure is bad input
+        raise CaffeFileError(path, "not a Caffe BlobProto (mean.binaryproto)") from None
+    shape = io.blob_shape(blob)
+    arr = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
+    if arr.size == 0 or arr.size != int(np.prod(shape)):
+        raise CaffeFileError(path, f"mean blob holds {arr.size} values for shape {list(shape)}")
+    arr = arr.reshape(shape)
+    return arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr
+
+
+@dataclass
+class Transform:
+    """transform_param: crop_size, mirror, mean (per channel or a mean image), scale."""
+    crop_size: int = 0
+    mirror: bool = False
+    mean_values: tuple = ()
+    mean_image: np.ndarray | None = None
+    scale: float = 1.0
+    train: bool = True
+
+    @classmethod
+    def from_layer(cls, layer, train: bool, base_dir: Path | None = None) -> "Transform":
+        tp = layer.transform_param
+        mean_image = None
+        if tp.mean_file:
+            path = Path(tp.mean_file)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = base_dir / path
+            mean_image = read_mean_file(path)
+        if tp.mean_file and len(tp.mean_value):
+            raise CaffeFileError(None, f"layer '{layer.name}': give mean_file or mean_value, not both")
+        return cls(tp.crop_size, tp.mirror, tuple(tp.mean_value), mean_image, tp.scale, train)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """HWC uint8 (BGR) -> CHW float32, as Caffe's DataTransformer::Transform(cv::Mat)."""
+        if img.ndim == 2:
+            img = img[:, :, None]
+        h, w, c = img.shape
+        x0 = y0 = 0
+        ch, cw = h, w
+        if self.crop_size:
+            ch = cw = self.crop_size
+            if h < ch or w < cw:
+                raise ValueError(f"image {h}x{w} is smaller than crop_size {self.crop_size}")
+            if self.train:
+                y0 = int(rng.integers(0, h - ch + 1))
+                x0 = int(rng.integers(0, w - cw + 1))
+            else:
+                y0, x0 = (h - ch) // 2, (w - cw) // 2
+        mirror = self.mirror and bool(rng.integers(0, 2))  # Caffe mirrors in TEST too when asked
+        out = img[y0:y0 + ch, x0:x0 + cw].astype(np.float32).transpose(2, 0, 1)
+        if self.mean_image is not None:
+            m = self.mean_image
+            if m.shape[0] != c or m.shape[1] != h or m.shape[2] != w:
+                raise ValueError(f"mean image {list(m.shape)} does not match the image {[c, h, w]}")
+            out = out - m[:, y0:y0 + ch, x0:x0 + cw]
+        elif self.mean_values:
+            mv = list(self.mean_values)
+            if len(mv) == 1:
+                mv = mv * c
+            if len(mv) != c:
+                raise ValueError(f"{len(mv)} mean_value entries for {c} channels")
+            out = out - np.asarray(mv, np.float32)[:, None, None]
+        if self.scale != 1:
+            out = out * np.float32(self.scale)
+        if mirror:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Item ``pos`` (a position in the endless stream) -> (CHW float32 image, label, pos). ``order(epoch)`` is the
+    list order of one pass."""
+
+    def __init__(self, entries: list[ListEntry], root: str | os.PathLike, transform: Transform,
+                 new_height: int = 0, new_width: int = 0, is_color: bool = True, shuffle: bool = False,
+                 seed: int = 0, list_path: str | None = None, skip_bad: bool = False):
+        self.entries, self.root, self.transform = entries, str(root), transform
+        self.new_height, self.new_width, self.is_color = new_height, new_width, is_color
+        self.shuffle, self.seed, self.list_path, self.skip_bad = shuffle, seed, list_path, skip_bad
+        self._orders: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_layer(cls, layer, train: bool = True, seed: int = 0, data_root: str | os.PathLike | None = None,
+                   base_dir: str | os.PathLike | None = None, skip_bad: bool = False) -> "ImageDataset":
+        """From an ImageData LayerParameter. Relative ``source`` / ``root_folder`` are looked up in the current
+        directory (as Caffe does), then next to the solver/net file (``base_dir``); ``data_root`` replaces
+        ``root_folder``."""
+        p = layer.image_data_param
+        base = Path(base_dir) if base_dir else None
+        source = Path(p.source)
+        if not source.is_absolute() and not source.exists() and base is not None and (base / source).exists():
+            source = base / source
+        entries = read_list(source)
+        if data_root is not None:
+            root = Path(data_root)
+        else:
+            root = Path(p.root_folder) if p.root_folder else Path("")
+            if p.root_folder and not root.is_absolute() and not root.exists() and base is not None:
+                root = base / root
+            elif not p.root_folder and base is not None and not (Path.cwd() / entries[0].path).exists():
+                root = source.parent
+        transform = Transform.from_layer(layer, train, base)
+        return cls(entries, root, transform, p.new_height, p.new_width, p.is_color, p.shuffle and train, seed,
+                   str(source), skip_bad)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.entries))
+        if epoch not in self._orders:
+            if len(self._orders) > 4:
+                self._orders.clear()
+            self._orders[epoch] = np.random.default_rng([self.seed, 7919, epoch]).permutation(len(self.entries))
+        return self._orders[epoch]
+
+    def entry_at(self, pos: int) -> ListEntry:
+        n = len(self.entries)
+        return self.entries[int(self.order(pos // n)[pos % n])]
+
+    def load(self, entry: ListEntry) -> np.ndarray:
+        import cv2
+        path = os.path.join(self.root, entry.path)
+        img = cv2.imread(path, cv2.IMREAD_COLOR if self.is_color else cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            what = "missing" if not os.path.exists(path) else "unreadable or corrupt"
+            raise CaffeFileError(self.list_path, f"line {entry.line}: image '{path}' is {what}")
+        if self.new_height > 0 and self.new_width > 0:
+            img = cv2.resize(img, (self.new_width, self.new_height))
+        return img
+
+    def __getitem__(self, pos: int):
+        entry = self.entry_at(pos)
+        rng = np.random.default_rng([self.seed, 104729, pos])
+        try:
+            img = self.load(entry)
+        except CaffeFileError:
+            if not self.skip_bad:
+                raise
+            return None, entry.label, pos
+        try:
+            x = self.transform(img, rng)
+        except ValueError as e:
+            raise CaffeFileError(self.list_path, f"line {entry.line}: image '{entry.path}': {e}") from None
+        return torch.from_numpy(x), entry.label, pos
+
+    def shape(self) -> tuple:
+        """(C, H, W) of one transformed sample (reads the first image)."""
+        for pos in range(min(len(self), 64)):
+            x, _, _ = self[pos]
+            if x is not None:
+                return tuple(x.shape)
+        raise CaffeFileError(self.list_path, "none of the first images could be read")
+
+
+def collate(items):
+    """Stack a micro-batch; images that could not be read (with skip-bad) are dropped and counted."""
+    good = [(x, y, p) for x, y, p in items if x is not None]
+    bad = len(items) - len(good)
+    if not good:
+        return None, None, [p for _, _, p in items], bad
+    xs = torch.stack([x for x, _, _ in good])
+    ys = torch.tensor([float(y) for _, y, _ in good])
+    return xs, ys, [p for _, _, p in good], bad
+
+
+class MicroBatches(torch.utils.data.Sampler):
+    """The stream positions of micro-batches ``start, start+1, ...`` of one rank: global micro-batch
+    ``t*W*k + r*k + i`` for update t, rank r of W, accumulation step i of k (so W ranks with iter_size k see
+    exactly the batches one rank with iter_size W*k would)."""
+
+    def __init__(self, batch_size: int, world: int = 1, rank: int = 0, iter_size: int = 1, start_update: int = 0,
+                 stop_update: int | None = None):
+        self.b, self.world, self.rank, self.k = batch_size, world, rank, iter_size
+        self.start, self.stop = start_update, stop_update
+
+    def global_batch(self, update: int, i: int) -> int:
+        return update * self.world * self.k + self.rank * self.k + i
+
+    def __iter__(self):
+        t = self.start
+        while self.stop is None or t < self.stop:
+            for i in range(self.k):
+                g = self.global_batch(t, i)
+                yield list(range(g * self.b, (g + 1) * self.b))
+            t += 1
+
+    def __len__(self):
+        if self.stop is None:
+            raise TypeError("endless")
+        return (self.stop - self.start) * self.k
+
+
+def loader(dataset: ImageDataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False):
+    """A DataLoader yielding (images, labels, positions, bad_count) per micro-batch, in order."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       pin_memory=pin_memory, persistent_workers=False,
+                                       prefetch_factor=4 if workers else None)
