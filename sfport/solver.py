@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sfport.protos import caffe_pb2
+
+f32 = np.float32
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -34,8 +37,8 @@ def learning_rate(p: caffe_pb2.SolverParameter, it: int, current_step: int = 0) 
         rate = p.base_lr * math.pow(p.gamma, current_step)
     elif policy == "exp":
         rate = p.base_lr * math.pow(p.gamma, it)
-    elif policy == "inv":
-        rate = p.base_lr * math.pow(1.0 + p.gamma * it, -p.power)
+    elif policy == "inv":  # float arithmetic and powf, as Caffe's Dtype = float code
+        rate = f32(p.base_lr) * np.power(f32(1) + f32(p.gamma) * f32(it), f32(-p.power))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
@@ -44,14 +47,15 @@ def learning_rate(p: caffe_pb2.SolverParameter, it: int, current_step: int = 0) 
     elif policy == "poly":
         if p.max_iter <= 0:
             raise ValueError("lr_policy 'poly' needs max_iter > 0")
-        rate = p.base_lr * math.pow(1.0 - it / p.max_iter, p.power)
+        rate = f32(p.base_lr) * np.power(f32(1) - f32(it) / f32(p.max_iter), f32(p.power))
     elif policy == "sigmoid":
         if p.stepsize <= 0:
             raise ValueError("lr_policy 'sigmoid' needs stepsize > 0")
-        rate = p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (it - p.stepsize))))
+        rate = f32(p.base_lr) * (f32(1) / (f32(1) + np.exp(-f32(p.gamma) * (f32(it) - f32(p.stepsize)))))
     else:
         raise ValueError(f"unknown lr_policy '{policy}' (Caffe has {', '.join(POLICIES)})")
-    return float(torch.tensor(rate, dtype=torch.float32)), current_step, message
+    with np.errstate(all="ignore"):
+        return float(np.float32(rate)), current_step, message
 
 
 @dataclass

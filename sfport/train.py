@@ -264,6 +264,7 @@ class Solver:
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
         self.last_snapshot: str | None = None
+        self.trajectory: list[dict] = []   # per update: iter, lr, loss, smoothed_loss, current_step, clipping
         self.weights_report: list[str] = []
         for w in opts.weights:
             self.load_weights(w)
@@ -428,7 +429,10 @@ class Solver:
                         extra = f" (* {g6(w)} = {g6(w * v)} loss)" if w else ""
                         self.log(f"    Train net output #{n}: {name} = {g6(v)}{extra}", "solver.cpp:237")
                         n += 1
-            self.apply_update(display)
+            info = self.apply_update(display)
+            self.trajectory.append({"iter": self.iter, "lr": info.rate, "loss": loss,
+                                    "smoothed_loss": self.smoothed_loss, "current_step": self.current_step,
+                                    "clip_norm": info.clip_norm, "clip_scale": info.clip_scale})
             self.iter += 1
             if bar is not None:
                 bar.update(1)
@@ -633,7 +637,9 @@ def run(solver_path, opts: Options, rank: int = 0, world: int = 1, gpus: list[in
             dist.init_process_group(backend, rank=rank, world_size=world)
     s = Solver(solver_path, opts, rank, world)
     try:
+        s.log("Starting Optimization", "caffe.cpp:248")
         s.solve()
+        s.log("Optimization Done.", "caffe.cpp:259")
     finally:
         if world > 1:
             import torch.distributed as dist
