@@ -320,6 +320,7 @@ if __name__ == "__main__":
 @click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
                             "Default: the CPU (or what torchrun sets up).")
 @click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
+@click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
 @click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
 @click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
@@ -330,7 +331,7 @@ if __name__ == "__main__":
 @click.option("--max-iter", type=int, help="Override the solver's max_iter.")
 @click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def train(solver, weights, snapshot, gpu, data_root, amp, seed, workers, skip_bad_images, keep_going,
+def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
           synthetic_data, shape, max_iter, margin_grad, progress):
     """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
 
@@ -352,7 +353,7 @@ def train(solver, weights, snapshot, gpu, data_root, amp, seed, workers, skip_ba
     if amp and not device.startswith("cuda"):
         raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
     opts = tr.Options(weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot, data_root=data_root,
-                      seed=seed, device=device, amp=amp, workers=workers, skip_bad_images=skip_bad_images,
+                      source=source, seed=seed, device=device, amp=amp, workers=workers, skip_bad_images=skip_bad_images,
                       keep_going=keep_going, synthetic_data=synthetic_data,
                       data_shape=_parse_shape(shape) if shape else None, max_iter=max_iter, progress=progress,
                       channels_last=device.startswith("cuda"), margin_grad=margin_grad)

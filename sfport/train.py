@@ -83,6 +83,7 @@ class Options:
     weights: list[str] = field(default_factory=list)
     snapshot: str | None = None
     data_root: str | None = None
+    source: str | None = None         # replaces the TRAIN ImageData layer's list
     seed: int | None = None
     device: str = "cpu"
     amp: bool = False
@@ -154,6 +155,10 @@ class Feeder:
             raise CaffeFileError(None, f"sfport train needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
                                        f" net, found {len(layers)}")
         layer = layers[0]
+        if opts.source and phase == caffe_pb2.TRAIN and layer.type == "ImageData":
+            layer = type(layer)()
+            layer.CopyFrom(layers[0])
+            layer.image_data_param.source = opts.source
         self.layer = layer
         if layer.type == "ImageData":
             self.batch = layer.image_data_param.batch_size
