@@ -38,6 +38,10 @@ class MergeReport:
         out = [f"Copied weights of {len(self.copied)} layers"]
         for name in self.layers_without_weights:
             how = self.filled.get(name)
+            if how and all(h.startswith("shared with ") for h in how):
+                owners = sorted({h[len("shared with "):] for h in how})
+                out.append(f"Layer {name}: no weights in the file; its blobs are shared with {', '.join(owners)}")
+                continue
             out.append(f"Layer {name}: no weights in the file; initialised by its filler"
                        + (f" ({', '.join(how)})" if how else ""))
         if self.weights_without_layers:

@@ -77,9 +77,10 @@ class CaffeNet(nn.Module):
         # (unique top name, weight) of every top that enters the loss, in Caffe's order
         self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
 
-    def fill(self, layers=None, generator: torch.Generator | None = None) -> dict[str, list[str]]:
+    def fill(self, layers=None, generator: torch.Generator | None = None, apply: bool = True) -> dict[str, list[str]]:
         """Initialise parameters by their Caffe fillers (all layers, or those named), as Caffe's LayerSetUp
-        does; a shared parameter is filled by its owner only. Returns {layer: [filler description per blob]}."""
+        does; a shared parameter is filled by its owner only. Returns {layer: [filler description per blob]}
+        (``apply=False``: only the descriptions)."""
         from sfport import fillers
         done = {}
         names = None if layers is None else set(layers)
@@ -96,7 +97,8 @@ class CaffeNet(nn.Module):
                 if spec is None:
                     continue
                 try:
-                    fillers.fill(getattr(module, pname).data, spec, generator)
+                    if apply:
+                        fillers.fill(getattr(module, pname).data, spec, generator)
                 except ValueError as e:
                     raise CaffeFileError(None, f"layer '{gl.name}': {e}") from None
                 described.append(fillers.describe(spec))

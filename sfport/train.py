@@ -309,7 +309,7 @@ class Solver:
         for one in [s for s in str(path).split(",") if s]:
             model = io.read_caffemodel(one)
             report = self.net.load_weights(model)
-            report.filled = {}
+            report.filled = self.net.module.fill(report.layers_without_weights, apply=False)  # filled when built
             self.log(f"Finetuning from {one}", "caffe.cpp:155")
             for line in report.lines():
                 self.log(line, "net.cpp:0")
