@@ -68,6 +68,7 @@ class _ForkMargin(torch.autograd.Function):
     """Forward of SPEC.md 3.4 on already-normalized W; backward as the fork computes it."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under --amp, as the fork
     def forward(ctx, x, w, label, lam: float, m: int):
         xw = x @ w.t()
         out = xw.clone()
@@ -83,6 +84,7 @@ class _ForkMargin(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
         x, w, label, *coeff = ctx.saved_tensors
         g = g.contiguous()
@@ -211,6 +213,7 @@ class _ForkInterClass(torch.autograd.Function):
     """D as the fork's CPU code; backward only into the rows of W of the batch's labels, ignoring D's grad."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, w, label, alpha: float, among: bool, normalize: bool):
         wbar = _mean_direction(w, normalize)
         wy = w[label]                                   # (M, K)
@@ -228,6 +231,7 @@ class _ForkInterClass(torch.autograd.Function):
         return d
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, _g):
         w, label, wbar, d = ctx.saved_tensors
         m = label.numel()

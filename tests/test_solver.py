@@ -265,3 +265,43 @@ def test_smoothed_loss_of_an_uninterrupted_run(golden_copy):
     traj = np.load(SOLVER / "runs" / "poly" / "trajectory.npz")
     assert [r["lr"] for r in s.trajectory] == pytest.approx(traj["lr"].tolist(), rel=1e-7)
     assert [r["smoothed_loss"] for r in s.trajectory] == pytest.approx(traj["smoothed_loss"].tolist(), rel=1e-5)
+
+
+def test_test_nets_run_as_caffe(golden_copy):
+    """test_iter / test_interval / test_initialization: the TEST net shares the train net's weights, its data
+    cursor runs on across tests, and the logged outputs are the means over test_iter batches."""
+    import io as _io
+    text = (golden_copy / "tiny_sphereface.prototxt").read_text()
+    train_data = text.index('layer {\n  name: "data"')
+    end = text.index("}\n}\n", train_data) + 4
+    data = text[train_data:end]
+    test_data = data.replace('name: "data"', 'name: "data_test"', 1).replace("{\n  name", "{\n  name", 1)
+    data = data.replace('type: "ImageData"', 'type: "ImageData"\n  include { phase: TRAIN }', 1)
+    test_data = test_data.replace('type: "ImageData"', 'type: "ImageData"\n  include { phase: TEST }', 1)
+    (golden_copy / "tt.prototxt").write_text(text[:train_data] + data + test_data + text[end:])
+    (golden_copy / "s.prototxt").write_text((golden_copy / "solver_inv.prototxt").read_text().replace(
+        "tiny_sphereface.prototxt", "tt.prototxt") + "test_iter: 2\ntest_interval: 3\n")
+    stream = _io.StringIO()
+    s = tr.Solver("s.prototxt", tr.Options(weights=["init.caffemodel"], workers=0, max_iter=6),
+                  log=tr.CaffeLog(stream))
+    assert len(s.test_nets) == 1
+    s.solve()
+    lines = [l.split("] ", 1)[1] for l in stream.getvalue().splitlines() if "] " in l]
+    tests = [i for i, l in enumerate(lines) if l.startswith("Iteration") and "Testing net (#0)" in l]
+    assert [lines[i] for i in tests] == [f"Iteration {n}, Testing net (#0)" for n in (0, 3, 6)]
+    batches = np.load(SOLVER / "input_batches.npz")
+    ref_net = sfport.Net("tt.prototxt", phase="test", input_shapes={"data": (8, 3, 24, 20)})
+    for k, i in enumerate(tests):
+        weights = "init.caffemodel" if k == 0 else SOLVER / "runs" / "inv" / f"iter_{3 * k:02d}.caffemodel"
+        ref_net.load_weights(sfport.read_caffemodel(weights))
+        acc = loss = 0.0
+        for b in (2 * k, 2 * k + 1):  # the test cursor runs on: batches 0-1, 2-3, 4-5
+            out = ref_net.forward(data=batches["data"][8 * b:8 * b + 8], label=batches["label"][8 * b:8 * b + 8])
+            acc += float(out["accuracy"]) / 2
+            loss += float(out["loss"]) / 2
+        got_acc = float(lines[i + 1].split(" = ")[1])
+        got_loss = float(lines[i + 2].split(" = ")[1].split()[0])
+        assert lines[i + 1].startswith("    Test net output #0: accuracy = ")
+        assert lines[i + 2].startswith("    Test net output #1: loss = ") and lines[i + 2].endswith(" loss)")
+        assert got_acc == pytest.approx(acc, abs=1e-6)
+        assert got_loss == pytest.approx(loss, rel=2e-5), k
