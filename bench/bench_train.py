@@ -102,7 +102,7 @@ def bench_imagedata(n_images: int = 512, workers: int = 2) -> float:
         next(it)
         t = time.perf_counter()
         n = 0
-        for x, _, _, _ in it:
+        for x, _, _, _, _ in it:
             n += len(x)
         return n / (time.perf_counter() - t)
     finally:

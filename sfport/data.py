@@ -162,10 +162,12 @@ class ImageDataset(torch.utils.data.Dataset):
             root = Path(data_root)
         else:
             root = Path(p.root_folder) if p.root_folder else Path("")
-            if p.root_folder and not root.is_absolute() and not root.exists() and base is not None:
-                root = base / root
-            elif not p.root_folder and base is not None and not (Path.cwd() / entries[0].path).exists():
-                root = source.parent
+            first = entries[0].path
+            if not (root / first).exists() and not root.is_absolute():  # Caffe: the working directory; else
+                for alt in ([base / root] if base is not None else []) + [source.parent / root]:
+                    if (alt / first).exists():
+                        root = alt
+                        break
         transform = Transform.from_layer(layer, train, base)
         return cls(entries, root, transform, p.new_height, p.new_width, p.is_color, p.shuffle and train, seed,
                    str(source), skip_bad)
@@ -198,38 +200,50 @@ class ImageDataset(torch.utils.data.Dataset):
         return img
 
     def __getitem__(self, pos: int):
+        """(image, label, pos, error): a bad image gives ``None`` and the error text instead of raising, so the
+        message crosses DataLoader workers intact; ``collate`` raises it (or counts it, with skip_bad)."""
         entry = self.entry_at(pos)
         rng = np.random.default_rng([self.seed, 104729, pos])
         try:
             img = self.load(entry)
-        except CaffeFileError:
-            if not self.skip_bad:
-                raise
-            return None, entry.label, pos
-        try:
-            x = self.transform(img, rng)
-        except ValueError as e:
-            raise CaffeFileError(self.list_path, f"line {entry.line}: image '{entry.path}': {e}") from None
-        return torch.from_numpy(x), entry.label, pos
+            try:
+                x = self.transform(img, rng)
+            except ValueError as e:
+                raise CaffeFileError(self.list_path, f"line {entry.line}: image '{entry.path}': {e}") from None
+        except CaffeFileError as e:
+            return None, entry.label, pos, (e.path, e.message, self.skip_bad)
+        return torch.from_numpy(x), entry.label, pos, None
 
     def shape(self) -> tuple:
         """(C, H, W) of one transformed sample (reads the first image)."""
         for pos in range(min(len(self), 64)):
-            x, _, _ = self[pos]
+            x, _, _, err = self[pos]
             if x is not None:
                 return tuple(x.shape)
+            if not self.skip_bad:
+                raise CaffeFileError(err[0], err[1])
         raise CaffeFileError(self.list_path, "none of the first images could be read")
 
 
 def collate(items):
-    """Stack a micro-batch; images that could not be read (with skip-bad) are dropped and counted."""
-    good = [(x, y, p) for x, y, p in items if x is not None]
+    """Stack a micro-batch -> (images, labels, positions, skipped, error). Images that could not be read are
+    dropped and counted (with skip-bad) or reported in ``error`` as (list file, message) for the main process to
+    raise (an exception raised inside a DataLoader worker would lose its one-line message)."""
+    error = next(((err[0], err[1]) for _, _, _, err in items if err is not None and not err[2]), None)
+    good = [(x, y, p) for x, y, p, _ in items if x is not None]
     bad = len(items) - len(good)
     if not good:
-        return None, None, [p for _, _, p in items], bad
+        return None, None, [p for _, _, p, _ in items], bad, error
     xs = torch.stack([x for x, _, _ in good])
     ys = torch.tensor([float(y) for _, y, _ in good])
-    return xs, ys, [p for _, _, p in good], bad
+    return xs, ys, [p for _, _, p in good], bad, error
+
+
+def check(batch):
+    """Raise the error a collated batch carries (see ``collate``); return the batch."""
+    if batch[4] is not None:
+        raise CaffeFileError(*batch[4])
+    return batch
 
 
 class MicroBatches(torch.utils.data.Sampler):
@@ -260,7 +274,7 @@ class MicroBatches(torch.utils.data.Sampler):
 
 
 def loader(dataset: ImageDataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False):
-    """A DataLoader yielding (images, labels, positions, bad_count) per micro-batch, in order."""
+    """A DataLoader yielding (images, labels, positions, skipped, error) per micro-batch, in order."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                                        pin_memory=pin_memory, persistent_workers=False,
                                        prefetch_factor=4 if workers else None)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sfport import io, solver as sgd
-from sfport.data import ImageDataset, MicroBatches, loader
+from sfport.data import ImageDataset, MicroBatches, check, loader
 from sfport.errors import CaffeFileError
 from sfport.graph import DATA_TYPES
 from sfport.protos import caffe_pb2
@@ -212,7 +212,7 @@ class Feeder:
                                                     generator=g).float()
             return out
         while True:
-            x, y, _, bad = next(self._it)
+            x, y, _, bad, _ = check(next(self._it))
             self.bad += bad
             if x is not None:
                 break
