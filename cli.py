@@ -6,6 +6,7 @@ one line on stderr, ``sfport: error: <file>: <problem>``, with exit status 2; ``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -362,3 +363,252 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
     except tr.TrainingStopped as e:
         click.echo(f"sfport: stopped: {e}", err=True)
         sys.exit(3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# align, eval, embed, compare
+# ------------------------------------------------------------------------------------------------------------
+
+def _align_one(args):
+    """Worker: detect (or look up) landmarks, align, write. Returns (rel, landmarks, box, error)."""
+    import cv2
+    import numpy as np
+
+    from sfport import align as al
+    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir = args
+    img = cv2.imread(os.path.join(src_root, rel), cv2.IMREAD_COLOR)
+    if img is None:
+        return rel, None, None, "unreadable or corrupt image"
+    box = None
+    if landmarks is not None:
+        pts = landmarks.get(rel)
+        if pts is None:
+            return rel, None, None, "no landmarks in the list"
+    else:
+        from sfport.mtcnn import nearest_centre
+        face = nearest_centre(_detector(mtcnn_dir).detect(img), img.shape)
+        if face is None:
+            return rel, None, None, "no face found"
+        pts = face.landmarks
+        box = np.r_[face.box, face.score]
+    crop = al.align(img, pts, al.template(tmpl_name, size))
+    out = os.path.join(dst_root, rel)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    ok, buf = cv2.imencode(os.path.splitext(out)[1] or ".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        return rel, None, None, "cannot encode the crop"
+    from sfport.io import atomic_write
+    atomic_write(out, buf.tobytes())
+    return rel, pts, box, None
+
+
+_DETECTORS = {}
+
+
+def _detector(model_dir):
+    if model_dir not in _DETECTORS:
+        import torch
+        torch.set_num_threads(1)
+        from sfport.mtcnn import MTCNN
+        _DETECTORS[model_dir] = MTCNN(model_dir)
+    return _DETECTORS[model_dir]
+
+
+@cli.command()
+@click.argument("input_dir")
+@click.argument("output_dir")
+@click.option("--landmarks", help="Landmark list (relative path, then x1 y1 .. x5 y5); default: MTCNN (--mtcnn).")
+@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True,
+              help="Index base of the list's coordinates (1 for Matlab output).")
+@click.option("--mtcnn", "mtcnn_dir", help="Folder with MTCNN det1-det3 .prototxt/.caffemodel.")
+@click.option("--size", default=None, help="Crop HxW (default: the template's, 112x96 or 112x112).")
+@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
+              show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers):
+    """Align faces to the template: landmarks from a list or from MTCNN; mirrors the folder tree.
+
+    Writes OUTPUT_DIR/landmarks.txt (path, 5 points, box and score when detected) and OUTPUT_DIR/no_face.txt."""
+    from sfport import align as al
+    if not os.path.isdir(input_dir):
+        raise CaffeFileError(input_dir, "input folder not found")
+    if landmarks is None and mtcnn_dir is None:
+        raise CaffeFileError(None, "give --landmarks FILE or --mtcnn DIR (the MTCNN det1-det3 models)")
+    marks = al.read_landmarks(landmarks, one_based=landmarks_base == "1") if landmarks else None
+    if mtcnn_dir:
+        _detector(mtcnn_dir)  # fail early on a bad folder
+    hw = tuple(int(v) for v in size.lower().split("x")) if size else al.TEMPLATES[template].size
+    files = al.image_files(input_dir)
+    if not files:
+        raise CaffeFileError(input_dir, "no images in the folder")
+    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir) for rel in files]
+    rows, missing = [], []
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), desc="align", unit="img", disable=not sys.stderr.isatty())
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers) as ex:
+            results = ex.map(_align_one, jobs, chunksize=8)
+            for r in results:
+                bar.update(1)
+                (missing if r[3] else rows).append(r)
+    else:
+        for j in jobs:
+            r = _align_one(j)
+            bar.update(1)
+            (missing if r[3] else rows).append(r)
+    bar.close()
+    os.makedirs(output_dir, exist_ok=True)
+    al.write_landmarks(os.path.join(output_dir, "landmarks.txt"), [(r[0], r[1], r[2]) for r in rows])
+    from sfport.io import atomic_write
+    atomic_write(os.path.join(output_dir, "no_face.txt"), "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode())
+    click.echo(f"aligned {len(rows)} of {len(files)} images to {output_dir} ({hw[0]}x{hw[1]}, {template}); "
+               f"{len(missing)} listed in no_face.txt")
+
+
+def _model(model, prototxt, blob):
+    from sfport.features import Model
+    return Model(model, prototxt, blob)
+
+
+@cli.command(name="eval")
+@click.option("--model", "-m", help="caffemodel (+ --prototxt), sfport .pt or .onnx.")
+@click.option("--prototxt", "-p", help="Deploy net for a caffemodel.")
+@click.option("--blob", help="Feature blob (default fc5, else the last output).")
+@click.option("--lfw-dir", help="LFW root (name/name_0001.jpg): aligned crops, or originals with --landmarks.")
+@click.option("--pairs", required=True, help="LFW pairs.txt.")
+@click.option("--landmarks", help="Landmark list to align the originals on the fly.")
+@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True)
+@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), help="Default: by the net's input.")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True)
+@click.option("--features", "features_file", help="Precomputed features .npy (row i = image on line i of --list).")
+@click.option("--list", "list_file", help="Image list for --features (paths relative to the LFW root).")
+@click.option("--report", help="Write a JSON report.")
+@click.option("--plot", help="Write the ROC curve as a PNG.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, template, protocol, features_file,
+          list_file, report, plot, batch_size, workers, no_cache):
+    """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
+    import numpy as np
+
+    from sfport import align as al
+    from sfport import lfw
+    pair_list = lfw.read_pairs(pairs)
+    needed = sorted({p.left for p in pair_list} | {p.right for p in pair_list})
+    if features_file:
+        if not list_file:
+            raise CaffeFileError(features_file, "--features needs --list (the image of each row)")
+        try:
+            feats = np.load(features_file, allow_pickle=False)
+        except FileNotFoundError:
+            raise CaffeFileError(features_file, "no such file") from None
+        except ValueError as e:
+            raise CaffeFileError(features_file, f"not a .npy array: {e}") from None
+        names = [l.strip() for l in Path(list_file).read_text().splitlines() if l.strip()]
+        if feats.ndim != 2 or len(feats) != len(names):
+            raise CaffeFileError(features_file, f"{len(feats)} rows for {len(names)} images in {list_file}")
+        index = {n: i for i, n in enumerate(names)}
+        absent = [n for n in needed if n not in index]
+        if absent:
+            raise CaffeFileError(list_file, f"{len(absent)} images of the pairs are not listed, e.g. {absent[0]}")
+        f_of = {n: feats[index[n]] for n in needed}
+        flip_of = None
+    else:
+        if not model or not lfw_dir:
+            raise CaffeFileError(None, "give --model and --lfw-dir (or --features and --list)")
+        m = _model(model, prototxt, blob)
+        marks = al.read_landmarks(landmarks, one_based=landmarks_base == "1") if landmarks else None
+        from sfport.features import extract
+        ex = extract(m, needed, lfw_dir, protocol, marks, landmarks, template, batch_size, workers,
+                     cache_dir=False if no_cache else None, progress=sys.stderr.isatty())
+        f_of = dict(zip(needed, ex.features))
+        flip_of = dict(zip(needed, ex.flipped))
+
+    def feat(name):
+        f = f_of[name][None]
+        return lfw.combine(f, None if flip_of is None else flip_of[name][None], protocol)[0]
+
+    L = np.stack([feat(p.left) for p in pair_list])
+    R = np.stack([feat(p.right) for p in pair_list])
+    rep = lfw.evaluate(L, R, [p.same for p in pair_list], [p.fold for p in pair_list], protocol)
+    click.echo(rep.table())
+    if report:
+        from sfport.io import atomic_write
+        atomic_write(report, (json.dumps(rep.as_dict(), indent=2) + "\n").encode())
+        click.echo(f"wrote {report}")
+    if plot:
+        lfw.plot_roc(plot, {protocol: rep})
+        click.echo(f"wrote {plot}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--model", "-m", required=True)
+@click.option("--prototxt", "-p")
+@click.option("--blob")
+@click.option("--list", "list_file", help="A file of image paths (relative to --root).")
+@click.option("--root", default=".", show_default=True)
+@click.option("--output", "-o", required=True, help="Features .npy (row i = image i); a .txt list beside it.")
+@click.option("--flip", type=click.Choice(["none", "concat", "sum"]), default="concat", show_default=True,
+              help="Add the mirror image's feature (concat: SphereFace, sum: insightface).")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True, help="Preprocessing.")
+@click.option("--landmarks", help="Align from this landmark list first.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+def embed(images, model, prototxt, blob, list_file, root, output, flip, protocol, landmarks, batch_size, workers):
+    """Features of aligned face images (or a list) -> .npy."""
+    import io as _io
+
+    import numpy as np
+
+    from sfport import align as al
+    from sfport.features import extract
+    from sfport.io import atomic_write
+    paths = list(images)
+    if list_file:
+        try:
+            paths += [l.split()[0] for l in Path(list_file).read_text().splitlines() if l.strip()]
+        except FileNotFoundError:
+            raise CaffeFileError(list_file, "no such file") from None
+    if not paths:
+        raise CaffeFileError(None, "no images given")
+    m = _model(model, prototxt, blob)
+    marks = al.read_landmarks(landmarks) if landmarks else None
+    ex = extract(m, paths, root, protocol, marks, landmarks, None, batch_size, workers, cache_dir=False,
+                 progress=sys.stderr.isatty())
+    f = ex.features if flip == "none" else (ex.features + ex.flipped if flip == "sum" else
+                                            np.concatenate([ex.features, ex.flipped], axis=1))
+    buf = _io.BytesIO()
+    np.save(buf, f.astype(np.float32))
+    atomic_write(output, buf.getvalue())
+    atomic_write(str(Path(output).with_suffix(".txt")), ("\n".join(paths) + "\n").encode())
+    click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--model", "-m", required=True)
+@click.option("--prototxt", "-p")
+@click.option("--blob")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Cosine above which the two faces are called the same person.")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True)
+def compare(a, b, model, prototxt, blob, threshold, protocol):
+    """Cosine similarity of two aligned face images (with their mirror images) and the same/different call."""
+    import numpy as np
+
+    from sfport.features import extract
+    from sfport import lfw
+    m = _model(model, prototxt, blob)
+    ex = extract(m, [a, b], ".", protocol, cache_dir=False, workers=0)
+    f = lfw.combine(ex.features, ex.flipped, protocol)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    cos = float(f[0] @ f[1])
+    click.echo(f"cosine {cos:.4f}: {'same person' if cos > threshold else 'different people'} "
+               f"(threshold {threshold:g})")
