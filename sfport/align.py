@@ -55,9 +55,9 @@ def _nonreflective(uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
     X = np.vstack([np.column_stack([x, y, np.ones(n), np.zeros(n)]),
                    np.column_stack([y, -x, np.zeros(n), np.ones(n)])])
     U = np.concatenate([uv[:, 0], uv[:, 1]])
-    if np.linalg.matrix_rank(X) < 4:
+    r, _, rank, _ = np.linalg.lstsq(X, U, rcond=None)
+    if rank < 4:
         raise ValueError("the points do not determine a similarity (at least 2 distinct points needed)")
-    r = np.linalg.lstsq(X, U, rcond=None)[0]
     sc, ss, tx, ty = r
     tinv = np.array([[sc, -ss, 0.0], [ss, sc, 0.0], [tx, ty, 1.0]])
     return np.linalg.inv(tinv)
@@ -65,6 +65,12 @@ def _nonreflective(uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 def _apply(T: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.column_stack([pts, np.ones(len(pts))]) @ T[:, :2]
+
+
+def _norm2(m: np.ndarray) -> float:
+    """Matlab's norm(M) of an n x 2 matrix: its largest singular value (closed form of the 2x2 Gram matrix)."""
+    a, b, d = float(m[:, 0] @ m[:, 0]), float(m[:, 0] @ m[:, 1]), float(m[:, 1] @ m[:, 1])
+    return float(np.sqrt((a + d) / 2 + np.sqrt(((a - d) / 2) ** 2 + b * b)))
 
 
 def cp2tform_similarity(src, dst, return_reflective: bool = False):
@@ -75,8 +81,8 @@ def cp2tform_similarity(src, dst, return_reflective: bool = False):
     xyr = xy.copy()
     xyr[:, 0] = -xyr[:, 0]
     t2 = _nonreflective(uv, xyr) @ np.diag([-1.0, 1.0, 1.0])
-    n1 = np.linalg.norm(_apply(t1, uv) - xy, 2)
-    n2 = np.linalg.norm(_apply(t2, uv) - xy, 2)
+    n1 = _norm2(_apply(t1, uv) - xy)
+    n2 = _norm2(_apply(t2, uv) - xy)
     reflective = not (n1 <= n2)
     T = t2 if reflective else t1
     A = T[:, :2].T
@@ -107,16 +113,17 @@ def read_landmarks(path, one_based: bool = False) -> dict[str, np.ndarray]:
         raise CaffeFileError(path, "landmark list not found") from None
     out = {}
     for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
+        parts = [f for f in line.rstrip("\r\n").split("\t")] if "\t" in line else line.split()
+        parts = [f.strip() for f in parts if f.strip()]
         if not parts:
             continue
         if len(parts) < 11:
             raise CaffeFileError(path, f"line {n}: expected a path and 10 numbers, got {len(parts)} fields")
-        try:
-            vals = np.array([float(v) for v in parts[-10:]]).reshape(5, 2)
+        try:  # path, x1 y1 .. x5 y5, then optional extra columns (box, score)
+            vals = np.array([float(v) for v in parts[1:11]]).reshape(5, 2)
         except ValueError:
             raise CaffeFileError(path, f"line {n}: the landmarks are not numbers") from None
-        name = " ".join(parts[:-10])
+        name = parts[0]
         out[name] = vals - (1.0 if one_based else 0.0)
     return out
 

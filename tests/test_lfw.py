@@ -1,0 +1,325 @@
+"""LFW evaluation (SPEC.md section 8) against an independent implementation, alignment (cp2tform), MTCNN on the real
+models and photos, real face features, and `sfport eval/align/embed/compare` end to end."""
+import json
+import math
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sfport import align as al
+from sfport import lfw
+from sfport.cli import cli
+
+from conftest import FIXTURES
+
+PAIRS = FIXTURES / "lfw" / "pairs.txt"
+LANDMARKS = FIXTURES / "lfw" / "lfw_landmark.txt"
+MFN = FIXTURES / "mobilefacenet_insightface"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the protocol
+# ---------------------------------------------------------------------------------------------------------
+
+def reference_evaluation(L, R, flags, folds):
+    """evaluation.m, written out: per fold, mu of the other nine folds' left and right features, subtract,
+    normalize, cosine; threshold = mean of all maximisers on (-10000:10000)/10000; strict comparisons."""
+    thresholds = np.arange(-10000, 10001) / 10000.0
+    accs, thrs = [], []
+    for i in range(10):
+        val, test = folds != i, folds == i
+        mu = np.mean(np.concatenate([L[val], R[val]]), axis=0)
+        l, r = L - mu, R - mu
+        l = l / np.sqrt((l ** 2).sum(1))[:, None]
+        r = r / np.sqrt((r ** 2).sum(1))[:, None]
+        scores = (l * r).sum(1)
+        s, f = scores[val], flags[val]
+        best = np.empty(len(thresholds))
+        for a in range(0, len(thresholds), 1000):  # getAccuracy at every threshold
+            t = thresholds[a:a + 1000, None]
+            best[a:a + 1000] = ((s[f][None] > t).sum(1) + (s[~f][None] < t).sum(1)) / len(s)
+        thr = thresholds[best == best.max()].mean()
+        st, ft = scores[test], flags[test]
+        accs.append((np.sum(st[ft] > thr) + np.sum(st[~ft] < thr)) / len(st))
+        thrs.append(thr)
+    return np.array(accs), np.array(thrs)
+
+
+def synthetic_pair_features(pairs, dim=32, noise=0.9, seed=0):
+    """A feature per image: its person's centre plus noise (the same image always gets the same feature)."""
+    rng = np.random.default_rng(seed)
+    people, images = {}, {}
+
+    def feat(path):
+        if path not in images:
+            person = path.split("/")[0]
+            if person not in people:
+                people[person] = rng.standard_normal(dim)
+            images[path] = people[person] + noise * rng.standard_normal(dim) + 0.7
+        return images[path]
+
+    L = np.stack([feat(p.left) for p in pairs])
+    R = np.stack([feat(p.right) for p in pairs])
+    return L, R, images
+
+
+def test_pairs_file():
+    pairs = lfw.read_pairs(PAIRS)
+    assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000
+    assert [sum(p.fold == k for p in pairs) for k in range(10)] == [600] * 10
+    assert pairs[0].left == "Abel_Pacheco/Abel_Pacheco_0001.jpg" and pairs[0].right == "Abel_Pacheco/Abel_Pacheco_0004.jpg"
+    assert pairs[0].same and pairs[0].fold == 0 and pairs[5999].fold == 9 and not pairs[5999].same
+    hopkins = [p for p in pairs if p.left == "Anthony_Hopkins/Anthony_Hopkins_0001.jpg"]
+    assert hopkins and hopkins[0].right == "Anthony_Hopkins/Anthony_Hopkins_0002.jpg" and hopkins[0].same
+
+
+def test_sphereface_protocol_matches_reference():
+    pairs = lfw.read_pairs(PAIRS)
+    L, R, _ = synthetic_pair_features(pairs)
+    flags = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    rep = lfw.evaluate(L, R, flags, folds, "sphereface")
+    accs, thrs = reference_evaluation(L, R, flags, folds)
+    assert [f.threshold for f in rep.folds] == thrs.tolist()
+    assert [f.accuracy for f in rep.folds] == accs.tolist()
+    assert 0.7 < rep.accuracy < 0.99  # a protocol test needs errors to count
+    assert rep.stderr == pytest.approx(np.std(accs, ddof=1) / math.sqrt(10))
+
+
+def test_distance_protocols_pick_the_first_best_threshold():
+    pairs = lfw.read_pairs(PAIRS)
+    L, R, _ = synthetic_pair_features(pairs, seed=1)
+    flags = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    for protocol in ("insightface", "facenet"):
+        rep = lfw.evaluate(L, R, flags, folds, protocol)
+        ln = L / np.linalg.norm(L, axis=1, keepdims=True)
+        rn = R / np.linalg.norm(R, axis=1, keepdims=True)
+        d = ((ln - rn) ** 2).sum(1)
+        grid = np.arange(0, 4, 0.01)
+        for k, f in enumerate(rep.folds):
+            tr, te = folds != k, folds == k
+            acc = [np.mean((d[tr] < t) == flags[tr]) for t in grid]
+            t = grid[int(np.argmax(acc))]
+            assert f.threshold == t
+            assert f.accuracy == pytest.approx(np.mean((d[te] < t) == flags[te]), abs=1e-12)
+
+
+def test_roc_metrics():
+    rng = np.random.default_rng(3)
+    same = np.r_[np.ones(3000, bool), np.zeros(3000, bool)]
+    scores = np.r_[rng.normal(0.6, 0.15, 3000), rng.normal(0.1, 0.15, 3000)]
+    m = lfw.roc_metrics(scores, same)
+    pos, neg = scores[same], scores[~same]
+    auc = (pos[:, None] > neg[None, :]).mean()  # Mann-Whitney
+    assert m["auc"] == pytest.approx(auc, abs=1e-9)
+    far = np.mean(neg >= m["threshold_at_far_1e-2"])
+    assert far <= 1e-2 and m["tar_at_far_1e-2"] == pytest.approx(np.mean(pos >= m["threshold_at_far_1e-2"]))
+    assert abs((1 - np.mean(pos >= m["eer_threshold"])) - np.mean(neg >= m["eer_threshold"])) < 2e-3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# alignment
+# ---------------------------------------------------------------------------------------------------------
+
+def test_cp2tform_recovers_a_known_similarity():
+    src = np.array([[30.0, 50.0], [66.0, 51.0], [48.0, 72.0], [33.0, 92.0], [63.0, 91.0]])
+    ang, s, t = 0.3, 1.7, np.array([12.5, -4.0])
+    rot = s * np.array([[math.cos(ang), -math.sin(ang)], [math.sin(ang), math.cos(ang)]])
+    A, refl = al.cp2tform_similarity(src, src @ rot.T + t, return_reflective=True)
+    assert not refl and np.allclose(A, np.c_[rot, t], atol=1e-10)
+    mirror = rot @ np.diag([-1.0, 1.0])  # a reflection
+    A, refl = al.cp2tform_similarity(src, src @ mirror.T + t, return_reflective=True)
+    assert refl and np.allclose(A, np.c_[mirror, t], atol=1e-10)
+
+
+def test_cp2tform_keeps_the_form_with_the_lower_residual():
+    rng = np.random.default_rng(0)
+    for k in range(50):
+        src = rng.uniform(0, 100, (5, 2))
+        dst = src * [-1, 1] + rng.normal(0, 8, (5, 2))  # roughly mirrored, noisy
+        A, refl = al.cp2tform_similarity(src, dst, return_reflective=True)
+        # both forms, fitted as Matlab does, compared by the 2-norm of the forward residual
+        t1 = al._nonreflective(src, dst)
+        t2 = al._nonreflective(src, dst * [-1, 1]) @ np.diag([-1.0, 1.0, 1.0])
+        n1 = np.linalg.norm(al._apply(t1, src) - dst, 2)  # the largest singular value, as Matlab's norm
+        n2 = np.linalg.norm(al._apply(t2, src) - dst, 2)
+        assert refl == (n2 < n1)
+        assert np.allclose(A, (t2 if refl else t1)[:, :2].T)
+    assert refl in (True, False)
+
+
+def test_templates():
+    t = al.template("sphereface")
+    assert t.size == (112, 96) and np.allclose(t.points[0], [29.2946, 50.6963])
+    assert al.template("arcface112").size == (112, 112)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MTCNN and real faces
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    from sfport.mtcnn import MTCNN
+    return MTCNN(FIXTURES / "mtcnn")
+
+
+@pytest.mark.parametrize("image,count", [("mtcnn/test1.jpg", 2), ("mtcnn/test2.jpg", 1), ("ultraface/2.jpg", 4)])
+def test_mtcnn_finds_the_faces(mtcnn, image, count):
+    faces = mtcnn.detect(cv2.imread(str(FIXTURES / image)))
+    assert len(faces) == count and all(f.score > 0.9 for f in faces)
+
+
+@pytest.mark.parametrize("n", ["0001", "0002"])
+def test_mtcnn_landmarks_match_lfw_landmark_txt(mtcnn, n):
+    from sfport.mtcnn import nearest_centre
+    img = cv2.imread(str(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg"))
+    face = nearest_centre(mtcnn.detect(img), img.shape)
+    ref = al.read_landmarks(LANDMARKS)[f"Anthony_Hopkins/Anthony_Hopkins_{n}.jpg"]
+    err = np.hypot(*(face.landmarks - ref).T)
+    assert err.max() <= 2.0, err  # measured: 1.23 and 1.33 px
+
+
+def mobilefacenet_feature(img_bgr):
+    from sfport.net import Net
+    net = Net(MFN / "mxnet2caffe_mobilefacenet.prototxt", MFN / "mxnet2caffe_mobilefacenet.caffemodel")
+    x = (img_bgr[:, :, ::-1].astype(np.float32) - 127.5) * 0.0078125
+    out = net.forward(data=x.transpose(2, 0, 1)[None].copy())
+    f = next(iter(out.values())).detach().numpy().reshape(-1)
+    return f / np.linalg.norm(f)
+
+
+def test_real_faces_aligned_from_landmarks():
+    marks = al.read_landmarks(LANDMARKS)
+    t = al.template("arcface112")
+    f1, f2 = (mobilefacenet_feature(al.align(cv2.imread(str(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg")),
+                                             marks[f"Anthony_Hopkins/Anthony_Hopkins_{n}.jpg"], t))
+              for n in ("0001", "0002"))
+    eckhart = mobilefacenet_feature(cv2.imread(str(MFN / "Aaron_Eckhart_0001.jpg")))
+    same, diff = float(f1 @ f2), float(f1 @ eckhart)
+    assert same >= 0.7 and diff <= 0.3, (same, diff)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the commands
+# ---------------------------------------------------------------------------------------------------------
+
+def test_align_command(tmp_path):
+    src = tmp_path / "in"
+    (src / "Anthony_Hopkins").mkdir(parents=True)
+    for n in ("0001", "0002"):
+        shutil.copy(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg", src / "Anthony_Hopkins")
+    cv2.imwrite(str(src / "blank.jpg"), np.full((120, 100, 3), 128, np.uint8))
+    r = CliRunner().invoke(cli, ["align", str(src), str(tmp_path / "out"), "--mtcnn", str(FIXTURES / "mtcnn"),
+                                 "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "aligned 2 of 3 images" in r.output
+    crops = sorted((tmp_path / "out" / "Anthony_Hopkins").glob("*.jpg"))
+    assert len(crops) == 2 and cv2.imread(str(crops[0])).shape == (112, 96, 3)
+    assert (tmp_path / "out" / "no_face.txt").read_text() == "blank.jpg\tno face found\n"
+    rows = al.read_landmarks(tmp_path / "out" / "landmarks.txt")
+    ref = al.read_landmarks(LANDMARKS)
+    for k, v in rows.items():
+        assert np.hypot(*(v - ref[k]).T).max() <= 2.0
+    r = CliRunner().invoke(cli, ["align", str(src), str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "give --landmarks FILE or --mtcnn DIR" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def small_lfw(tmp_path_factory):
+    """An LFW-shaped folder (name/name_0001.jpg, aligned 112x96) and a pairs.txt in the real format."""
+    import synthfaces
+    root = tmp_path_factory.mktemp("lfw")
+    rng = np.random.default_rng(0)
+    people = [f"Person_{chr(65 + i)}{chr(97 + i)}" for i in range(12)]
+    for i, name in enumerate(people):
+        p = synthfaces.identity(rng)
+        (root / "lfw" / name).mkdir(parents=True)
+        for j in range(1, 5):
+            cv2.imwrite(str(root / "lfw" / name / f"{name}_{j:04d}.jpg"), synthfaces.render(p, rng))
+    lines = ["10\t3"]
+    for fold in range(10):
+        for k in range(3):
+            name = people[(fold + k) % 12]
+            lines.append(f"{name}\t{1 + k % 2}\t{3 + k % 2}")
+        for k in range(3):
+            a, b = people[(fold + k) % 12], people[(fold + k + 5) % 12]
+            lines.append(f"{a}\t{1 + k}\t{b}\t{2 + k % 3}")
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    from sfport import io, model, nets
+    net = nets.sphereface_deploy(4)
+    m = model.with_random_weights(io.CaffeModel.from_net(net, None), seed=1)
+    io.write_caffemodel(root / "sf4.caffemodel", m)
+    return root
+
+
+def test_eval_end_to_end(small_lfw, tmp_path, monkeypatch):
+    monkeypatch.setenv("SFPORT_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--model", str(small_lfw / "sf4.caffemodel"), "--lfw-dir", str(small_lfw / "lfw"), "--pairs",
+            str(small_lfw / "pairs.txt"), "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "roc.png"),
+            "--workers", "2"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert len(doc["folds"]) == 10 and all({"accuracy", "threshold"} <= set(f) for f in doc["folds"])
+    assert doc["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in doc["folds"]]))
+    assert {"auc", "eer", "tar_at_far_1e-3", "tar_at_far_1e-2", "std", "stderr"} <= set(doc)
+    assert cv2.imread(str(tmp_path / "roc.png")).shape == (480, 640, 3)
+    assert "AVE" in r.output and "ROC AUC" in r.output
+    assert len(list((tmp_path / "cache" / "features").glob("*.npz"))) == 1
+    again = CliRunner().invoke(cli, args)  # from the cache: the same report
+    assert again.exit_code == 0 and json.loads((tmp_path / "r.json").read_text()) == doc
+    # the same features through embed + --features/--list give the same numbers
+    names = sorted(str(p.relative_to(small_lfw / "lfw")) for p in (small_lfw / "lfw").rglob("*.jpg"))
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n")
+    r = CliRunner().invoke(cli, ["embed", "--model", str(small_lfw / "sf4.caffemodel"), "--list",
+                                 str(tmp_path / "list.txt"), "--root", str(small_lfw / "lfw"), "-o",
+                                 str(tmp_path / "f.npy"), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "f.npy").shape == (48, 1024)
+    r = CliRunner().invoke(cli, ["eval", "--features", str(tmp_path / "f.npy"), "--list", str(tmp_path / "list.txt"),
+                                 "--pairs", str(small_lfw / "pairs.txt"), "--report", str(tmp_path / "r2.json")])
+    assert r.exit_code == 0, r.output
+    doc2 = json.loads((tmp_path / "r2.json").read_text())
+    assert [f["threshold"] for f in doc2["folds"]] == pytest.approx([f["threshold"] for f in doc["folds"]], abs=1e-6)
+    assert doc2["accuracy"] == pytest.approx(doc["accuracy"], abs=1e-9)
+
+
+def test_eval_onnx_and_bad_input(small_lfw, tmp_path):
+    r = CliRunner().invoke(cli, ["convert", str(small_lfw / "sf4.caffemodel"), "--format", "onnx", "-o",
+                                 str(tmp_path / "sf4.onnx")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["eval", "--model", str(tmp_path / "sf4.onnx"), "--lfw-dir", str(small_lfw / "lfw"),
+                                 "--pairs", str(small_lfw / "pairs.txt"), "--no-cache", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    shutil.copytree(small_lfw / "lfw", tmp_path / "lfw")
+    (tmp_path / "lfw" / "Person_Aa" / "Person_Aa_0001.jpg").unlink()
+    r = CliRunner().invoke(cli, ["eval", "--model", str(small_lfw / "sf4.caffemodel"), "--lfw-dir",
+                                 str(tmp_path / "lfw"), "--pairs", str(small_lfw / "pairs.txt"), "--no-cache"])
+    assert r.exit_code == 2 and "Person_Aa_0001.jpg: missing" in r.stderr
+    r = CliRunner().invoke(cli, ["compare", str(small_lfw / "lfw/Person_Aa/Person_Aa_0002.jpg"),
+                                 str(small_lfw / "lfw/Person_Aa/Person_Aa_0003.jpg"), "-m",
+                                 str(small_lfw / "sf4.caffemodel")])
+    assert r.exit_code == 0 and r.output.startswith("cosine ")
+
+
+def test_extract_aligns_originals_from_landmarks(tmp_path):
+    """The eval path for raw LFW photos: --landmarks aligns on the fly (here MobileFaceNet, 112x112 template)."""
+    from sfport.features import Model, extract
+    (tmp_path / "Anthony_Hopkins").mkdir()
+    for n in ("0001", "0002"):
+        shutil.copy(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg", tmp_path / "Anthony_Hopkins")
+    m = Model(MFN / "mxnet2caffe_mobilefacenet.caffemodel", MFN / "mxnet2caffe_mobilefacenet.prototxt")
+    paths = [f"Anthony_Hopkins/Anthony_Hopkins_{n}.jpg" for n in ("0001", "0002")]
+    ex = extract(m, paths, tmp_path, "insightface", al.read_landmarks(LANDMARKS), LANDMARKS, cache_dir=False,
+                 workers=0)
+    f = lfw.combine(ex.features, ex.flipped, "insightface")
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    assert float(f[0] @ f[1]) >= 0.7
+    with pytest.raises(Exception, match="the net takes 112x112: give --landmarks"):
+        extract(m, paths, tmp_path, "insightface", cache_dir=False, workers=0)
