@@ -68,8 +68,8 @@ def inspect(model, prototxt, as_json):
     """Show the layers of a Caffe model: name, type, bottoms -> tops, blob shapes, parameter count.
 
     MODEL is a .caffemodel (weights and the net Caffe stored with them), a .prototxt (definition only;
-    blob shapes are then inferred) or a .solverstate (iteration, lr step, momentum history). With --prototxt, MODEL's weights are matched to the definition's layers
-    by name, as Caffe does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy
+    blob shapes are then inferred) or a .solverstate (iteration, lr step, momentum history). With
+    --prototxt, MODEL's weights are matched to the definition's layers by name, as Caffe does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy
     'input:' headers) are upgraded and the upgrades listed. Without MODEL, the built-in SphereFace-20 deploy
     net is shown.
 
@@ -354,7 +354,8 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
     if amp and not device.startswith("cuda"):
         raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
     opts = tr.Options(weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot, data_root=data_root,
-                      source=source, seed=seed, device=device, amp=amp, workers=workers, skip_bad_images=skip_bad_images,
+                      source=source, seed=seed, device=device, amp=amp, workers=workers,
+                      skip_bad_images=skip_bad_images,
                       keep_going=keep_going, synthetic_data=synthetic_data,
                       data_shape=_parse_shape(shape) if shape else None, max_iter=max_iter, progress=progress,
                       channels_last=device.startswith("cuda"), margin_grad=margin_grad)

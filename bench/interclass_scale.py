@@ -59,8 +59,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = measure(args.classes, args.dim, args.batch, args.feature_norm, args.m)
     print(f"N={args.classes} K={args.dim} M={args.batch} |x|={args.feature_norm:g}")
-    print(f"| term | alpha | norm of its gradient on W | ratio to A-Softmax |")
-    print(f"|---|---|---|---|")
+    print("| term | alpha | norm of its gradient on W | ratio to A-Softmax |")
+    print("|---|---|---|---|")
     for label, alpha, n, r in rows:
         print(f"| {label} | {alpha} | {n:.3e} | {r:.3e} |")
     return rows

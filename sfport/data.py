@@ -8,7 +8,8 @@ sample's random mirror and crop come from a generator seeded by (seed, position)
 
 Images are decoded by OpenCV as Caffe does (BGR, ``IMREAD_COLOR`` or grayscale, resized to
 ``new_height x new_width`` when both are set), then ``transform_param`` in Caffe's order: crop (random in TRAIN,
-centre in TEST), mirror (random, in both phases as Caffe's DataTransformer), ``(pixel - mean) * scale`` with ``mean_file`` or ``mean_value``.
+centre in TEST), mirror (random, in both phases as Caffe's DataTransformer), ``(pixel - mean) * scale`` with
+``mean_file`` or ``mean_value``.
 """
 from __future__ import annotations
 

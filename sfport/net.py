@@ -4,7 +4,6 @@ from __future__ import annotations
 import io as _io
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import torch

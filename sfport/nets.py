@@ -81,8 +81,8 @@ SFPLUS = {
 }
 
 
-def sphereface_train(depth: int = 20, m: int = 4, num_classes: int = 10572, source: str = "data/CASIA-WebFace-112X96.txt",
-                     root_folder: str = "", batch_size: int = 256, lambda_gamma: float = 0.12, iteration: int = 0,
+def sphereface_train(depth: int = 20, m: int = 4, num_classes: int = 10572,
+                     source: str = "data/CASIA-WebFace-112X96.txt", root_folder: str = "", batch_size: int = 256, lambda_gamma: float = 0.12, iteration: int = 0,
                      interclass_alpha: float | None = None, channels=CHANNELS, feature_dim: int = 512,
                      mirror: bool = True, shuffle: bool = True, name: str | None = None,
                      new_size: tuple[int, int] | None = None):

@@ -20,7 +20,6 @@ import io as _io
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -540,8 +539,8 @@ class Solver:
                 "history": [b.history.detach().cpu() for b in self.blobs],
                 "blob_names": [b.name for b in self.blobs],
                 "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else torch.zeros(0,
-                                                                                                       dtype=torch.uint8),
+                "cuda_rng": (torch.cuda.get_rng_state() if self.device.type == "cuda"
+                             else torch.zeros(0, dtype=torch.uint8)),
                 "losses": list(self.losses), "smoothed_loss": self.smoothed_loss,
                 "world": self.world, "iter_size": max(sp.iter_size, 1), "seed": self.seed}
         buf = _io.BytesIO()
@@ -585,7 +584,8 @@ class Solver:
                 lp = Path(path).parent / Path(learned).name
             self.net.load_weights(io.read_caffemodel(lp))
         if len(st.history) != len(self.blobs):
-            raise CaffeFileError(path, f"{len(st.history)} history blobs, the net has {len(self.blobs)} learnable blobs")
+            raise CaffeFileError(path, f"{len(st.history)} history blobs, the net has {len(self.blobs)} learnable "
+                                       f"blobs")
         for b, h in zip(self.blobs, st.history):
             if h.size != b.param.numel():
                 raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit {list(b.param.shape)}")

@@ -5,7 +5,6 @@ mouth, hair); each image of it adds pose jitter, lighting, background and noise.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2

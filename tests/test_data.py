@@ -2,7 +2,6 @@
 shuffling, transform_param (crop, mirror, mean file / values, scale), is_color, bad images."""
 import numpy as np
 import pytest
-import torch
 
 from sfport.data import (ImageDataset, MicroBatches, Transform, check, collate, loader, read_list,
                          read_mean_file)

@@ -7,7 +7,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from sfport import align as al
