@@ -149,13 +149,14 @@ class MarginInnerProduct(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_output, k))
         self.caffe_blobs = ["weight"]
         self.register_buffer("iteration", torch.tensor(int(iteration), dtype=torch.int64))
+        self._count = int(iteration)  # host copy of the buffer: no device sync per forward
         self.axis, self.m = axis, m
         self.base, self.gamma, self.power, self.lambda_min = base, gamma, power, lambda_min
         self.grad_mode = grad_mode
 
     def extra_repr(self) -> str:
         return (f"num_output={self.weight.shape[0]}, m={self.m}, base={self.base:g}, gamma={self.gamma:g}, "
-                f"power={self.power:g}, lambda_min={self.lambda_min:g}, iteration={int(self.iteration)}, "
+                f"power={self.power:g}, lambda_min={self.lambda_min:g}, iteration={self._count}, "
                 f"grad={self.grad_mode}")
 
     def lambda_at(self, iteration: int) -> float:
@@ -164,7 +165,11 @@ class MarginInnerProduct(nn.Module):
     @property
     def current_lambda(self) -> float:
         """lambda of the most recent forward (of the next one minus one step)."""
-        return self.lambda_at(int(self.iteration))
+        return self.lambda_at(self._count)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._count = int(self.iteration)
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -173,9 +178,10 @@ class MarginInnerProduct(nn.Module):
         w.mul_(1.0 / torch.sqrt((w * w).sum(dim=1, keepdim=True)))
 
     def forward(self, x, label):
+        self._count += 1
         with torch.no_grad():
-            self.iteration += 1
-        lam = self.lambda_at(int(self.iteration))
+            self.iteration.fill_(self._count)
+        lam = self.lambda_at(self._count)
         self.normalize_()
         x = torch.flatten(x, self.axis) if x.dim() > 2 else x
         label = label.reshape(-1)
@@ -274,22 +280,29 @@ class InterClass(nn.Module):
         self.caffe_blobs = ["weight"]
         self.register_buffer("iteration", torch.tensor(int(iteration), dtype=torch.int64))
         self.register_buffer("alpha", torch.tensor(0.0, dtype=torch.float64))
+        self._count, self._alpha = int(iteration), 0.0  # host copies of the buffers
         self.among, self.normalize, self.energy = among, normalize, energy
         self.alpha_start_iter, self.alpha_start_value = alpha_start_iter, alpha_start_value
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._count, self._alpha = int(self.iteration), float(self.alpha)
 
     def extra_repr(self) -> str:
         return (f"{'AMONG' if self.among else 'MEAN'}, energy={self.energy}, iteration={int(self.iteration)}, "
                 f"alpha={float(self.alpha):g}, alpha_start_iter={self.alpha_start_iter}")
 
     def forward(self, x, label):
+        self._count += 1
+        if self._count == self.alpha_start_iter:
+            self._alpha = float(self.alpha_start_value)
         with torch.no_grad():
-            self.iteration += 1
-            if int(self.iteration) == self.alpha_start_iter:
-                self.alpha.fill_(self.alpha_start_value)
+            self.iteration.fill_(self._count)
+            self.alpha.fill_(self._alpha)
         label = label.long().reshape(-1)
         if label.numel() != x.shape[0]:
             raise ValueError(f"InterClass: {x.shape[0]} samples but {label.numel()} labels")
-        alpha = float(self.alpha)
+        alpha = self._alpha
         if self.energy == "caffe":
             return _ForkInterClass.apply(self.weight, label, alpha, self.among, self.normalize)
         return alpha * mhe_energy(self.weight, label, int(self.energy[1]))

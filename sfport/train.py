@@ -201,14 +201,15 @@ class Feeder:
         self._it = iter(loader(self.dataset, sampler, self.opts.workers, pin))
 
     def next(self) -> dict[str, torch.Tensor]:
-        if self.synthetic:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + self._next_synthetic * 31 + self.rank)
+        if self.synthetic:  # made on the training device: no host-to-device copy in benchmarks
+            dev = torch.device(self.opts.device)
+            g = torch.Generator(device=dev).manual_seed(self.seed * 1000003 + self._next_synthetic * 31 + self.rank)
             self._next_synthetic += 1
-            x = torch.randn((self.batch,) + tuple(self.chw), generator=g)
+            x = torch.randn((self.batch,) + tuple(self.chw), generator=g, device=dev)
             out = {self.data_top: x}
             if self.label_top:
-                out[self.label_top] = torch.randint(0, max(self.num_classes or 1, 1), (self.batch,),
-                                                    generator=g).float()
+                out[self.label_top] = torch.randint(0, max(self.num_classes or 1, 1), (self.batch,), generator=g,
+                                                    device=dev).float()
             return out
         while True:
             x, y, _, bad, _ = check(next(self._it))

@@ -305,3 +305,32 @@ def test_test_nets_run_as_caffe(golden_copy):
         assert lines[i + 2].startswith("    Test net output #1: loss = ") and lines[i + 2].endswith(" loss)")
         assert got_acc == pytest.approx(acc, abs=1e-6)
         assert got_loss == pytest.approx(loss, rel=2e-5), k
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_margin_counter_advances_per_forward_under_the_solver(golden_copy, iter_size):
+    """A-Softmax's lambda counts forward passes: with iter_size 2 it advances twice per solver update (SPEC.md 3),
+    and the logged lambda is the formula at that count."""
+    import io as _io
+    text = (golden_copy / "tiny_sphereface.prototxt").read_text()
+    old = text[text.index('  name: "fc6"'):text.index('layer {\n  name: "loss"')]
+    new = ('  name: "fc6_margin"\n  type: "MarginInnerProduct"\n  bottom: "fc5"\n  bottom: "label"\n  top: "fc6"\n'
+           '  top: "lambda"\n  margin_inner_product_param { num_output: 8 type: QUADRUPLE weight_filler { type: '
+           '"xavier" } base: 1000 gamma: 0.12 power: 1 lambda_min: 5 iteration: 0 }\n}\n')
+    (golden_copy / "m.prototxt").write_text(text.replace(old, new))
+    (golden_copy / "s.prototxt").write_text((golden_copy / "solver_multistep.prototxt").read_text()
+                                            .replace("tiny_sphereface.prototxt", "m.prototxt")
+                                            .replace("iter_size: 2", f"iter_size: {iter_size}"))
+    stream = _io.StringIO()
+    s = tr.Solver("s.prototxt", tr.Options(weights=["init.caffemodel"], workers=0, max_iter=5),
+                  log=tr.CaffeLog(stream))
+    report = "\n".join(s.weights_report)
+    assert "Layer fc6_margin: no weights in the file; initialised by its filler (xavier)" in report
+    assert "Ignoring 1 weight layers the net does not have: fc6" in report
+    s.step(5)
+    fc6 = s.net.module.module_of("fc6_margin")
+    assert fc6._count == int(fc6.iteration) == 5 * iter_size
+    logged = [float(l.split(" = ")[1]) for l in stream.getvalue().splitlines() if "Train net output" in l
+              and "lambda" in l]
+    expected = [max(1000 / (1 + np.float32(0.12) * ((t + 1) * iter_size)), 5) for t in range(5)]
+    assert logged == pytest.approx(expected, rel=1e-5)
