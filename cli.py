@@ -324,7 +324,7 @@ if __name__ == "__main__":
 @click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
 @click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
 @click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16).")
 @click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
 @click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
 @click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")
@@ -353,6 +353,8 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
         device = "cuda"
     if amp and not device.startswith("cuda"):
         raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
+    if workers is None:
+        workers = min(16, os.cpu_count() or 2)
     opts = tr.Options(weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot, data_root=data_root,
                       source=source, seed=seed, device=device, amp=amp, workers=workers,
                       skip_bad_images=skip_bad_images,
