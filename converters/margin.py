@@ -191,16 +191,22 @@ class MarginInnerProduct(nn.Module):
         return out, torch.full((1,), lam, dtype=x.dtype, device=x.device)
 
 
+def _feature_axis(layer, p, bottom_shapes) -> tuple[int, int]:
+    """(axis, feature width K) of a (features, labels) layer, checking that both bottoms are there."""
+    if len(layer.bottom) < 2:
+        raise ValueError(f"layer '{layer.name}' ({layer.type}) needs two bottoms: features and labels")
+    shape = bottom_shapes[0]
+    axis = canonical_axis(p.axis, len(shape))
+    return axis, math.prod(shape[axis:])
+
+
 @register("MarginInnerProduct")
 class MarginInnerProductConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.margin_inner_product_param
-        shape = bottom_shapes[0]
-        axis = canonical_axis(p.axis, len(shape))
-        if len(layer.bottom) < 2:
-            raise ValueError(f"layer '{layer.name}' (MarginInnerProduct) needs two bottoms: features and labels")
-        return MarginInnerProduct(p.num_output, math.prod(shape[axis:]), axis, _M[p.type], p.base, p.gamma,
-                                  p.power, p.lambda_min, p.iteration, p.margin_grad)
+        axis, k = _feature_axis(layer, p, bottom_shapes)
+        return MarginInnerProduct(p.num_output, k, axis, _M[p.type], p.base, p.gamma, p.power, p.lambda_min,
+                                  p.iteration, p.margin_grad)
 
     def fillers(self, layer):
         return [layer.margin_inner_product_param.weight_filler]
@@ -312,12 +318,9 @@ class InterClass(nn.Module):
 class InterClassConverter(Converter):
     def build(self, layer, bottom_shapes):
         p = layer.inter_class_param
-        shape = bottom_shapes[0]
-        axis = canonical_axis(p.axis, len(shape))
-        if len(layer.bottom) < 2:
-            raise ValueError(f"layer '{layer.name}' (InterClass) needs two bottoms: features and labels")
-        return InterClass(p.num_output, math.prod(shape[axis:]), p.type == caffe_pb2.InterClassParameter.AMONG,
-                          p.iteration, p.alpha_start_iter, p.alpha_start_value, p.normalize, p.energy)
+        _, k = _feature_axis(layer, p, bottom_shapes)
+        return InterClass(p.num_output, k, p.type == caffe_pb2.InterClassParameter.AMONG, p.iteration,
+                          p.alpha_start_iter, p.alpha_start_value, p.normalize, p.energy)
 
     def fillers(self, layer):
         return [layer.inter_class_param.weight_filler]

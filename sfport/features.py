@@ -53,7 +53,7 @@ class Model:
             names = list(self.net.inputs)
             self.input_name = names[0]
             self.input_size = tuple(self.net.inputs[self.input_name][2:4])
-            blobs = {self.net.graph.caffe_name[u] for u in self.net.graph.caffe_name}
+            blobs = set(self.net.graph.caffe_name.values())
             if blob and blob not in blobs:
                 raise CaffeFileError(self.path, f"no blob '{blob}' in the net")
             self.output = blob or ("fc5" if "fc5" in blobs else self.net.outputs[-1])

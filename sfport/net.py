@@ -230,9 +230,9 @@ class Net:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:
             self.module.load_state_dict(state)
-        elif weight_model is not None:
+        elif weight_model is not None:  # copied by name; only the layers left without weights are filled
             self.report = self.load_weights(weight_model)
-            self.report.filled = self.module.fill(self.report.layers_without_weights, generator)
+            self.module.fill(self.report.layers_without_weights, generator)
         else:
             self.filled = self.module.fill(None, generator)
         self.blobs: dict[str, torch.Tensor] = {}
@@ -259,6 +259,7 @@ class Net:
                 raise CaffeFileError(weights.path, f"does not fit the net: {e}") from None
             report.copied.append(gl.name)
         report.weights_without_layers = [n for n in source if n not in used]
+        report.filled = self.module.fill(report.layers_without_weights, apply=False)  # filled when built
         return report
 
     @property

@@ -16,6 +16,7 @@ own micro-batches, gradients averaged: N processes equal ``iter_size: N`` on one
 """
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import math
 import os
@@ -141,7 +142,7 @@ class Feeder:
     synthetic (random images, uniform labels) for benchmarks."""
 
     def __init__(self, net_param, phase, opts: Options, base: Path | None, seed: int, world: int, rank: int,
-                 iter_size: int, log: CaffeLog, num_classes_hint=None):
+                 iter_size: int, log: CaffeLog):
         layers = _data_layers(net_param, phase)
         self.inputs: dict[str, tuple] = {}
         self.layer = None
@@ -190,7 +191,7 @@ class Feeder:
         self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
         if self.label_top:
             self.inputs[self.label_top] = (self.batch,)
-        self.num_classes = num_classes_hint
+        self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
         self._it = None
 
     def start(self, first_update: int, stop_update: int | None = None, pin: bool = False):
@@ -299,8 +300,8 @@ class Solver:
                 spec = specs[j] if j < len(specs) else None
                 lr = spec.lr_mult if spec is not None and spec.HasField("lr_mult") else 1.0
                 dm = spec.decay_mult if spec is not None and spec.HasField("decay_mult") else 1.0
-                if not p.requires_grad:
-                    lr = 0.0 if lr else lr
+                if not p.requires_grad:  # BatchNorm's statistics
+                    lr = 0.0
                 out.append(sgd.Blob(f"{gl.name}/{j}", p, torch.zeros_like(p), float(lr), float(dm)))
         return out
 
@@ -309,7 +310,6 @@ class Solver:
         for one in [s for s in str(path).split(",") if s]:
             model = io.read_caffemodel(one)
             report = self.net.load_weights(model)
-            report.filled = self.net.module.fill(report.layers_without_weights, apply=False)  # filled when built
             self.log(f"Finetuning from {one}", "caffe.cpp:155")
             for line in report.lines():
                 self.log(line, "net.cpp:0")
@@ -344,7 +344,7 @@ class Solver:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.opts.amp)
         with torch.set_grad_enabled(backward), amp:
             if self.ddp is not None:
-                ctx = self.ddp.no_sync() if not sync else _null()
+                ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
                 with ctx:
                     blobs = self.ddp(**batch)
                     loss = self.net.module.loss(blobs)
@@ -356,16 +356,6 @@ class Solver:
                 if backward:
                     loss.backward()
         return float(loss.detach()) if loss is not None else 0.0, blobs
-
-    def _outputs(self, blobs) -> list[tuple[str, np.ndarray, float]]:
-        """Net outputs in Caffe's order (std::set of names: sorted), with their loss weights."""
-        g = self.net.graph
-        weights = dict(self.net.module.loss_terms)
-        out = []
-        for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]):
-            if u in blobs:
-                out.append((g.caffe_name[u], blobs[u].detach().float().cpu().reshape(-1).numpy(), weights.get(u, 0.0)))
-        return out
 
     def _update_smoothed(self, loss: float, start_iter: int) -> None:
         avg = max(self.param.average_loss, 1)
@@ -429,7 +419,7 @@ class Solver:
                          f"loss = {g6(self.smoothed_loss)}", "solver.cpp:218")
                 last_time, last_iter = now, self.iter
                 n = 0
-                for name, values, w in self._outputs(blobs):
+                for name, values, w in net_outputs(self.net, blobs):
                     for v in values:
                         extra = f" (* {g6(w)} = {g6(w * v)} loss)" if w else ""
                         self.log(f"    Train net output #{n}: {name} = {g6(v)}{extra}", "solver.cpp:237")
@@ -497,12 +487,9 @@ class Solver:
                     blobs = net.module.run(batch, keep_all=False)
                 loss = net.module.loss(blobs)
                 total_loss += float(loss) if loss is not None else 0.0
-                g = net.graph
-                weights = dict(net.module.loss_terms)
-                for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]):
-                    vals = blobs[u].detach().float().cpu().reshape(-1).numpy()
+                for name, vals, w in net_outputs(net, blobs):
                     for j, v in enumerate(vals):
-                        key = (g.caffe_name[u], j, weights.get(u, 0.0))
+                        key = (name, j, w)
                         if key not in scores:
                             names.append(key)
                             scores[key] = 0.0
@@ -606,12 +593,12 @@ class Solver:
         return bar
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def net_outputs(net, blobs) -> list[tuple[str, np.ndarray, float]]:
+    """A net's outputs as Caffe lists them (a std::set of names: sorted), values flattened, with loss weights."""
+    g = net.graph
+    weights = dict(net.module.loss_terms)
+    return [(g.caffe_name[u], blobs[u].detach().float().cpu().reshape(-1).numpy(), weights.get(u, 0.0))
+            for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]) if u in blobs]
 
 
 def _num_classes(net) -> int | None:
@@ -634,7 +621,7 @@ def _dist_env() -> tuple[int, int, int] | None:
     return None
 
 
-def run(solver_path, opts: Options, rank: int = 0, world: int = 1, gpus: list[int] | None = None) -> Solver:
+def run(solver_path, opts: Options, rank: int = 0, world: int = 1) -> Solver:
     """Train in this process (rank ``rank`` of ``world``; a process group is set up when world > 1)."""
     if world > 1:
         import torch.distributed as dist

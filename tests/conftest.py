@@ -40,3 +40,13 @@ def all_caffemodels(include_golden=False):
 @pytest.fixture
 def shared():
     return SHARED
+
+
+@pytest.fixture
+def golden_copy(tmp_path, monkeypatch):
+    """A writable copy of golden/solver (without Caffe's runs), made the working directory, as Caffe ran there."""
+    import shutil
+    dst = tmp_path / "solver"
+    shutil.copytree(GOLDEN / "solver", dst, ignore=shutil.ignore_patterns("runs"))
+    monkeypatch.chdir(dst)
+    return dst

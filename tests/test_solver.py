@@ -3,7 +3,6 @@ against real BVLC Caffe 1.0 (golden/solver: weights after every update, the fina
 iteration, the log lines)."""
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -99,7 +98,7 @@ def test_update_rule_matches_numpy(reg, clip):
     p = dict(p, base_lr=sp.base_lr, gamma=sp.gamma)
     step, clipped = 0, 0
     for it in range(steps):
-        for b, j in zip(blobs, range(len(blobs))):  # iter_size backward passes add into .grad
+        for j, b in enumerate(blobs):  # iter_size backward passes add into .grad
             b.param.grad = None if lr_mult[j] == 0 else torch.tensor(sum(m[j] for m in grads[it]))
         rate, step, _ = sgd.learning_rate(sp, it, step)
         info = sgd.sgd_update(blobs, rate, p["momentum"], p["weight_decay"], iter_size, reg, clip)
@@ -140,14 +139,6 @@ def test_rate_is_inside_the_history():
 def relerr(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
-
-
-@pytest.fixture
-def golden_copy(tmp_path, monkeypatch):
-    dst = tmp_path / "solver"
-    shutil.copytree(SOLVER, dst, ignore=shutil.ignore_patterns("runs"))
-    monkeypatch.chdir(dst)
-    return dst
 
 
 _PREFIX = re.compile(r"^[IWEF](?:\d{4}|\d{8}) [\d:.]+ +\d+ [\w.]+:\d+\] (.*)$")

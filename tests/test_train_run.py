@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 import sfport
@@ -17,14 +16,6 @@ from sfport.cli import cli
 from conftest import GOLDEN
 
 SOLVER = GOLDEN / "solver"
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    dst = tmp_path / "solver"
-    shutil.copytree(SOLVER, dst, ignore=shutil.ignore_patterns("runs"))
-    monkeypatch.chdir(dst)
-    return dst
 
 
 def write_solver(path, **changes):
@@ -51,10 +42,10 @@ def max_rel(a, b):
                for k in b for x, y in zip(a[k], b[k]))
 
 
-def test_two_processes_equal_iter_size_two(work):
+def test_two_processes_equal_iter_size_two(golden_copy):
     """2 processes (gloo, batch 8 each, iter_size 1) = 1 process with iter_size 2 (batch 8), after 10 updates."""
-    write_solver(work / "one.prototxt", iter_size=2, max_iter=10, snapshot_prefix="runs/one/x")
-    write_solver(work / "two.prototxt", iter_size=1, max_iter=10, snapshot_prefix="runs/two/x")
+    write_solver(golden_copy / "one.prototxt", iter_size=2, max_iter=10, snapshot_prefix="runs/one/x")
+    write_solver(golden_copy / "two.prototxt", iter_size=1, max_iter=10, snapshot_prefix="runs/two/x")
     r = CliRunner().invoke(cli, ["train", "one.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
     assert r.exit_code == 0, r.output
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -62,12 +53,12 @@ def test_two_processes_equal_iter_size_two(work):
                         "sfport", "train", "two.prototxt", "--weights", "init.caffemodel", "--workers", "0"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    one, two = params(work / "runs/one/x_iter_10.caffemodel"), params(work / "runs/two/x_iter_10.caffemodel")
+    one, two = params(golden_copy / "runs/one/x_iter_10.caffemodel"), params(golden_copy / "runs/two/x_iter_10.caffemodel")
     assert max_rel(two, one) <= 1e-6
     # and it is not trivially so: one process with iter_size 1 ends elsewhere
-    write_solver(work / "single.prototxt", iter_size=1, max_iter=10, snapshot_prefix="runs/single/x")
+    write_solver(golden_copy / "single.prototxt", iter_size=1, max_iter=10, snapshot_prefix="runs/single/x")
     r = CliRunner().invoke(cli, ["train", "single.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
-    assert max_rel(params(work / "runs/single/x_iter_10.caffemodel"), one) > 1e-3
+    assert max_rel(params(golden_copy / "runs/single/x_iter_10.caffemodel"), one) > 1e-3
     assert p.stderr.count("Iteration 9, lr = ") == 1  # rank 0 logs, rank 1 does not
 
 
@@ -76,37 +67,37 @@ def run_cli(*args, cwd):
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
-def test_resume_after_sigkill_is_bit_exact(work):
+def test_resume_after_sigkill_is_bit_exact(golden_copy):
     """Kill -9 the run right after a snapshot; resuming from the newest .pt gives the same weights, bit for bit,
     as the uninterrupted run (BatchNorm sums, layer counters and data position included)."""
-    write_solver(work / "s.prototxt", net="tiny_bn.prototxt", iter_size=2, max_iter=40, snapshot=2,
+    write_solver(golden_copy / "s.prototxt", net="tiny_bn.prototxt", iter_size=2, max_iter=40, snapshot=2,
                  snapshot_prefix="runs/k/x", display=0)
-    full = run_cli("train", "s.prototxt", "--weights", "init_bn.caffemodel", "--workers", "0", cwd=work)
+    full = run_cli("train", "s.prototxt", "--weights", "init_bn.caffemodel", "--workers", "0", cwd=golden_copy)
     assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
-    reference = {n: (work / "runs/k" / n).read_bytes() for n in ("x_iter_40.caffemodel", "x_iter_40.solverstate")}
-    shutil.rmtree(work / "runs/k")
-    victim = run_cli("train", "s.prototxt", "--weights", "init_bn.caffemodel", "--workers", "0", cwd=work)
+    reference = {n: (golden_copy / "runs/k" / n).read_bytes() for n in ("x_iter_40.caffemodel", "x_iter_40.solverstate")}
+    shutil.rmtree(golden_copy / "runs/k")
+    victim = run_cli("train", "s.prototxt", "--weights", "init_bn.caffemodel", "--workers", "0", cwd=golden_copy)
     deadline = time.time() + 120
-    while not (work / "runs/k/x_iter_6.pt").exists():
+    while not (golden_copy / "runs/k/x_iter_6.pt").exists():
         assert time.time() < deadline and victim.poll() is None, "the run ended before the snapshot"
         time.sleep(0.001)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    done = sorted(work.glob("runs/k/x_iter_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
+    done = sorted(golden_copy.glob("runs/k/x_iter_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
     last = done[-1]
     assert int(last.stem.split("_")[-1]) < 40
     for p in done:  # every snapshot written so far is complete
         assert sfport.train.torch.load(p, weights_only=True)["iter"] == int(p.stem.split("_")[-1])
-    resumed = run_cli("train", "s.prototxt", "--snapshot", str(last), "--workers", "0", cwd=work)
+    resumed = run_cli("train", "s.prototxt", "--snapshot", str(last), "--workers", "0", cwd=golden_copy)
     err = resumed.communicate(timeout=300)[1]
     assert resumed.returncode == 0, err[-2000:]
     for name, data in reference.items():
-        assert (work / "runs/k" / name).read_bytes() == data, name
+        assert (golden_copy / "runs/k" / name).read_bytes() == data, name
 
 
-def test_caffe_style_resume_from_solverstate(work):
+def test_caffe_style_resume_from_solverstate(golden_copy):
     """--snapshot X.solverstate: iteration, lr step and history restored; the log says what is not."""
-    write_solver(work / "s.prototxt", max_iter=6, snapshot=4, snapshot_prefix="runs/c/x")
+    write_solver(golden_copy / "s.prototxt", max_iter=6, snapshot=4, snapshot_prefix="runs/c/x")
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
     assert r.exit_code == 0
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--snapshot", "runs/c/x_iter_4.solverstate", "--workers", "0"])
@@ -115,35 +106,35 @@ def test_caffe_style_resume_from_solverstate(work):
     assert "Iteration 4, lr = " in r.stderr and "Iteration 3, lr = " not in r.stderr
 
 
-def test_missing_image_names_its_list_line(work):
-    lines = (work / "list.txt").read_text().splitlines()
+def test_missing_image_names_its_list_line(golden_copy):
+    lines = (golden_copy / "list.txt").read_text().splitlines()
     lines[5] = "images/missing.png 5"
-    (work / "list.txt").write_text("\n".join(lines) + "\n")
-    write_solver(work / "s.prototxt", max_iter=2, snapshot_prefix="runs/m/x")
+    (golden_copy / "list.txt").write_text("\n".join(lines) + "\n")
+    write_solver(golden_copy / "s.prototxt", max_iter=2, snapshot_prefix="runs/m/x")
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines()[-1] == \
         "sfport: error: list.txt: line 6: image './images/missing.png' is missing"
-    assert not (work / "runs/m").exists() or not list((work / "runs/m").iterdir())
+    assert not (golden_copy / "runs/m").exists() or not list((golden_copy / "runs/m").iterdir())
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0",
                                  "--skip-bad-images"])
     assert r.exit_code == 0, r.output
     assert "Skipped 1 unreadable images" in r.stderr
 
 
-def test_divergence_stops_with_the_last_good_snapshot(work):
-    write_solver(work / "s.prototxt", base_lr=500.0, max_iter=30, snapshot=1, snapshot_prefix="runs/d/x")
+def test_divergence_stops_with_the_last_good_snapshot(golden_copy):
+    write_solver(golden_copy / "s.prototxt", base_lr=500.0, max_iter=30, snapshot=1, snapshot_prefix="runs/d/x")
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
     assert r.exit_code == 3, r.output
     msg = r.stderr.strip().splitlines()[-1]
     assert msg.startswith("sfport: stopped: Iteration ") and "training diverged. Last good snapshot: runs/d/x_iter_" in msg
     assert ("87.3365" in msg) or ("nan" in msg) or ("inf" in msg)
     last = msg.rsplit(" ", 1)[-1]
-    assert (work / last).exists()
+    assert (golden_copy / last).exists()
 
 
-def test_weights_report_and_bad_files(work):
-    write_solver(work / "s.prototxt", max_iter=1, snapshot_prefix="runs/w/x")
+def test_weights_report_and_bad_files(golden_copy):
+    write_solver(golden_copy / "s.prototxt", max_iter=1, snapshot_prefix="runs/w/x")
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "nope.caffemodel"])
     assert r.exit_code == 2 and "nope.caffemodel: no such file" in r.stderr
     r = CliRunner().invoke(cli, ["train", "list.txt"])
