@@ -78,25 +78,25 @@ def inspect(model, prototxt, as_json):
       sfport inspect det1.caffemodel
       sfport inspect sphereface_model.caffemodel --prototxt sphereface_deploy.prototxt --json
     """
-    from sfport import io, model as model_mod, nets
+    from sfport import caffe_files, model as model_mod, nets
 
     report = None
     if model is None and prototxt is None:
         source = "built-in:sphereface_deploy(20)"
-        shown = io.CaffeModel.from_net(nets.sphereface_deploy(20), source)
+        shown = caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20), source)
     elif prototxt is not None:
-        definition = io.read_prototxt(prototxt)
+        definition = caffe_files.read_prototxt(prototxt)
         if model is None:
             shown, source = definition, prototxt
         else:
-            weights = io.read_caffemodel(model)
+            weights = caffe_files.read_caffemodel(model)
             shown, report = model_mod.merge(definition, weights)
             source = f"{model} + {prototxt}"
     elif model.lower().endswith(".solverstate"):
-        _inspect_solverstate(io.read_solverstate(model), as_json)
+        _inspect_solverstate(caffe_files.read_solverstate(model), as_json)
         return
     else:
-        shown, source = io.read_net(model), model
+        shown, source = caffe_files.read_net(model), model
     rows = model_mod.summarize(shown)
     total = sum(r.params for r in rows)
     with_blobs = sum(1 for r in rows if r.blob_shapes)
@@ -153,13 +153,13 @@ def upgrade(source, output):
     Example:
       sfport upgrade old_v1.caffemodel new.caffemodel
     """
-    from sfport import io
+    from sfport import caffe_files
 
-    m = io.read_net(source)
-    if m.kind == io.BINARY:
-        io.write_caffemodel(output, m)
+    m = caffe_files.read_net(source)
+    if m.kind == caffe_files.BINARY:
+        caffe_files.write_caffemodel(output, m)
     else:
-        io.write_prototxt(output, m.net)
+        caffe_files.write_prototxt(output, m.net)
     for note in m.upgrades or ["nothing to upgrade"]:
         click.echo(f"{source}: {note}")
     click.echo(f"wrote {output}")
@@ -179,13 +179,13 @@ def _parse_shape(text: str | None):
 
 def _load_net(model: str, prototxt: str | None, shape):
     """Build a Net from MODEL (+ --prototxt), the input shape applied to the first input."""
-    from sfport import io
+    from sfport import caffe_files
     from sfport.net import Net
 
     if prototxt is not None:
-        definition, weights = io.read_prototxt(prototxt), io.read_net(model)
+        definition, weights = caffe_files.read_prototxt(prototxt), caffe_files.read_net(model)
     else:
-        definition, weights = io.read_net(model), None
+        definition, weights = caffe_files.read_net(model), None
     return Net(definition, weights=weights, input_shapes=shape)
 
 
@@ -255,7 +255,7 @@ def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
     """
     import tempfile
 
-    from sfport import io, verify as V
+    from sfport import caffe_files, verify as V
 
     net = _load_net(model, prototxt, _parse_shape(shape))
     (in_name, in_shape), = list(net.inputs.items())[:1] or [(None, None)]
@@ -264,7 +264,7 @@ def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
     with tempfile.TemporaryDirectory() as tmp:
         if prototxt is None:
             prototxt_used = str(Path(tmp) / "deploy.prototxt")
-            io.write_prototxt(prototxt_used, net.definition)
+            caffe_files.write_prototxt(prototxt_used, net.definition)
         else:
             prototxt_used = prototxt
         if reference == "opencv":
@@ -400,7 +400,7 @@ def _align_one(args):
     ok, buf = cv2.imencode(os.path.splitext(out)[1] or ".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         return rel, None, None, "cannot encode the crop"
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     atomic_write(out, buf.tobytes())
     return rel, pts, box, None
 
@@ -463,7 +463,7 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
     bar.close()
     os.makedirs(output_dir, exist_ok=True)
     al.write_landmarks(os.path.join(output_dir, "landmarks.txt"), [(r[0], r[1], r[2]) for r in rows])
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     atomic_write(os.path.join(output_dir, "no_face.txt"), "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode())
     click.echo(f"aligned {len(rows)} of {len(files)} images to {output_dir} ({hw[0]}x{hw[1]}, {template}); "
                f"{len(missing)} listed in no_face.txt")
@@ -539,7 +539,7 @@ def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, temp
     rep = lfw.evaluate(L, R, [p.same for p in pair_list], [p.fold for p in pair_list], protocol)
     click.echo(rep.table())
     if report:
-        from sfport.io import atomic_write
+        from sfport.files import atomic_write
         atomic_write(report, (json.dumps(rep.as_dict(), indent=2) + "\n").encode())
         click.echo(f"wrote {report}")
     if plot:
@@ -570,7 +570,7 @@ def embed(images, model, prototxt, blob, list_file, root, output, flip, protocol
 
     from sfport import align as al
     from sfport.features import extract
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     paths = list(images)
     if list_file:
         try:

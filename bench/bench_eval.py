@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=256)
     args = ap.parse_args(argv)
     from sfport import align as al
-    from sfport import io, model, nets
+    from sfport import caffe_files, model, nets
     from sfport.features import Model, extract
     from sfport.mtcnn import MTCNN, nearest_centre
 
@@ -66,9 +66,9 @@ def main(argv=None):
         import synthfaces
         synthfaces.write_dataset(tmp / "img", 16, max(1, n // 16), seed=0)
         paths = [l.split()[0] for l in (tmp / "img" / "list.txt").read_text().splitlines()]
-        sf20 = model.with_random_weights(io.CaffeModel.from_net(nets.sphereface_deploy(20), None), seed=0)
-        io.write_caffemodel(tmp / "sf20.caffemodel", sf20)
-        io.write_prototxt(tmp / "sf20.prototxt", nets.sphereface_deploy(20))
+        sf20 = model.with_random_weights(caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20), None), seed=0)
+        caffe_files.write_caffemodel(tmp / "sf20.caffemodel", sf20)
+        caffe_files.write_prototxt(tmp / "sf20.prototxt", nets.sphereface_deploy(20))
         mdl = Model(tmp / "sf20.caffemodel")
         extract(mdl, paths[:64], tmp / "img", cache_dir=False, workers=2)  # warm-up
         start = time.perf_counter()

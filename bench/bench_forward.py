@@ -44,16 +44,16 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from sfport import export, io, model, nets
+    from sfport import export, caffe_files, model, nets
     from sfport.net import Net
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     sf_proto, sf_model = args.out / "sphereface20_deploy.prototxt", args.out / "sphereface20_random.caffemodel"
-    definition = io.CaffeModel.from_net(nets.sphereface_deploy(20))
-    io.write_prototxt(sf_proto, definition.net)
-    io.write_caffemodel(sf_model, model.with_random_weights(definition, seed=0))
+    definition = caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20))
+    caffe_files.write_prototxt(sf_proto, definition.net)
+    caffe_files.write_caffemodel(sf_model, model.with_random_weights(definition, seed=0))
     mfn = SHARED / "fixtures/mobilefacenet_insightface"
     models = [("SphereFace-20", sf_proto, sf_model),
               ("MobileFaceNet", mfn / "mxnet2caffe_mobilefacenet.prototxt", mfn / "mxnet2caffe_mobilefacenet.caffemodel")]

@@ -23,13 +23,13 @@ import numpy as np
 
 
 def build(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    from sfport import io, model, nets
+    from sfport import caffe_files, model, nets
 
     out.mkdir(parents=True, exist_ok=True)
     prototxt, caffemodel = out / "sphereface20_deploy.prototxt", out / "sphereface20_random.caffemodel"
-    definition = io.CaffeModel.from_net(nets.sphereface_deploy(20))
-    io.write_prototxt(prototxt, definition.net)
-    io.write_caffemodel(caffemodel, model.with_random_weights(definition, seed=0))
+    definition = caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20))
+    caffe_files.write_prototxt(prototxt, definition.net)
+    caffe_files.write_caffemodel(caffemodel, model.with_random_weights(definition, seed=0))
     return prototxt, caffemodel
 
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import cv2
-    from sfport import io, model
+    from sfport import caffe_files, model
     from sfport.protos import caffe_pb2
 
     prototxt, caffemodel = build(args.out)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         return cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
 
     def sfport_read():
-        merged, _ = model.merge(io.read_prototxt(prototxt), io.read_caffemodel(caffemodel))
+        merged, _ = model.merge(caffe_files.read_prototxt(prototxt), caffe_files.read_caffemodel(caffemodel))
         return merged
 
     def sfport_copy():

@@ -33,7 +33,7 @@ def _solver_file(d: Path, net_text: str, batch_note: str) -> Path:
 
 def nets():
     from sfport import nets as builder
-    from sfport.io import net_to_text
+    from sfport.caffe_files import net_to_text
     out = []
     for name in ("tiny_sphereface", "tiny_bn"):
         text = (SHARED / "golden/solver" / f"{name}.prototxt").read_text()

@@ -1,20 +1,24 @@
 """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly.
 
-Reading and writing Caffe files needs only protobuf and numpy; torch is imported by the parts that run nets.
+Reading and writing Caffe files needs only protobuf and numpy; torch is imported by the parts that run nets or
+infer shapes (the layer registry).
 """
 from sfport.errors import CaffeFileError
-from sfport.io import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver, read_solverstate,
+from sfport.caffe_files import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver, read_solverstate,
                        write_caffemodel, write_prototxt, write_solverstate)
-from sfport.model import merge, summarize
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """``sfport.Net`` (pycaffe-like) is imported on first use: reading files does not need torch."""
+    """``sfport.Net`` (pycaffe-like), ``merge`` and ``summarize`` (which ask the torch-based layer registry for
+    shapes) are imported on first use: reading files does not need torch."""
     if name == "Net":
         from sfport.net import Net
         return Net
+    if name in ("merge", "summarize"):
+        from sfport import model
+        return getattr(model, name)
     raise AttributeError(f"module 'sfport' has no attribute {name!r}")
 
 __all__ = ["CaffeFileError", "CaffeModel", "Net", "merge", "read_caffemodel", "read_net", "read_prototxt",

@@ -130,7 +130,7 @@ def read_landmarks(path, one_based: bool = False) -> dict[str, np.ndarray]:
 
 def write_landmarks(path, rows: list[tuple[str, np.ndarray, np.ndarray | None]], one_based: bool = False) -> None:
     """Write 'path x1 y1 .. x5 y5 [box x1 y1 x2 y2 score]' rows (atomically)."""
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     lines = []
     for name, pts, box in rows:
         p = np.asarray(pts).reshape(-1) + (1.0 if one_based else 0.0)

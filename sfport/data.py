@@ -59,15 +59,15 @@ def read_list(source: str | os.PathLike) -> list[ListEntry]:
 
 def read_mean_file(path) -> np.ndarray:
     """A Caffe ``mean.binaryproto`` (BlobProto) as a (C, H, W) float32 array."""
-    from sfport import io
+    from sfport import caffe_files
     from sfport.protos import caffe_pb2
-    data = io.read_bytes(path)
+    data = caffe_files.read_bytes(path)
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
     except Exception:  # noqa: BLE001 - any decode failure is bad input
         raise CaffeFileError(path, "not a Caffe BlobProto (mean.binaryproto)") from None
-    shape = io.blob_shape(blob)
+    shape = caffe_files.blob_shape(blob)
     arr = np.asarray(blob.data if len(blob.data) else blob.double_data, dtype=np.float32)
     if arr.size == 0 or arr.size != int(np.prod(shape)):
         raise CaffeFileError(path, f"mean blob holds {arr.size} values for shape {list(shape)}")

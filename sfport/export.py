@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from sfport import io
+from sfport import caffe_files, files
 
 ONNX_OPSET = 18
 
@@ -86,5 +86,5 @@ def write(net, path, fmt: str, tol: float = 1e-5) -> float | None:
         net.save_caffemodel(path)
         return None
     data, worst = torchscript_bytes(net, tol) if fmt == "torchscript" else onnx_bytes(net, tol)
-    io.atomic_write(path, data)
+    files.atomic_write(path, data)
     return worst

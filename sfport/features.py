@@ -161,7 +161,7 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
             landmarks_file=None, template: str | None = None, batch_size: int = 64, workers: int = 2,
             cache_dir=None, progress: bool = False) -> Extracted:
     """Features of ``paths`` (relative to ``root``) and of their mirror images, batched, cached."""
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     cache = None
     if cache_dir is not False:
         cache = Path(cache_dir or default_cache_dir()) / (cache_key(model, paths, root, protocol, landmarks_file,

@@ -207,7 +207,7 @@ def plot_roc(path, reports: dict[str, Report], size=(480, 640)) -> None:
     """A ROC PNG (TAR against log FAR) drawn with OpenCV."""
     import cv2
 
-    from sfport.io import atomic_write
+    from sfport.files import atomic_write
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 60, w - 20, 20, h - 50

@@ -10,7 +10,7 @@ from google.protobuf import unknown_fields
 
 from sfport import shapes, wire
 from sfport.errors import CaffeFileError
-from sfport.io import CaffeModel, blob_shape, has_legacy_shape
+from sfport.caffe_files import CaffeModel, blob_shape, has_legacy_shape
 from sfport.protos import caffe_pb2
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sfport import converters as conv_registry
-from sfport import io, model as model_mod
+from sfport import caffe_files, files, model as model_mod
 from sfport.errors import CaffeFileError
 from sfport.graph import NetGraph, build_graph, deploy_net, input_names
 from sfport.protos import caffe_pb2
@@ -149,15 +149,58 @@ class CaffeNet(nn.Module):
                         blobs.pop(b, None)
         return blobs
 
-    return_blobs = False  # forward returns every kept blob (training through DistributedDataParallel)
-
     def forward(self, *args, **kwargs):
         inputs = dict(zip(self.input_names, args))
         inputs.update(kwargs)
         blobs = self.run(inputs)
-        if self.return_blobs:
-            return blobs
         return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
+
+    def blobs_module(self) -> nn.Module:
+        """A module over this net whose ``forward(**inputs)`` returns every kept blob by unique name (outputs
+        and loss tops): what training wraps in DistributedDataParallel, which only sees ``forward``."""
+        return _KeptBlobs(self)
+
+    def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
+        """Caffe's Net::learnable_params_: ``(layer/blob index, parameter, lr_mult, decay_mult)`` for every blob
+        of every layer in order, a shared blob once (its owner's); a blob that takes no gradient (lr_mult 0,
+        BatchNorm's statistics) has lr_mult 0."""
+        out = []
+        for gl in self.graph.layers:
+            specs = gl.param.param
+            for j, p in enumerate(self.caffe_params(gl.name)):
+                if j in gl.shared:
+                    continue
+                spec = specs[j] if j < len(specs) else None
+                lr = spec.lr_mult if spec is not None and spec.HasField("lr_mult") else 1.0
+                dm = spec.decay_mult if spec is not None and spec.HasField("decay_mult") else 1.0
+                out.append((f"{gl.name}/{j}", p, float(lr) if p.requires_grad else 0.0, float(dm)))
+        return out
+
+    def share_trained_layers_with(self, other: "CaffeNet") -> list[str]:
+        """Caffe's Net::ShareTrainedLayersWith: every layer of this net whose name ``other`` also has uses
+        ``other``'s parameter objects (blob by blob, where the shapes agree). Returns the layers shared."""
+        shared = []
+        for gl in self.graph.layers:
+            if gl.name not in other.keys:
+                continue
+            dst, src = self.module_of(gl.name), other.module_of(gl.name)
+            for name in dst.caffe_blobs:
+                if hasattr(src, name) and getattr(src, name).shape == getattr(dst, name).shape:
+                    setattr(dst, name, getattr(src, name))
+            if dst.caffe_blobs:
+                shared.append(gl.name)
+        return shared
+
+
+class _KeptBlobs(nn.Module):
+    """``CaffeNet.blobs_module()``: forward returns the blobs ``CaffeNet.run`` keeps."""
+
+    def __init__(self, net: CaffeNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, **inputs):
+        return self.net.run(inputs)
 
 
 class _Positional(nn.Module):
@@ -195,16 +238,16 @@ class Net:
         state = None
         self.report = None
         self.filled: dict[str, list[str]] = {}
-        if isinstance(model, io.CaffeModel):
+        if isinstance(model, caffe_files.CaffeModel):
             definition = model
         elif str(model).endswith(".pt"):
             definition, state, saved_shapes = _load_pt(model)
             input_shapes = input_shapes or saved_shapes
         else:
-            definition = io.read_net(model)
+            definition = caffe_files.read_net(model)
         weight_model = None
         if weights is not None:
-            weight_model = weights if isinstance(weights, io.CaffeModel) else io.read_caffemodel(weights)
+            weight_model = weights if isinstance(weights, caffe_files.CaffeModel) else caffe_files.read_caffemodel(weights)
         elif definition.has_weights():
             weight_model = definition
         net = definition.net
@@ -240,7 +283,7 @@ class Net:
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
 
     # -- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, weights: io.CaffeModel) -> model_mod.MergeReport:
+    def load_weights(self, weights: caffe_files.CaffeModel) -> model_mod.MergeReport:
         """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); returns what was copied and what not."""
         report = model_mod.MergeReport()
         source = weights.weight_layers()
@@ -271,9 +314,9 @@ class Net:
                 out[gl.name] = ps
         return out
 
-    def to_caffemodel(self) -> io.CaffeModel:
-        """The net definition with the current parameters as blobs, ready for ``io.write_caffemodel``."""
-        out = io.CaffeModel.from_net(self.definition, None)
+    def to_caffemodel(self) -> caffe_files.CaffeModel:
+        """The net definition with the current parameters as blobs, ready for ``caffe_files.write_caffemodel``."""
+        out = caffe_files.CaffeModel.from_net(self.definition, None)
         index = {gl.name: gl for gl in self.graph.layers}
         for i, layer in enumerate(out.net.layer):
             gl = index.get(layer.name)
@@ -285,7 +328,7 @@ class Net:
         return out
 
     def save_caffemodel(self, path) -> None:
-        io.write_caffemodel(path, self.to_caffemodel())
+        caffe_files.write_caffemodel(path, self.to_caffemodel())
 
     # -- running ---------------------------------------------------------------------------------------------
     def forward(self, **inputs) -> dict[str, torch.Tensor]:
@@ -326,10 +369,10 @@ class Net:
         """sfport's converted file: net definition (prototxt text) + state_dict, loadable with
         ``torch.load(weights_only=True)``."""
         buf = _io.BytesIO()
-        torch.save({"format": PT_FORMAT, "version": PT_VERSION, "net": io.net_to_text(self.definition),
+        torch.save({"format": PT_FORMAT, "version": PT_VERSION, "net": caffe_files.net_to_text(self.definition),
                     "input_shapes": {k: list(v) for k, v in self.inputs.items()},
                     "state_dict": self.module.state_dict()}, buf)
-        io.atomic_write(path, buf.getvalue())
+        files.atomic_write(path, buf.getvalue())
 
     def exportable(self, outputs: list[str] | None = None) -> nn.Module:
         """A module with positional inputs (in ``self.inputs`` order) returning a tuple of ``outputs``."""
@@ -360,4 +403,4 @@ def _load_pt(path):
     from google.protobuf import text_format
     text_format.Parse(doc["net"], net)
     shapes = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
-    return io.CaffeModel.from_net(net, os.fspath(path)), doc["state_dict"], shapes
+    return caffe_files.CaffeModel.from_net(net, os.fspath(path)), doc["state_dict"], shapes

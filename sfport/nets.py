@@ -178,7 +178,8 @@ HEADER = ("# Written by sfport (python -m sfport.nets prototxt/): {what}.\n"
 def write_project_prototxts(directory) -> list[str]:
     from pathlib import Path
 
-    from sfport.io import atomic_write, net_to_text
+    from sfport.caffe_files import net_to_text
+    from sfport.files import atomic_write
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     written = []

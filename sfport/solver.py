@@ -10,6 +10,8 @@ as the rate changes.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from dataclasses import dataclass, field
 
@@ -19,6 +21,36 @@ import torch
 from sfport.protos import caffe_pb2
 
 f32 = np.float32
+
+
+def _libm_float(name: str):
+    """The C library's float function ``name`` (powf, expf): Caffe's ``pow``/``exp`` on ``Dtype = float`` call
+    these, and numpy's own float32 kernels (SIMD on some CPUs) can differ from them by an ulp."""
+    path = ctypes.util.find_library("m") or ctypes.util.find_library("c") or "msvcrt"
+    try:
+        fn = getattr(ctypes.CDLL(path), name)
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_float
+    fn.argtypes = [ctypes.c_float] * (2 if name == "powf" else 1)
+    return fn
+
+
+_POWF, _EXPF = _libm_float("powf"), _libm_float("expf")
+
+
+def powf(x, y) -> np.float32:
+    """C's powf(float, float): the C library's where it can be found, else the float64 power rounded once."""
+    if _POWF is not None:
+        return f32(_POWF(float(f32(x)), float(f32(y))))
+    return f32(float(f32(x)) ** float(f32(y)))
+
+
+def expf(x) -> np.float32:
+    """C's expf(float), as :func:`powf`."""
+    if _EXPF is not None:
+        return f32(_EXPF(float(f32(x))))
+    return f32(math.exp(float(f32(x))))
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -38,7 +70,7 @@ def learning_rate(p: caffe_pb2.SolverParameter, it: int, current_step: int = 0) 
     elif policy == "exp":
         rate = p.base_lr * math.pow(p.gamma, it)
     elif policy == "inv":  # float arithmetic and powf, as Caffe's Dtype = float code
-        rate = f32(p.base_lr) * np.power(f32(1) + f32(p.gamma) * f32(it), f32(-p.power))
+        rate = f32(p.base_lr) * powf(f32(1) + f32(p.gamma) * f32(it), f32(-p.power))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
@@ -47,11 +79,11 @@ def learning_rate(p: caffe_pb2.SolverParameter, it: int, current_step: int = 0) 
     elif policy == "poly":
         if p.max_iter <= 0:
             raise ValueError("lr_policy 'poly' needs max_iter > 0")
-        rate = f32(p.base_lr) * np.power(f32(1) - f32(it) / f32(p.max_iter), f32(p.power))
+        rate = f32(p.base_lr) * powf(f32(1) - f32(it) / f32(p.max_iter), f32(p.power))
     elif policy == "sigmoid":
         if p.stepsize <= 0:
             raise ValueError("lr_policy 'sigmoid' needs stepsize > 0")
-        rate = f32(p.base_lr) * (f32(1) / (f32(1) + np.exp(-f32(p.gamma) * (f32(it) - f32(p.stepsize)))))
+        rate = f32(p.base_lr) * (f32(1) / (f32(1) + expf(-f32(p.gamma) * (f32(it) - f32(p.stepsize)))))
     else:
         raise ValueError(f"unknown lr_policy '{policy}' (Caffe has {', '.join(POLICIES)})")
     with np.errstate(all="ignore"):

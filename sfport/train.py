@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfport import io, solver as sgd
+from sfport import caffe_files, files, solver as sgd
 from sfport.data import ImageDataset, MicroBatches, check, loader
 from sfport.errors import CaffeFileError
 from sfport.graph import DATA_TYPES
@@ -118,8 +118,8 @@ def _nets_of(sp: caffe_pb2.SolverParameter, base: Path | None, solver_path) -> t
         train = sp.net_param
     else:
         path = _resolve(sp.train_net if sp.HasField("train_net") else sp.net, base)
-        train = io.read_net(path, role="prototxt").net
-    tests = list(sp.test_net_param) + [io.read_net(_resolve(t, base), role="prototxt").net for t in sp.test_net]
+        train = caffe_files.read_prototxt(path).net
+    tests = list(sp.test_net_param) + [caffe_files.read_prototxt(_resolve(t, base)).net for t in sp.test_net]
     if not tests and len(sp.test_iter) and (sp.HasField("net") or sp.HasField("net_param")):
         tests = [train] * len(sp.test_iter)
     if tests and len(sp.test_iter) != len(tests):
@@ -235,7 +235,7 @@ class Solver:
         self.opts = opts = opts or Options()
         self.rank, self.world = rank, world
         self.log = log or CaffeLog(enabled=(rank == 0))
-        sfile = io.read_solver(solver_path)
+        sfile = caffe_files.read_solver(solver_path)
         self.path = solver_path
         self.param = sp = sfile.param
         if sp.type not in ("", "SGD"):
@@ -244,7 +244,7 @@ class Solver:
             sp.max_iter = opts.max_iter
         self.base = Path(solver_path).resolve().parent
         self.device = torch.device(opts.device)
-        self.log("Initializing solver from parameters: \n" + io.net_to_text(sp).rstrip(), "solver.cpp:44")
+        self.log("Initializing solver from parameters: \n" + caffe_files.net_to_text(sp).rstrip(), "solver.cpp:44")
         seed = opts.seed if opts.seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
         self.seed = seed
         train_param, test_params = _nets_of(sp, self.base, solver_path)
@@ -254,7 +254,7 @@ class Solver:
                              self.log)
         from sfport.net import Net
         torch.manual_seed(seed)
-        self.net = Net(io.CaffeModel.from_net(train_param, None), phase="train", input_shapes=self.feeder.inputs,
+        self.net = Net(caffe_files.CaffeModel.from_net(train_param, None), phase="train", input_shapes=self.feeder.inputs,
                        seed=seed)
         self.feeder.num_classes = _num_classes(self.net)
         if opts.margin_grad:
@@ -280,8 +280,7 @@ class Solver:
         self.ddp = None
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            self.net.module.return_blobs = True
-            self.ddp = DDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.ddp = DDP(self.net.module.blobs_module(), device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            broadcast_buffers=False)
         torch.manual_seed(seed + 7 * rank)  # runtime randomness (dropout), per rank
         self.log("Solver scaffolding done.", "solver.cpp:56")
@@ -308,7 +307,7 @@ class Solver:
     def load_weights(self, path: str) -> None:
         """``-weights``: copy by layer name (several files, comma-separated, in order)."""
         for one in [s for s in str(path).split(",") if s]:
-            model = io.read_caffemodel(one)
+            model = caffe_files.read_caffemodel(one)
             report = self.net.load_weights(model)
             self.log(f"Finetuning from {one}", "caffe.cpp:155")
             for line in report.lines():
@@ -320,7 +319,7 @@ class Solver:
     def _test_net(self, net_param, i):
         from sfport.net import Net
         feeder = Feeder(net_param, caffe_pb2.TEST, self.opts, self.base, self.seed + 1 + i, 1, 0, 1, self.log)
-        net = Net(io.CaffeModel.from_net(net_param, None), phase="test", input_shapes=feeder.inputs)
+        net = Net(caffe_files.CaffeModel.from_net(net_param, None), phase="test", input_shapes=feeder.inputs)
         feeder.num_classes = _num_classes(net)
         # ShareTrainedLayersWith: same-named layers use the train net's blobs
         for gl in net.graph.layers:
@@ -521,7 +520,7 @@ class Solver:
         state_path = base + ".solverstate"
         self.log(f"Snapshotting solver state to binary proto file {state_path}", "sgd_solver.cpp:273")
         st = caffe_pb2.SolverState(iter=self.iter, learned_net=model_path, current_step=self.current_step)
-        io.write_solverstate(state_path, st, [b.history.detach().float().cpu().numpy() for b in self.blobs])
+        caffe_files.write_solverstate(state_path, st, [b.history.detach().float().cpu().numpy() for b in self.blobs])
         ckpt = {"format": CKPT_FORMAT, "version": 1, "iter": self.iter, "current_step": self.current_step,
                 "state_dict": {k: v.detach().cpu() for k, v in self.net.module.state_dict().items()},
                 "history": [b.history.detach().cpu() for b in self.blobs],
@@ -533,7 +532,7 @@ class Solver:
                 "world": self.world, "iter_size": max(sp.iter_size, 1), "seed": self.seed}
         buf = _io.BytesIO()
         torch.save(ckpt, buf)
-        io.atomic_write(base + ".pt", buf.getvalue())
+        files.atomic_write(base + ".pt", buf.getvalue())
         self.last_snapshot = base + ".pt"
         return base
 
@@ -564,13 +563,13 @@ class Solver:
             self.last_snapshot = str(path)
             self.log(f"Restoring previous solver status from {path}", "sgd_solver.cpp:318")
             return
-        st = io.read_solverstate(path)
+        st = caffe_files.read_solverstate(path)
         learned = st.state.learned_net
         if learned:
             lp = Path(learned)
             if not lp.exists() and not lp.is_absolute():
                 lp = Path(path).parent / Path(learned).name
-            self.net.load_weights(io.read_caffemodel(lp))
+            self.net.load_weights(caffe_files.read_caffemodel(lp))
         if len(st.history) != len(self.blobs):
             raise CaffeFileError(path, f"{len(st.history)} history blobs, the net has {len(self.blobs)} learnable "
                                        f"blobs")

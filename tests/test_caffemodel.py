@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sfport import io, model as model_mod
+from sfport import caffe_files, model as model_mod
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -29,8 +29,8 @@ def _opencv_shape_matches(ours, theirs):
 def test_blobs_equal_opencv(prototxt, caffemodel):
     """Every layer OpenCV builds from deploy + weights has the same blobs (count, shape, values) in sfport."""
     net = cv2.dnn.readNetFromCaffe(str(FIXTURES / prototxt), str(FIXTURES / caffemodel))
-    ours = io.read_caffemodel(FIXTURES / caffemodel).params
-    deploy_layers = {l.name for l in io.read_prototxt(FIXTURES / prototxt).net.layer}
+    ours = caffe_files.read_caffemodel(FIXTURES / caffemodel).params
+    deploy_layers = {l.name for l in caffe_files.read_prototxt(FIXTURES / prototxt).net.layer}
     checked = 0
     for name in net.getLayerNames():
         layer = net.getLayer(net.getLayerId(name))
@@ -52,9 +52,9 @@ def test_blobs_equal_opencv(prototxt, caffemodel):
 @pytest.mark.parametrize("path", all_caffemodels(include_golden=True), ids=lambda p: p.name)
 def test_read_write_is_byte_identical(path, tmp_path):
     """Acceptance 3, also for the golden Caffe 1.0 snapshots."""
-    m = io.read_caffemodel(path)
+    m = caffe_files.read_caffemodel(path)
     out = tmp_path / "copy.caffemodel"
-    io.write_caffemodel(out, m)
+    caffe_files.write_caffemodel(out, m)
     a, b = path.read_bytes(), out.read_bytes()
     assert len(a) == len(b) and hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
 
@@ -63,7 +63,7 @@ def test_values_match_protobufs_own_decoding():
     """The zero-copy reader gives the same numbers as plain protobuf parsing of the whole file."""
     path = FIXTURES / "mtcnn/det3.caffemodel"
     ref = caffe_pb2.NetParameter.FromString(path.read_bytes())
-    ours = io.read_caffemodel(path)
+    ours = caffe_files.read_caffemodel(path)
     n = 0
     for i, layer in enumerate(ref.layer):
         arrays = ours.blob_arrays(i)
@@ -76,21 +76,21 @@ def test_values_match_protobufs_own_decoding():
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.rglob("*.solverstate")), ids=lambda p: p.parent.name)
 def test_solverstate_reads_and_round_trips(path, tmp_path):
-    s = io.read_solverstate(path)
+    s = caffe_files.read_solverstate(path)
     ref = caffe_pb2.SolverState.FromString(path.read_bytes())
     assert (s.state.iter, s.state.current_step, s.state.learned_net) == (ref.iter, ref.current_step, ref.learned_net)
     assert len(s.history) == len(ref.history) > 0
     for arr, blob in zip(s.history, ref.history):
         assert np.array_equal(arr.ravel(), np.array(blob.data, dtype=np.float32))
     out = tmp_path / "copy.solverstate"
-    io.write_solverstate(out, s.state, s.history)
+    caffe_files.write_solverstate(out, s.state, s.history)
     assert out.read_bytes() == path.read_bytes()
 
 
 def test_merge_deploy_with_training_snapshot():
     """det1.caffemodel is a training snapshot: its data/loss layers have no place in the deploy net."""
-    definition = io.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
-    weights = io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
+    definition = caffe_files.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
+    weights = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
     merged, report = model_mod.merge(definition, weights)
     assert report.copied == ["conv1", "PReLU1", "conv2", "PReLU2", "conv3", "PReLU3", "conv4-1", "conv4-2"]
     assert report.layers_without_weights == [] and report.weights_without_layers == []
@@ -99,9 +99,9 @@ def test_merge_deploy_with_training_snapshot():
 
 
 def test_merge_reports_missing_and_unused_layers(tmp_path):
-    definition = io.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
+    definition = caffe_files.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
     definition.net.layer[1].name = "conv1_renamed"
-    weights = io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
+    weights = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
     merged, report = model_mod.merge(definition, weights)
     assert report.layers_without_weights == ["conv1_renamed"]
     assert report.weights_without_layers == ["conv1"]
@@ -111,7 +111,7 @@ def test_merge_shape_mismatch_names_both_shapes(tmp_path):
     p = tmp_path / "det1_wide.prototxt"
     p.write_text((FIXTURES / "mtcnn/det1.prototxt").read_text().replace("num_output: 16", "num_output: 17"))
     with pytest.raises(CaffeFileError) as e:
-        model_mod.merge(io.read_prototxt(p), io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel"))
+        model_mod.merge(caffe_files.read_prototxt(p), caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel"))
     msg = str(e.value)
     assert "layer 'conv2' (Convolution) blob 0: weights have shape [16, 10, 3, 3], the net needs [17, 10, 3, 3]" in msg
     assert str(p) in msg and "det1.caffemodel" in msg and "(and" in msg  # conv2 bias, PReLU2, conv3 follow
@@ -119,39 +119,39 @@ def test_merge_shape_mismatch_names_both_shapes(tmp_path):
 
 def test_legacy_4d_blob_shapes_match_like_caffe(tmp_path):
     """Old caffemodels store an InnerProduct weight as num/channels/height/width = 1,1,N,K (Blob::ShapeEquals)."""
-    src = io.read_caffemodel(FIXTURES / "lenet/lenet_iter_10000.caffemodel")
+    src = caffe_files.read_caffemodel(FIXTURES / "lenet/lenet_iter_10000.caffemodel")
     i = next(k for k, l in enumerate(src.net.layer) if l.name == "ip2")
     blob = src.net.layer[i].blobs[0]
     blob.ClearField("shape")
     blob.num, blob.channels, blob.height, blob.width = 1, 1, 10, 500
     legacy = tmp_path / "legacy.caffemodel"
-    io.write_caffemodel(legacy, src)
-    weights = io.read_caffemodel(legacy)
+    caffe_files.write_caffemodel(legacy, src)
+    weights = caffe_files.read_caffemodel(legacy)
     assert weights.params["ip2"][0].shape == (1, 1, 10, 500)
-    merged, report = model_mod.merge(io.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), weights)
+    merged, report = model_mod.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), weights)
     assert "ip2" in report.copied and not report.mismatches
     blob.num = 2
     blob.height = 5
-    io.write_caffemodel(legacy, src)
+    caffe_files.write_caffemodel(legacy, src)
     with pytest.raises(CaffeFileError, match=r"blob 0: weights have shape \[2, 1, 5, 500\], the net needs \[10, 500\]"):
-        model_mod.merge(io.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), io.read_caffemodel(legacy))
+        model_mod.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), caffe_files.read_caffemodel(legacy))
 
 
 def test_blob_count_disagreeing_with_shape_is_reported(tmp_path):
-    src = io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
+    src = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
     i = next(k for k, l in enumerate(src.net.layer) if l.name == "conv2")
     src.net.layer[i].blobs[0].shape.dim[0] = 15
     bad = tmp_path / "bad.caffemodel"
-    io.write_caffemodel(bad, src)
+    caffe_files.write_caffemodel(bad, src)
     with pytest.raises(CaffeFileError, match=r"layer 'conv2' \(Convolution\) blob 0: blob holds 1440 values "
                                              r"but its shape \[15, 10, 3, 3\] needs 1350"):
-        io.read_caffemodel(bad)
+        caffe_files.read_caffemodel(bad)
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "directory", "random", "text_as_weights", "binary_as_text"])
 def test_bad_files_raise_one_line_errors(case, tmp_path):
     path = tmp_path / "x.caffemodel"
-    reader = io.read_caffemodel
+    reader = caffe_files.read_caffemodel
     if case == "empty":
         path.write_bytes(b"")
         expect = "empty file"
@@ -169,7 +169,7 @@ def test_bad_files_raise_one_line_errors(case, tmp_path):
     else:
         path = tmp_path / "x.prototxt"
         path.write_bytes((FIXTURES / "mtcnn/det1.caffemodel").read_bytes())
-        reader = io.read_prototxt
+        reader = caffe_files.read_prototxt
         expect = "is a binary protobuf (a .caffemodel?)"
     with pytest.raises(CaffeFileError) as e:
         reader(path)
@@ -179,19 +179,19 @@ def test_bad_files_raise_one_line_errors(case, tmp_path):
 def test_writes_are_atomic_and_leave_nothing_behind(tmp_path, monkeypatch):
     """A failing write leaves neither a half-written target nor a temporary file; a good one has the
     usual permissions."""
-    m = io.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
+    m = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
     target = tmp_path / "out.caffemodel"
     target.write_bytes(b"previous content")
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(io.os, "fsync", boom)
+    monkeypatch.setattr(caffe_files.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
-        io.write_caffemodel(target, m)
+        caffe_files.write_caffemodel(target, m)
     assert target.read_bytes() == b"previous content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.caffemodel"]
     monkeypatch.undo()
-    io.write_caffemodel(target, m)
+    caffe_files.write_caffemodel(target, m)
     assert target.read_bytes() == (FIXTURES / "mtcnn/det1.caffemodel").read_bytes()
     import os, stat
     mask = os.umask(0)

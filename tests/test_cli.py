@@ -210,8 +210,8 @@ def test_unknown_layer_type_is_one_line_exit_2(tmp_path):
     p.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
                  'layer { name: "odd" type: "FancyLayer" bottom: "data" top: "t" }\n')
     w = tmp_path / "odd.caffemodel"
-    from sfport import io
-    io.write_caffemodel(w, io.read_prototxt(p))
+    from sfport import caffe_files
+    caffe_files.write_caffemodel(w, caffe_files.read_prototxt(p))
     r = run("convert", w, "-p", p, "-o", tmp_path / "odd.pt")
     assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1
     assert "layer 'odd' has type 'FancyLayer'" in r.stderr and not (tmp_path / "odd.pt").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfport import io, model, verify
+from sfport import caffe_files, model, verify
 from sfport.converters import UnknownLayerType
 from sfport.errors import CaffeFileError
 from sfport.net import Net
@@ -21,13 +21,13 @@ def build(tmp_path, shape, body, seed=3, weights=None, name="case"):
     """Write prototxt + caffemodel (random weights, or the given {layer: [arrays]}), return (net, x, paths)."""
     p = tmp_path / f"{name}.prototxt"
     p.write_text(prototxt(shape, body, name))
-    definition = io.read_prototxt(p)
+    definition = caffe_files.read_prototxt(p)
     m = model.with_random_weights(definition, seed=seed)
     for i, lay in enumerate(m.net.layer):
         if weights and lay.name in weights:
             m.set_blob_arrays(i, weights[lay.name])
     w = tmp_path / f"{name}.caffemodel"
-    io.write_caffemodel(w, m)
+    caffe_files.write_caffemodel(w, m)
     net = Net(str(p), str(w))
     x = verify.make_input(shape, "random", seed=0)
     net.forward(data=x)
@@ -153,7 +153,7 @@ def test_inner_product_transpose(tmp_path):
     """transpose: the blob is K x N and y = x W (OpenCV ignores the flag)."""
     net, x, (_, w) = build(tmp_path, (2, 3, 4, 5), layer("t", "InnerProduct", ["data"], ["t"],
                            "inner_product_param { num_output: 7 transpose: true }"))
-    W, b = io.read_caffemodel(w).params["t"]
+    W, b = caffe_files.read_caffemodel(w).params["t"]
     assert W.shape == (60, 7)
     assert_parity(out(net), x.reshape(2, 60).astype(np.float64) @ W + b, rtol=1e-5, atol=1e-6)
 
@@ -161,7 +161,7 @@ def test_inner_product_transpose(tmp_path):
 def test_inner_product_axis2(tmp_path):
     net, x, (_, w) = build(tmp_path, (2, 3, 4, 5), layer("t", "InnerProduct", ["data"], ["t"],
                            "inner_product_param { num_output: 7 axis: 2 }"))
-    W, b = io.read_caffemodel(w).params["t"]
+    W, b = caffe_files.read_caffemodel(w).params["t"]
     ref = np.einsum("abk,nk->abn", x.reshape(2, 3, 20).astype(np.float64), W) + b
     assert_parity(out(net), ref, rtol=1e-5, atol=1e-6)
 
@@ -170,7 +170,7 @@ def test_prelu_channel_shared(tmp_path):
     """Caffe gives a channel-shared PReLU a 0-d blob (OpenCV cannot read that)."""
     net, x, (_, w) = build(tmp_path, (2, 3, 4, 4), layer("t", "PReLU", ["data"], ["t"],
                            "prelu_param { channel_shared: true }"), weights={"t": [np.array(0.3, np.float32)]})
-    assert io.read_caffemodel(w).params["t"][0].shape == ()
+    assert caffe_files.read_caffemodel(w).params["t"][0].shape == ()
     assert_parity(out(net), np.where(x > 0, x, 0.3 * x), rtol=1e-6)
 
 
@@ -221,7 +221,7 @@ def test_depthwise_convolution_equals_grouped(tmp_path):
     """DepthwiseConvolution (mobile forks) is a Convolution with group = channels."""
     dw, x, (_, w) = build(tmp_path, (1, 4, 9, 9), layer("t", "DepthwiseConvolution", ["data"], ["t"],
                           "convolution_param { num_output: 4 kernel_size: 3 pad: 1 }"), name="dw")
-    W, b = io.read_caffemodel(w).params["t"]
+    W, b = caffe_files.read_caffemodel(w).params["t"]
     assert W.shape == (4, 1, 3, 3)
     ref = np.zeros((1, 4, 9, 9))
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -242,7 +242,7 @@ def test_upsample_nearest(tmp_path):
 def test_in_place_chain_keeps_every_value(tmp_path):
     shape, body = OPENCV_CASES["inplace_chain"]
     net, x, (_, w) = build(tmp_path, shape, body)
-    (cw, cb), (sw, sb) = io.read_caffemodel(w).params["c"], io.read_caffemodel(w).params["s"]
+    (cw, cb), (sw, sb) = caffe_files.read_caffemodel(w).params["c"], caffe_files.read_caffemodel(w).params["s"]
     conv = np.einsum("oc,nchw->nohw", cw[:, :, 0, 0], x.astype(np.float64)) + cb[None, :, None, None]
     relu = np.maximum(conv, 0)
     scaled = relu * sw[None, :, None, None] + sb[None, :, None, None]
@@ -318,7 +318,7 @@ def test_custom_layer_registered_from_outside(tmp_path):
     (tmp_path / "toy.prototxt").write_text(prototxt((1, 3, 2, 2), layer("t", "TimesK", ["data"], ["t"])))
     code = textwrap.dedent(f"""
         import numpy as np
-        from sfport import io
+        from sfport import caffe_files
         from sfport.net import Net
         net = Net({str(tmp_path / 'toy.prototxt')!r})
         net.params["t"][0].data[:] = __import__("torch").tensor([1.0, 2.0, 3.0])

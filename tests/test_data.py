@@ -6,7 +6,7 @@ import pytest
 from sfport.data import (ImageDataset, MicroBatches, Transform, check, collate, loader, read_list,
                          read_mean_file)
 from sfport.errors import CaffeFileError
-from sfport.io import read_prototxt
+from sfport.caffe_files import read_prototxt
 from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN

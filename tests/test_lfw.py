@@ -267,10 +267,10 @@ def small_lfw(tmp_path_factory):
             a, b = people[(fold + k) % 12], people[(fold + k + 5) % 12]
             lines.append(f"{a}\t{1 + k}\t{b}\t{2 + k % 3}")
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
-    from sfport import io, model, nets
+    from sfport import caffe_files, model, nets
     net = nets.sphereface_deploy(4)
-    m = model.with_random_weights(io.CaffeModel.from_net(net, None), seed=1)
-    io.write_caffemodel(root / "sf4.caffemodel", m)
+    m = model.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1)
+    caffe_files.write_caffemodel(root / "sf4.caffemodel", m)
     return root
 
 

@@ -21,8 +21,8 @@ def test_only_sfport_is_importable(tmp_path):
 
 def test_reading_needs_no_torch(tmp_path):
     """Reading and inspecting Caffe files works without importing torch (fast start, light installs)."""
-    code = ("import sys, sfport.cli; from sfport import io; "
-            f"io.read_caffemodel({str(__import__('conftest').FIXTURES / 'mtcnn/det1.caffemodel')!r}); "
+    code = ("import sys, sfport.cli; from sfport import caffe_files; "
+            f"caffe_files.read_caffemodel({str(__import__('conftest').FIXTURES / 'mtcnn/det1.caffemodel')!r}); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from sfport import export, io, model, verify
+from sfport import export, caffe_files, model, verify
 from sfport.net import Net
 
 from conftest import FIXTURES, MODEL_PAIRS
@@ -52,7 +52,7 @@ def test_stored_training_net_of_a_snapshot_converts():
     import tempfile, os
     with tempfile.TemporaryDirectory() as d:
         deploy = os.path.join(d, "deploy.prototxt")
-        io.write_prototxt(deploy, net.definition)
+        caffe_files.write_prototxt(deploy, net.definition)
         opencv_parity(net, deploy, c, verify.make_input((1, 3, 12, 12), "random", 2), "data12face")
 
 
@@ -67,7 +67,7 @@ SPHEREFACE = ["sphereface_prototxt/zuoqing1988/sphereface04_deploy.prototxt",
 def test_sphereface_nets_with_random_weights_match_opencv(prototxt, tmp_path):
     p = FIXTURES / prototxt
     w = tmp_path / "random.caffemodel"
-    io.write_caffemodel(w, model.with_random_weights(io.read_prototxt(p), seed=1))
+    caffe_files.write_caffemodel(w, model.with_random_weights(caffe_files.read_prototxt(p), seed=1))
     net = Net(str(p), str(w))
     checks = opencv_parity(net, p, w, verify.make_input((1, 3, 112, 96), "random", 0), "data")
     by_depth = [f"{c.name}:{c.rel_err:.1e}" for c in checks if c.name.startswith(("res", "fc5"))]
@@ -154,7 +154,7 @@ def test_verify_against_a_directory_of_npy(tmp_path):
     c, p = FIXTURES / "mtcnn/det1.caffemodel", FIXTURES / "mtcnn/det1.prototxt"
     x = verify.make_input((1, 3, 12, 12), "random", 0)
     ref = verify.opencv_reference(str(p), str(c), {"data": x})
-    for layer in io.read_prototxt(p).net.layer:
+    for layer in caffe_files.read_prototxt(p).net.layer:
         if layer.name in ref:
             np.save(tmp_path / f"{layer.top[0]}.npy", ref[layer.name])
     r = CliRunner().invoke(cli, ["verify", str(c), "-p", str(p), "--reference", str(tmp_path)])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from sfport import nets, shapes
-from sfport.io import read_prototxt, read_solver
+from sfport.caffe_files import read_prototxt, read_solver
 from sfport.protos import caffe_pb2
 
 from conftest import ROOT, UPSTREAM

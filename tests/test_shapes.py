@@ -3,7 +3,7 @@ built-in SphereFace nets are the authors' deploy prototxts."""
 import cv2
 import pytest
 
-from sfport import io, model, nets, shapes
+from sfport import caffe_files, model, nets, shapes
 from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES
@@ -26,12 +26,12 @@ CASES = [
 def test_top_and_param_shapes_match_opencv(prototxt, shape, tmp_path):
     """OpenCV loads sfport's random weights (so the parameter shapes are what it expects) and reports the
     same top shapes for every layer."""
-    m = io.read_prototxt(FIXTURES / prototxt)
+    m = caffe_files.read_prototxt(FIXTURES / prototxt)
     dims = m.net.layer[0].input_param.shape[0]
     del dims.dim[:]
     dims.dim.extend(shape)
-    io.write_prototxt(tmp_path / "n.prototxt", m.net)
-    io.write_caffemodel(tmp_path / "w.caffemodel", model.with_random_weights(m))
+    caffe_files.write_prototxt(tmp_path / "n.prototxt", m.net)
+    caffe_files.write_caffemodel(tmp_path / "w.caffemodel", model.with_random_weights(m))
     net = cv2.dnn.readNetFromCaffe(str(tmp_path / "n.prototxt"), str(tmp_path / "w.caffemodel"))
     ids, _, outs = net.getLayersShapes(list(shape))
     names = net.getLayerNames()
@@ -52,7 +52,7 @@ def test_pooling_output_size_hand_computed(size, kernel, pad, stride, ceil, expe
 
 @pytest.mark.parametrize("depth,path", [(20, "sphereface_deploy.prototxt"), (64, "sphereface_64_deploy.prototxt")])
 def test_builtin_sphereface_equals_authors_deploy(depth, path):
-    authors = io.read_prototxt(FIXTURES / "sphereface_prototxt/wy1iu" / path).net
+    authors = caffe_files.read_prototxt(FIXTURES / "sphereface_prototxt/wy1iu" / path).net
     assert nets.sphereface_deploy(depth) == authors
 
 

@@ -10,7 +10,7 @@ import sfport
 from sfport import nets
 from sfport.cli import cli
 from sfport.data import read_list
-from sfport.io import net_to_text, write_prototxt
+from sfport.caffe_files import net_to_text, write_prototxt
 
 import synthfaces
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sfport
-from sfport import io
+from sfport import caffe_files
 from sfport.converters.loss import Accuracy, SoftmaxWithLoss
 from sfport.protos import caffe_pb2
 
@@ -187,8 +187,8 @@ def fc6_param(net):
 def test_deploy_weights_and_snapshots_load_into_the_train_net(tmp_path):
     """A released deploy caffemodel (no fc6) loads by layer name, fc6 left to its filler (and reported); a full
     training snapshot (with fc6) loads completely, fc6 included."""
-    deploy = sfport.model.with_random_weights(io.read_prototxt(SF20_DEPLOY), seed=3)
-    io.write_caffemodel(tmp_path / "released.caffemodel", deploy)
+    deploy = sfport.model.with_random_weights(caffe_files.read_prototxt(SF20_DEPLOY), seed=3)
+    caffe_files.write_caffemodel(tmp_path / "released.caffemodel", deploy)
     shapes = {"data": (2, 3, 112, 96)}
     net = sfport.Net(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "released.caffemodel", phase="train",
                      input_shapes=shapes, seed=0)

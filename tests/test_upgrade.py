@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sfport import io
+from sfport import caffe_files
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -53,12 +53,12 @@ def test_v1_copy_of_lenet_upgrades_to_the_original(tmp_path):
     v1_path.write_bytes(to_v1(original).SerializeToString())
     assert len(caffe_pb2.NetParameter.FromString(v1_path.read_bytes()).layers) == 9
 
-    upgraded = io.read_caffemodel(v1_path)
+    upgraded = caffe_files.read_caffemodel(v1_path)
     assert any(u.startswith("V1LayerParameter 'layers' -> LayerParameter 'layer' (9 layers") for u in upgraded.upgrades)
     assert any("transformation fields -> transform_param (1 fields)" in u for u in upgraded.upgrades)
     # the same net, blob for blob: serializing it gives the original message's bytes exactly
-    assert io.net_to_bytes(upgraded) == original.SerializeToString()
-    for name, arrays in io.read_caffemodel(src).params.items():
+    assert caffe_files.net_to_bytes(upgraded) == original.SerializeToString()
+    for name, arrays in caffe_files.read_caffemodel(src).params.items():
         for a, b in zip(arrays, upgraded.params[name]):
             assert np.array_equal(a, b)
 
@@ -78,7 +78,7 @@ def test_v1_text_prototxt_with_enum_types(tmp_path):
                  '  convolution_param { num_output: 4 kernel_size: 3 } }\n'
                  'layers { name: "relu" type: RELU bottom: "conv" top: "conv" }\n'
                  'layers { name: "prob" type: 20 bottom: "conv" top: "prob" }\n')
-    m = io.read_prototxt(p)
+    m = caffe_files.read_prototxt(p)
     assert [(l.name, l.type) for l in m.net.layer] == [("input", "Input"), ("conv", "Convolution"),
                                                        ("relu", "ReLU"), ("prob", "Softmax")]
     conv = m.net.layer[1]
@@ -112,7 +112,7 @@ def test_v0_net_with_padding_layer(tmp_path):
         'layer { name: "drop" type: "Dropout" bottom: "pool1" top: "pool1" dropout_param { dropout_ratio: 0.3 } }\n'
         'layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" '
         'inner_product_param { num_output: 10 bias_term: false } }\n', expected)
-    m = io.read_prototxt(p)
+    m = caffe_files.read_prototxt(p)
     assert m.net == expected
     assert m.upgrades[0] == "V0LayerParameter -> V1LayerParameter"
 
@@ -121,17 +121,17 @@ def test_input_shape_header_with_two_inputs(tmp_path):
     p = tmp_path / "two.prototxt"
     p.write_text('input: "a"\ninput_shape { dim: 1 dim: 3 }\ninput: "b"\ninput_shape { dim: 1 }\n'
                  'layer { name: "r" type: "ReLU" bottom: "a" top: "r" }\n')
-    net = io.read_prototxt(p).net
+    net = caffe_files.read_prototxt(p).net
     assert list(net.layer[0].top) == ["a", "b"]
     assert [list(s.dim) for s in net.layer[0].input_param.shape] == [[1, 3], [1]]
     p.write_text('input: "a"\ninput_dim: 1\ninput_dim: 3\n')
     with pytest.raises(CaffeFileError, match="1 inputs need 4 input_dim values, found 2"):
-        io.read_prototxt(p)
+        caffe_files.read_prototxt(p)
 
 
 def test_batchnorm_param_specs_become_frozen():
     """sphereface04bn declares three BatchNorm params; Caffe 1.0 forces lr_mult/decay_mult 0 on them."""
-    m = io.read_prototxt(FIXTURES / "sphereface_prototxt/zuoqing1988/sphereface04bn_deploy.prototxt")
+    m = caffe_files.read_prototxt(FIXTURES / "sphereface_prototxt/zuoqing1988/sphereface04bn_deploy.prototxt")
     bns = [l for l in m.net.layer if l.type == "BatchNorm"]
     assert len(bns) == 5
     assert all((p.lr_mult, p.decay_mult) == (0, 0) for l in bns for p in l.param)

@@ -5,8 +5,8 @@ input, and applies Caffe's legacy upgrades (:mod:`sfport.upgrade`), listing what
 """
 from __future__ import annotations
 
+import enum
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from sfport.errors import CaffeFileError
+from sfport.files import atomic_write
 from sfport.protos import caffe_pb2
 from sfport import upgrade, wire
 
@@ -47,32 +48,6 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     if not data:
         raise CaffeFileError(path, "empty file")
     return data
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def sniff(data: bytes) -> str:
@@ -283,22 +258,28 @@ def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
     return CaffeModel(str(path), net, values_by_layer, notes, kind)
 
 
-def read_net(path: str | os.PathLike, role: str = "any") -> CaffeModel:
-    """Read a net from a text prototxt or a binary caffemodel (sniffed), upgraded to the current format.
+class Expect(enum.Enum):
+    """What kind of net file a caller needs: ``read_net`` checks the file against it."""
+    DEFINITION = "definition"   # a text prototxt, as Caffe requires for net definitions (ReadNetParamsFromTextFile)
+    WEIGHTS = "weights"         # a binary caffemodel with blobs (ReadNetParamsFromBinaryFile)
+    ANY = "any"                 # either, sniffed; the name's suffix must not contradict the contents
 
-    ``role`` says what the caller needs: ``"definition"`` (a text prototxt, as Caffe requires for nets),
-    ``"weights"`` (a binary caffemodel with blobs), or ``"any"``.
-    """
+
+def read_net(path: str | os.PathLike, expect: Expect = Expect.ANY) -> CaffeModel:
+    """Read a net from a text prototxt or a binary caffemodel (sniffed), upgraded to the current format; the
+    file must be of the kind ``expect`` names."""
+    if not isinstance(expect, Expect):
+        raise TypeError(f"expect must be a caffe_files.Expect, not {expect!r}")
     data = read_bytes(path)
     kind = sniff(data)
-    if role == "definition" and kind == BINARY:
+    if expect is Expect.DEFINITION and kind == BINARY:
         raise CaffeFileError(path, "is a binary protobuf (a .caffemodel?), but a text .prototxt net "
                                    "definition was expected")
-    if role == "weights" and kind == TEXT:
+    if expect is Expect.WEIGHTS and kind == TEXT:
         raise CaffeFileError(path, "is a text prototxt, but a binary .caffemodel with weights was expected")
-    if role == "any" and kind == TEXT and _kind_by_suffix(path) == BINARY:
+    if expect is Expect.ANY and kind == TEXT and _kind_by_suffix(path) == BINARY:
         raise CaffeFileError(path, "is text (a .prototxt?) but named like a binary Caffe file")
-    if role == "any" and kind == BINARY and _kind_by_suffix(path) == TEXT:
+    if expect is Expect.ANY and kind == BINARY and _kind_by_suffix(path) == TEXT:
         raise CaffeFileError(path, "is binary (a .caffemodel?) but named like a text .prototxt")
     model = _net_from_bytes(path, data, kind)
     if kind == BINARY and not len(model.net.layer) and not model.net.name:
@@ -308,12 +289,12 @@ def read_net(path: str | os.PathLike, role: str = "any") -> CaffeModel:
 
 def read_prototxt(path: str | os.PathLike) -> CaffeModel:
     """A text net definition (deploy or train/test prototxt)."""
-    return read_net(path, role="definition")
+    return read_net(path, Expect.DEFINITION)
 
 
 def read_caffemodel(path: str | os.PathLike) -> CaffeModel:
     """A binary caffemodel: the net Caffe stored with the weights, and the weights."""
-    return read_net(path, role="weights")
+    return read_net(path, Expect.WEIGHTS)
 
 
 def net_to_bytes(model: CaffeModel) -> bytes:
