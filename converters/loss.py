@@ -11,7 +11,9 @@ from sfport.protos import caffe_pb2
 from sfport.shapes import canonical_axis
 
 FLT_MIN = 1.1754943508222875e-38
-_LOG_FLT_MIN = math.log(FLT_MIN)  # -87.3365
+# SoftmaxWithLoss's cap: -log(FLT_MIN) = 87.3365, the loss of a sample whose label has probability 0 (a training
+# loss stuck there has diverged).
+LOSS_CAP = -math.log(FLT_MIN)
 
 
 def _normalization(p) -> int:
@@ -46,7 +48,7 @@ class SoftmaxWithLoss(nn.Module):
             raise ValueError(f"SoftmaxWithLoss: a label is outside 0..{logp_f.shape[-1] - 1}")
         picked = logp_f.gather(2, safe.unsqueeze(2)).squeeze(2)
         # value: -log(max(p, FLT_MIN)); gradient: that of -log p (Caffe's p - 1 for the label)
-        clamped = torch.clamp(picked.detach(), min=_LOG_FLT_MIN)
+        clamped = torch.clamp(picked.detach(), min=-LOSS_CAP)
         nll = -(picked + (clamped - picked.detach()))
         total = torch.where(valid, nll, torch.zeros_like(nll)).sum()
         n = self.normalization

@@ -389,6 +389,15 @@ class Net:
         return tuple(out)
 
 
+def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test") -> "Net":
+    """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or a caffemodel's weights
+    copied into the ``prototxt`` definition by layer name; ``input_shapes`` as for :class:`Net`."""
+    if prototxt is not None:
+        return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
+                   input_shapes=input_shapes)
+    return Net(model, phase=phase, input_shapes=input_shapes)
+
+
 def _load_pt(path):
     """Read sfport's .pt without executing code (weights_only)."""
     try:
