@@ -1,9 +1,14 @@
 """The layer library: one registered converter per Caffe layer type (installed as ``sfport.converters``).
 
-A converter knows three things about its Caffe type: how to build the torch module from the ``LayerParameter``
-and the bottom shapes, how to load Caffe's blobs into it and how to save them back. Modules keep their
-parameters in Caffe's layout and order (``module.caffe_blobs`` names them), so loading and saving are plain
-copies and a round trip is exact.
+A converter is the whole of sfport's knowledge of its Caffe type: the shapes of its tops given its bottoms
+(``top_shapes``, as the layer's Reshape), the shapes of its parameter blobs (``param_shapes``, as its
+LayerSetUp allocates them), the torch module (``build``), the fillers and random values of its blobs, how Caffe
+blobs are loaded into the module and saved back, and its role in a net (``loss``: a Caffe LossLayer whose
+first top has loss_weight 1 by default; ``training_only``: dropped with the losses from a deploy form). Shape
+inference (:mod:`sfport.shapes`), random weights and merging (:mod:`sfport.model`), the net
+(:mod:`sfport.net`) and the graph (:mod:`sfport.graph`) ask the registry; none of them switches on type names.
+Modules keep their parameters in Caffe's layout and order (``module.caffe_blobs`` names them), so loading and
+saving are plain copies and a round trip is exact.
 
 Adding a type, also from outside sfport::
 
@@ -11,17 +16,24 @@ Adding a type, also from outside sfport::
 
     @register("MyLayer")
     class MyLayer(Converter):
+        def top_shapes(self, layer, bottom_shapes):
+            return [bottom_shapes[0]]                 # one per top
+        def param_shapes(self, layer, bottom_shapes):
+            return [(bottom_shapes[0][1],)]           # one per Caffe blob
         def build(self, layer, bottom_shapes):
-            return MyModule(...)          # an nn.Module; list its nn.Parameters in .caffe_blobs
+            return MyModule(...)                      # an nn.Module; list its nn.Parameters in .caffe_blobs
 
-Put that in a module and either import it before building a net, name it in the environment variable
-``SFPORT_CONVERTERS`` (comma-separated module names), or declare it as an entry point of the group
-``sfport.converters`` in your package.
+A converter that does not say its shapes (the base class answers None) still builds and runs; the net's later
+layers then need their input shapes some other way, and weights are not checked against it. Put the class in a
+module and either import it before building a net, name it in the environment variable ``SFPORT_CONVERTERS``
+(comma-separated module names), or declare it as an entry point of the group ``sfport.converters``.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import os
+from importlib.metadata import entry_points
 
 import numpy as np
 import torch
@@ -29,8 +41,17 @@ from torch import nn
 
 from sfport.errors import CaffeFileError
 
+Shape = tuple  # of ints
+
 _REGISTRY: dict[str, "Converter"] = {}
 _PLUGINS_LOADED = False
+
+# Caffe types sfport has no converter for yet, with their role in a net: a training net that holds one still
+# reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
+ROLES_WITHOUT_CONVERTER = {
+    "EuclideanLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
+    "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss", "HDF5Output": "training_only",
+}
 
 
 class UnknownLayerType(CaffeFileError):
@@ -44,34 +65,65 @@ class UnknownLayerType(CaffeFileError):
 
 
 class Converter:
-    """Base class: subclasses implement ``build``; ``load``/``save`` copy ``module.caffe_blobs`` in order."""
+    """Base class: subclasses implement ``build`` and, to take part in shape inference and weight checks,
+    ``top_shapes`` and ``param_shapes``; ``load``/``save`` copy ``module.caffe_blobs`` in order."""
 
     types: tuple[str, ...] = ()
+    loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
+    training_only: bool = False   # dropped (with the losses) when a training net becomes a deploy net
 
-    def build(self, layer, bottom_shapes: list) -> nn.Module:
+    def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
+        """The shape of each top for these bottom shapes (None: this converter does not say)."""
+        return None
+
+    def param_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
+        """The shape of each parameter blob Caffe allocates for these bottom shapes (None: does not say)."""
+        return None
+
+    def build(self, layer, bottom_shapes: list[Shape]) -> nn.Module:
         raise NotImplementedError
 
     def fillers(self, layer) -> list:
         """The FillerParameter of each Caffe blob (None: keep the value the module was built with)."""
         return []
 
+    def random_blobs(self, layer, shapes: list[Shape], rng: np.random.Generator) -> list[np.ndarray]:
+        """Random float32 blobs of a sensible scale for test nets: weights (2-D and more) ~ N(0, 1/fan_in),
+        vectors ~ N(0, 0.1^2)."""
+        return [rng.normal(0, 1 / math.sqrt(max(self.fan_in(layer, s), 1)), s).astype(np.float32) if len(s) >= 2
+                else (0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+
+    def fan_in(self, layer, weight_shape: Shape) -> int:
+        """Inputs per output of a weight blob (what random weights are scaled by)."""
+        return math.prod(weight_shape[1:])
+
     def params(self, module: nn.Module) -> list[nn.Parameter]:
         return [getattr(module, name) for name in getattr(module, "caffe_blobs", ())]
 
-    def load(self, module: nn.Module, arrays: list[np.ndarray], layer_name: str = "") -> None:
-        """Copy Caffe blobs into the module's parameters (a legacy 4-D blob loads into any shape of its size)."""
-        params = self.params(module)
-        if len(arrays) != len(params):
-            raise ValueError(f"layer '{layer_name}': {len(arrays)} blobs given, the layer has {len(params)}")
+    def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
+        """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
+        (:func:`sfport.model.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
         with torch.no_grad():
-            for j, (p, a) in enumerate(zip(params, arrays)):
-                a = np.asarray(a)
-                if a.size != p.numel():
-                    raise ValueError(f"layer '{layer_name}' blob {j}: {list(a.shape)} does not fit {list(p.shape)}")
+            for p, a in zip(self.params(module), arrays):
                 p.copy_(torch.tensor(np.asarray(a, dtype=np.float32)).reshape(p.shape))
 
     def save(self, module: nn.Module) -> list[np.ndarray]:
         return [p.detach().cpu().float().numpy().copy() for p in self.params(module)]
+
+
+class NoBlobs(nn.Module):
+    """Base of the modules of parameter-free layers."""
+    caffe_blobs: tuple = ()
+
+
+class SameShape(Converter):
+    """A converter of a parameter-free layer whose tops all have the shape of its first bottom."""
+
+    def top_shapes(self, layer, bottom_shapes):
+        return [tuple(bottom_shapes[0])] * len(layer.top)
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
 
 
 def register(*types: str):
@@ -93,7 +145,6 @@ def load_plugins() -> None:
     _PLUGINS_LOADED = True
     for name in filter(None, (s.strip() for s in os.environ.get("SFPORT_CONVERTERS", "").split(","))):
         importlib.import_module(name)
-    from importlib.metadata import entry_points
     for ep in entry_points(group="sfport.converters"):
         ep.load()
 
@@ -106,9 +157,27 @@ def get(layer_type: str, layer_name: str = "") -> Converter:
         raise UnknownLayerType(layer_name, layer_type) from None
 
 
+def find(layer_type: str) -> Converter | None:
+    """The converter of a type, or None when none is registered."""
+    load_plugins()
+    return _REGISTRY.get(layer_type)
+
+
 def registered_types() -> list[str]:
     load_plugins()
     return sorted(_REGISTRY)
+
+
+def is_loss(layer_type: str) -> bool:
+    """Whether the type is a Caffe loss layer (its first top has loss_weight 1 by default)."""
+    c = find(layer_type)
+    return c.loss if c is not None else ROLES_WITHOUT_CONVERTER.get(layer_type) == "loss"
+
+
+def is_training_only(layer_type: str) -> bool:
+    """Whether a deploy form of a training net drops layers of this type (losses, Accuracy, Silence, ...)."""
+    c = find(layer_type)
+    return (c.loss or c.training_only) if c is not None else layer_type in ROLES_WITHOUT_CONVERTER
 
 
 # The built-in families register themselves on import.

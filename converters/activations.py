@@ -1,55 +1,120 @@
 """Element-wise layers: ReLU (negative_slope), PReLU (channel_shared), ELU, Sigmoid, TanH, AbsVal, Power, Exp,
-Log, BNLL, Threshold, Dropout (identity at test time, Caffe's inverted scaling when training)."""
+Log, BNLL, Threshold, Dropout (identity at test time, Caffe's inverted scaling when training). Each formula is
+its own small module, chosen once when the net is built."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Converter, register
+from . import NoBlobs, SameShape, register
 from sfport.fillers import constant
 
 
-class Elementwise(nn.Module):
-    """A parameter-free element-wise Caffe layer; ``fn`` names the formula."""
+class ReLU(NoBlobs):
+    """Caffe ReLULayer: max(x, 0) + negative_slope * min(x, 0)."""
 
-    def __init__(self, fn: str, **args):
+    def __init__(self, slope: float):
         super().__init__()
-        self.fn, self.args = fn, args
-        self.caffe_blobs = []
+        self.slope = slope
 
     def forward(self, x):
-        a = self.args
-        if self.fn == "relu":
-            return F.relu(x) if a["slope"] == 0 else F.leaky_relu(x, a["slope"])
-        if self.fn == "elu":
-            return torch.where(x > 0, x, a["alpha"] * (torch.exp(x) - 1))
-        if self.fn == "sigmoid":
-            return torch.sigmoid(x)
-        if self.fn == "tanh":
-            return torch.tanh(x)
-        if self.fn == "abs":
-            return torch.abs(x)
-        if self.fn == "power":  # (shift + scale * x) ^ power
-            y = x * a["scale"] + a["shift"] if (a["scale"] != 1 or a["shift"] != 0) else x
-            return y if a["power"] == 1 else torch.pow(y, a["power"])
-        if self.fn == "exp":    # base ^ (shift + scale * x), base e when -1
-            y = x * (a["scale"] * a["log_base"]) + a["shift"] * a["log_base"]
-            return torch.exp(y)
-        if self.fn == "log":    # log_base(shift + scale * x)
-            return torch.log(x * a["scale"] + a["shift"]) / a["log_base"]
-        if self.fn == "bnll":   # log(1 + exp(x)), Caffe's stable form
-            return torch.where(x > 0, x + torch.log1p(torch.exp(-x)), torch.log1p(torch.exp(x)))
-        if self.fn == "threshold":
-            return (x > a["threshold"]).to(x.dtype)
-        if self.fn == "dropout":
-            if self.training and a["ratio"] > 0:
-                keep = (torch.rand_like(x) >= a["ratio"]).to(x.dtype)
-                return x * keep / (1.0 - a["ratio"])
-            return x
-        raise AssertionError(self.fn)
+        return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
+
+
+class ELU(NoBlobs):
+    """Caffe ELULayer: x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return torch.where(x > 0, x, self.alpha * (torch.exp(x) - 1))
+
+
+class Sigmoid(NoBlobs):
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+class TanH(NoBlobs):
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+class AbsVal(NoBlobs):
+    def forward(self, x):
+        return torch.abs(x)
+
+
+class Power(NoBlobs):
+    """Caffe PowerLayer: (shift + scale * x) ^ power."""
+
+    def __init__(self, power: float, scale: float, shift: float):
+        super().__init__()
+        self.power, self.scale, self.shift = power, scale, shift
+
+    def forward(self, x):
+        y = x * self.scale + self.shift if (self.scale != 1 or self.shift != 0) else x
+        return y if self.power == 1 else torch.pow(y, self.power)
+
+
+class Exp(NoBlobs):
+    """Caffe ExpLayer: base ^ (shift + scale * x), base e when base is -1."""
+
+    def __init__(self, log_base: float, scale: float, shift: float):
+        super().__init__()
+        self.log_base, self.scale, self.shift = log_base, scale, shift
+
+    def forward(self, x):
+        return torch.exp(x * (self.scale * self.log_base) + self.shift * self.log_base)
+
+
+class Log(NoBlobs):
+    """Caffe LogLayer: log_base(shift + scale * x), natural log when base is -1."""
+
+    def __init__(self, log_base: float, scale: float, shift: float):
+        super().__init__()
+        self.log_base, self.scale, self.shift = log_base, scale, shift
+
+    def forward(self, x):
+        return torch.log(x * self.scale + self.shift) / self.log_base
+
+
+class BNLL(NoBlobs):
+    """Caffe BNLLLayer: log(1 + exp(x)) in its stable form."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x + torch.log1p(torch.exp(-x)), torch.log1p(torch.exp(x)))
+
+
+class Threshold(NoBlobs):
+    """Caffe ThresholdLayer: 1 where x > threshold, else 0."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        return (x > self.threshold).to(x.dtype)
+
+
+class Dropout(NoBlobs):
+    """Caffe DropoutLayer: identity at test time; when training, x * mask / (1 - ratio)."""
+
+    def __init__(self, ratio: float):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, x):
+        if self.training and self.ratio > 0:
+            keep = (torch.rand_like(x) >= self.ratio).to(x.dtype)
+            return x * keep / (1.0 - self.ratio)
+        return x
 
 
 class PReLU(nn.Module):
@@ -71,35 +136,38 @@ def _log_base(base: float) -> float:
     return 1.0 if base == -1 else math.log(base)
 
 
-@register("ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "Dropout")
-class ElementwiseConverter(Converter):
+_BUILD = {
+    "ReLU": lambda l: ReLU(l.relu_param.negative_slope),
+    "ELU": lambda l: ELU(l.elu_param.alpha),
+    "Sigmoid": lambda l: Sigmoid(),
+    "TanH": lambda l: TanH(),
+    "AbsVal": lambda l: AbsVal(),
+    "Power": lambda l: Power(l.power_param.power, l.power_param.scale, l.power_param.shift),
+    "Exp": lambda l: Exp(_log_base(l.exp_param.base), l.exp_param.scale, l.exp_param.shift),
+    "Log": lambda l: Log(_log_base(l.log_param.base), l.log_param.scale, l.log_param.shift),
+    "BNLL": lambda l: BNLL(),
+    "Threshold": lambda l: Threshold(l.threshold_param.threshold),
+    "Dropout": lambda l: Dropout(l.dropout_param.dropout_ratio),
+}
+
+
+@register(*_BUILD)
+class ElementwiseConverter(SameShape):
     def build(self, layer, bottom_shapes):
-        t = layer.type
-        if t == "ReLU":
-            return Elementwise("relu", slope=layer.relu_param.negative_slope)
-        if t == "ELU":
-            return Elementwise("elu", alpha=layer.elu_param.alpha)
-        if t == "Power":
-            p = layer.power_param
-            return Elementwise("power", power=p.power, scale=p.scale, shift=p.shift)
-        if t == "Exp":
-            p = layer.exp_param
-            return Elementwise("exp", log_base=_log_base(p.base), scale=p.scale, shift=p.shift)
-        if t == "Log":
-            p = layer.log_param
-            return Elementwise("log", log_base=_log_base(p.base), scale=p.scale, shift=p.shift)
-        if t == "Threshold":
-            return Elementwise("threshold", threshold=layer.threshold_param.threshold)
-        if t == "Dropout":
-            return Elementwise("dropout", ratio=layer.dropout_param.dropout_ratio)
-        return Elementwise({"Sigmoid": "sigmoid", "TanH": "tanh", "AbsVal": "abs", "BNLL": "bnll"}[t])
+        return _BUILD[layer.type](layer)
 
 
 @register("PReLU")
-class PReLUConverter(Converter):
+class PReLUConverter(SameShape):
+    def param_shapes(self, layer, bottom_shapes):
+        return [()] if layer.prelu_param.channel_shared else [(bottom_shapes[0][1],)]
+
     def build(self, layer, bottom_shapes):
         return PReLU(bottom_shapes[0][1], layer.prelu_param.channel_shared)
 
     def fillers(self, layer):
         p = layer.prelu_param
         return [p.filler if p.HasField("filler") else constant(0.25)]
+
+    def random_blobs(self, layer, shapes, rng):
+        return [(0.25 + 0.05 * rng.standard_normal(s)).astype(np.float32) for s in shapes]

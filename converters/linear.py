@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import canonical_axis
+from .geometry import canonical_axis
 
 
 class CaffeInnerProduct(nn.Module):
@@ -27,13 +27,28 @@ class CaffeInnerProduct(nn.Module):
         return F.linear(x, w, self.bias)
 
 
+def _axis_and_k(p, shape) -> tuple[int, int]:
+    """InnerProductLayer::LayerSetUp: the axis, and K = the product of the bottom's dims from it on."""
+    axis = canonical_axis(p.axis, len(shape))
+    return axis, math.prod(shape[axis:])
+
+
 @register("InnerProduct")
 class InnerProductConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        p = layer.inner_product_param
+        _, k = _axis_and_k(p, bottom_shapes[0])
+        return [(k, p.num_output) if p.transpose else (p.num_output, k)] + ([(p.num_output,)] if p.bias_term else [])
+
+    def top_shapes(self, layer, bottom_shapes):
+        p = layer.inner_product_param
+        axis, _ = _axis_and_k(p, bottom_shapes[0])
+        return [tuple(bottom_shapes[0][:axis]) + (p.num_output,)] * len(layer.top)
+
     def build(self, layer, bottom_shapes):
         p = layer.inner_product_param
-        shape = bottom_shapes[0]
-        axis = canonical_axis(p.axis, len(shape))
-        return CaffeInnerProduct(p.num_output, math.prod(shape[axis:]), axis, p.bias_term, p.transpose)
+        axis, k = _axis_and_k(p, bottom_shapes[0])
+        return CaffeInnerProduct(p.num_output, k, axis, p.bias_term, p.transpose)
 
     def fillers(self, layer):
         p = layer.inner_product_param

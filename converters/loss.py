@@ -8,7 +8,7 @@ from torch import nn
 
 from . import Converter, register
 from sfport.protos import caffe_pb2
-from sfport.shapes import canonical_axis
+from .geometry import canonical_axis
 
 FLT_MIN = 1.1754943508222875e-38
 # SoftmaxWithLoss's cap: -log(FLT_MIN) = 87.3365, the loss of a sample whose label has probability 0 (a training
@@ -99,6 +99,15 @@ class Accuracy(nn.Module):
 
 @register("SoftmaxWithLoss")
 class SoftmaxWithLossConverter(Converter):
+    loss = True
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        """The loss (a scalar) and, as a second top, the softmax probabilities."""
+        return [(), tuple(bottom_shapes[0])][:len(layer.top)]
+
     def build(self, layer, bottom_shapes):
         lp = layer.loss_param
         return SoftmaxWithLoss(layer.softmax_param.axis, _normalization(layer),
@@ -107,6 +116,16 @@ class SoftmaxWithLossConverter(Converter):
 
 @register("Accuracy")
 class AccuracyConverter(Converter):
+    training_only = True
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        """The accuracy (a scalar) and, as a second top, one accuracy per class."""
+        b0 = bottom_shapes[0]
+        return [(), (b0[canonical_axis(layer.accuracy_param.axis, len(b0))],)][:len(layer.top)]
+
     def build(self, layer, bottom_shapes):
         p = layer.accuracy_param
         return Accuracy(p.axis, p.top_k, p.ignore_label if p.HasField("ignore_label") else None, len(layer.top) > 1)

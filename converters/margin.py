@@ -25,7 +25,7 @@ from torch import nn
 
 from . import Converter, register
 from sfport.protos import caffe_pb2
-from sfport.shapes import canonical_axis
+from .geometry import canonical_axis
 
 _M = {caffe_pb2.MarginInnerProductParameter.SINGLE: 1, caffe_pb2.MarginInnerProductParameter.DOUBLE: 2,
       caffe_pb2.MarginInnerProductParameter.TRIPLE: 3, caffe_pb2.MarginInnerProductParameter.QUADRUPLE: 4}
@@ -202,6 +202,16 @@ def _feature_axis(layer, p, bottom_shapes) -> tuple[int, int]:
 
 @register("MarginInnerProduct")
 class MarginInnerProductConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        _, k = _feature_axis(layer, layer.margin_inner_product_param, bottom_shapes)
+        return [(layer.margin_inner_product_param.num_output, k)]
+
+    def top_shapes(self, layer, bottom_shapes):
+        """The logits (the bottom's leading axes, then num_output) and, as a second top, lambda."""
+        p = layer.margin_inner_product_param
+        axis, _ = _feature_axis(layer, p, bottom_shapes)
+        return [tuple(bottom_shapes[0][:axis]) + (p.num_output,), (1,)][:len(layer.top)]
+
     def build(self, layer, bottom_shapes):
         p = layer.margin_inner_product_param
         axis, k = _feature_axis(layer, p, bottom_shapes)
@@ -316,6 +326,15 @@ class InterClass(nn.Module):
 
 @register("InterClass")
 class InterClassConverter(Converter):
+    loss = True
+
+    def param_shapes(self, layer, bottom_shapes):
+        _, k = _feature_axis(layer, layer.inter_class_param, bottom_shapes)
+        return [(layer.inter_class_param.num_output, k)]
+
+    def top_shapes(self, layer, bottom_shapes):
+        return [()] * len(layer.top)
+
     def build(self, layer, bottom_shapes):
         p = layer.inter_class_param
         _, k = _feature_axis(layer, p, bottom_shapes)

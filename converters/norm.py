@@ -2,13 +2,14 @@
 within channels), MVN, and the SSD fork's Normalize."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Converter, register
+from . import SameShape, register
 from sfport.fillers import constant
-from sfport.shapes import canonical_axis
+from .geometry import canonical_axis
 
 
 class CaffeBatchNorm(nn.Module):
@@ -134,25 +135,57 @@ class SSDNormalize(nn.Module):
 
 
 @register("BatchNorm")
-class BatchNormConverter(Converter):
+class BatchNormConverter(SameShape):
+    def param_shapes(self, layer, bottom_shapes):
+        c = bottom_shapes[0][1]
+        return [(c,), (c,), (1,)]
+
     def build(self, layer, bottom_shapes):
         p = layer.batch_norm_param
         return CaffeBatchNorm(bottom_shapes[0][1], p.eps, p.moving_average_fraction,
                               p.use_global_stats if p.HasField("use_global_stats") else None)
 
+    def random_blobs(self, layer, shapes, rng):
+        """Statistics with a positive variance and a scale factor of 1."""
+        c = shapes[0][0]
+        return [rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32),
+                np.ones(shapes[2], np.float32)]
+
+
+def _scale_axes(layer, shape) -> tuple[int, tuple]:
+    """ScaleLayer / BiasLayer::LayerSetUp: the first axis and the shape of the learned blob (num_axes axes)."""
+    p = layer.scale_param if layer.type == "Scale" else layer.bias_param
+    axis = canonical_axis(p.axis, len(shape))
+    end = len(shape) if p.num_axes == -1 else axis + p.num_axes
+    return axis, tuple(shape[axis:end])
+
+
+def _random_scales(shapes, rng) -> list[np.ndarray]:
+    """A learned scale near 1 first, then small offsets (matrices: N(0, 1/fan_in))."""
+    out = []
+    for j, s in enumerate(shapes):
+        if len(s) >= 2:
+            out.append(rng.normal(0, 1 / np.sqrt(max(int(np.prod(s[1:])), 1)), s).astype(np.float32))
+        else:
+            out.append(((1 if j == 0 else 0) + 0.1 * rng.standard_normal(s)).astype(np.float32))
+    return out
+
 
 @register("Scale", "Bias")
-class ScaleBiasConverter(Converter):
-    def build(self, layer, bottom_shapes):
-        p = layer.scale_param if layer.type == "Scale" else layer.bias_param
-        shape = bottom_shapes[0]
-        axis = canonical_axis(p.axis, len(shape))
+class ScaleBiasConverter(SameShape):
+    def param_shapes(self, layer, bottom_shapes):
+        bias_term = layer.type == "Scale" and layer.scale_param.bias_term
         if len(bottom_shapes) > 1:
-            other = bottom_shapes[1]
-            return CaffeScaleBias(layer.type, axis, other, False, layer.type == "Scale" and p.bias_term)
-        end = len(shape) if p.num_axes == -1 else axis + p.num_axes
-        bias_term = layer.type == "Scale" and p.bias_term
-        return CaffeScaleBias(layer.type, axis, shape[axis:end], True, bias_term)
+            return [tuple(bottom_shapes[1])] if bias_term else []
+        _, shape = _scale_axes(layer, bottom_shapes[0])
+        return [shape] + ([shape] if bias_term else [])
+
+    def build(self, layer, bottom_shapes):
+        axis, shape = _scale_axes(layer, bottom_shapes[0])
+        bias_term = layer.type == "Scale" and layer.scale_param.bias_term
+        if len(bottom_shapes) > 1:
+            return CaffeScaleBias(layer.type, axis, bottom_shapes[1], False, bias_term)
+        return CaffeScaleBias(layer.type, axis, shape, True, bias_term)
 
     def fillers(self, layer):
         if len(layer.bottom) > 1:
@@ -163,9 +196,12 @@ class ScaleBiasConverter(Converter):
         p = layer.scale_param
         return [p.filler if p.HasField("filler") else constant(1.0), p.bias_filler]
 
+    def random_blobs(self, layer, shapes, rng):
+        return _random_scales(shapes, rng) if layer.type == "Scale" else super().random_blobs(layer, shapes, rng)
+
 
 @register("LRN")
-class LRNConverter(Converter):
+class LRNConverter(SameShape):
     def build(self, layer, bottom_shapes):
         p = layer.lrn_param
         if p.local_size % 2 == 0:
@@ -174,15 +210,20 @@ class LRNConverter(Converter):
 
 
 @register("MVN")
-class MVNConverter(Converter):
+class MVNConverter(SameShape):
     def build(self, layer, bottom_shapes):
         p = layer.mvn_param
         return CaffeMVN(p.normalize_variance, p.across_channels, p.eps)
 
 
 @register("Normalize")
-class NormalizeConverter(Converter):
+class NormalizeConverter(SameShape):
+    def param_shapes(self, layer, bottom_shapes):
+        return [(1,)] if layer.norm_param.channel_shared else [(bottom_shapes[0][1],)]
+
     def build(self, layer, bottom_shapes):
         p = layer.norm_param
         return SSDNormalize(bottom_shapes[0][1], p.across_spatial, p.channel_shared, p.eps)
 
+    def random_blobs(self, layer, shapes, rng):
+        return _random_scales(shapes, rng)

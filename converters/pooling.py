@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import Converter, register
-from sfport.shapes import pooling_geometry, pooling_output_size
+from .geometry import pooling_geometry, pooling_output_size
 
 
 def _extra(size: int, out: int, k: int, s: int, p: int) -> int:
@@ -53,6 +53,21 @@ class CaffePool(nn.Module):
 
 @register("Pooling")
 class PoolingConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        """PoolingLayer::Reshape: global pooling gives 1x1; else ceil (or floor) rounding, a last window that
+        starts in the padding dropped."""
+        p = layer.pooling_param
+        n, c, h, w = bottom_shapes[0]
+        if p.global_pooling:
+            return [(n, c, 1, 1)] * len(layer.top)
+        (kh, kw), (sh, sw), (ph, pw) = pooling_geometry(p)
+        ceil = p.round_mode == 0
+        return [(n, c, pooling_output_size(h, kh, ph, sh, ceil), pooling_output_size(w, kw, pw, sw, ceil))] \
+            * len(layer.top)
+
     def build(self, layer, bottom_shapes):
         p = layer.pooling_param
         method = {0: "MAX", 1: "AVE"}.get(p.pool)

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sfport import shapes
+from sfport import converters, shapes
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-
-# Layers that produce the net's inputs (their tops become graph inputs).
-DATA_TYPES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData",
-              "Python"}
-# Layers a deploy graph made from a training net drops.
-TRAINING_ONLY = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
-                 "MultinomialLogisticLoss", "ContrastiveLoss", "Accuracy", "Silence", "HDF5Output"}
+from sfport.shapes import DATA_TYPES
 
 
 @dataclass
@@ -28,8 +22,6 @@ class GraphLayer:
     param: object                     # the LayerParameter
     bottoms: list[str]                # unique blob names
     tops: list[str]                   # unique blob names
-    caffe_bottoms: list[str]
-    caffe_tops: list[str]
     bottom_shapes: list
     top_shapes: list
     shared: dict[int, tuple[str, int]] = field(default_factory=dict)  # blob index -> (owner layer, owner blob)
@@ -100,7 +92,7 @@ def deploy_net(net, input_shapes: dict | None = None):
                     inp.input_param.shape.add(dim=list(shape) if shape else [])
                 inputs.update(keep)
             continue
-        if not shapes.layer_included(layer, caffe_pb2.TEST) or layer.type in TRAINING_ONLY:
+        if not shapes.layer_included(layer, caffe_pb2.TEST) or converters.is_training_only(layer.type):
             removed.update(t for t in layer.top if t not in layer.bottom)
             continue
         if any(alias.get(b, b) in removed for b in layer.bottom):
@@ -115,11 +107,6 @@ def deploy_net(net, input_shapes: dict | None = None):
     return out
 
 
-# Caffe's LossLayer subclasses (and the fork's InterClass): their first top has loss_weight 1 by default.
-LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
-              "MultinomialLogisticLoss", "ContrastiveLoss", "InterClass"}
-
-
 def loss_weights(layer, path=None) -> list[float]:
     """Per-top loss weights as Caffe's Layer::SetLossWeights: explicit ``loss_weight`` (one per top), else 1 for
     the first top of a loss layer and 0 elsewhere."""
@@ -129,7 +116,7 @@ def loss_weights(layer, path=None) -> list[float]:
             raise CaffeFileError(path, f"layer '{layer.name}': {len(layer.loss_weight)} loss_weight values for "
                                        f"{n} tops (give one per top)")
         return [float(v) for v in layer.loss_weight]
-    return [1.0 if (j == 0 and layer.type in LOSS_TYPES) else 0.0 for j in range(n)]
+    return [1.0 if (j == 0 and converters.is_loss(layer.type)) else 0.0 for j in range(n)]
 
 
 def input_names(net) -> list[str]:
@@ -186,8 +173,8 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
             caffe_name[u] = top
             tops.append(u)
             available.append(u)
-        gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(layer.bottom), list(layer.top),
-                        list(ls.bottoms), list(ls.tops), loss_weights=loss_weights(layer, path))
+        gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(ls.bottoms), list(ls.tops),
+                        loss_weights=loss_weights(layer, path))
         for j, spec in enumerate(layer.param):
             if spec.name:
                 if spec.name in owners:

@@ -8,7 +8,7 @@ import numpy as np
 
 from google.protobuf import unknown_fields
 
-from sfport import shapes, wire
+from sfport import converters, shapes, wire
 from sfport.errors import CaffeFileError
 from sfport.caffe_files import CaffeModel, blob_shape, has_legacy_shape
 from sfport.protos import caffe_pb2
@@ -50,58 +50,80 @@ class MergeReport:
         return out
 
 
-def _shape_matches(blob, expected: tuple) -> bool:
-    """Caffe Blob::ShapeEquals: a legacy 4-D blob matches a shape of <= 4 axes padded with leading 1s."""
+def blob_fits(blob, expected: tuple) -> bool:
+    """Caffe Blob::ShapeEquals: a legacy 4-D blob matches a shape of <= 4 axes padded with leading 1s (LegacyShape
+    indexes from the end); any other blob matches its shape exactly, so a (4, 3) blob never fits (3, 4)."""
     stored = blob_shape(blob)
     if has_legacy_shape(blob) and len(expected) <= 4:
         return stored == (1,) * (4 - len(expected)) + tuple(expected)
     return stored == tuple(expected)
 
 
-def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TEST,
-          strict: bool = True) -> tuple[CaffeModel, MergeReport]:
-    """Copy the blobs of ``weights`` into the layers of ``definition`` with the same name.
+@dataclass
+class Target:
+    """A layer of the net being given weights: its name, type and parameter blob shapes (None: unknown)."""
+    name: str
+    type: str
+    blob_shapes: list | None
 
-    Layers of the definition that would have parameters but find none keep none (Caffe leaves them to their
-    fillers); weight layers without a definition layer are ignored. A blob count or shape that disagrees with
-    what the definition needs raises :class:`CaffeFileError` naming both files, unless ``strict`` is false.
-    """
+
+def match_weights(targets: list[Target], weights: CaffeModel, against: str | None = None,
+                  strict: bool = True) -> tuple[dict[str, int], MergeReport]:
+    """Caffe's Net::CopyTrainedLayersFrom rule, the one rule by which sfport copies weights (``merge``, ``Net``,
+    and so convert, verify and train --weights): a target layer takes the blobs of the weights' layer of the
+    same name (the last of that name), whose blob count and shapes must equal its own (:func:`blob_fits`);
+    targets with parameters and no such layer are left to their fillers; weight layers without a target are
+    ignored. A disagreement raises :class:`CaffeFileError` naming both files unless ``strict`` is false (then
+    it is listed in the report and copied anyway). Returns target name -> index of its layer in ``weights``."""
     report = MergeReport()
     source = weights.weight_layers()
+    chosen: dict[str, int] = {}
+    for t in targets:
+        name = as_text(t.name)
+        src_i = source.get(t.name)
+        if src_i is None:
+            if t.blob_shapes:
+                report.layers_without_weights.append(name)
+            continue
+        blobs = weights.net.layer[src_i].blobs
+        need = t.blob_shapes
+        problems = []
+        if need is not None and len(need) != len(blobs):
+            problems.append(f"layer '{name}' ({as_text(t.type)}): the weights have {len(blobs)} blobs, "
+                            f"the net needs {len(need)}")
+        elif need is not None:
+            problems += [f"layer '{name}' ({as_text(t.type)}) blob {j}: weights have shape "
+                         f"{list(blob_shape(blob))}, the net needs {list(shape)}"
+                         for j, (blob, shape) in enumerate(zip(blobs, need)) if not blob_fits(blob, shape)]
+        if problems and strict:
+            raise CaffeFileError(weights.path, f"does not fit {against or 'the net'}: {problems[0]}"
+                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        report.mismatches.extend(problems)
+        chosen[t.name] = src_i
+        report.copied.append(name)
+    report.weights_without_layers = [as_text(n) for n in source if n not in chosen]
+    return chosen, report
+
+
+def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TEST,
+          strict: bool = True) -> tuple[CaffeModel, MergeReport]:
+    """Copy the blobs of ``weights`` into the layers of ``definition`` with the same name, by
+    :func:`match_weights` (blob shapes inferred from the definition). Layers not active in ``phase`` are
+    matched with unknown shapes."""
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
     expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
+    targets = [Target(layer.name, layer.type, expected.get(i)) for i, layer in enumerate(net.layer)]
+    chosen, report = match_weights(targets, weights, definition.path, strict)
     values: list[list[wire.BlobValues]] = []
-    used = set()
-    for i, layer in enumerate(net.layer):
+    for layer in net.layer:
         del layer.blobs[:]
-        name = as_text(layer.name)
-        src_i = source.get(layer.name)
-        need = expected.get(i)
+        src_i = chosen.get(layer.name)
         if src_i is None:
             values.append([])
-            if need:
-                report.layers_without_weights.append(name)
             continue
-        used.add(layer.name)
-        src = weights.net.layer[src_i]
-        problems = []
-        if need is not None and len(need) != len(src.blobs):
-            problems.append(f"layer '{name}' ({as_text(layer.type)}): the weights have {len(src.blobs)} blobs, "
-                            f"the net needs {len(need)}")
-        elif need is not None:
-            for j, (blob, shape) in enumerate(zip(src.blobs, need)):
-                if not _shape_matches(blob, shape):
-                    problems.append(f"layer '{name}' ({as_text(layer.type)}) blob {j}: weights have shape "
-                                    f"{list(blob_shape(blob))}, the net needs {list(shape)}")
-        if problems and strict:
-            raise CaffeFileError(weights.path, f"does not fit {definition.path}: {problems[0]}"
-                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        report.mismatches.extend(problems)
-        layer.blobs.extend(src.blobs)
+        layer.blobs.extend(weights.net.layer[src_i].blobs)
         values.append(list(weights.values[src_i]))
-        report.copied.append(name)
-    report.weights_without_layers = [as_text(n) for n in source if n not in used]
     merged = CaffeModel(weights.path, net, values, definition.upgrades + weights.upgrades, weights.kind)
     return merged, report
 
@@ -175,27 +197,6 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
     return rows
 
 
-def _random_blobs(layer, need, rng) -> list:
-    """Random values of a sensible scale: weights ~ N(0, 1/fan_in), biases ~ N(0, 0.1^2), slopes near 0.25,
-    scales near 1, BatchNorm statistics with a positive variance and scale factor 1."""
-    if layer.type == "BatchNorm":
-        c = need[0]
-        return [rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32),
-                np.ones(need[2], np.float32)]
-    out = []
-    for j, shape in enumerate(need):
-        if len(shape) >= 2:
-            fan_in = math.prod(shape[1:]) if layer.type != "Deconvolution" else shape[0] * math.prod(shape[2:])
-            out.append(rng.normal(0, 1 / math.sqrt(max(fan_in, 1)), shape).astype(np.float32))
-        elif layer.type in ("PReLU",):
-            out.append((0.25 + 0.05 * rng.standard_normal(shape)).astype(np.float32))
-        elif layer.type in ("Scale", "Normalize") and j == 0:
-            out.append((1 + 0.1 * rng.standard_normal(shape)).astype(np.float32))
-        else:
-            out.append((0.1 * rng.standard_normal(shape)).astype(np.float32))
-    return out
-
-
 def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caffe_pb2.TEST) -> CaffeModel:
     """A copy of ``definition`` whose parameter blobs (shapes inferred as Caffe would allocate them) hold
     random float32 values of a sensible scale: test nets and benchmark files without real weights."""
@@ -209,5 +210,6 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
         if need is None:
             raise CaffeFileError(definition.path, f"cannot infer the parameter shapes of layer "
                                                   f"'{as_text(layer.name)}' ({as_text(layer.type)})")
-        out.set_blob_arrays(i, _random_blobs(layer, need, rng))
+        out.set_blob_arrays(i, converters.get(layer.type, as_text(layer.name)).random_blobs(layer, need, rng)
+                            if need else [])
     return out

@@ -9,8 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from google.protobuf import text_format
+
+from sfport import caffe_files, files, fillers
 from sfport import converters as conv_registry
-from sfport import caffe_files, files, model as model_mod
+from sfport import model as model_mod
 from sfport.errors import CaffeFileError
 from sfport.graph import NetGraph, build_graph, deploy_net, input_names
 from sfport.protos import caffe_pb2
@@ -80,7 +83,6 @@ class CaffeNet(nn.Module):
         """Initialise parameters by their Caffe fillers (all layers, or those named), as Caffe's LayerSetUp
         does; a shared parameter is filled by its owner only. Returns {layer: [filler description per blob]}
         (``apply=False``: only the descriptions)."""
-        from sfport import fillers
         done = {}
         names = None if layers is None else set(layers)
         for gl in self.graph.layers:
@@ -237,7 +239,6 @@ class Net:
         self.phase = {"test": caffe_pb2.TEST, "train": caffe_pb2.TRAIN}[str(phase).lower()]
         state = None
         self.report = None
-        self.filled: dict[str, list[str]] = {}
         if isinstance(model, caffe_files.CaffeModel):
             definition = model
         elif str(model).endswith(".pt"):
@@ -262,6 +263,7 @@ class Net:
             if input_shapes and not any(k in input_names(net) for k in input_shapes):
                 input_shapes = {input_names(net)[0]: next(iter(input_shapes.values()))}
         self.definition = net
+        self.path = definition.path
         self.input_shapes = dict(input_shapes or {})
         self.graph = build_graph(net, self.phase, input_shapes, definition.path)
         missing = [n for n, s in self.graph.inputs.items() if s is None or len(s) == 0]
@@ -277,31 +279,22 @@ class Net:
             self.report = self.load_weights(weight_model)
             self.module.fill(self.report.layers_without_weights, generator)
         else:
-            self.filled = self.module.fill(None, generator)
+            self.module.fill(None, generator)
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
 
     # -- weights ---------------------------------------------------------------------------------------------
     def load_weights(self, weights: caffe_files.CaffeModel) -> model_mod.MergeReport:
-        """Copy blobs by layer name (Caffe's CopyTrainedLayersFrom); returns what was copied and what not."""
-        report = model_mod.MergeReport()
-        source = weights.weight_layers()
-        used = set()
+        """Copy blobs by layer name with Caffe's rule (:func:`sfport.model.match_weights`); returns what was
+        copied and what not."""
+        targets = [model_mod.Target(gl.name, gl.type, [tuple(p.shape) for p in self.module.caffe_params(gl.name)])
+                   for gl in self.graph.layers]
+        chosen, report = model_mod.match_weights(targets, weights, self.path)
         for gl in self.graph.layers:
-            converter = conv_registry.get(gl.type, gl.name)
-            module = self.module.module_of(gl.name)
-            if gl.name not in source:
-                if converter.params(module):
-                    report.layers_without_weights.append(gl.name)
-                continue
-            used.add(gl.name)
-            try:
-                converter.load(module, weights.blob_arrays(source[gl.name]), gl.name)
-            except ValueError as e:
-                raise CaffeFileError(weights.path, f"does not fit the net: {e}") from None
-            report.copied.append(gl.name)
-        report.weights_without_layers = [n for n in source if n not in used]
+            if gl.name in chosen:
+                conv_registry.get(gl.type, gl.name).load(self.module.module_of(gl.name),
+                                                         weights.blob_arrays(chosen[gl.name]))
         report.filled = self.module.fill(report.layers_without_weights, apply=False)  # filled when built
         return report
 
@@ -400,16 +393,8 @@ def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, pha
 
 def _load_pt(path):
     """Read sfport's .pt without executing code (weights_only)."""
-    try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CaffeFileError(path, "no such file") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input here
-        raise CaffeFileError(path, f"not an sfport .pt file: {str(e).splitlines()[0] if str(e) else e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != PT_FORMAT:
-        raise CaffeFileError(path, "not an sfport converted net (.pt made by `sfport convert`)")
+    doc = files.load_torch_file(path, PT_FORMAT, "an sfport converted net (.pt made by `sfport convert`)")
     net = caffe_pb2.NetParameter()
-    from google.protobuf import text_format
     text_format.Parse(doc["net"], net)
     shapes = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
     return caffe_files.CaffeModel.from_net(net, os.fspath(path)), doc["state_dict"], shapes

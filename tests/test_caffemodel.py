@@ -6,8 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
+from google.protobuf import text_format
+
 from sfport import caffe_files, model as model_mod
 from sfport.errors import CaffeFileError
+from sfport.net import Net
 from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES, GOLDEN, MODEL_PAIRS, all_caffemodels
@@ -135,6 +138,39 @@ def test_legacy_4d_blob_shapes_match_like_caffe(tmp_path):
     caffe_files.write_caffemodel(legacy, src)
     with pytest.raises(CaffeFileError, match=r"blob 0: weights have shape \[2, 1, 5, 500\], the net needs \[10, 500\]"):
         model_mod.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), caffe_files.read_caffemodel(legacy))
+
+
+TINY_IP = """name: "ip"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }
+"""
+
+
+def _tiny_ip_weights(shape, path):
+    """The tiny net with an InnerProduct weight blob of ``shape`` (12 values) and a bias of 3."""
+    model = caffe_files.CaffeModel.from_net(text_format.Parse(TINY_IP, caffe_pb2.NetParameter()))
+    model.set_blob_arrays(1, [np.arange(12, dtype=np.float32).reshape(shape), np.zeros(3, np.float32)])
+    caffe_files.write_caffemodel(path, model)
+    return caffe_files.read_caffemodel(path)
+
+
+@pytest.mark.parametrize("how", ["net", "merge"])
+def test_transposed_weight_of_the_same_size_is_refused_by_every_copy(how, tmp_path):
+    """Caffe's Blob::ShapeEquals: a (4, 3) blob does not load into a (3, 4) InnerProduct, though both hold 12
+    values; Net (convert, verify, train --weights) and merge (inspect --prototxt) copy by the same rule."""
+    (tmp_path / "ip.prototxt").write_text(TINY_IP)
+    definition = caffe_files.read_prototxt(tmp_path / "ip.prototxt")
+    good = _tiny_ip_weights((3, 4), tmp_path / "good.caffemodel")
+    bad = _tiny_ip_weights((4, 3), tmp_path / "bad.caffemodel")
+    copy = (lambda w: Net(definition, weights=w)) if how == "net" else (lambda w: model_mod.merge(definition, w))
+    copy(good)
+    with pytest.raises(CaffeFileError) as e:
+        copy(bad)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "bad.caffemodel")) and str(tmp_path / "ip.prototxt") in msg
+    assert "layer 'ip' (InnerProduct) blob 0: weights have shape [4, 3], the net needs [3, 4]" in msg
+    if how == "net":
+        assert Net(definition, weights=good).params["ip"][0].detach().numpy().ravel().tolist() == list(range(12))
 
 
 def test_blob_count_disagreeing_with_shape_is_reported(tmp_path):

@@ -4,6 +4,7 @@ import cv2
 import pytest
 
 from sfport import caffe_files, model, nets, shapes
+from sfport.converters import geometry
 from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES
@@ -47,7 +48,7 @@ def test_top_and_param_shapes_match_opencv(prototxt, shape, tmp_path):
     (5, 2, 1, 2, True, 3), (4, 2, 1, 2, True, 3), (1, 3, 1, 2, True, 1)])
 def test_pooling_output_size_hand_computed(size, kernel, pad, stride, ceil, expected):
     """SPEC.md 2: out = ceil((H + 2p - k) / s) + 1, minus one when the last window starts in the padding."""
-    assert shapes.pooling_output_size(size, kernel, pad, stride, ceil) == expected
+    assert geometry.pooling_output_size(size, kernel, pad, stride, ceil) == expected
 
 
 @pytest.mark.parametrize("depth,path", [(20, "sphereface_deploy.prototxt"), (64, "sphereface_64_deploy.prototxt")])

@@ -1,0 +1,52 @@
+"""How Caffe resolves axes and window geometry from a layer's parameters (shared by the converters)."""
+from __future__ import annotations
+
+
+def canonical_axis(axis: int, ndim: int) -> int:
+    """Caffe Blob::CanonicalAxisIndex: a negative axis counts from the end."""
+    return axis + ndim if axis < 0 else axis
+
+
+def _spatial(values, h, w, n, default):
+    """Caffe's kernel/pad/stride resolution: *_h/*_w, else repeated value (one for all, or one per axis)."""
+    if h is not None and w is not None and n == 2:
+        return [h, w]
+    vals = list(values)
+    if not vals:
+        return [default] * n
+    if len(vals) == 1:
+        return vals * n
+    return vals[:n]
+
+
+def conv_geometry(p, ndim_spatial):
+    """(kernel, pad, stride, dilation) per spatial axis of a ConvolutionParameter, as BaseConvolutionLayer::
+    LayerSetUp reads them (base_conv_layer.cpp)."""
+    kernel = _spatial(p.kernel_size, p.kernel_h if p.HasField("kernel_h") else None,
+                      p.kernel_w if p.HasField("kernel_w") else None, ndim_spatial, None)
+    pad = _spatial(p.pad, p.pad_h if p.HasField("pad_h") else None,
+                   p.pad_w if p.HasField("pad_w") else None, ndim_spatial, 0)
+    stride = _spatial(p.stride, p.stride_h if p.HasField("stride_h") else None,
+                      p.stride_w if p.HasField("stride_w") else None, ndim_spatial, 1)
+    dilation = _spatial(p.dilation, None, None, ndim_spatial, 1)
+    return kernel, pad, stride, dilation
+
+
+def pooling_geometry(p) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, pad) as (h, w) pairs of a PoolingParameter: *_h/*_w override the square values."""
+    kh = p.kernel_h if p.HasField("kernel_h") else p.kernel_size
+    kw = p.kernel_w if p.HasField("kernel_w") else p.kernel_size
+    sh = p.stride_h if p.HasField("stride_h") else p.stride
+    sw = p.stride_w if p.HasField("stride_w") else p.stride
+    ph = p.pad_h if p.HasField("pad_h") else p.pad
+    pw = p.pad_w if p.HasField("pad_w") else p.pad
+    return (kh, kw), (sh, sw), (ph, pw)
+
+
+def pooling_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -> int:
+    """Caffe pooling: ceil (or floor) rounding; with padding, a last window that starts in the padding is dropped."""
+    num = size + 2 * pad - kernel
+    out = (-(-num // stride) if ceil else num // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
