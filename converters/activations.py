@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import NoBlobs, SameShape, register
+from .base import NoBlobs, SameShape, register
 from sfport.fillers import constant
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Converter, register
+from .base import Converter, register
 from .geometry import canonical_axis, conv_geometry
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

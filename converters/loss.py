@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from . import Converter, register
+from .base import Converter, register
 from sfport.protos import caffe_pb2
 from .geometry import canonical_axis
 

@@ -1,6 +1,6 @@
 """The SphereFace layers: MarginInnerProduct (A-Softmax) and SphereFace+'s InterClass (MHE term).
 
-Both follow ``SPEC.md`` sections 3 and 4, i.e. the fork's own C++ (``margin_inner_product_layer.cpp``,
+Both follow the forks' own C++ (wy1iu/sphereface ``margin_inner_product_layer.cpp``, wy1iu/sphereface-plus
 ``inter_class_layer.cpp``), not the papers:
 
 * MarginInnerProduct advances its own counter at every forward call (train or test), computes
@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from . import Converter, register
+from .base import Converter, register
 from sfport.protos import caffe_pb2
 from .geometry import canonical_axis
 
@@ -40,7 +40,8 @@ def margin_lambda(iteration: int, base: float, gamma: float, power: float, lambd
 
 def psi_terms(m: int, c: torch.Tensor, xnorm: torch.Tensor):
     """``psi(c) = (-1)^k cos(m theta) - 2k`` by the fork's sign formulas, and the unnormalized backward
-    coefficients ``cw, cx`` with ``cw*w + cx*x = d(|x| psi)/dx`` (SPEC.md 3.4). Signs carry no gradient."""
+    coefficients ``cw, cx`` with ``cw*w + cx*x = d(|x| psi)/dx`` (MarginInnerProductLayer::Forward_cpu /
+    Backward_cpu, the cos(m theta) sign forms). Signs carry no gradient."""
     s0 = torch.sign(c).detach()
     c2 = c * c
     if m == 2:
@@ -65,7 +66,8 @@ def psi_terms(m: int, c: torch.Tensor, xnorm: torch.Tensor):
 
 
 class _ForkMargin(torch.autograd.Function):
-    """Forward of SPEC.md 3.4 on already-normalized W; backward as the fork computes it."""
+    """The target logit ``(lambda*x.w_y + |x| psi) / (1 + lambda)`` on already-normalized W
+    (MarginInnerProductLayer::Forward_cpu); backward as the fork computes it (Backward_cpu)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under --amp, as the fork

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import SameShape, register
+from .base import SameShape, register
 from sfport.fillers import constant
 from .geometry import canonical_axis
 

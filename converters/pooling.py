@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Converter, register
+from .base import Converter, register
 from .geometry import pooling_geometry, pooling_output_size
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import Converter, NoBlobs, SameShape, register
+from .base import Converter, NoBlobs, SameShape, register
 from .geometry import canonical_axis
 
 

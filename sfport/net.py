@@ -11,7 +11,7 @@ from torch import nn
 
 from google.protobuf import text_format
 
-from sfport import caffe_files, files, fillers
+from sfport import caffe_files, files, fillers, shapes
 from sfport import converters as conv_registry
 from sfport import model as model_mod
 from sfport.errors import CaffeFileError
@@ -257,7 +257,7 @@ class Net:
             if not names:
                 raise CaffeFileError(definition.path, "the net has no input to give a shape to")
             input_shapes = {names[0]: tuple(input_shapes)}
-        if weight_model is definition and any(l.type in ("Data", "ImageData", "HDF5Data") for l in net.layer) \
+        if weight_model is definition and any(map(shapes.reads_data_set, net.layer)) \
                 and self.phase == caffe_pb2.TEST:
             net = deploy_net(net, input_shapes)
             if input_shapes and not any(k in input_names(net) for k in input_shapes):

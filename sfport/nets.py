@@ -1,4 +1,5 @@
-"""SphereFace network definitions built in code (SPEC.md section 7), so sfport has a default net to work on.
+"""SphereFace network definitions built in code (the SphereFace paper's 4/10/20/36/64-layer residual nets, as
+wy1iu/sphereface's prototxts write them), so sfport has a default net to work on.
 
 ``sphereface_deploy(20)`` is layer for layer the authors' ``sphereface_deploy.prototxt`` after Caffe's upgrade of
 its deploy header (an ``Input`` layer named ``input``): four stages of 64/128/256/512 channels, each a 3x3
@@ -7,6 +8,11 @@ stride-2 conv (xavier, bias lr_mult 2 decay_mult 0) + PReLU followed by residual
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from sfport.caffe_files import net_to_text
+from sfport.files import atomic_write
 from sfport.protos import caffe_pb2
 
 UNITS = {4: (0, 0, 0, 0), 10: (0, 1, 2, 0), 20: (1, 2, 4, 1), 36: (2, 4, 8, 2), 64: (3, 7, 16, 3)}
@@ -64,7 +70,8 @@ def sphereface_deploy(depth: int = 20, height: int = 112, width: int = 96, featu
 
 
 # ------------------------------------------------------------------------------------------------------------
-# training nets and solvers (SPEC.md sections 5-7): the authors' files, with depth and width as parameters
+# training nets and solvers: the authors' files (wy1iu/sphereface train/code, wy1iu/sphereface-plus), with depth
+# and width as parameters
 # ------------------------------------------------------------------------------------------------------------
 
 MARGIN_TYPES = {1: "SINGLE", 2: "DOUBLE", 3: "TRIPLE", 4: "QUADRUPLE"}
@@ -176,10 +183,7 @@ HEADER = ("# Written by sfport (python -m sfport.nets prototxt/): {what}.\n"
 
 
 def write_project_prototxts(directory) -> list[str]:
-    from pathlib import Path
-
-    from sfport.caffe_files import net_to_text
-    from sfport.files import atomic_write
+    """Write the nets and solvers of ``prototxt/`` into ``directory`` (each atomically)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     written = []
@@ -191,6 +195,5 @@ def write_project_prototxts(directory) -> list[str]:
 
 
 if __name__ == "__main__":
-    import sys
     for path in write_project_prototxts(sys.argv[1] if len(sys.argv) > 1 else "prototxt"):
         print("wrote", path)

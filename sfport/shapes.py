@@ -18,6 +18,13 @@ Shape = tuple  # of ints
 # The layers that feed a net (Caffe's data layers and Input): their tops become the graph's inputs.
 DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData",
               "Python")
+# Those whose definition fixes their tops' shapes; the others read a data set (a training net's data layers).
+SHAPED_DATA_TYPES = ("Input", "DummyData", "MemoryData")
+
+
+def reads_data_set(layer) -> bool:
+    """A data layer that reads a data set (Data, ImageData, HDF5Data, ...): its tops' shapes come from the data."""
+    return layer.type in DATA_TYPES and layer.type not in SHAPED_DATA_TYPES
 
 
 @dataclass

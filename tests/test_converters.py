@@ -57,7 +57,7 @@ def test_layer_matches_opencv(case, tmp_path):
     assert checks[-1].name == net.graph.layers[-1].name
 
 
-# ---- hand-computed pooling (SPEC.md 2) ------------------------------------------------------------------
+# ---- hand-computed pooling (pooling_layer.cpp) ------------------------------------------------------------------
 
 X44 = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
 
@@ -80,7 +80,7 @@ def test_ave_pool_divisor_hand_computed(tmp_path):
 
 
 def _caffe_pool_loops(x, k, s, p, ave):
-    """Caffe's PoolingLayer::Forward_cpu loops, written out (SPEC.md 2)."""
+    """Caffe's PoolingLayer::Forward_cpu loops, written out (pooling_layer.cpp)."""
     H, W = x.shape
     oh = int(np.ceil((H + 2 * p - k) / s)) + 1
     ow = int(np.ceil((W + 2 * p - k) / s)) + 1

@@ -1,4 +1,4 @@
-"""MarginInnerProduct (A-Softmax) and InterClass (SphereFace+) against SPEC.md sections 3-4 evaluated
+"""MarginInnerProduct (A-Softmax) and InterClass (SphereFace+) against the forks' C++ (margin_inner_product_layer.cpp, inter_class_layer.cpp) evaluated
 independently in numpy, against real Caffe (golden/margin, the fork's own layers) and gradcheck."""
 import math
 
@@ -18,11 +18,11 @@ TYPES = {1: "single", 2: "double", 3: "triple", 4: "quadruple"}
 
 
 # ---------------------------------------------------------------------------------------------------------
-# independent references (numpy, float64) written from SPEC.md
+# independent references (numpy, float64) written from the forks' C++
 # ---------------------------------------------------------------------------------------------------------
 
 def np_psi_signs(m, c):
-    """SPEC.md 3.4, the fork's sign formulas."""
+    """MarginInnerProductLayer::Forward_cpu, the fork's sign formulas."""
     s0 = np.sign(c)
     if m == 2:
         return 2 * s0 * c ** 2 - 1
@@ -55,7 +55,7 @@ def np_forward(x, w_raw, y, lam, m):
 
 
 def np_backward(x, w, y, g, lam, m):
-    """SPEC.md 3 backward: normalized target-column coefficients; dW = g^T x."""
+    """MarginInnerProductLayer::Backward_cpu: normalized target-column coefficients; dW = g^T x."""
     dx = np.zeros_like(x)
     for i, yi in enumerate(y):
         xn = np.sqrt(x[i] @ x[i])
@@ -220,7 +220,7 @@ def test_lambda_over_3000_forwards():
     assert np.abs(np.array(exact) / ref - 1).max() <= 1e-12
     assert np.abs(np.array(seen) / ref - 1).max() <= 2 ** -24  # the top is float32, like x
     assert int(mod.iteration) == 3000
-    assert seen.index(5.0) == 1658  # lambda reaches 5 at layer iteration 1659 (SPEC.md 3)
+    assert seen.index(5.0) == 1658  # lambda reaches 5 at layer iteration 1659 (margin_inner_product_layer.cpp)
 
 
 def _sphereface20_fc6():

@@ -83,7 +83,7 @@ def test_sphereface_model_and_solver_spot_values():
 
 @pytest.mark.parametrize("name,mtype,gamma", [("m_single", 0, 0.12), ("m_double", 1, 0.11), ("m_triple", 2, 0.11)])
 def test_sfplus_margin_variants(name, mtype, gamma):
-    """SPEC.md 5's table: SphereFace+ m=1..3 train nets."""
+    """The SphereFace+ m=1..3 train nets of wy1iu/sphereface-plus."""
     net = caffe_files.read_prototxt(UPSTREAM / f"sphereface-plus/train/code/sfplus/{name}_model.prototxt").net
     fc6 = next(l for l in net.layer if l.name == "fc6").margin_inner_product_param
     assert fc6.type == mtype and fc6.iteration == 0 and fc6.gamma == pytest.approx(gamma)
@@ -98,7 +98,7 @@ def test_deploy_header_upgrade_gives_input_layer():
 
 
 def test_text_forms_numeric_enums_tabs_comments_no_space(tmp_path):
-    """Forms that real files use (SPEC.md 1): numeric enums, name:"x" without space, tabs, # comments,
+    """Forms that real files use (protobuf's text format as Caffe's ReadProtoFromTextFile reads it): numeric enums, name:"x" without space, tabs, # comments,
     input_shape headers."""
     p = tmp_path / "forms.prototxt"
     p.write_text('name:"forms"\t# a comment\ninput: "data"\ninput_shape {\tdim: 2 dim: 3 dim: 8 dim: 8 }\n'

@@ -1,4 +1,4 @@
-"""protos/caffe.proto: the committed bindings match it, and the wire facts of SPEC.md section 1 hold."""
+"""protos/caffe.proto: the committed bindings match it, and the wire facts of Caffe's caffe.proto and the forks hold."""
 import struct
 
 import pytest
@@ -36,7 +36,7 @@ def test_committed_bindings_match_the_proto():
 
 
 def test_sphereface_fork_fields_decode_from_hand_encoded_bytes():
-    """Field numbers of SPEC.md 1: 147 MarginInnerProduct, 148 InterClass, 149 Normalize, IP normalize = 7."""
+    """Field numbers of the SphereFace forks' caffe.proto: 147 MarginInnerProduct, 148 InterClass, 149 Normalize, IP normalize = 7."""
     margin = (_field(1, 0, _varint(10572)) + _field(2, 0, _varint(3)) + _field(5, 5, struct.pack("<f", 1000))
               + _field(6, 5, struct.pack("<f", 0.12)) + _field(8, 0, _varint(2000))
               + _field(9, 5, struct.pack("<f", 5)))

@@ -47,7 +47,7 @@ def test_top_and_param_shapes_match_opencv(prototxt, shape, tmp_path):
     (12, 3, 0, 2, True, 6), (12, 3, 0, 2, False, 5), (7, 3, 1, 2, True, 4), (6, 3, 1, 2, True, 4),
     (5, 2, 1, 2, True, 3), (4, 2, 1, 2, True, 3), (1, 3, 1, 2, True, 1)])
 def test_pooling_output_size_hand_computed(size, kernel, pad, stride, ceil, expected):
-    """SPEC.md 2: out = ceil((H + 2p - k) / s) + 1, minus one when the last window starts in the padding."""
+    """Caffe PoolingLayer::Reshape: out = ceil((H + 2p - k) / s) + 1, minus one when the last window starts in the padding."""
     assert geometry.pooling_output_size(size, kernel, pad, stride, ceil) == expected
 
 
@@ -58,7 +58,7 @@ def test_builtin_sphereface_equals_authors_deploy(depth, path):
 
 
 def test_sphereface20_parameter_count():
-    """SPEC.md 7: fc5 is 512 x 21504; the whole deploy net has 22.67 M parameters (the ~90 MB caffemodel)."""
+    """The authors' SphereFace-20 deploy prototxt: fc5 is 512 x 21504; the whole deploy net has 22.67 M parameters (the ~90 MB caffemodel)."""
     params = [p for ls in shapes.infer(nets.sphereface_deploy(20)) for p in ls.params]
     assert (512, 21504) in params
     assert sum(__import__("math").prod(p) for p in params) == 22_670_656

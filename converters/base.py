@@ -1,0 +1,152 @@
+"""The registry and the base classes of converters (see the package's docstring for the contract)."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from importlib.metadata import entry_points
+
+import numpy as np
+import torch
+from torch import nn
+
+from sfport.errors import CaffeFileError
+
+Shape = tuple  # of ints
+
+_REGISTRY: dict[str, "Converter"] = {}
+_PLUGINS_LOADED = False
+
+# Caffe types sfport has no converter for yet, with their role in a net: a training net that holds one still
+# reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
+ROLES_WITHOUT_CONVERTER = {
+    "EuclideanLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
+    "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss", "HDF5Output": "training_only",
+}
+
+
+class UnknownLayerType(CaffeFileError):
+    """No converter is registered for a layer's type (bad input: one line, exit status 2 on the command line)."""
+
+    def __init__(self, layer_name: str, layer_type: str):
+        self.layer_name, self.layer_type = layer_name, layer_type
+        super().__init__(None, f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; "
+                               f"register one with @sfport.converters.register('{layer_type}') in a module named "
+                               f"in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
+
+
+class Converter:
+    """Base class: subclasses implement ``build`` and, to take part in shape inference and weight checks,
+    ``top_shapes`` and ``param_shapes``; ``load``/``save`` copy ``module.caffe_blobs`` in order."""
+
+    types: tuple[str, ...] = ()
+    loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
+    training_only: bool = False   # dropped (with the losses) when a training net becomes a deploy net
+
+    def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
+        """The shape of each top for these bottom shapes (None: this converter does not say)."""
+        return None
+
+    def param_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
+        """The shape of each parameter blob Caffe allocates for these bottom shapes (None: does not say)."""
+        return None
+
+    def build(self, layer, bottom_shapes: list[Shape]) -> nn.Module:
+        raise NotImplementedError
+
+    def fillers(self, layer) -> list:
+        """The FillerParameter of each Caffe blob (None: keep the value the module was built with)."""
+        return []
+
+    def random_blobs(self, layer, shapes: list[Shape], rng: np.random.Generator) -> list[np.ndarray]:
+        """Random float32 blobs of a sensible scale for test nets: weights (2-D and more) ~ N(0, 1/fan_in),
+        vectors ~ N(0, 0.1^2)."""
+        return [rng.normal(0, 1 / math.sqrt(max(self.fan_in(layer, s), 1)), s).astype(np.float32) if len(s) >= 2
+                else (0.1 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+
+    def fan_in(self, layer, weight_shape: Shape) -> int:
+        """Inputs per output of a weight blob (what random weights are scaled by)."""
+        return math.prod(weight_shape[1:])
+
+    def params(self, module: nn.Module) -> list[nn.Parameter]:
+        return [getattr(module, name) for name in getattr(module, "caffe_blobs", ())]
+
+    def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
+        """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
+        (:func:`sfport.model.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
+        with torch.no_grad():
+            for p, a in zip(self.params(module), arrays):
+                p.copy_(torch.tensor(np.asarray(a, dtype=np.float32)).reshape(p.shape))
+
+    def save(self, module: nn.Module) -> list[np.ndarray]:
+        return [p.detach().cpu().float().numpy().copy() for p in self.params(module)]
+
+
+class NoBlobs(nn.Module):
+    """Base of the modules of parameter-free layers."""
+    caffe_blobs: tuple = ()
+
+
+class SameShape(Converter):
+    """A converter of a parameter-free layer whose tops all have the shape of its first bottom."""
+
+    def top_shapes(self, layer, bottom_shapes):
+        return [tuple(bottom_shapes[0])] * len(layer.top)
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+
+def register(*types: str):
+    """Class decorator: register a Converter subclass for one or more Caffe type names (replacing any)."""
+    def deco(cls):
+        inst = cls()
+        inst.types = tuple(types)
+        for t in types:
+            _REGISTRY[t] = inst
+        return cls
+    return deco
+
+
+def load_plugins() -> None:
+    """Import converter modules named in SFPORT_CONVERTERS and the 'sfport.converters' entry points (once)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for name in filter(None, (s.strip() for s in os.environ.get("SFPORT_CONVERTERS", "").split(","))):
+        importlib.import_module(name)
+    for ep in entry_points(group="sfport.converters"):
+        ep.load()
+
+
+def get(layer_type: str, layer_name: str = "") -> Converter:
+    load_plugins()
+    try:
+        return _REGISTRY[layer_type]
+    except KeyError:
+        raise UnknownLayerType(layer_name, layer_type) from None
+
+
+def find(layer_type: str) -> Converter | None:
+    """The converter of a type, or None when none is registered."""
+    load_plugins()
+    return _REGISTRY.get(layer_type)
+
+
+def registered_types() -> list[str]:
+    load_plugins()
+    return sorted(_REGISTRY)
+
+
+def is_loss(layer_type: str) -> bool:
+    """Whether the type is a Caffe loss layer (its first top has loss_weight 1 by default)."""
+    c = find(layer_type)
+    return c.loss if c is not None else ROLES_WITHOUT_CONVERTER.get(layer_type) == "loss"
+
+
+def is_training_only(layer_type: str) -> bool:
+    """Whether a deploy form of a training net drops layers of this type (losses, Accuracy, Silence, ...)."""
+    c = find(layer_type)
+    return (c.loss or c.training_only) if c is not None else layer_type in ROLES_WITHOUT_CONVERTER
+
