@@ -51,20 +51,20 @@ class CaffeBatchNorm(nn.Module):
         return (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + self.eps)
 
 
-class CaffeScaleBias(nn.Module):
-    """Caffe ScaleLayer (x * scale [+ bias]) and BiasLayer (x + bias). With a second bottom, that bottom is the
-    scale (or bias); otherwise it is a learned blob covering ``num_axes`` axes from ``axis``."""
+class CaffeScale(nn.Module):
+    """Caffe ScaleLayer: x * scale [+ bias]. With a second bottom, that bottom is the scale; otherwise it is a
+    learned blob covering ``num_axes`` axes from ``axis``."""
 
-    def __init__(self, kind: str, axis: int, param_shape, learned: bool, bias_term: bool):
+    init = 1.0
+
+    def __init__(self, axis: int, param_shape, learned: bool, bias_term: bool):
         super().__init__()
-        self.kind, self.axis = kind, axis
+        self.axis = axis
         self.caffe_blobs = []
+        self.weight = None
         if learned:
-            init = 1.0 if kind == "Scale" else 0.0
-            self.weight = nn.Parameter(torch.full(tuple(param_shape), init))
+            self.weight = nn.Parameter(torch.full(tuple(param_shape), self.init))
             self.caffe_blobs.append("weight")
-        else:
-            self.weight = None
         self.bias = None
         if bias_term:
             self.bias = nn.Parameter(torch.zeros(tuple(param_shape)))
@@ -74,11 +74,17 @@ class CaffeScaleBias(nn.Module):
         return t.reshape(tuple(t.shape) + (1,) * (x.dim() - self.axis - t.dim()))
 
     def forward(self, x, other=None):
-        w = self.weight if other is None else other
-        if self.kind == "Scale":
-            y = x * self._view(w, x)
-            return y + self._view(self.bias, x) if self.bias is not None else y
-        return x + self._view(w, x)
+        y = x * self._view(self.weight if other is None else other, x)
+        return y + self._view(self.bias, x) if self.bias is not None else y
+
+
+class CaffeBias(CaffeScale):
+    """Caffe BiasLayer: x + bias (a second bottom, or a learned blob as Scale's)."""
+
+    init = 0.0
+
+    def forward(self, x, other=None):
+        return x + self._view(self.weight if other is None else other, x)
 
 
 class CaffeLRN(nn.Module):
@@ -183,9 +189,10 @@ class ScaleBiasConverter(SameShape):
     def build(self, layer, bottom_shapes):
         axis, shape = _scale_axes(layer, bottom_shapes[0])
         bias_term = layer.type == "Scale" and layer.scale_param.bias_term
+        module = CaffeScale if layer.type == "Scale" else CaffeBias
         if len(bottom_shapes) > 1:
-            return CaffeScaleBias(layer.type, axis, bottom_shapes[1], False, bias_term)
-        return CaffeScaleBias(layer.type, axis, shape, True, bias_term)
+            return module(axis, bottom_shapes[1], False, bias_term)
+        return module(axis, shape, True, bias_term)
 
     def fillers(self, layer):
         if len(layer.bottom) > 1:

@@ -15,31 +15,56 @@ def _extra(size: int, out: int, k: int, s: int, p: int) -> int:
     return max(0, (out - 1) * s + k - size - p)
 
 
-class CaffePool(nn.Module):
-    """Caffe PoolingLayer (2-D). The input is padded explicitly (-inf for MAX, 0 for AVE) and pooled without
-    implicit padding, so eager PyTorch, TorchScript and ONNX all see Caffe's window arithmetic."""
-
-    def __init__(self, method: str, kernel, stride, pad, global_pooling: bool, ceil: bool):
-        super().__init__()
-        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
-        self.global_pooling, self.ceil = global_pooling, ceil
-        self.caffe_blobs = []
+class GlobalMaxPool(nn.Module):
+    caffe_blobs: tuple = ()
 
     def forward(self, x):
+        return torch.amax(x, dim=(-2, -1), keepdim=True)
+
+
+class GlobalAvePool(nn.Module):
+    caffe_blobs: tuple = ()
+
+    def forward(self, x):
+        return torch.mean(x, dim=(-2, -1), keepdim=True)
+
+
+class _CaffePool(nn.Module):
+    """Caffe PoolingLayer (2-D). The input is padded explicitly and pooled without implicit padding, so eager
+    PyTorch, TorchScript and ONNX all see Caffe's window arithmetic."""
+
+    caffe_blobs: tuple = ()
+
+    def __init__(self, kernel, stride, pad, ceil: bool):
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.ceil = tuple(kernel), tuple(stride), tuple(pad), ceil
+
+    def _geometry(self, x):
+        """Output size and the padding after the input that makes ``out`` windows fit."""
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        if self.global_pooling:
-            if self.method == "MAX":
-                return torch.amax(x, dim=(-2, -1), keepdim=True)
-            return torch.mean(x, dim=(-2, -1), keepdim=True)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         oh = pooling_output_size(h, kh, ph, sh, self.ceil)
         ow = pooling_output_size(w, kw, pw, sw, self.ceil)
-        eh, ew = _extra(h, oh, kh, sh, ph), _extra(w, ow, kw, sw, pw)
-        if self.method == "MAX":
-            if ph or pw or eh or ew:
-                x = F.pad(x, (pw, ew, ph, eh), value=float("-inf"))
-            return F.max_pool2d(x, (kh, kw), (sh, sw))[..., :oh, :ow]
-        # AVE: Caffe divides by the window clipped to [-pad, H + pad), before clipping to the input
+        return h, w, oh, ow, _extra(h, oh, kh, sh, ph), _extra(w, ow, kw, sw, pw)
+
+
+class MaxPool(_CaffePool):
+    """MAX: padded with -inf."""
+
+    def forward(self, x):
+        _, _, oh, ow, eh, ew = self._geometry(x)
+        (ph, pw) = self.pad
+        if ph or pw or eh or ew:
+            x = F.pad(x, (pw, ew, ph, eh), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel, self.stride)[..., :oh, :ow]
+
+
+class AvePool(_CaffePool):
+    """AVE: padded with 0; Caffe divides by the window clipped to [-pad, H + pad), before clipping to the input."""
+
+    def forward(self, x):
+        h, w, oh, ow, eh, ew = self._geometry(x)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         if ph or pw or eh or ew:
             x = F.pad(x, (pw, ew, ph, eh), value=0.0)
         out = F.avg_pool2d(x, (kh, kw), (sh, sw))[..., :oh, :ow]
@@ -75,5 +100,7 @@ class PoolingConverter(Converter):
             raise ValueError(f"layer '{layer.name}': STOCHASTIC pooling is not supported")
         if len(bottom_shapes[0]) != 4:
             raise ValueError(f"layer '{layer.name}': pooling needs a 4-D input, got {list(bottom_shapes[0])}")
+        if p.global_pooling:
+            return GlobalMaxPool() if method == "MAX" else GlobalAvePool()
         kernel, stride, pad = pooling_geometry(p)
-        return CaffePool(method, kernel, stride, pad, p.global_pooling, p.round_mode == 0)
+        return (MaxPool if method == "MAX" else AvePool)(kernel, stride, pad, p.round_mode == 0)
