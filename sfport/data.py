@@ -1,4 +1,5 @@
-"""Caffe's ImageData layer as a Dataset and a deterministic batch stream (SPEC.md section 6).
+"""Caffe's ImageData layer (image_data_layer.cpp, data_transformer.cpp) as a Dataset and a deterministic batch
+stream.
 
 The list file holds ``relative/path.jpg label`` lines. The stream is Caffe's cursor over it: batches follow the list
 (reshuffled at the start and at every pass when ``shuffle``), a batch that runs past the end continues at the
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfport import caffe_files
 from sfport.errors import CaffeFileError
+from sfport.protos import caffe_pb2
 
 
 @dataclass
@@ -59,8 +62,6 @@ def read_list(source: str | os.PathLike) -> list[ListEntry]:
 
 def read_mean_file(path) -> np.ndarray:
     """A Caffe ``mean.binaryproto`` (BlobProto) as a (C, H, W) float32 array."""
-    from sfport import caffe_files
-    from sfport.protos import caffe_pb2
     data = caffe_files.read_bytes(path)
     blob = caffe_pb2.BlobProto()
     try:

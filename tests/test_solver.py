@@ -1,4 +1,4 @@
-"""Caffe's SGD solver: the update rule against an independent numpy version of SPEC.md section 5, and whole runs
+"""Caffe's SGD solver: the update rule against an independent numpy version of sgd_solver.cpp, and whole runs
 against real BVLC Caffe 1.0 (golden/solver: weights after every update, the final snapshot, lr/loss per
 iteration, the log lines)."""
 import math
@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport import solver as sgd
+from sfport import sgd
 from sfport import train as tr
 from sfport.protos import caffe_pb2
 
@@ -25,7 +25,7 @@ RUNS = {"multistep": 12, "inv": 10, "poly": 10, "bn_multistep": 6}
 # ---------------------------------------------------------------------------------------------------------
 
 def np_rate(policy, it, step, p):
-    """SPEC.md 5.1, with multistep's current_step advancing by at most one per update."""
+    """SGDSolver::GetLearningRate, with multistep's current_step advancing by at most one per update."""
     if policy == "multistep":
         if step < len(p["stepvalue"]) and it >= p["stepvalue"][step]:
             step += 1
@@ -58,7 +58,7 @@ def test_lr_policies(policy):
 
 
 def np_solver(params, grads_per_step, lr_mult, decay_mult, p, reg, clip, iter_size):
-    """SPEC.md section 5, independent of sfport: returns the params after all updates."""
+    """SGDSolver::ApplyUpdate, independent of sfport: returns the params after all updates."""
     w = [x.copy() for x in params]
     h = [np.zeros_like(x) for x in params]
     step = 0
@@ -300,7 +300,7 @@ def test_test_nets_run_as_caffe(golden_copy):
 
 @pytest.mark.parametrize("iter_size", [1, 2])
 def test_margin_counter_advances_per_forward_under_the_solver(golden_copy, iter_size):
-    """A-Softmax's lambda counts forward passes: with iter_size 2 it advances twice per solver update (SPEC.md 3),
+    """A-Softmax's lambda counts forward passes: with iter_size 2 it advances twice per solver update (margin_inner_product_layer.cpp),
     and the logged lambda is the formula at that count."""
     import io as _io
     text = (golden_copy / "tiny_sphereface.prototxt").read_text()

@@ -1,8 +1,9 @@
-"""Caffe's SGDSolver, to the letter of SPEC.md section 5.
+"""The SGD rule and its learning-rate schedules, as Caffe's SGDSolver (sgd_solver.cpp).
 
-``learning_rate`` (the seven lr policies, with Caffe's ``iter`` and multistep ``current_step``) and ``sgd_update``
-(one update of every learnable blob: clip, normalize, regularize, momentum with the rate inside the history,
-apply) are plain functions; :class:`SGDState` is the state Caffe keeps in a ``.solverstate``.
+``learning_rate`` (SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep
+``current_step``) and ``sgd_update`` (SGDSolver::ApplyUpdate: clip, normalize, regularize, momentum with the rate
+inside the history, apply) are pure functions; :class:`SGDState` is the state they act on, what Caffe keeps in a
+``.solverstate`` (iteration, lr step, one history per learnable blob), with ``state_dict`` / ``load_state_dict``.
 
 The update differs from ``torch.optim.SGD``: Caffe keeps ``h = momentum*h + rate*lr_mult*g`` and steps ``w -= h``
 (the rate sits inside the history), torch keeps ``v = momentum*v + g`` and steps ``w -= lr*v``; they differ as soon
@@ -13,11 +14,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
 f32 = np.float32
@@ -151,9 +153,77 @@ def sgd_update(blobs: list[Blob], rate: float, momentum: float, weight_decay: fl
     return info
 
 
-@dataclass
 class SGDState:
-    """What a ``.solverstate`` holds: the update count, multistep's step and one history per learnable blob."""
-    iter: int = 0
-    current_step: int = 0
-    history: list[torch.Tensor] = field(default_factory=list)
+    """The solver's state: the update count ``iter``, multistep's ``current_step`` and the learnable ``blobs``
+    (parameter, momentum history, multipliers, in Caffe's learnable_params order). ``rate`` and ``update`` are
+    one SGDSolver::ApplyUpdate; ``state_dict``/``load_state_dict`` and ``to_solverstate``/
+    ``load_solverstate`` move it in and out of sfport checkpoints and Caffe's ``.solverstate``."""
+
+    def __init__(self, blobs: list[Blob], iter: int = 0, current_step: int = 0):
+        self.blobs = blobs
+        self.iter = iter
+        self.current_step = current_step
+
+    @classmethod
+    def for_params(cls, params: list[tuple[str, torch.Tensor, float, float]]) -> "SGDState":
+        """A fresh state (iteration 0, zero histories) for ``(name, parameter, lr_mult, decay_mult)`` tuples."""
+        return cls([Blob(name, p, torch.zeros_like(p), lr, dm) for name, p, lr, dm in params])
+
+    def reset_history(self) -> None:
+        for b in self.blobs:
+            b.history = torch.zeros_like(b.param)
+
+    def zero_grad(self) -> None:
+        for b in self.blobs:
+            b.param.grad = None
+
+    def rate(self, p: caffe_pb2.SolverParameter) -> tuple[float, str | None]:
+        """The learning rate of this update (advancing multistep's step), and the 'MultiStep Status' message."""
+        rate, self.current_step, message = learning_rate(p, self.iter, self.current_step)
+        return rate, message
+
+    def update(self, p: caffe_pb2.SolverParameter, rate: float) -> UpdateInfo:
+        """Apply one update at ``rate`` with the solver's momentum, decay, iter_size, regularization, clipping."""
+        return sgd_update(self.blobs, rate, p.momentum, p.weight_decay, max(p.iter_size, 1),
+                          p.regularization_type or "L2", p.clip_gradients)
+
+    # -- sfport checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iter": self.iter, "current_step": self.current_step,
+                "history": [b.history.detach().cpu() for b in self.blobs],
+                "blob_names": [b.name for b in self.blobs]}
+
+    def load_state_dict(self, d: dict, path=None) -> None:
+        """Restore from :meth:`state_dict`; a container of the wrong structure is a :class:`CaffeFileError`."""
+        for key, kind in (("iter", int), ("current_step", int), ("history", list)):
+            if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
+                raise CaffeFileError(path, f"'{key}' is missing or not {'a list' if kind is list else 'an integer'}")
+        if d["iter"] < 0 or d["current_step"] < 0:
+            raise CaffeFileError(path, f"negative iteration {d['iter']} or lr step {d['current_step']}")
+        self._set_history(d["history"], path)
+        self.iter, self.current_step = d["iter"], d["current_step"]
+
+    # -- Caffe's .solverstate -------------------------------------------------------------------------------
+    def to_solverstate(self, learned_net: str) -> tuple[caffe_pb2.SolverState, list[np.ndarray]]:
+        """SGDSolver::SnapshotSolverStateToBinaryProto: the message and the history arrays."""
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=learned_net, current_step=self.current_step)
+        return state, [b.history.detach().float().cpu().numpy() for b in self.blobs]
+
+    def load_solverstate(self, state: caffe_pb2.SolverState, history: list[np.ndarray], path=None) -> None:
+        """SGDSolver::RestoreSolverStateFromBinaryProto: iteration, lr step and the histories."""
+        self._set_history([torch.from_numpy(np.array(h, dtype=np.float32)) for h in history], path,
+                          reshape=True, what="learnable blobs")
+        self.iter, self.current_step = int(state.iter), int(state.current_step)
+
+    def _set_history(self, history: list, path, reshape: bool = False, what: str = "") -> None:
+        if len(history) != len(self.blobs):
+            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)}"
+                                 + (f" {what}" if what else ""))
+        for b, h in zip(self.blobs, history):
+            if not isinstance(h, torch.Tensor):
+                raise CaffeFileError(path, f"history of {b.name} is not a tensor")
+            if (h.numel() if reshape else tuple(h.shape)) != (b.param.numel() if reshape else tuple(b.param.shape)):
+                raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit "
+                                           f"{list(b.param.shape)}")
+        for b, h in zip(self.blobs, history):
+            b.history = h.reshape(b.param.shape).to(b.param.device, b.param.dtype).clone()

@@ -1,0 +1,115 @@
+"""Feeding a net during training: micro-batches from its ImageData layer (a DataLoader over sfport.data's
+deterministic stream), or synthetic images and labels for benchmarks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sfport.data import ImageDataset, MicroBatches, check, loader
+from sfport.errors import CaffeFileError
+from sfport.protos import caffe_pb2
+from sfport.shapes import DATA_TYPES, layer_included
+from sfport.train.log import CaffeLog
+from sfport.train.options import Options
+
+
+def data_layers(net, phase) -> list:
+    """The data layers of ``net`` active in ``phase``."""
+    return [l for l in net.layer if l.type in DATA_TYPES and layer_included(l, phase)]
+
+
+class Feeder:
+    """Micro-batches for one net: from its ImageData layer (a DataLoader over the deterministic stream) or
+    synthetic (random images, uniform labels) for benchmarks."""
+
+    def __init__(self, net_param, phase, opts: Options, base: Path | None, seed: int, world: int, rank: int,
+                 iter_size: int, log: CaffeLog):
+        layers = data_layers(net_param, phase)
+        self.inputs: dict[str, tuple] = {}
+        self.layer = None
+        self.dataset = None
+        self.synthetic = opts.synthetic_data
+        self.world, self.rank, self.iter_size, self.opts = world, rank, iter_size, opts
+        self.seed = seed
+        self.bad = 0
+        if len(layers) != 1 or len(layers[0].top) < 1:
+            raise CaffeFileError(None, f"sfport train needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
+                                       f" net, found {len(layers)}")
+        layer = layers[0]
+        if opts.source and phase == caffe_pb2.TRAIN and layer.type == "ImageData":
+            layer = type(layer)()
+            layer.CopyFrom(layers[0])
+            layer.image_data_param.source = opts.source
+        self.layer = layer
+        if layer.type == "ImageData":
+            self.batch = layer.image_data_param.batch_size
+        elif layer.type == "Input" and opts.synthetic_data:
+            shape = tuple(layer.input_param.shape[0].dim) if len(layer.input_param.shape) else ()
+            self.batch = shape[0] if shape else 1
+        else:
+            raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport train reads ImageData "
+                                       f"lists (or --synthetic-data)")
+        self.data_top, self.label_top = layer.top[0], (layer.top[1] if len(layer.top) > 1 else None)
+        if self.synthetic:
+            p = layer.image_data_param
+            tp = layer.transform_param
+            h = tp.crop_size or p.new_height
+            w = tp.crop_size or p.new_width
+            chw = (3 if p.is_color else 1, h, w) if (h and w) else opts.data_shape
+            if layer.type == "Input" and len(layer.input_param.shape):
+                chw = tuple(layer.input_param.shape[0].dim[1:])
+            if not chw:
+                raise CaffeFileError(None, f"data layer '{layer.name}': give the image size for synthetic data "
+                                           f"(new_height/new_width in the prototxt or --shape C,H,W)")
+            self.chw = tuple(chw)
+        else:
+            self.dataset = ImageDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                   data_root=opts.data_root, base_dir=base,
+                                                   skip_bad=opts.skip_bad_images)
+            log(f"A total of {len(self.dataset)} images.", "image_data_layer.cpp:63")
+            self.chw = self.dataset.shape()
+            log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "image_data_layer.cpp:90")
+        self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
+        if self.label_top:
+            self.inputs[self.label_top] = (self.batch,)
+        self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
+        self._it = None
+
+    def start(self, first_update: int, stop_update: int | None = None, pin: bool = False):
+        if self.synthetic:
+            self._next_synthetic = first_update * self.iter_size
+            return
+        sampler = MicroBatches(self.batch, self.world, self.rank, self.iter_size, first_update, stop_update)
+        self._it = iter(loader(self.dataset, sampler, self.opts.workers, pin))
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.synthetic:  # made on the training device: no host-to-device copy in benchmarks
+            dev = torch.device(self.opts.device)
+            g = torch.Generator(device=dev).manual_seed(self.seed * 1000003 + self._next_synthetic * 31 + self.rank)
+            self._next_synthetic += 1
+            x = torch.randn((self.batch,) + tuple(self.chw), generator=g, device=dev)
+            out = {self.data_top: x}
+            if self.label_top:
+                out[self.label_top] = torch.randint(0, max(self.num_classes or 1, 1), (self.batch,), generator=g,
+                                                    device=dev).float()
+            return out
+        while True:
+            x, y, _, bad, _ = check(next(self._it))
+            self.bad += bad
+            if x is not None:
+                break
+        out = {self.data_top: x}
+        if self.label_top:
+            out[self.label_top] = y
+        return out
+
+
+def num_classes(net) -> int | None:
+    """Scores width of the first SoftmaxWithLoss (labels for synthetic data)."""
+    for gl in net.graph.layers:
+        if gl.type in ("SoftmaxWithLoss", "MarginInnerProduct", "Accuracy"):
+            shape = gl.top_shapes[0] if gl.type == "MarginInnerProduct" else gl.bottom_shapes[0]
+            if shape and len(shape) >= 2:
+                return int(shape[1])
+    return None

@@ -1,0 +1,87 @@
+"""Where training runs: one process, the torchrun environment, or one spawned process per GPU (``--gpu 0,1``),
+and :func:`start`, the entry point of ``sfport train`` (devices resolved as ``caffe train -gpu`` does)."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sfport.errors import CaffeFileError
+from sfport.train.loop import Solver
+from sfport.train.options import Options
+
+
+def dist_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when torchrun started this process as one of several."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return None
+
+
+def run(solver_path, opts: Options, rank: int = 0, world: int = 1) -> Solver:
+    """Train in this process (rank ``rank`` of ``world``; a process group is set up when world > 1)."""
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if opts.device.startswith("cuda") else "gloo", rank=rank, world_size=world)
+    s = Solver(solver_path, opts, rank, world)
+    try:
+        s.log("Starting Optimization", "caffe.cpp:248")
+        s.solve()
+        s.log("Optimization Done.", "caffe.cpp:259")
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return s
+
+
+def _spawned(rank: int, solver_path, opts: Options, gpus: list[int], port: int):
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    opts.device = f"cuda:{gpus[rank]}"
+    torch.cuda.set_device(gpus[rank])
+    run(solver_path, opts, rank, len(gpus))
+
+
+def launch(solver_path, opts: Options, gpus: list[int] | None) -> None:
+    """One process per GPU (``--gpu 0,1``), the torchrun environment, or a single process."""
+    env = dist_env()
+    if env is not None:
+        rank, world, local = env
+        if torch.cuda.is_available() and opts.device.startswith("cuda"):
+            dev = (gpus or list(range(torch.cuda.device_count())))[local]
+            opts.device = f"cuda:{dev}"
+            torch.cuda.set_device(dev)
+        run(solver_path, opts, rank, world)
+        return
+    if gpus and len(gpus) > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_spawned, args=(solver_path, opts, gpus, port), nprocs=len(gpus), join=True)
+        return
+    run(solver_path, opts)
+
+
+def start(solver_path, gpu: str | None = None, workers: int | None = None, **options) -> None:
+    """``sfport train``: resolve ``gpu`` ('0', '0,1', 'all' or None for the CPU or what torchrun set up) and the
+    worker count (default: the CPU count, at most 16), then :func:`launch` with the other :class:`Options`."""
+    gpus = None
+    device = "cpu"
+    if gpu:
+        if not torch.cuda.is_available():
+            raise CaffeFileError(None, f"--gpu {gpu}: no CUDA device is available on this machine")
+        try:
+            gpus = list(range(torch.cuda.device_count())) if gpu == "all" else [int(g) for g in gpu.split(",")]
+        except ValueError:
+            raise CaffeFileError(None, f"--gpu {gpu}: give GPU ids like 0 or 0,1, or 'all'") from None
+        device = f"cuda:{gpus[0]}"
+        torch.backends.cudnn.benchmark = True
+    elif dist_env() is not None and torch.cuda.is_available():
+        device = "cuda"
+    if options.get("amp") and not device.startswith("cuda"):
+        raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
+    opts = Options(device=device, channels_last=device.startswith("cuda"),
+                   workers=min(16, os.cpu_count() or 2) if workers is None else workers, **options)
+    launch(solver_path, opts, gpus)

@@ -1,0 +1,50 @@
+"""Caffe's log lines: glog's prefix, the C++ float format, and a net's outputs as Caffe lists them."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+
+class CaffeLog:
+    """Caffe's log lines: ``I1125 21:15:37.311690 12345 solver.cpp:218] message`` on stderr (rank 0 only)."""
+
+    def __init__(self, stream=None, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.pid = os.getpid()
+        self.bar = None
+
+    def __call__(self, message: str, where: str = "solver.cpp:0", level: str = "I") -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        t = time.localtime(now)
+        prefix = f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {time.strftime('%H:%M:%S', t)}.{int(now % 1 * 1e6):06d} " \
+                 f"{self.pid} {where}] "
+        line = prefix + message
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def g6(v: float) -> str:
+    """C++ ostream's default float format (6 significant digits)."""
+    return f"{float(v):.6g}"
+
+
+def net_outputs(net, blobs) -> list[tuple[str, np.ndarray, float]]:
+    """A net's outputs as Caffe lists them (a std::set of names: sorted), values flattened, with loss weights."""
+    g = net.graph
+    weights = dict(net.module.loss_terms)
+    return [(g.caffe_name[u], blobs[u].detach().float().cpu().reshape(-1).numpy(), weights.get(u, 0.0))
+            for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]) if u in blobs]
+
+
+def output_line(kind: str, n: int, name: str, value: float, weight: float) -> str:
+    """Solver::Step's / Solver::Test's ``    Train net output #n: name = v (* w = w*v loss)``."""
+    extra = f" (* {g6(weight)} = {g6(weight * value)} loss)" if weight else ""
+    return f"    {kind} net output #{n}: {name} = {g6(value)}{extra}"
