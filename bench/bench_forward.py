@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from sfport import export, caffe_files, model, nets
+    from sfport import export, caffe_files, model, nets, verify
     from sfport.net import Net
 
     torch.set_num_threads(args.threads)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
             ref = opencv()
             ours = eager()[0].numpy().reshape(ref.shape)
-            assert np.abs(ours - ref).max() <= 1e-4 * max(1, np.abs(ref).max()), "outputs disagree"
+            assert verify.relative_error(ours, ref) <= 1e-4, "outputs disagree"
             times = {name: best_time(fn, args.repeat) for name, fn in
                      (("opencv", opencv), ("eager", eager), ("torchscript", torchscript), ("onnxruntime", onnx))}
             fwd_rows.append((label, b, times))

@@ -10,6 +10,7 @@ column times the ImageData pipeline alone (OpenCV decode + transform, 2 DataLoad
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -18,9 +19,15 @@ from pathlib import Path
 
 import torch
 
+from sfport import nets as builder
+from sfport import train as tr
+from sfport.caffe_files import net_to_text
+from sfport.data import ImageDataset, MicroBatches, Transform, loader, read_list
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("SFPORT_SHARED", ROOT.parent / "shared"))
 sys.path.insert(0, str(ROOT / "tests"))
+import synthfaces  # noqa: E402 - tests/ (the synthetic image set) is on the path from the line above
 
 
 def _solver_file(d: Path, net_text: str, batch_note: str) -> Path:
@@ -32,8 +39,6 @@ def _solver_file(d: Path, net_text: str, batch_note: str) -> Path:
 
 
 def nets():
-    from sfport import nets as builder
-    from sfport.caffe_files import net_to_text
     out = []
     for name in ("tiny_sphereface", "tiny_bn"):
         text = (SHARED / "golden/solver" / f"{name}.prototxt").read_text()
@@ -48,7 +53,6 @@ def nets():
 
 
 def bench_sfport(solver_path: Path, iters: int, device: str, amp: bool) -> float:
-    from sfport import train as tr
     opts = tr.Options(synthetic_data=True, workers=0, device=device, amp=amp, progress=False,
                       channels_last=device.startswith("cuda"))
     s = tr.Solver(str(solver_path), opts, log=tr.CaffeLog(enabled=False))
@@ -61,7 +65,6 @@ def bench_sfport(solver_path: Path, iters: int, device: str, amp: bool) -> float
 
 
 def bench_torch(solver_path: Path, iters: int, device: str, amp: bool) -> float:
-    from sfport import train as tr
     opts = tr.Options(synthetic_data=True, workers=0, device=device, progress=False)
     s = tr.Solver(str(solver_path), opts, log=tr.CaffeLog(enabled=False))  # the same module and batches
     module = s.net.module
@@ -90,9 +93,6 @@ def bench_torch(solver_path: Path, iters: int, device: str, amp: bool) -> float:
 
 
 def bench_imagedata(n_images: int = 512, workers: int = 2) -> float:
-    import synthfaces
-
-    from sfport.data import ImageDataset, MicroBatches, Transform, loader, read_list
     d = Path(tempfile.mkdtemp())
     try:
         synthfaces.write_dataset(d, 32, n_images // 32, seed=0)

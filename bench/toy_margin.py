@@ -16,6 +16,11 @@ import pathlib
 
 import numpy as np
 import torch
+from google.protobuf import text_format
+
+import sfport
+from sfport.files import atomic_write
+from sfport.protos import caffe_pb2
 
 NET = """
 name: "toy_margin_m{m}"
@@ -52,10 +57,6 @@ def dataset(n_per_class: int, seed: int):
 def train(m: int, steps: int = 2000, batch: int = 64, lr: float = 0.05, seed: int = 0, lambda_min: float = 0.0,
           gamma: float = 0.12):
     """Train the toy net for one m; returns (net, train accuracy, held-out features, held-out labels)."""
-    import sfport
-    from google.protobuf import text_format
-    from sfport.protos import caffe_pb2
-
     net_param = caffe_pb2.NetParameter()
     text_format.Parse(NET.format(m=m, batch=batch, dim=DIM, classes=CLASSES, mtype=MTYPES[m], gamma=gamma,
                                  lambda_min=lambda_min), net_param)
@@ -118,7 +119,7 @@ def max_intra_class_spread(f: np.ndarray, y: np.ndarray) -> float:
 
 def draw(results: dict, path: pathlib.Path) -> None:
     """One panel per m: features (radius log-scaled) on the plane, coloured by class, with the class directions."""
-    import cv2
+    import cv2  # only the drawing needs OpenCV (the experiment and its test do not)
     size, pad = 420, 10
     panels = []
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -146,7 +147,6 @@ def draw(results: dict, path: pathlib.Path) -> None:
         panels.append(np.concatenate([img, strip], axis=0))
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", np.concatenate(panels, axis=1))
-    from sfport.files import atomic_write
     atomic_write(path, buf.tobytes())
 
 

@@ -1,20 +1,28 @@
-"""Face alignment as the SphereFace authors did it in Matlab (preprocess/code/face_align_demo.m, SPEC.md section 9).
+"""Face alignment as the SphereFace authors did it in Matlab (``preprocess/code/face_align_demo.m`` of
+github.com/wy1iu/sphereface): the 5 landmarks mapped onto the template by a similarity, the crop resampled.
 
 ``cp2tform_similarity(src, dst)`` is Matlab's ``cp2tform(src, dst, 'similarity')``: the non-reflective similarity
 fitted by least squares in Matlab's direction (template -> image, then inverted), the reflective one by the same
 fit on x-mirrored template points, and the one whose forward residual has the smaller matrix 2-norm is kept.
 ``warp`` resamples bilinearly with zero fill, like ``imtransform``. Coordinates are 0-based pixel centres unless
 said otherwise; the SphereFace template is published 1-based (Matlab) and converted here.
+:func:`align_folder` is ``sfport align``: a folder tree of photos to crops, landmarks from a list or from MTCNN.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from sfport.errors import CaffeFileError
+from sfport.files import atomic_write
+from sfport.mtcnn import MTCNN, nearest_centre
 
 # Matlab 1-based [x, y] for a 96-wide x 112-high crop (face_align_demo.m)
 SPHEREFACE_1BASED = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
@@ -130,7 +138,6 @@ def read_landmarks(path, one_based: bool = False) -> dict[str, np.ndarray]:
 
 def write_landmarks(path, rows: list[tuple[str, np.ndarray, np.ndarray | None]], one_based: bool = False) -> None:
     """Write 'path x1 y1 .. x5 y5 [box x1 y1 x2 y2 score]' rows (atomically)."""
-    from sfport.files import atomic_write
     lines = []
     for name, pts, box in rows:
         p = np.asarray(pts).reshape(-1) + (1.0 if one_based else 0.0)
@@ -151,3 +158,86 @@ def image_files(root) -> list[str]:
             if os.path.splitext(f)[1].lower() in exts:
                 out.append(os.path.relpath(os.path.join(dirpath, f), root))
     return sorted(out)
+
+
+_DETECTORS = {}
+
+
+def _detector(model_dir) -> MTCNN:
+    """One MTCNN per folder and process (the workers of :func:`align_folder` each load their own, one thread)."""
+    if model_dir not in _DETECTORS:
+        torch.set_num_threads(1)
+        _DETECTORS[model_dir] = MTCNN(model_dir)
+    return _DETECTORS[model_dir]
+
+
+def _align_one(args):
+    """Worker: detect (or look up) landmarks, align, write. Returns (rel, landmarks, box, error)."""
+    import cv2
+
+    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir = args
+    img = cv2.imread(os.path.join(src_root, rel), cv2.IMREAD_COLOR)
+    if img is None:
+        return rel, None, None, "unreadable or corrupt image"
+    box = None
+    if landmarks is not None:
+        pts = landmarks.get(rel)
+        if pts is None:
+            return rel, None, None, "no landmarks in the list"
+    else:
+        face = nearest_centre(_detector(mtcnn_dir).detect(img), img.shape)
+        if face is None:
+            return rel, None, None, "no face found"
+        pts = face.landmarks
+        box = np.r_[face.box, face.score]
+    crop = align(img, pts, template(tmpl_name, size))
+    out = os.path.join(dst_root, rel)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    ok, buf = cv2.imencode(os.path.splitext(out)[1] or ".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        return rel, None, None, "cannot encode the crop"
+    atomic_write(out, buf.tobytes())
+    return rel, pts, box, None
+
+
+@dataclass
+class AlignSummary:
+    """What :func:`align_folder` did."""
+    aligned: int            # crops written
+    total: int              # images in the input folder
+    missing: int            # listed in no_face.txt
+    size: tuple[int, int]   # (height, width) of the crops
+    template: str
+
+
+def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=None, template: str = "sphereface",
+                 workers: int = 2, landmarks_one_based: bool = False, progress: bool = False) -> AlignSummary:
+    """``sfport align``: every image under ``input_dir`` aligned to the ``template`` (crop ``size`` (h, w) or
+    'HxW', default the template's) into the same tree under ``output_dir``, landmarks from the ``landmarks``
+    list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in ``workers``
+    processes. Writes ``landmarks.txt`` (path, 5 points, box and score when detected) and ``no_face.txt``
+    (path and reason of every image without a crop)."""
+    if not os.path.isdir(input_dir):
+        raise CaffeFileError(input_dir, "input folder not found")
+    if landmarks is None and mtcnn_dir is None:
+        raise CaffeFileError(None, "give --landmarks FILE or --mtcnn DIR (the MTCNN det1-det3 models)")
+    marks = read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
+    if mtcnn_dir:
+        _detector(mtcnn_dir)  # fail early on a bad folder
+    if isinstance(size, str):
+        size = tuple(int(v) for v in size.lower().split("x"))
+    hw = tuple(size) if size else TEMPLATES[template].size
+    files = image_files(input_dir)
+    if not files:
+        raise CaffeFileError(input_dir, "no images in the folder")
+    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir) for rel in files]
+    rows, missing = [], []
+    with tqdm(total=len(jobs), desc="align", unit="img", disable=not progress) as bar, \
+            (ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()) as pool:
+        for r in pool.map(_align_one, jobs, chunksize=8) if pool else map(_align_one, jobs):
+            bar.update(1)
+            (missing if r[3] else rows).append(r)
+    os.makedirs(output_dir, exist_ok=True)
+    write_landmarks(os.path.join(output_dir, "landmarks.txt"), [(r[0], r[1], r[2]) for r in rows])
+    atomic_write(os.path.join(output_dir, "no_face.txt"), "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode())
+    return AlignSummary(len(rows), len(files), len(missing), hw, template)

@@ -1,1 +1,399 @@
-../cli.py
+"""The ``sfport`` command line (``sfport --help`` lists the commands; ``python cli.py`` in a checkout).
+
+Each command parses its options, calls one library function and prints what it returns. Bad input (a missing,
+truncated or wrong file, a syntax error, weights that do not fit the net) is reported as one line on stderr,
+``sfport: error: <file>: <problem>``, with exit status 2; ``--debug`` shows the traceback.
+"""
+# The library modules that need torch (net, verify, export, features, lfw, align, train) are imported inside the
+# commands that use them. This is for start-up time (`sfport --help` starts without loading torch), not to
+# dodge an import cycle: the library itself imports at module level, without cycles (tests/test_layout.py).
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from sfport.errors import CaffeFileError
+from sfport.files import atomic_write
+
+EXIT_BAD_INPUT = 2
+
+
+class _Group(click.Group):
+    """Turns CaffeFileError into one line on stderr and exit status 2 (unless --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaffeFileError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"sfport: error: {e}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.version_option(package_name="sfport")
+@click.pass_context
+def cli(ctx, debug):
+    """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _fmt_shapes(shapes) -> str:
+    return " ".join("[" + ",".join(str(d) for d in s) + "]" for s in shapes)
+
+
+def _table(rows) -> str:
+    headers = ("#", "name", "type", "bottoms -> tops", "blobs", "params")
+    body = []
+    for r in rows:
+        conn = (",".join(r.bottoms) + " -> " + ",".join(r.tops)).strip()
+        shapes = _fmt_shapes(r.blob_shapes) + (" (inferred)" if r.inferred else "")
+        name = r.name + (f" [{r.phase}]" if r.phase else "")
+        body.append((str(r.index), name, r.type, conn, shapes, f"{r.params:,}" if r.blob_shapes else ""))
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for b in body:
+        cells = [c.rjust(w) if i in (0, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--prototxt", "-p", help="Net definition (text) to merge the MODEL's weights into, by layer name.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
+def inspect(model, prototxt, as_json):
+    """Show the layers of a Caffe model: name, type, bottoms -> tops, blob shapes, parameter count.
+
+    MODEL is a .caffemodel (weights and the net Caffe stored with them), a .prototxt (definition only;
+    blob shapes are then inferred) or a .solverstate (iteration, lr step, momentum history). With
+    --prototxt, MODEL's weights are matched to the definition's layers by name, as Caffe does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy
+    'input:' headers) are upgraded and the upgrades listed. Without MODEL, the built-in SphereFace-20 deploy
+    net is shown.
+
+    \b
+    Examples:
+      sfport inspect det1.caffemodel
+      sfport inspect sphereface_model.caffemodel --prototxt sphereface_deploy.prototxt --json
+    """
+    from sfport import caffe_files, model as model_mod
+
+    if model is not None and prototxt is None and model.lower().endswith(".solverstate"):
+        _inspect_solverstate(caffe_files.read_solverstate(model), as_json)
+        return
+    shown = model_mod.inspect(model, prototxt)
+    if as_json:
+        click.echo(json.dumps(shown.as_dict(), indent=2))
+        return
+    totals, report = shown.totals(), shown.report
+    click.echo(f"{shown.source}: net '{model_mod.as_text(shown.model.net.name)}'")
+    click.echo(_table(shown.rows))
+    kind = "parameters" if totals["weights_present"] else "parameters (inferred from the definition)"
+    click.echo(f"total: {totals['layers']} layers, {totals['layers_with_blobs']} with blobs, "
+               f"{totals['params']:,} {kind}")
+    for note in shown.model.upgrades:
+        click.echo(f"upgraded: {note}")
+    for note in shown.unknown_fields():
+        click.echo(f"warning: {note} (a file from another Caffe fork?)")
+    if report is not None:
+        click.echo(f"weights copied into {len(report.copied)} layers")
+        if report.layers_without_weights:
+            click.echo("layers without weights (left to their fillers): " + ", ".join(report.layers_without_weights))
+        if report.weights_without_layers:
+            click.echo("weights without layers (ignored): " + ", ".join(report.weights_without_layers))
+
+
+def _inspect_solverstate(s, as_json: bool) -> None:
+    shapes = [list(h.shape) for h in s.history]
+    count = sum(int(h.size) for h in s.history)
+    if as_json:
+        click.echo(json.dumps({"source": s.path, "iter": s.state.iter, "current_step": s.state.current_step,
+                               "learned_net": s.state.learned_net, "history_shapes": shapes,
+                               "history_values": count}, indent=2))
+        return
+    click.echo(f"{s.path}: solver state at iteration {s.state.iter}, lr step {s.state.current_step}, "
+               f"learned net '{s.state.learned_net}'")
+    for j, shape in enumerate(shapes):
+        click.echo(f"  history {j:3d}  [{','.join(map(str, shape))}]")
+    click.echo(f"total: {len(shapes)} history blobs, {count:,} values")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("output")
+def upgrade(source, output):
+    """Rewrite a legacy Caffe file in the current format (like Caffe's upgrade_net_proto_text/_binary).
+
+    A binary SOURCE gives a binary .caffemodel, a text SOURCE a text .prototxt. The output is written to a
+    temporary name and renamed, so it is never left half-written.
+
+    \b
+    Example:
+      sfport upgrade old_v1.caffemodel new.caffemodel
+    """
+    from sfport import caffe_files
+
+    m = caffe_files.read_net(source)
+    if m.kind == caffe_files.BINARY:
+        caffe_files.write_caffemodel(output, m)
+    else:
+        caffe_files.write_prototxt(output, m.net)
+    for note in m.upgrades or ["nothing to upgrade"]:
+        click.echo(f"{source}: {note}")
+    click.echo(f"wrote {output}")
+
+
+def _parse_shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not N,C,H,W") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise click.BadParameter(f"'{text}' is not a list of positive sizes")
+    return dims
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension).")
+@click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]), default="pt",
+              show_default=True)
+@click.option("--shape", help="Input shape N,C,H,W, when the definition has none (training snapshots).")
+@click.option("--tol", type=float, default=1e-5, show_default=True,
+              help="Largest error, relative to max|output|, an export may show against the eager net.")
+def convert(model, prototxt, output, fmt, shape, tol):
+    """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
+
+    Without --prototxt the net definition stored inside the caffemodel is used: a training snapshot's data
+    layers become inputs (give --shape) and its loss layers are dropped. pt is sfport's self-contained file
+    (net definition + state_dict, loadable with torch.load(weights_only=True) and sfport.Net). TorchScript
+    and ONNX (opset 18, dynamic batch) are checked against the eager net (ONNX on onnxruntime) before they
+    are written; a mismatch writes nothing and exits 1.
+
+    \b
+    Examples:
+      sfport convert det1.caffemodel --prototxt det1.prototxt -o det1.pt
+      sfport convert sphereface_model.caffemodel -p sphereface_deploy.prototxt --format onnx
+    """
+    from sfport import export
+    from sfport.net import load_net
+
+    net = load_net(model, prototxt, _parse_shape(shape))
+    output = output or export.default_output(model, fmt)
+    try:
+        worst = export.write(net, output, fmt, tol)
+    except export.ExportMismatch as e:
+        click.echo(f"sfport: error: {output}: not written: {e}", err=True)
+        raise SystemExit(1)
+    if net.report and net.report.layers_without_weights:
+        click.echo("warning: layers without weights: " + ", ".join(net.report.layers_without_weights), err=True)
+    checked = "" if worst is None else f" (checked against the eager net: max relative error {worst:.2e})"
+    click.echo(f"wrote {output}: {fmt}, inputs {net.inputs}, outputs {net.outputs}{checked}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--reference", default="opencv", show_default=True,
+              help="opencv (OpenCV 4's Caffe importer), caffe (pycaffe in a subprocess; $SFPORT_CAFFE_PYTHON), "
+                   "or a directory of <blob>.npy files.")
+@click.option("--input", "input_", default="random", show_default=True, help="An image file, or 'random'.")
+@click.option("--shape", help="Input shape N,C,H,W (default: the net's).")
+@click.option("--tol", type=float, default=1e-5, show_default=True,
+              help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
+def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
+    """Check sfport against an independent Caffe implementation, blob by blob.
+
+    Runs both on the same input and prints every blob both expose: shape, max|ref|, max abs error, error
+    relative to max(1, max|ref|), cosine. Names the first blob that diverges and exits 1 when any fails.
+
+    \b
+    Examples:
+      sfport verify det1.caffemodel --prototxt det1.prototxt --shape 1,3,217,173
+      sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --input face.jpg --json
+    """
+    from sfport import verify as V
+
+    result = V.run(model, prototxt, reference, input_, _parse_shape(shape), tol, seed)
+    checks, failed, worst = result.checks, result.failed, result.worst
+    if as_json:
+        click.echo(result.as_json())
+    else:
+        click.echo(V.format_table(checks))
+        if not checks:
+            click.echo("no blob in common with the reference")
+        elif failed:
+            click.echo(f"FAILED: {len(failed)} of {len(checks)} blobs over {tol:g}; first divergence at "
+                       f"'{failed[0].name}' (rel err {failed[0].rel_err:.3e})")
+        else:
+            click.echo(f"passed: {len(checks)} blobs within {tol:g}; worst '{worst.name}' "
+                       f"(rel err {worst.rel_err:.3e}, cosine {worst.cosine:.8f})")
+    if not result.passed:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("solver")
+@click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
+@click.option("--snapshot", help="Resume: an sfport .pt checkpoint (exact) or a Caffe .solverstate.")
+@click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
+                            "Default: the CPU (or what torchrun sets up).")
+@click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
+@click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
+@click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
+@click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
+@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16).")
+@click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
+@click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
+@click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")
+@click.option("--shape", help="C,H,W of the synthetic images when the prototxt does not fix them.")
+@click.option("--max-iter", type=int, help="Override the solver's max_iter.")
+@click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
+          synthetic_data, shape, max_iter, margin_grad, progress):
+    """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
+
+    Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
+    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
+    from sfport import train as tr
+
+    try:
+        tr.start(solver, gpu=gpu, weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot,
+                 data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
+                 skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
+                 data_shape=_parse_shape(shape) if shape else None, max_iter=max_iter, progress=progress,
+                 margin_grad=margin_grad)
+    except tr.TrainingStopped as e:
+        click.echo(f"sfport: stopped: {e}", err=True)
+        sys.exit(3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# align, eval, embed, compare
+# ------------------------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("input_dir")
+@click.argument("output_dir")
+@click.option("--landmarks", help="Landmark list (relative path, then x1 y1 .. x5 y5); default: MTCNN (--mtcnn).")
+@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True,
+              help="Index base of the list's coordinates (1 for Matlab output).")
+@click.option("--mtcnn", "mtcnn_dir", help="Folder with MTCNN det1-det3 .prototxt/.caffemodel.")
+@click.option("--size", default=None, help="Crop HxW (default: the template's, 112x96 or 112x112).")
+@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
+              show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers):
+    """Align faces to the template: landmarks from a list or from MTCNN; mirrors the folder tree.
+
+    Writes OUTPUT_DIR/landmarks.txt (path, 5 points, box and score when detected) and OUTPUT_DIR/no_face.txt."""
+    from sfport.align import align_folder
+
+    s = align_folder(input_dir, output_dir, landmarks=landmarks, mtcnn_dir=mtcnn_dir, size=size, template=template,
+                     workers=workers, landmarks_one_based=landmarks_base == "1", progress=sys.stderr.isatty())
+    click.echo(f"aligned {s.aligned} of {s.total} images to {output_dir} ({s.size[0]}x{s.size[1]}, {s.template}); "
+               f"{s.missing} listed in no_face.txt")
+
+
+@cli.command(name="eval")
+@click.option("--model", "-m", help="caffemodel (+ --prototxt), sfport .pt or .onnx.")
+@click.option("--prototxt", "-p", help="Deploy net for a caffemodel.")
+@click.option("--blob", help="Feature blob (default fc5, else the last output).")
+@click.option("--lfw-dir", help="LFW root (name/name_0001.jpg): aligned crops, or originals with --landmarks.")
+@click.option("--pairs", required=True, help="LFW pairs.txt.")
+@click.option("--landmarks", help="Landmark list to align the originals on the fly.")
+@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True)
+@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), help="Default: by the net's input.")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True)
+@click.option("--features", "features_file", help="Precomputed features .npy (row i = image on line i of --list).")
+@click.option("--list", "list_file", help="Image list for --features (paths relative to the LFW root).")
+@click.option("--report", help="Write a JSON report.")
+@click.option("--plot", help="Write the ROC curve as a PNG.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, template, protocol, features_file,
+          list_file, report, plot, batch_size, workers, no_cache):
+    """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
+    from sfport import lfw
+
+    if features_file:
+        rep = lfw.evaluate_features(pairs, features_file, list_file, protocol)
+    else:
+        rep = lfw.evaluate_model(pairs, model, lfw_dir, prototxt, blob, protocol, landmarks, landmarks_base == "1",
+                                 template, batch_size, workers, cache=not no_cache, progress=sys.stderr.isatty())
+    click.echo(rep.table())
+    if report:
+        atomic_write(report, (json.dumps(rep.as_dict(), indent=2) + "\n").encode())
+        click.echo(f"wrote {report}")
+    if plot:
+        lfw.plot_roc(plot, {protocol: rep})
+        click.echo(f"wrote {plot}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--model", "-m", required=True)
+@click.option("--prototxt", "-p")
+@click.option("--blob")
+@click.option("--list", "list_file", help="A file of image paths (relative to --root).")
+@click.option("--root", default=".", show_default=True)
+@click.option("--output", "-o", required=True, help="Features .npy (row i = image i); a .txt list beside it.")
+@click.option("--flip", type=click.Choice(["none", "concat", "sum"]), default="concat", show_default=True,
+              help="Add the mirror image's feature (concat: SphereFace, sum: insightface).")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True, help="Preprocessing.")
+@click.option("--landmarks", help="Align from this landmark list first.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+def embed(images, model, prototxt, blob, list_file, root, output, flip, protocol, landmarks, batch_size, workers):
+    """Features of aligned face images (or a list) -> .npy."""
+    from sfport import features
+
+    f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
+                       workers, progress=sys.stderr.isatty())
+    click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--model", "-m", required=True)
+@click.option("--prototxt", "-p")
+@click.option("--blob")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Cosine above which the two faces are called the same person.")
+@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
+              show_default=True)
+def compare(a, b, model, prototxt, blob, threshold, protocol):
+    """Cosine similarity of two aligned face images (with their mirror images) and the same/different call."""
+    from sfport import features
+
+    cos = features.compare(a, b, model, prototxt, blob, protocol)
+    click.echo(f"cosine {cos:.4f}: {'same person' if cos > threshold else 'different people'} "
+               f"(threshold {threshold:g})")
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    try:
+        cli.main(args=argv, prog_name="sfport", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -191,7 +191,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.entries[int(self.order(pos // n)[pos % n])]
 
     def load(self, entry: ListEntry) -> np.ndarray:
-        import cv2
+        import cv2  # loaded on the first image read: the list, the stream and the sampler need no OpenCV
         path = os.path.join(self.root, entry.path)
         img = cv2.imread(path, cv2.IMREAD_COLOR if self.is_color else cv2.IMREAD_GRAYSCALE)
         if img is None:

@@ -1,14 +1,16 @@
-"""Exports of a converted net: TorchScript and ONNX, each checked against the eager CaffeNet before it is
-written (atomically)."""
+"""Exports of a converted net: TorchScript and ONNX, each checked against the eager CaffeNet (by
+:func:`sfport.verify.relative_error`, the metric of ``sfport verify``) before it is written (atomically)."""
 from __future__ import annotations
 
 import io as _io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sfport import caffe_files, files
+from sfport import files
+from sfport.verify import relative_error
 
 ONNX_OPSET = 18
 
@@ -18,13 +20,13 @@ class ExportMismatch(RuntimeError):
 
 
 def _check(name: str, got, want, tol: float) -> float:
+    """The worst relative error of the outputs ``got`` against ``want``; over ``tol`` is an ExportMismatch."""
     worst = 0.0
     for g, w in zip(got, want):
-        g, w = np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64)
+        g, w = np.asarray(g), np.asarray(w)
         if g.shape != w.shape:
             raise ExportMismatch(f"{name}: output shape {list(g.shape)} != {list(w.shape)}")
-        rel = float(np.abs(g - w).max()) / max(1.0, float(np.abs(w).max())) if w.size else 0.0
-        worst = max(worst, rel)
+        worst = max(worst, relative_error(g, w))
     if worst > tol:
         raise ExportMismatch(f"{name}: outputs differ from the eager net by {worst:.3e} (relative), over {tol:g}")
     return worst
@@ -75,6 +77,15 @@ def onnx_bytes(net, tol: float = 1e-5) -> tuple[bytes, float]:
         got = sess.run(out_names, {n: x.numpy() for n, x in zip(in_names, inputs)})
         worst = max(worst, _check(f"ONNX (batch {batch})", got, _eager(module, inputs), tol))
     return data, worst
+
+
+# The formats sfport writes, and the suffix a default output name gets for each.
+EXTENSIONS = {"pt": ".pt", "torchscript": ".torchscript.pt", "onnx": ".onnx", "caffemodel": ".converted.caffemodel"}
+
+
+def default_output(model, fmt: str) -> str:
+    """The output name ``sfport convert`` uses without ``-o``: MODEL's name with the format's suffix."""
+    return str(Path(model).with_suffix("")) + EXTENSIONS[fmt]
 
 
 def write(net, path, fmt: str, tol: float = 1e-5) -> float | None:

@@ -4,7 +4,8 @@ Images are read with OpenCV, aligned from landmarks when given (``sfport.align``
 (SphereFace: BGR ``(x - 127.5) / 128`` as evaluation.m; insightface: RGB, the same scale; facenet: RGB,
 per-image whitening), and run in batches through a DataLoader with workers; each image also gives the
 feature of its mirror image. Results are cached on disk, keyed by the model's bytes, the settings and the
-images' paths, sizes and times.
+images' paths, sizes and times. :func:`combine` joins an image's feature with its mirror image's as a protocol
+does; :func:`embed` and :func:`compare` are ``sfport embed`` and ``sfport compare``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfport import align
 from sfport.errors import CaffeFileError
+from sfport.files import atomic_write
+from sfport.net import Net
 
 COLOR = {"sphereface": "bgr", "insightface": "rgb", "facenet": "rgb"}
 
@@ -47,7 +51,6 @@ class Model:
             self.output = blob or names[0]
             self.net = None
         else:
-            from sfport.net import Net
             self.net = Net(prototxt, self.path) if prototxt else Net(self.path)
             self.net.module.eval().to(device)
             names = list(self.net.inputs)
@@ -95,7 +98,6 @@ class FaceImages(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[str], root, size: tuple[int, int], protocol: str, landmarks: dict | None = None,
                  template: str | None = None):
-        from sfport import align
         self.paths, self.root, self.size, self.protocol = paths, str(root), tuple(size), protocol
         self.landmarks = landmarks
         self.tmpl = align.template(template or ("sphereface" if tuple(size) == (112, 96) else "arcface112"), size)
@@ -106,7 +108,6 @@ class FaceImages(torch.utils.data.Dataset):
     def __getitem__(self, i):
         import cv2
 
-        from sfport import align
         rel = self.paths[i]
         path = os.path.join(self.root, rel)
         img = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -161,7 +162,6 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
             landmarks_file=None, template: str | None = None, batch_size: int = 64, workers: int = 2,
             cache_dir=None, progress: bool = False) -> Extracted:
     """Features of ``paths`` (relative to ``root``) and of their mirror images, batched, cached."""
-    from sfport.files import atomic_write
     cache = None
     if cache_dir is not False:
         cache = Path(cache_dir or default_cache_dir()) / (cache_key(model, paths, root, protocol, landmarks_file,
@@ -194,3 +194,54 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
         np.savez(buf, features=out.features, flipped=out.flipped)
         atomic_write(cache, buf.getvalue())
     return out
+
+
+def with_mirror(f: np.ndarray, f_flip: np.ndarray | None, flip: str) -> np.ndarray:
+    """Rows of image features joined with their mirror images': ``none`` (the image's alone), ``sum``
+    (insightface) or ``concat`` ([f, f_flip], SphereFace's evaluation.m)."""
+    if f_flip is None or flip == "none":
+        return f
+    if flip == "sum":
+        return f + f_flip
+    return np.concatenate([f, f_flip], axis=1)
+
+
+def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarray:
+    """The per-image feature of a protocol from the features of the image and of its mirror image."""
+    return with_mirror(f, f_flip, "sum" if protocol == "insightface" else "concat")
+
+
+def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
+          flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
+          workers: int = 2, progress: bool = False) -> np.ndarray:
+    """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
+    line; relative to ``root``), aligned first from the ``landmarks`` list when given, joined with their mirror
+    images' by ``flip`` (:func:`with_mirror`); written as float32 ``output`` (.npy, row i = image i) and the
+    image list beside it (.txt). Returns the features written."""
+    paths = list(images)
+    if list_file:
+        try:
+            paths += [l.split()[0] for l in Path(list_file).read_text().splitlines() if l.strip()]
+        except FileNotFoundError:
+            raise CaffeFileError(list_file, "no such file") from None
+    if not paths:
+        raise CaffeFileError(None, "no images given")
+    m = Model(model, prototxt, blob)
+    marks = align.read_landmarks(landmarks) if landmarks else None
+    ex = extract(m, paths, root, protocol, marks, landmarks, None, batch_size, workers, cache_dir=False,
+                 progress=progress)
+    f = with_mirror(ex.features, ex.flipped, flip).astype(np.float32)
+    buf = _io.BytesIO()
+    np.save(buf, f)
+    atomic_write(output, buf.getvalue())
+    atomic_write(str(Path(output).with_suffix(".txt")), ("\n".join(paths) + "\n").encode())
+    return f
+
+
+def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str = "sphereface") -> float:
+    """``sfport compare``: the cosine of two aligned face images' features, each combined with its mirror
+    image's as the ``protocol`` does (:func:`combine`)."""
+    ex = extract(Model(model, prototxt, blob), [a, b], ".", protocol, cache_dir=False, workers=0)
+    f = combine(ex.features, ex.flipped, protocol)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    return float(f[0] @ f[1])

@@ -1,5 +1,5 @@
-"""LFW verification as the SphereFace authors' ``test/code/evaluation.m`` does it (SPEC.md section 8), the two other
-protocols people compare against, and the usual metrics.
+"""LFW verification as the SphereFace authors' ``test/code/evaluation.m`` (github.com/wy1iu/sphereface) does it,
+the two other protocols people compare against, and the usual metrics.
 
 ``sphereface`` (default): feature = [f(img), f(flip(img))]; per fold, the mean of all left and right features of
 the other nine folds is subtracted, features are L2-normalized, score = cosine; the threshold is the mean of every
@@ -7,6 +7,9 @@ threshold of the grid -1:1e-4:1 that reaches the best accuracy on the nine folds
 ``same & score > t`` and ``different & score < t`` (strict). ``insightface``: f(img) + f(flip), normalized, squared
 L2 distance, grid 0:0.01:4, the first best threshold of the nine folds, ``same & d < t``. ``facenet``: the two
 features concatenated, normalized, squared L2 distance, the same grid and rule.
+
+:func:`evaluate_features` (precomputed features and their image list) and :func:`evaluate_model` (features
+extracted from a model, with their mirror images) are ``sfport eval``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sfport import align
 from sfport.errors import CaffeFileError
+from sfport.features import Model, combine, extract
+from sfport.files import atomic_write
 
 PROTOCOLS = ("sphereface", "insightface", "facenet")
 
@@ -139,15 +145,6 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(n > 0, n, 1)
 
 
-def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarray:
-    """The per-image feature of a protocol from the features of the image and of its mirror image."""
-    if f_flip is None:
-        return f
-    if protocol == "insightface":
-        return f + f_flip
-    return np.concatenate([f, f_flip], axis=1)
-
-
 def evaluate(left: np.ndarray, right: np.ndarray, same, folds, protocol: str = "sphereface") -> Report:
     """Ten-fold verification of pair features (rows: pairs; features already combined per protocol)."""
     if protocol not in PROTOCOLS:
@@ -175,6 +172,62 @@ def evaluate(left: np.ndarray, right: np.ndarray, same, folds, protocol: str = "
     rep = Report(protocol, results, scores, same)
     rep.metrics = roc_metrics(scores, same)
     return rep
+
+
+def _needed(pairs: list[Pair]) -> list[str]:
+    """Every image of the pairs, once, sorted."""
+    return sorted({p.left for p in pairs} | {p.right for p in pairs})
+
+
+def _evaluate_pairs(pairs: list[Pair], f_of: dict, flip_of: dict | None, protocol: str) -> Report:
+    """:func:`evaluate` of the pairs, each image's feature combined with its mirror image's (when given)."""
+    def feat(name):
+        return combine(f_of[name][None], None if flip_of is None else flip_of[name][None], protocol)[0]
+
+    L = np.stack([feat(p.left) for p in pairs])
+    R = np.stack([feat(p.right) for p in pairs])
+    return evaluate(L, R, [p.same for p in pairs], [p.fold for p in pairs], protocol)
+
+
+def evaluate_features(pairs_file, features_file, list_file, protocol: str = "sphereface") -> Report:
+    """``sfport eval --features F --list L``: the pairs of ``pairs_file`` scored on precomputed features (a 2-D
+    ``.npy``, row i the image on line i of ``list_file``, paths relative to the LFW root), used as they are."""
+    pairs = read_pairs(pairs_file)
+    if not list_file:
+        raise CaffeFileError(features_file, "--features needs --list (the image of each row)")
+    try:
+        feats = np.load(features_file, allow_pickle=False)
+    except FileNotFoundError:
+        raise CaffeFileError(features_file, "no such file") from None
+    except ValueError as e:
+        raise CaffeFileError(features_file, f"not a .npy array: {e}") from None
+    names = [l.strip() for l in Path(list_file).read_text().splitlines() if l.strip()]
+    if feats.ndim != 2 or len(feats) != len(names):
+        raise CaffeFileError(features_file, f"{len(feats)} rows for {len(names)} images in {list_file}")
+    index = {n: i for i, n in enumerate(names)}
+    needed = _needed(pairs)
+    absent = [n for n in needed if n not in index]
+    if absent:
+        raise CaffeFileError(list_file, f"{len(absent)} images of the pairs are not listed, e.g. {absent[0]}")
+    return _evaluate_pairs(pairs, {n: feats[index[n]] for n in needed}, None, protocol)
+
+
+def evaluate_model(pairs_file, model, lfw_dir, prototxt=None, blob: str | None = None,
+                   protocol: str = "sphereface", landmarks=None, landmarks_one_based: bool = False,
+                   template: str | None = None, batch_size: int = 64, workers: int = 2, cache: bool = True,
+                   progress: bool = False) -> Report:
+    """``sfport eval --model M --lfw-dir D``: the pairs of ``pairs_file`` scored on the features of ``model``
+    (:class:`sfport.features.Model`) and of the mirror images, from the crops under ``lfw_dir`` or from the
+    originals aligned on the fly with the ``landmarks`` list; features cached unless ``cache`` is False."""
+    pairs = read_pairs(pairs_file)
+    if not model or not lfw_dir:
+        raise CaffeFileError(None, "give --model and --lfw-dir (or --features and --list)")
+    m = Model(model, prototxt, blob)
+    marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
+    needed = _needed(pairs)
+    ex = extract(m, needed, lfw_dir, protocol, marks, landmarks, template, batch_size, workers,
+                 cache_dir=None if cache else False, progress=progress)
+    return _evaluate_pairs(pairs, dict(zip(needed, ex.features)), dict(zip(needed, ex.flipped)), protocol)
 
 
 def roc_curve(scores: np.ndarray, same: np.ndarray):
@@ -207,7 +260,6 @@ def plot_roc(path, reports: dict[str, Report], size=(480, 640)) -> None:
     """A ROC PNG (TAR against log FAR) drawn with OpenCV."""
     import cv2
 
-    from sfport.files import atomic_write
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 60, w - 20, 20, h - 50

@@ -8,7 +8,7 @@ import numpy as np
 
 from google.protobuf import unknown_fields
 
-from sfport import converters, shapes, wire
+from sfport import caffe_files, converters, nets, shapes, wire
 from sfport.errors import CaffeFileError
 from sfport.caffe_files import CaffeModel, blob_shape, has_legacy_shape
 from sfport.protos import caffe_pb2
@@ -213,3 +213,47 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
         out.set_blob_arrays(i, converters.get(layer.type, as_text(layer.name)).random_blobs(layer, need, rng)
                             if need else [])
     return out
+
+
+BUILT_IN = "built-in:sphereface_deploy(20)"
+
+
+@dataclass
+class Inspection:
+    """What ``sfport inspect`` shows: the model read (or merged), its rows, and the merge report if any."""
+    source: str
+    model: CaffeModel
+    rows: list[LayerRow]
+    report: MergeReport | None = None
+
+    def totals(self) -> dict:
+        return {"layers": len(self.rows), "layers_with_blobs": sum(1 for r in self.rows if r.blob_shapes),
+                "params": sum(r.params for r in self.rows), "weights_present": self.model.has_weights()}
+
+    def unknown_fields(self) -> list[str]:
+        return unknown_field_notes(self.model.net)
+
+    def as_dict(self) -> dict:
+        doc = {"source": self.source, "name": as_text(self.model.net.name), "layers": [r.as_dict() for r in self.rows],
+               "totals": self.totals(), "upgrades": self.model.upgrades, "unknown_fields": self.unknown_fields()}
+        if self.report is not None:
+            doc["merge"] = self.report.as_dict()
+        return doc
+
+
+def inspect(model: str | None = None, prototxt: str | None = None) -> Inspection:
+    """A caffemodel or prototxt (``model``), a definition with ``model``'s weights merged in by layer name
+    (``prototxt``), or without either the built-in SphereFace-20 deploy net, summarized layer by layer."""
+    report = None
+    if model is None and prototxt is None:
+        source, shown = BUILT_IN, CaffeModel.from_net(nets.sphereface_deploy(20), BUILT_IN)
+    elif prototxt is not None:
+        definition = caffe_files.read_prototxt(prototxt)
+        if model is None:
+            shown, source = definition, prototxt
+        else:
+            shown, report = merge(definition, caffe_files.read_caffemodel(model))
+            source = f"{model} + {prototxt}"
+    else:
+        shown, source = caffe_files.read_net(model), model
+    return Inspection(source, shown, summarize(shown), report)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sfport.errors import CaffeFileError
+from sfport.net import Net
 
 
 @dataclass
@@ -92,7 +93,6 @@ class MTCNN:
 
     def __init__(self, model_dir, minsize: int = 20, factor: float = 0.85,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9), device: str = "cpu"):
-        from sfport.net import Net
         d = Path(model_dir)
         nets = []
         for i, shape in ((1, (1, 3, 12, 12)), (2, (1, 3, 24, 24)), (3, (1, 3, 48, 48))):

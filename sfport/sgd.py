@@ -3,7 +3,8 @@
 ``learning_rate`` (SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep
 ``current_step``) and ``sgd_update`` (SGDSolver::ApplyUpdate: clip, normalize, regularize, momentum with the rate
 inside the history, apply) are pure functions; :class:`SGDState` is the state they act on, what Caffe keeps in a
-``.solverstate`` (iteration, lr step, one history per learnable blob), with ``state_dict`` / ``load_state_dict``.
+``.solverstate`` (iteration, lr step, one history per learnable blob), with ``step`` (one update),
+``state_dict`` / ``load_state_dict`` (sfport checkpoints) and ``to_solverstate`` / ``load_solverstate``.
 
 The update differs from ``torch.optim.SGD``: Caffe keeps ``h = momentum*h + rate*lr_mult*g`` and steps ``w -= h``
 (the rate sits inside the history), torch keeps ``v = momentum*v + g`` and steps ``w -= lr*v``; they differ as soon
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sfport import caffe_files
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -107,6 +109,8 @@ class UpdateInfo:
     rate: float
     clip_norm: float | None = None      # the L2 norm when clipping scaled the gradients down
     clip_scale: float | None = None
+    iter: int | None = None             # SGDState.step: the update's number (before ``iter += 1``)
+    message: str | None = None          # SGDState.step: 'MultiStep Status' when the lr step advanced
 
 
 @torch.no_grad()
@@ -154,20 +158,19 @@ def sgd_update(blobs: list[Blob], rate: float, momentum: float, weight_decay: fl
 
 
 class SGDState:
-    """The solver's state: the update count ``iter``, multistep's ``current_step`` and the learnable ``blobs``
-    (parameter, momentum history, multipliers, in Caffe's learnable_params order). ``rate`` and ``update`` are
-    one SGDSolver::ApplyUpdate; ``state_dict``/``load_state_dict`` and ``to_solverstate``/
-    ``load_solverstate`` move it in and out of sfport checkpoints and Caffe's ``.solverstate``."""
+    """The solver's state around the pure rule above (as ``torch.optim.SGD`` is a thin class over its functional
+    core): the update count ``iter``, multistep's ``current_step`` and the learnable ``blobs`` (parameter,
+    momentum history, multipliers, in Caffe's learnable_params order). :meth:`step` is one update
+    (SGDSolver::ApplyUpdate, then Solver::Step's ``++iter_``); :meth:`state_dict` / :meth:`load_state_dict`
+    move the state in and out of sfport checkpoints, :meth:`to_solverstate` / :meth:`load_solverstate` in and out
+    of Caffe's ``.solverstate`` (SGDSolver::SnapshotSolverStateToBinaryProto / RestoreSolverStateFromBinaryProto).
+    """
 
-    def __init__(self, blobs: list[Blob], iter: int = 0, current_step: int = 0):
-        self.blobs = blobs
+    def __init__(self, params: list[tuple[str, torch.Tensor, float, float]], iter: int = 0, current_step: int = 0):
+        """``params``: ``(name, parameter, lr_mult, decay_mult)`` per learnable blob; the histories start at 0."""
+        self.blobs = [Blob(name, p, torch.zeros_like(p), float(lr), float(dm)) for name, p, lr, dm in params]
         self.iter = iter
         self.current_step = current_step
-
-    @classmethod
-    def for_params(cls, params: list[tuple[str, torch.Tensor, float, float]]) -> "SGDState":
-        """A fresh state (iteration 0, zero histories) for ``(name, parameter, lr_mult, decay_mult)`` tuples."""
-        return cls([Blob(name, p, torch.zeros_like(p), lr, dm) for name, p, lr, dm in params])
 
     def reset_history(self) -> None:
         for b in self.blobs:
@@ -177,24 +180,27 @@ class SGDState:
         for b in self.blobs:
             b.param.grad = None
 
-    def rate(self, p: caffe_pb2.SolverParameter) -> tuple[float, str | None]:
-        """The learning rate of this update (advancing multistep's step), and the 'MultiStep Status' message."""
+    def step(self, p: caffe_pb2.SolverParameter) -> UpdateInfo:
+        """One update with the solver's lr policy, momentum, decay, iter_size, regularization and clipping, from the
+        accumulated ``.grad``s; then ``iter += 1``. The info carries the rate, the clipping, the update's number
+        and the 'MultiStep Status' message when the lr step advanced."""
         rate, self.current_step, message = learning_rate(p, self.iter, self.current_step)
-        return rate, message
-
-    def update(self, p: caffe_pb2.SolverParameter, rate: float) -> UpdateInfo:
-        """Apply one update at ``rate`` with the solver's momentum, decay, iter_size, regularization, clipping."""
-        return sgd_update(self.blobs, rate, p.momentum, p.weight_decay, max(p.iter_size, 1),
+        info = sgd_update(self.blobs, rate, p.momentum, p.weight_decay, max(p.iter_size, 1),
                           p.regularization_type or "L2", p.clip_gradients)
+        info.iter, info.message = self.iter, message
+        self.iter += 1
+        return info
 
     # -- sfport checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Plain ints, lists and CPU tensors (what ``torch.load(weights_only=True)`` reads back)."""
         return {"iter": self.iter, "current_step": self.current_step,
                 "history": [b.history.detach().cpu() for b in self.blobs],
                 "blob_names": [b.name for b in self.blobs]}
 
     def load_state_dict(self, d: dict, path=None) -> None:
-        """Restore from :meth:`state_dict`; a container of the wrong structure is a :class:`CaffeFileError`."""
+        """Restore from :meth:`state_dict`; a container of the wrong structure (a missing key, a non-integer
+        count, a wrong number of histories or shapes) is a :class:`CaffeFileError` naming ``path``."""
         for key, kind in (("iter", int), ("current_step", int), ("history", list)):
             if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
                 raise CaffeFileError(path, f"'{key}' is missing or not {'a list' if kind is list else 'an integer'}")
@@ -204,26 +210,33 @@ class SGDState:
         self.iter, self.current_step = d["iter"], d["current_step"]
 
     # -- Caffe's .solverstate -------------------------------------------------------------------------------
-    def to_solverstate(self, learned_net: str) -> tuple[caffe_pb2.SolverState, list[np.ndarray]]:
-        """SGDSolver::SnapshotSolverStateToBinaryProto: the message and the history arrays."""
+    def to_solverstate(self, learned_net: str) -> caffe_files.SolverStateFile:
+        """The ``.solverstate`` of this state, its weights in ``learned_net`` (for caffe_files.write_solverstate)."""
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=learned_net, current_step=self.current_step)
-        return state, [b.history.detach().float().cpu().numpy() for b in self.blobs]
+        history = [b.history.detach().float().cpu().numpy() for b in self.blobs]
+        return caffe_files.SolverStateFile(None, state, history)
 
-    def load_solverstate(self, state: caffe_pb2.SolverState, history: list[np.ndarray], path=None) -> None:
-        """SGDSolver::RestoreSolverStateFromBinaryProto: iteration, lr step and the histories."""
-        self._set_history([torch.from_numpy(np.array(h, dtype=np.float32)) for h in history], path,
-                          reshape=True, what="learnable blobs")
-        self.iter, self.current_step = int(state.iter), int(state.current_step)
+    def load_solverstate(self, st: caffe_files.SolverStateFile) -> None:
+        """Iteration, lr step and the histories (Caffe's blobs, reshaped to the parameters) of a ``.solverstate``."""
+        if len(st.history) != len(self.blobs):
+            raise CaffeFileError(st.path, f"{len(st.history)} history blobs, the net has {len(self.blobs)} learnable "
+                                          f"blobs")
+        history = []
+        for b, h in zip(self.blobs, st.history):
+            if h.size != b.param.numel():
+                raise CaffeFileError(st.path, f"history of {b.name}: {list(h.shape)} does not fit "
+                                              f"{list(b.param.shape)}")
+            history.append(torch.from_numpy(np.array(h, dtype=np.float32)).reshape(b.param.shape))
+        self._set_history(history, st.path)
+        self.iter, self.current_step = int(st.state.iter), int(st.state.current_step)
 
-    def _set_history(self, history: list, path, reshape: bool = False, what: str = "") -> None:
+    def _set_history(self, history: list, path) -> None:
         if len(history) != len(self.blobs):
-            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)}"
-                                 + (f" {what}" if what else ""))
+            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)}")
         for b, h in zip(self.blobs, history):
             if not isinstance(h, torch.Tensor):
                 raise CaffeFileError(path, f"history of {b.name} is not a tensor")
-            if (h.numel() if reshape else tuple(h.shape)) != (b.param.numel() if reshape else tuple(b.param.shape)):
-                raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit "
-                                           f"{list(b.param.shape)}")
+            if h.shape != b.param.shape:
+                raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit {list(b.param.shape)}")
         for b, h in zip(self.blobs, history):
-            b.history = h.reshape(b.param.shape).to(b.param.device, b.param.dtype).clone()
+            b.history = h.to(b.param.device, b.param.dtype).clone()

@@ -1,8 +1,9 @@
-"""Blob-by-blob parity of an sfport net against an independent Caffe implementation.
+"""Blob-by-blob parity of an sfport net against an independent Caffe implementation, and sfport's one error
+metric (:func:`relative_error`, also what ``sfport convert`` checks its exports with).
 
 References: OpenCV 4's Caffe importer (its own layer code; fusion and Winograd disabled so that each layer's
 output is exposed and computed directly), pycaffe in a subprocess (a failed Caffe CHECK aborts the process), or a
-directory of ``<blob or layer name>.npy`` files.
+directory of ``<blob or layer name>.npy`` files. :func:`run` is ``sfport verify``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sfport import caffe_files
 from sfport.errors import CaffeFileError
+from sfport.net import load_net
 
 
 @dataclass
@@ -110,10 +113,26 @@ def dir_reference(directory) -> dict[str, np.ndarray]:
     return {f.stem.replace("__", "/"): np.load(f, allow_pickle=False) for f in sorted(d.glob("*.npy"))}
 
 
+def _deviation(ours, ref) -> tuple[float, float, float]:
+    """(max|ref|, max|ours - ref|, their ratio as :func:`relative_error`), in float64; zeros for empty arrays."""
+    a = np.asarray(ours, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    max_ref = float(np.abs(b).max()) if b.size else 0.0
+    err = float(np.abs(a - b).max()) if b.size else 0.0
+    return max_ref, err, err / max(1.0, max_ref)
+
+
+def relative_error(ours, ref) -> float:
+    """sfport's one error metric: max|ours - ref| / max(1, max|ref|), in float64 (0 for empty arrays).
+
+    Absolute below 1, relative above: a blob of large values may differ by float32 rounding of its size."""
+    return _deviation(ours, ref)[2]
+
+
 def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list[str],
             tol: float = 1e-5) -> list[BlobCheck]:
-    """Compare every name both sides have, in ``order``; a blob passes when
-    max|ours - ref| <= tol * max(1, max|ref|) and the shapes agree."""
+    """Compare every name both sides have, in ``order``; a blob passes when its :func:`relative_error` is at
+    most ``tol`` and the shapes agree."""
     checks = []
     for name in order:
         if name not in ours or name not in ref:
@@ -125,9 +144,7 @@ def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list
                                     False))
             continue
         a = a.reshape(b.shape)
-        max_ref = float(np.abs(b).max()) if b.size else 0.0
-        err = float(np.abs(a - b).max()) if b.size else 0.0
-        rel = err / max(1.0, max_ref)
+        max_ref, err, rel = _deviation(a, b)
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
         cos = float(np.dot(a.ravel(), b.ravel()) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
         checks.append(BlobCheck(name, list(b.shape), max_ref, err, rel, cos, rel <= tol))
@@ -147,3 +164,65 @@ def format_table(checks: list[BlobCheck]) -> str:
 
 def as_json(checks: list[BlobCheck], extra: dict) -> str:
     return json.dumps({**extra, "blobs": [asdict(c) for c in checks]}, indent=2)
+
+
+@dataclass
+class Verification:
+    """What :func:`run` found: one :class:`BlobCheck` per blob both sides expose, in the net's order."""
+    model: str
+    reference: str
+    input_shape: list
+    tolerance: float
+    checks: list[BlobCheck]
+
+    @property
+    def failed(self) -> list[BlobCheck]:
+        return [c for c in self.checks if not c.ok]
+
+    @property
+    def worst(self) -> BlobCheck | None:
+        return max(self.checks, key=lambda c: c.rel_err) if self.checks else None
+
+    @property
+    def passed(self) -> bool:
+        """Every blob within the tolerance, and at least one blob compared."""
+        return not self.failed and bool(self.checks)
+
+    def as_json(self) -> str:
+        """The ``sfport verify --json`` document."""
+        failed, worst = self.failed, self.worst
+        return as_json(self.checks, {"model": self.model, "reference": self.reference,
+                                     "input_shape": list(self.input_shape), "tolerance": self.tolerance,
+                                     "passed": self.passed, "first_failure": failed[0].name if failed else None,
+                                     "worst": worst.name if worst else None})
+
+
+def run(model, prototxt=None, reference: str = "opencv", input: str = "random", shape=None, tol: float = 1e-5,
+        seed: int = 0) -> Verification:
+    """``sfport verify``: load MODEL (+ ``prototxt``) with ``shape`` on its first input, forward the input of
+    :func:`make_input` and compare every blob with the ``reference``: ``opencv`` (layer outputs, by layer name),
+    ``caffe`` (pycaffe, by blob name) or a directory of ``.npy`` files (by blob name, then layer name). Without
+    a prototxt the references read the net's deploy form, written to a temporary file."""
+    net = load_net(model, prototxt, shape)
+    (in_name, in_shape), = list(net.inputs.items())[:1] or [(None, None)]
+    x = make_input(in_shape, input, seed)
+    net.forward(**{in_name: x})
+    with tempfile.TemporaryDirectory() as tmp:
+        if prototxt is None:
+            prototxt_used = str(Path(tmp) / "deploy.prototxt")
+            caffe_files.write_prototxt(prototxt_used, net.definition)
+        else:
+            prototxt_used = prototxt
+        layer_outputs = {n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs}
+        if reference == "opencv":
+            ref = opencv_reference(prototxt_used, model, {in_name: x})
+            ours = layer_outputs
+            order = list(net.layer_outputs)
+        else:
+            ref = caffe_reference(prototxt_used, model, {in_name: x}) if reference == "caffe" \
+                else dir_reference(reference)
+            ours = {n: t.detach().numpy() for n, t in net.blobs.items()}
+            ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
+            order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
+                                       + list(net.layer_outputs)))
+    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol))

@@ -1,4 +1,11 @@
-"""Shared test fixtures: the read-only `shared/` folder beside the checkout (fixtures, upstream, golden)."""
+"""Shared test fixtures: the read-only `shared/` folder beside the checkout (fixtures, upstream, golden), or where
+$SFPORT_SHARED points.
+
+Most tests are about real files. Without the shared folder (an install from a wheel, say) they are skipped, with
+a reason naming SFPORT_SHARED, and the rest still run: the lists below are then empty, and every test of a
+module that imports the shared paths or lists from here, or that asks for the `shared` / `golden_copy` fixtures,
+is marked skipped at collection.
+"""
 import os
 import pathlib
 
@@ -10,8 +17,9 @@ FIXTURES = SHARED / "fixtures"
 UPSTREAM = SHARED / "upstream"
 GOLDEN = SHARED / "golden"
 
-if not FIXTURES.is_dir():  # the tests are about real files: without them there is nothing honest to run
-    raise RuntimeError(f"shared test data not found at {SHARED} (set SFPORT_SHARED)")
+HAVE_SHARED = FIXTURES.is_dir()
+NO_SHARED = (f"shared test data not found at {SHARED}: set SFPORT_SHARED to the folder with fixtures/, upstream/ "
+             "and golden/")
 
 # deploy prototxt -> caffemodel of the fixture models
 MODEL_PAIRS = [
@@ -23,7 +31,7 @@ MODEL_PAIRS = [
     ("mobilefacenet_insightface/mxnet2caffe_mobilefacenet.prototxt",
      "mobilefacenet_insightface/mxnet2caffe_mobilefacenet.caffemodel"),
     ("ultraface/slim-320.prototxt", "ultraface/slim-320.caffemodel"),
-]
+] if HAVE_SHARED else []
 
 
 def all_prototxts():
@@ -37,16 +45,39 @@ def all_caffemodels(include_golden=False):
     return paths
 
 
+# what a test module imports from here when it reads the shared folder
+_SHARED_OBJECTS = (SHARED, FIXTURES, UPSTREAM, GOLDEN, MODEL_PAIRS, all_prototxts, all_caffemodels)
+_SHARED_FIXTURES = {"shared", "golden_copy"}
+
+
+def _uses_shared(item) -> bool:
+    module = getattr(item, "module", None)
+    if module is not None and any(v is obj for v in vars(module).values() for obj in _SHARED_OBJECTS):
+        return True
+    return bool(_SHARED_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_SHARED:
+        return
+    skip = pytest.mark.skip(reason=NO_SHARED)
+    for item in items:
+        if _uses_shared(item):
+            item.add_marker(skip, append=False)  # before pytest's own 'empty parameter set' skip
+
+
 @pytest.fixture
 def shared():
+    if not HAVE_SHARED:
+        pytest.skip(NO_SHARED)
     return SHARED
 
 
 @pytest.fixture
-def golden_copy(tmp_path, monkeypatch):
+def golden_copy(tmp_path, monkeypatch, shared):
     """A writable copy of golden/solver (without Caffe's runs), made the working directory, as Caffe ran there."""
     import shutil
     dst = tmp_path / "solver"
-    shutil.copytree(GOLDEN / "solver", dst, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(shared / "golden" / "solver", dst, ignore=shutil.ignore_patterns("runs"))
     monkeypatch.chdir(dst)
     return dst

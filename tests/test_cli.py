@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from sfport.cli import cli
 from conftest import FIXTURES
 
 DET1 = FIXTURES / "mtcnn/det1.caffemodel"
@@ -58,7 +58,8 @@ def test_inspect_prototxt_alone_infers_shapes():
     r = run("inspect", DEPLOY20, "--json")
     doc = json.loads(r.stdout)
     fc5 = next(l for l in doc["layers"] if l["name"] == "fc5")
-    assert fc5["blob_shapes"] == [[512, 512 * 7 * 6], [512]] and fc5["shapes_inferred"]  # SPEC.md 7: 21504
+    # fc5 of SphereFace-20 (sphereface_deploy.prototxt): 512 outputs of the 512 x 7 x 6 = 21504 values of res4
+    assert fc5["blob_shapes"] == [[512, 512 * 7 * 6], [512]] and fc5["shapes_inferred"]
     assert doc["totals"]["params"] == 22_670_656 and doc["totals"]["weights_present"] is False
 
 

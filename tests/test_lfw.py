@@ -1,5 +1,6 @@
-"""LFW evaluation (SPEC.md section 8) against an independent implementation, alignment (cp2tform), MTCNN on the real
-models and photos, real face features, and `sfport eval/align/embed/compare` end to end."""
+"""LFW evaluation (the SphereFace authors' evaluation.m) against an independent implementation, alignment (Matlab's
+cp2tform), MTCNN on the real models and photos, real face features, and `sfport eval/align/embed/compare` end to
+end."""
 import json
 import math
 import shutil

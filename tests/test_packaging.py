@@ -1,6 +1,9 @@
-"""Only the name `sfport` is importable after install; the design card's top-level folders live under it."""
+"""Only the name `sfport` is importable after install; the design card's top-level folders live under it, and the
+checkout's `cli.py` is a shim of `sfport.cli`."""
 import subprocess
 import sys
+
+from conftest import ROOT
 
 CHECK = """
 import importlib.util, json
@@ -19,10 +22,21 @@ def test_only_sfport_is_importable(tmp_path):
     assert not any(found[n] for n in ("cli", "protos", "converters", "prototxt", "tests", "bench")), found
 
 
-def test_reading_needs_no_torch(tmp_path):
+def test_reading_needs_no_torch(tmp_path, shared):
     """Reading and inspecting Caffe files works without importing torch (fast start, light installs)."""
     code = ("import sys, sfport.cli; from sfport import caffe_files; "
-            f"caffe_files.read_caffemodel({str(__import__('conftest').FIXTURES / 'mtcnn/det1.caffemodel')!r}); "
+            f"caffe_files.read_caffemodel({str(shared / 'fixtures/mtcnn/det1.caffemodel')!r}); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+COMMANDS = ("inspect", "upgrade", "convert", "verify", "train", "align", "eval", "embed", "compare")
+
+
+def test_checkout_cli_py_lists_every_command():
+    """`python cli.py --help` in a checkout (the shim of sfport.cli) shows all nine commands."""
+    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    listed = p.stdout.split("Commands:", 1)[1].split()
+    assert all(name in listed for name in COMMANDS), p.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
+from sfport.cli import cli
 from sfport import export, caffe_files, model, verify
 from sfport.net import Net
 

@@ -1,6 +1,7 @@
 """Caffe's SGD solver: the update rule against an independent numpy version of sgd_solver.cpp, and whole runs
 against real BVLC Caffe 1.0 (golden/solver: weights after every update, the final snapshot, lr/loss per
 iteration, the log lines)."""
+import io as _io
 import math
 import re
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 import sfport
 from sfport import sgd
 from sfport import train as tr
+from sfport.cli import cli
 from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN
@@ -132,6 +134,59 @@ def test_rate_is_inside_the_history():
     assert float(t.detach()) == pytest.approx(-(1.0 + 0.1 * 1.9))                # torch: -1 - 0.19
 
 
+def _state(*shapes):
+    return sgd.SGDState([(f"l/{j}", torch.nn.Parameter(torch.randn(s)), 1.0, 1.0) for j, s in enumerate(shapes)])
+
+
+def test_sgd_state_steps_and_round_trips(tmp_path):
+    """SGDState.step is the rate, the update and iter += 1; state_dict and .solverstate give the same state back."""
+    st = _state((3, 2), (4,))
+    sp = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="multistep", gamma=0.5, stepvalue=[1], momentum=0.9)
+    infos = []
+    for _ in range(3):
+        for b in st.blobs:
+            b.param.grad = torch.ones_like(b.param)
+        infos.append(st.step(sp))
+    assert [(i.iter, i.rate, i.message) for i in infos] == \
+        [(0, pytest.approx(0.1), None), (1, pytest.approx(0.05), "MultiStep Status: Iteration 1, step = 1"),
+         (2, pytest.approx(0.05), None)]
+    assert (st.iter, st.current_step) == (3, 1)
+    for load in ("state_dict", "solverstate"):
+        other = _state((3, 2), (4,))
+        if load == "state_dict":
+            other.load_state_dict(st.state_dict())
+        else:
+            f = st.to_solverstate("x.caffemodel")
+            sfport.caffe_files.write_solverstate(tmp_path / "x.solverstate", f.state, f.history)
+            other.load_solverstate(sfport.read_solverstate(tmp_path / "x.solverstate"))
+        assert (other.iter, other.current_step) == (3, 1)
+        for a, b in zip(other.blobs, st.blobs):
+            assert torch.equal(a.history, b.history) and a.history is not b.history
+
+
+def test_sgd_state_checks_what_it_loads():
+    """A checkpoint of the wrong structure is one line of CaffeFileError naming the file; the state is untouched."""
+    st = _state((3, 2), (4,))
+    good = st.state_dict()
+    other = _state((3, 2), (4,))
+    bad = {"iter missing": {k: v for k, v in good.items() if k != "iter"},
+           "iter not an int": dict(good, iter=2.0), "iter a bool": dict(good, iter=True),
+           "negative": dict(good, current_step=-1), "history not a list": dict(good, history=None),
+           "one history": dict(good, history=good["history"][:1]),
+           "wrong shape": dict(good, history=[torch.zeros(2, 3), torch.zeros(4)]),
+           "not a tensor": dict(good, history=[torch.zeros(3, 2), [0.0] * 4])}
+    for case, d in bad.items():
+        with pytest.raises(sfport.CaffeFileError) as e:
+            other.load_state_dict(d, "ck.pt")
+        assert str(e.value).startswith("ck.pt: ") and "\n" not in str(e.value), case
+        assert other.iter == 0 and all(float(b.history.abs().sum()) == 0 for b in other.blobs), case
+    f = st.to_solverstate("x.caffemodel")
+    with pytest.raises(sfport.CaffeFileError, match="1 history blobs, the net has 2 learnable blobs"):
+        other.load_solverstate(type(f)("x.solverstate", f.state, f.history[:1]))
+    with pytest.raises(sfport.CaffeFileError, match=r"history of l/1: \[5\] does not fit \[4\]"):
+        other.load_solverstate(type(f)("x.solverstate", f.state, [f.history[0], np.zeros(5, np.float32)]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # real Caffe runs
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +242,6 @@ def same_events(ours, theirs, rel=2e-5):
 def test_golden_run_through_the_cli(run, golden_copy, capsys):
     T = RUNS[run]
     init = "init_bn.caffemodel" if run.startswith("bn") else "init.caffemodel"
-    from sfport.cli import cli
     r = CliRunner().invoke(cli, ["train", f"solver_{run}.prototxt", "--weights", init, "--workers", "0"])
     assert r.exit_code == 0, r.output
     ref_dir = SOLVER / "runs" / run
@@ -221,23 +275,22 @@ def test_golden_run_update_by_update(run, golden_copy):
     worst = 0.0
     for t in range(T):
         # gradients when ready (accumulated over iter_size, before clipping), as in grads.npz
-        for b in s.blobs:
-            b.param.grad = None
-        s.feeder.start(s.iter)
+        s.state.zero_grad()
+        s.feeder.start(s.state.iter)
         loss = 0.0
         for _ in range(max(s.param.iter_size, 1)):
             l, _ = s._forward_backward(s.feeder.next())
             loss += l
         loss /= max(s.param.iter_size, 1)
-        for b in s.blobs:
+        for b in s.state.blobs:
             key = b.name
             g = b.param.grad if b.param.grad is not None else torch.zeros_like(b.param)
             assert relerr(g.numpy(), grads[key][t]) <= 1e-5, (t, key)
-        info = s.apply_update()
-        s.iter += 1
+        info = s.apply_update()  # the update and iter += 1
+        assert (info.iter, s.state.iter) == (t, t + 1)
         assert info.rate == pytest.approx(float(traj["lr"][t]), rel=1e-7)
         assert loss == pytest.approx(float(traj["loss"][t]), rel=1e-5)
-        assert s.current_step == traj["multistep_current_step"][t]
+        assert s.state.current_step == traj["multistep_current_step"][t]
         if "clip_scale_logged" in traj.files:
             assert info.clip_scale == pytest.approx(float(traj["clip_scale_logged"][t]), rel=1e-5)
         ref = sfport.read_caffemodel(SOLVER / "runs" / run / f"iter_{t + 1:02d}.caffemodel").params
@@ -261,7 +314,6 @@ def test_smoothed_loss_of_an_uninterrupted_run(golden_copy):
 def test_test_nets_run_as_caffe(golden_copy):
     """test_iter / test_interval / test_initialization: the TEST net shares the train net's weights, its data
     cursor runs on across tests, and the logged outputs are the means over test_iter batches."""
-    import io as _io
     text = (golden_copy / "tiny_sphereface.prototxt").read_text()
     train_data = text.index('layer {\n  name: "data"')
     end = text.index("}\n}\n", train_data) + 4
@@ -300,9 +352,8 @@ def test_test_nets_run_as_caffe(golden_copy):
 
 @pytest.mark.parametrize("iter_size", [1, 2])
 def test_margin_counter_advances_per_forward_under_the_solver(golden_copy, iter_size):
-    """A-Softmax's lambda counts forward passes: with iter_size 2 it advances twice per solver update (margin_inner_product_layer.cpp),
-    and the logged lambda is the formula at that count."""
-    import io as _io
+    """A-Softmax's lambda counts forward passes: with iter_size 2 it advances twice per solver update
+    (margin_inner_product_layer.cpp), and the logged lambda is the formula at that count."""
     text = (golden_copy / "tiny_sphereface.prototxt").read_text()
     old = text[text.index('  name: "fc6"'):text.index('layer {\n  name: "loss"')]
     new = ('  name: "fc6_margin"\n  type: "MarginInnerProduct"\n  bottom: "fc5"\n  bottom: "label"\n  top: "fc6"\n'

@@ -8,9 +8,12 @@ import sys
 import time
 
 import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
 
 import sfport
+from sfport import train as tr
 from sfport.cli import cli
 
 from conftest import GOLDEN
@@ -87,7 +90,7 @@ def test_resume_after_sigkill_is_bit_exact(golden_copy):
     last = done[-1]
     assert int(last.stem.split("_")[-1]) < 40
     for p in done:  # every snapshot written so far is complete
-        assert sfport.train.torch.load(p, weights_only=True)["iter"] == int(p.stem.split("_")[-1])
+        assert torch.load(p, weights_only=True)["iter"] == int(p.stem.split("_")[-1])
     resumed = run_cli("train", "s.prototxt", "--snapshot", str(last), "--workers", "0", cwd=golden_copy)
     err = resumed.communicate(timeout=300)[1]
     assert resumed.returncode == 0, err[-2000:]
@@ -141,3 +144,41 @@ def test_weights_report_and_bad_files(golden_copy):
     assert r.exit_code == 2 and r.stderr.startswith("sfport: error: list.txt")
     r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
     assert "Copied weights of 10 layers" in r.stderr
+
+
+def test_bad_checkpoints_are_one_line_errors(golden_copy):
+    """--snapshot X.pt of the wrong structure: exit status 2 and one line naming the file and what is wrong."""
+    write_solver(golden_copy / "s.prototxt", max_iter=2, snapshot=2, snapshot_prefix="runs/b/x")
+    r = CliRunner().invoke(cli, ["train", "s.prototxt", "--weights", "init.caffemodel", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    ck = torch.load(golden_copy / "runs/b/x_iter_2.pt", weights_only=True)
+    r = CliRunner().invoke(cli, ["train", "s.prototxt", "--snapshot", "runs/b/x_iter_2.pt", "--workers", "0"])
+    assert r.exit_code == 0 and "Restoring previous solver status from runs/b/x_iter_2.pt" in r.stderr
+    cases = [(dict(ck, format="other"), "not an sfport training checkpoint (.pt written by sfport train)"),
+             ({k: v for k, v in ck.items() if k != "state_dict"}, "'state_dict' is missing or not a dict"),
+             (dict(ck, rng=ck["rng"].float()), "'rng' is not a torch RNG state (uint8)"),
+             (dict(ck, iter="2"), "'iter' is missing or not an integer"),
+             (dict(ck, history=ck["history"][:-1]),
+              f"{len(ck['history']) - 1} history blobs, the net has {len(ck['history'])}"),
+             (dict(ck, history=[h.reshape(-1) for h in ck["history"]]), "history of conv1_1/0: ")]
+    for doc, message in cases:
+        torch.save(doc, golden_copy / "bad.pt")
+        r = CliRunner().invoke(cli, ["train", "s.prototxt", "--snapshot", "bad.pt", "--workers", "0"])
+        assert r.exit_code == 2, (message, r.output[-2000:])
+        assert r.stderr.strip().splitlines()[-1].startswith(f"sfport: error: bad.pt: {message}")
+
+
+def test_start_checks_the_device_request(golden_copy):
+    """sfport.train.start: --gpu on a machine without CUDA, bad GPU ids and --amp on the CPU are input errors."""
+    write_solver(golden_copy / "s.prototxt", max_iter=1, snapshot_prefix="runs/g/x")
+    if torch.cuda.is_available():
+        with pytest.raises(sfport.CaffeFileError, match="give GPU ids like 0 or 0,1"):
+            tr.start("s.prototxt", gpu="first")
+        with pytest.raises(sfport.CaffeFileError, match="this machine has GPUs 0 to"):
+            tr.start("s.prototxt", gpu=str(torch.cuda.device_count()))
+    else:
+        with pytest.raises(sfport.CaffeFileError, match="no CUDA device is available"):
+            tr.start("s.prototxt", gpu="0")
+    with pytest.raises(sfport.CaffeFileError, match="--amp needs a GPU"):
+        tr.start("s.prototxt", amp=True, workers=0)
+    assert not (golden_copy / "runs/g").exists()

@@ -64,7 +64,7 @@ def test_v1_copy_of_lenet_upgrades_to_the_original(tmp_path):
 
     # the command line does the same and writes the current format
     out = tmp_path / "lenet_upgraded.caffemodel"
-    from cli import cli
+    from sfport.cli import cli
     result = CliRunner().invoke(cli, ["upgrade", str(v1_path), str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == original.SerializeToString()

@@ -25,14 +25,15 @@ def snapshot(solver) -> str:
     sp = solver.param
     if sp.snapshot_format == caffe_pb2.SolverParameter.HDF5:
         solver.log("HDF5 snapshots are not supported; writing binary proto files", "solver.cpp:0", "W")
-    base = f"{sp.snapshot_prefix or str(Path(solver.path).with_suffix(''))}_iter_{solver.iter}"
+    base = f"{sp.snapshot_prefix or str(Path(solver.path).with_suffix(''))}_iter_{solver.state.iter}"
     Path(base).parent.mkdir(parents=True, exist_ok=True)
     model_path = base + ".caffemodel"
     solver.log(f"Snapshotting to binary proto file {model_path}", "solver.cpp:447")
     solver.net.save_caffemodel(model_path)
     state_path = base + ".solverstate"
     solver.log(f"Snapshotting solver state to binary proto file {state_path}", "sgd_solver.cpp:273")
-    caffe_files.write_solverstate(state_path, *solver.state.to_solverstate(model_path))
+    st = solver.state.to_solverstate(model_path)
+    caffe_files.write_solverstate(state_path, st.state, st.history)
     cuda = solver.device.type == "cuda"
     ckpt = {"format": CKPT_FORMAT, "version": 1, **solver.state.state_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in solver.net.module.state_dict().items()},
@@ -63,7 +64,6 @@ def restore(solver, path: str) -> None:
         torch.set_rng_state(ck["rng"])
         if solver.device.type == "cuda" and ck["cuda_rng"].numel():
             torch.cuda.set_rng_state(ck["cuda_rng"])
-        solver.last_snapshot = str(path)
         solver.log(f"Restoring previous solver status from {path}", "sgd_solver.cpp:318")
         return
     st = caffe_files.read_solverstate(path)
@@ -73,7 +73,6 @@ def restore(solver, path: str) -> None:
         if not lp.exists() and not lp.is_absolute():
             lp = Path(path).parent / Path(learned).name
         solver.net.load_weights(caffe_files.read_caffemodel(lp))
-    solver.state.load_solverstate(st.state, st.history, path)
-    solver.last_snapshot = str(path)
+    solver.state.load_solverstate(st)
     solver.log(f"Restoring previous solver status from {path} (Caffe resume: layer counters and data position "
                f"start again; use the .pt to continue exactly)", "sgd_solver.cpp:318")

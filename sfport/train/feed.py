@@ -10,8 +10,8 @@ from sfport.data import ImageDataset, MicroBatches, check, loader
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 from sfport.shapes import DATA_TYPES, layer_included
+from sfport.train.config import Options
 from sfport.train.log import CaffeLog
-from sfport.train.options import Options
 
 
 def data_layers(net, phase) -> list:

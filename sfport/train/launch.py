@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sfport.errors import CaffeFileError
+from sfport.train.config import Options
 from sfport.train.loop import Solver
-from sfport.train.options import Options
 
 
 def dist_env() -> tuple[int, int, int] | None:
@@ -64,24 +64,37 @@ def launch(solver_path, opts: Options, gpus: list[int] | None) -> None:
     run(solver_path, opts)
 
 
-def start(solver_path, gpu: str | None = None, workers: int | None = None, **options) -> None:
-    """``sfport train``: resolve ``gpu`` ('0', '0,1', 'all' or None for the CPU or what torchrun set up) and the
-    worker count (default: the CPU count, at most 16), then :func:`launch` with the other :class:`Options`."""
+def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | None = None,
+          data_root: str | None = None, source: str | None = None, seed: int | None = None, amp: bool = False,
+          workers: int | None = None, skip_bad_images: bool = False, keep_going: bool = False,
+          synthetic_data: bool = False, data_shape: tuple | None = None, max_iter: int | None = None,
+          progress: bool | None = None, margin_grad: str | None = None) -> None:
+    """``sfport train`` (caffe.cpp train): resolve ``gpu`` ('0', '0,1', 'all'; None: the CPU, or CUDA when
+    torchrun set up several processes) and ``workers`` (None: the CPU count, at most 16), then :func:`launch`
+    with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). Bad input (GPU ids, --amp without
+    a GPU, the files) raises :class:`~sfport.errors.CaffeFileError`; divergence raises
+    :class:`~sfport.train.loop.TrainingStopped`."""
     gpus = None
     device = "cpu"
     if gpu:
         if not torch.cuda.is_available():
             raise CaffeFileError(None, f"--gpu {gpu}: no CUDA device is available on this machine")
+        count = torch.cuda.device_count()
         try:
-            gpus = list(range(torch.cuda.device_count())) if gpu == "all" else [int(g) for g in gpu.split(",")]
+            gpus = list(range(count)) if gpu == "all" else [int(g) for g in gpu.split(",")]
         except ValueError:
             raise CaffeFileError(None, f"--gpu {gpu}: give GPU ids like 0 or 0,1, or 'all'") from None
+        if not gpus or any(not 0 <= g < count for g in gpus):
+            raise CaffeFileError(None, f"--gpu {gpu}: this machine has GPUs 0 to {count - 1}")
         device = f"cuda:{gpus[0]}"
         torch.backends.cudnn.benchmark = True
     elif dist_env() is not None and torch.cuda.is_available():
         device = "cuda"
-    if options.get("amp") and not device.startswith("cuda"):
+    if amp and not device.startswith("cuda"):
         raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
-    opts = Options(device=device, channels_last=device.startswith("cuda"),
-                   workers=min(16, os.cpu_count() or 2) if workers is None else workers, **options)
+    opts = Options(weights=list(weights), snapshot=snapshot, data_root=data_root, source=source, seed=seed,
+                   device=device, amp=amp, workers=min(16, os.cpu_count() or 2) if workers is None else workers,
+                   skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
+                   data_shape=tuple(data_shape) if data_shape else None, max_iter=max_iter, progress=progress,
+                   channels_last=device.startswith("cuda"), margin_grad=margin_grad)
     launch(solver_path, opts, gpus)

@@ -1,4 +1,5 @@
-"""Caffe's log lines: glog's prefix, the C++ float format, and a net's outputs as Caffe lists them."""
+"""Caffe's log lines: glog's prefix, the C++ float format, a net's outputs as Caffe lists them (solver.cpp
+Solver::Step and Solver::Test), and the progress bar the lines are written through."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 
 class CaffeLog:
@@ -48,3 +50,13 @@ def output_line(kind: str, n: int, name: str, value: float, weight: float) -> st
     """Solver::Step's / Solver::Test's ``    Train net output #n: name = v (* w = w*v loss)``."""
     extra = f" (* {g6(weight)} = {g6(weight * value)} loss)" if weight else ""
     return f"    {kind} net output #{n}: {name} = {g6(value)}{extra}"
+
+
+def progress_bar(log: CaffeLog, total: int, initial: int, show: bool | None):
+    """A tqdm bar to ``total`` updates (``show`` None: when stderr is a terminal) through which ``log`` then
+    writes its lines; None when not shown."""
+    if not (show if show is not None else sys.stderr.isatty()):
+        return None
+    bar = tqdm(total=total, initial=initial, desc="train", unit="iter", leave=False, dynamic_ncols=True)
+    log.bar = bar
+    return bar

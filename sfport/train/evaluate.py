@@ -1,0 +1,51 @@
+"""The test nets (Solver::InitTestNets, Solver::TestAll and Solver::Test in solver.cpp): each shares the train
+net's weights (Net::ShareTrainedLayersWith), reads its own data with a cursor that runs on across tests, and logs
+its outputs averaged over ``test_iter`` batches (and the mean loss with ``test_compute_loss``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sfport import caffe_files
+from sfport.net import Net
+from sfport.protos import caffe_pb2
+from sfport.train.config import Options
+from sfport.train.feed import Feeder, num_classes
+from sfport.train.log import CaffeLog, g6, net_outputs, output_line
+
+
+def build_test_net(net_param, i: int, train_net: Net, opts: Options, base: Path | None, seed: int,
+                   device: torch.device, log: CaffeLog) -> tuple[Net, Feeder]:
+    """Test net ``i`` on ``device``, its data cursor at the start, its trained layers those of ``train_net``."""
+    feeder = Feeder(net_param, caffe_pb2.TEST, opts, base, seed + 1 + i, 1, 0, 1, log)
+    net = Net(caffe_files.CaffeModel.from_net(net_param, None), phase="test", input_shapes=feeder.inputs)
+    feeder.num_classes = num_classes(net)
+    net.module.share_trained_layers_with(train_net.module)
+    net.module.to(device)
+    feeder.start(0)
+    return net, feeder
+
+
+def run_test_nets(test_nets: list[tuple[Net, Feeder]], sp: caffe_pb2.SolverParameter, it: int,
+                  device: torch.device, log: CaffeLog) -> None:
+    """Solver::TestAll at iteration ``it``: every test net over its ``test_iter`` batches, and the log lines."""
+    for i, (net, feeder) in enumerate(test_nets):
+        log(f"Iteration {it}, Testing net (#{i})", "solver.cpp:330")
+        scores: dict[tuple, float] = {}
+        total_loss = 0.0
+        n = sp.test_iter[i]
+        net.module.eval()
+        for _ in range(n):
+            batch = {k: v.to(device) for k, v in feeder.next().items()}
+            with torch.no_grad():
+                blobs = net.module.run(batch, keep_all=False)
+            loss = net.module.loss(blobs)
+            total_loss += float(loss) if loss is not None else 0.0
+            for name, vals, w in net_outputs(net, blobs):
+                for j, v in enumerate(vals):
+                    scores[(name, j, w)] = scores.get((name, j, w), 0.0) + float(v)
+        if sp.test_compute_loss:
+            log(f"Test loss: {g6(total_loss / n)}", "solver.cpp:394")
+        for idx, ((name, _, w), total) in enumerate(scores.items()):
+            log(output_line("Test", idx, name, total / n, w), "solver.cpp:397")
