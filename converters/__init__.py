@@ -33,7 +33,7 @@ from __future__ import annotations
 # The built-in families register themselves with the registry of .base when they are imported.
 from . import activations, conv, linear, loss, margin, norm, pooling, structure  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, SameShape, UnknownLayerType, find, get, is_loss,
-                   is_training_only, load_plugins, register, registered_types)
+                   is_training_only, label_bottoms, load_plugins, register, registered_types)
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "SameShape", "UnknownLayerType", "find", "get",
-           "is_loss", "is_training_only", "load_plugins", "register", "registered_types"]
+           "is_loss", "is_training_only", "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -22,6 +22,7 @@ _PLUGINS_LOADED = False
 ROLES_WITHOUT_CONVERTER = {
     "EuclideanLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
     "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss", "HDF5Output": "training_only",
+    "MultiBoxLoss": "loss", "DetectionEvaluate": "training_only",
 }
 
 
@@ -42,6 +43,7 @@ class Converter:
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
     training_only: bool = False   # dropped (with the losses) when a training net becomes a deploy net
+    label_bottoms: tuple = ()     # bottoms that take labels (an inference net has none: the layer goes with them)
 
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""
@@ -143,6 +145,12 @@ def is_loss(layer_type: str) -> bool:
     """Whether the type is a Caffe loss layer (its first top has loss_weight 1 by default)."""
     c = find(layer_type)
     return c.loss if c is not None else ROLES_WITHOUT_CONVERTER.get(layer_type) == "loss"
+
+
+def label_bottoms(layer_type: str) -> tuple:
+    """The bottoms of a type that take labels (MarginInnerProduct's second, for example)."""
+    c = find(layer_type)
+    return tuple(c.label_bottoms) if c is not None else ()
 
 
 def is_training_only(layer_type: str) -> bool:

@@ -204,6 +204,8 @@ def _feature_axis(layer, p, bottom_shapes) -> tuple[int, int]:
 
 @register("MarginInnerProduct")
 class MarginInnerProductConverter(Converter):
+    label_bottoms = (1,)
+
     def param_shapes(self, layer, bottom_shapes):
         _, k = _feature_axis(layer, layer.margin_inner_product_param, bottom_shapes)
         return [(layer.margin_inner_product_param.num_output, k)]
@@ -329,6 +331,7 @@ class InterClass(nn.Module):
 @register("InterClass")
 class InterClassConverter(Converter):
     loss = True
+    label_bottoms = (1,)
 
     def param_shapes(self, layer, bottom_shapes):
         _, k = _feature_axis(layer, layer.inter_class_param, bottom_shapes)

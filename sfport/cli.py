@@ -160,23 +160,65 @@ def _parse_shape(text: str | None):
     return dims
 
 
+def _parse_shapes(values) -> dict | tuple | None:
+    """Repeated ``--shape``: ``N,C,H,W`` (the first input) or ``NAME=N,C,H,W`` (an input by name)."""
+    values = [v for v in (values or ()) if v]
+    if not values:
+        return None
+    named, bare = {}, []
+    for v in values:
+        name, sep, dims = v.rpartition("=")
+        if sep:
+            if not name:
+                raise click.BadParameter(f"'{v}' has no input name before '='", param_hint="--shape")
+            named[name] = _parse_shape(dims)
+        else:
+            bare.append(_parse_shape(v))
+    if bare and (named or len(bare) > 1):
+        raise click.BadParameter("with several inputs, name each: --shape data=N,C,H,W --shape im_info=1,3",
+                                 param_hint="--shape")
+    return bare[0] if bare else named
+
+
+def _state_options(default_phase: str = "TEST"):
+    """--phase, --stage (repeatable), --level and --shape (repeatable): Caffe's NetState and the input shapes."""
+    def decorate(f):
+        f = click.option("--shape", "shapes", multiple=True,
+                         help="Input shape N,C,H,W (the first input) or NAME=N,C,H,W (repeatable), where the "
+                              "definition does not fix it.")(f)
+        f = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(f)
+        f = click.option("--stage", "stages", multiple=True,
+                         help="NetState stage (repeatable), as `caffe ... -stage`.")(f)
+        f = click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+                         default=default_phase, show_default=True,
+                         help="Which layers of a train/test definition (include/exclude rules).")(f)
+        return f
+    return decorate
+
+
+def _state(phase, stages, level) -> dict:
+    return {"phase": phase.upper(), "stages": tuple(stages), "level": level}
+
+
 @cli.command()
 @click.argument("model")
-@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--prototxt", "-p", help="Net definition (deploy, train_val or train_test); default: the net stored "
+                                       "in the caffemodel.")
 @click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension).")
 @click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]), default="pt",
               show_default=True)
-@click.option("--shape", help="Input shape N,C,H,W, when the definition has none (training snapshots).")
+@_state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="Largest error, relative to max|output|, an export may show against the eager net.")
-def convert(model, prototxt, output, fmt, shape, tol):
+def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol):
     """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
 
-    Without --prototxt the net definition stored inside the caffemodel is used: a training snapshot's data
-    layers become inputs (give --shape) and its loss layers are dropped. pt is sfport's self-contained file
-    (net definition + state_dict, loadable with torch.load(weights_only=True) and sfport.Net). TorchScript
-    and ONNX (opset 18, dynamic batch) are checked against the eager net (ONNX on onnxruntime) before they
-    are written; a mismatch writes nothing and exits 1.
+    The net converted is the inference form of the definition (--prototxt, or the one stored in the
+    caffemodel) in the given phase and stages: data layers become inputs (shaped from what they state, or
+    --shape), their label tops, the loss and accuracy layers go (see `sfport deploy`). pt is sfport's
+    self-contained file (net definition + state_dict, loadable with torch.load(weights_only=True) and
+    sfport.Net). TorchScript and ONNX are checked against the eager net (ONNX on onnxruntime) before they are
+    written; a mismatch writes nothing and exits 1.
 
     \b
     Examples:
@@ -186,7 +228,7 @@ def convert(model, prototxt, output, fmt, shape, tol):
     from sfport import export
     from sfport.net import load_net
 
-    net = load_net(model, prototxt, _parse_shape(shape))
+    net = load_net(model, prototxt, _parse_shapes(shapes), **_state(phase, stages, level))
     output = output or export.default_output(model, fmt)
     try:
         worst = export.write(net, output, fmt, tol)
@@ -200,8 +242,37 @@ def convert(model, prototxt, output, fmt, shape, tol):
 
 
 @cli.command()
+@click.argument("net_file", metavar="NET")
+@click.option("--output", "-o", required=True, help="The deploy prototxt to write.")
+@_state_options()
+def deploy(net_file, output, phase, stages, level, shapes):
+    """Write the deploy (inference) form of a net definition: the deploy.prototxt users write by hand.
+
+    NET is a train_val / train_test prototxt (or a caffemodel, whose stored net is used). The layers of the
+    phase and stages are kept (Caffe's include/exclude rules); each data layer becomes an Input layer for its
+    first top, shaped from what it states (batch_size, crop_size, new_height/new_width, DummyData and Input
+    shapes) or from --shape; its other tops are labels. Loss layers, Accuracy, Silence and every layer that
+    needs a label or only feeds them are dropped; what remains unconsumed are the net's outputs.
+
+    \b
+    Examples:
+      sfport deploy lenet_train_test.prototxt --shape 1,1,28,28 -o lenet_deploy.prototxt
+      sfport deploy train_val.prototxt --phase TEST --stage test-on-test -o deploy.prototxt
+    """
+    from sfport import caffe_files, deploy as deploy_mod
+
+    net = deploy_mod.deploy_net(net_file, input_shapes=_parse_shapes(shapes), **_state(phase, stages, level))
+    caffe_files.write_prototxt(output, net)
+    inputs = ", ".join(f"{l.top[j]} [{','.join(map(str, s.dim))}]" for l in net.layer if l.type == "Input"
+                       for j, s in enumerate(l.input_param.shape) if j < len(l.top))
+    click.echo(f"wrote {output}: {len(net.layer)} layers; inputs {inputs}; outputs "
+               f"{', '.join(deploy_mod.net_outputs(net))}")
+
+
+@cli.command()
 @click.argument("model")
-@click.option("--prototxt", "-p", help="Deploy net definition; default: the net stored in the caffemodel.")
+@click.option("--prototxt", "-p", help="Net definition (deploy, train_val or train_test); default: the net stored "
+                                       "in the caffemodel.")
 @click.option("--reference", default="opencv", show_default=True,
               help="opencv (OpenCV 4's Caffe importer), caffe (pycaffe in a subprocess; $SFPORT_CAFFE_PYTHON), "
                    "or a directory of <blob>.npy files.")

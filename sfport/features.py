@@ -21,7 +21,7 @@ import torch
 from sfport import align
 from sfport.errors import CaffeFileError
 from sfport.files import atomic_write
-from sfport.net import Net
+from sfport.net import load_net
 
 COLOR = {"sphereface": "bgr", "insightface": "rgb", "facenet": "rgb"}
 
@@ -51,7 +51,7 @@ class Model:
             self.output = blob or names[0]
             self.net = None
         else:
-            self.net = Net(prototxt, self.path) if prototxt else Net(self.path)
+            self.net = load_net(self.path, prototxt)
             self.net.module.eval().to(device)
             names = list(self.net.inputs)
             self.input_name = names[0]

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from sfport import converters, shapes
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-from sfport.shapes import DATA_TYPES
 
 
 @dataclass
@@ -66,47 +65,6 @@ def _patched(net, input_shapes: dict | None):
     return out
 
 
-def deploy_net(net, input_shapes: dict | None = None):
-    """A deploy form of a training net (what a caffemodel stores): data layers become Input layers for their
-    data tops (tops named like 'label' are labels), loss/accuracy/silence layers go, and so does every layer
-    that needs a removed blob; the Split layers Caffe inserted are folded away."""
-    out = caffe_pb2.NetParameter(name=net.name)
-    removed: set[str] = set()
-    inputs: set[str] = set()
-    alias: dict[str, str] = {}  # tops of the Split layers Caffe inserted -> the blob they copy
-    for layer in net.layer:
-        if layer.type == "Split" and len(layer.bottom) == 1:
-            for t in layer.top:
-                alias[t] = alias.get(layer.bottom[0], layer.bottom[0])
-            continue
-        # data layers of any phase (train and test nets often have one each): their data tops become inputs
-        if layer.type in DATA_TYPES and layer.type != "Input":
-            labels = [t for t in layer.top if "label" in t.lower()]
-            keep = [t for t in layer.top if t not in labels and t not in inputs] or \
-                [t for t in layer.top[:1] if t not in inputs]
-            removed.update(t for t in layer.top if t not in keep and t not in inputs)
-            if keep:
-                inp = out.layer.add(name=layer.name, type="Input", top=keep)
-                for t in keep:
-                    shape = (input_shapes or {}).get(t)
-                    inp.input_param.shape.add(dim=list(shape) if shape else [])
-                inputs.update(keep)
-            continue
-        if not shapes.layer_included(layer, caffe_pb2.TEST) or converters.is_training_only(layer.type):
-            removed.update(t for t in layer.top if t not in layer.bottom)
-            continue
-        if any(alias.get(b, b) in removed for b in layer.bottom):
-            removed.update(layer.top)
-            continue
-        out.layer.add().CopyFrom(layer)
-        for j, b in enumerate(layer.bottom):
-            out.layer[-1].bottom[j] = alias.get(b, b)
-        out.layer[-1].ClearField("include")
-        out.layer[-1].ClearField("exclude")
-        out.layer[-1].ClearField("phase")
-    return out
-
-
 def loss_weights(layer, path=None) -> list[float]:
     """Per-top loss weights as Caffe's Layer::SetLossWeights: explicit ``loss_weight`` (one per top), else 1 for
     the first top of a loss layer and 0 elsewhere."""
@@ -121,14 +79,16 @@ def loss_weights(layer, path=None) -> list[float]:
 
 def input_names(net) -> list[str]:
     """Tops of the net's data/Input layers, in order."""
-    return [t for layer in net.layer if layer.type in DATA_TYPES for t in layer.top]
+    return [t for layer in net.layer if shapes.is_data_layer(layer) for t in layer.top]
 
 
 def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = None, path=None) -> NetGraph:
-    """Resolve a NetParameter into a NetGraph for ``phase`` (Caffe's Net::Init bookkeeping)."""
+    """Resolve a NetParameter already reduced to one NetState (:func:`sfport.netstate.filter_net` or
+    :func:`sfport.deploy.inference_net`) into a NetGraph (Caffe's Net::Init bookkeeping); ``phase`` is the
+    state's phase (train or test behaviour of the layers)."""
     net = _patched(net, input_shapes)
     data_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
-    inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes)}
+    inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes, filtered=True)}
     current: dict[str, str] = {}         # Caffe name -> unique name of its current value
     caffe_name: dict[str, str] = {}
     inputs: dict[str, tuple] = {}
@@ -146,10 +106,8 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
         return name
 
     for i, layer in enumerate(net.layer):
-        if not shapes.layer_included(layer, phase):
-            continue
         ls = inferred[i]
-        if layer.type in DATA_TYPES:
+        if shapes.is_data_layer(layer):
             for top, shape in zip(layer.top, ls.tops):
                 u = new_name(top, layer.name)
                 inputs[u] = shape

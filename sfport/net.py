@@ -11,11 +11,13 @@ from torch import nn
 
 from google.protobuf import text_format
 
-from sfport import caffe_files, files, fillers, shapes
+from sfport import caffe_files, files, fillers, netstate, shapes
 from sfport import converters as conv_registry
+from sfport import deploy as deploy_mod
 from sfport import model as model_mod
 from sfport.errors import CaffeFileError
-from sfport.graph import NetGraph, build_graph, deploy_net, input_names
+from sfport.graph import NetGraph, build_graph, input_names
+from sfport.netstate import NetState
 from sfport.protos import caffe_pb2
 
 PT_FORMAT = "sfport-net"
@@ -228,6 +230,13 @@ def _as_tensor(x) -> torch.Tensor:
 class Net:
     """pycaffe-like: ``Net(prototxt_or_caffemodel_or_pt, weights=None, phase="test", input_shapes=None)``.
 
+    The net is the definition's layers of the NetState (``phase``, ``level``, ``stages``; Caffe's
+    Net::FilterNet), as pycaffe's ``caffe.Net(file, phase)`` gives them. With ``inference`` it is the
+    definition's inference form (:func:`sfport.deploy.derive`): data layers become inputs, their label tops, the
+    losses and the accuracy go; that is the default only for the training net a caffemodel stores, in TEST.
+    The commands (:func:`load_net`) always run the inference form. ``input_shapes`` is {input: shape} or one
+    shape for the first input.
+
     ``forward(**inputs)`` returns the output blobs; afterwards ``blobs[name]`` holds every blob (by Caffe name,
     its last value; ``layer_outputs[layer]`` the tops of each layer), ``params[layer]`` the parameters in
     Caffe order, ``module`` the nn.Module. ``save(path)`` writes sfport's self-contained ``.pt``;
@@ -235,41 +244,57 @@ class Net:
     """
 
     def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None,
-                 seed: int | None = None):
-        self.phase = {"test": caffe_pb2.TEST, "train": caffe_pb2.TRAIN}[str(phase).lower()]
+                 seed: int | None = None, *, stages=(), level: int = 0, inference: bool | None = None):
+        self.state = NetState.of(phase, level, stages)
+        self.phase = self.state.phase
         state = None
         self.report = None
+        stored = False     # a definition Caffe (or sfport) stored, already reduced to one state
         if isinstance(model, caffe_files.CaffeModel):
             definition = model
         elif str(model).endswith(".pt"):
             definition, state, saved_shapes = _load_pt(model)
             input_shapes = input_shapes or saved_shapes
+            stored = True
         else:
             definition = caffe_files.read_net(model)
+            stored = definition.kind == caffe_files.BINARY
+        # net.cpp Net::Init gives every layer the net's phase and Net::ToProto stores it with the filtered layers
+        stored = stored or netstate.stored_phase(definition.net) is not None
         weight_model = None
         if weights is not None:
             weight_model = weights if isinstance(weights, caffe_files.CaffeModel) else caffe_files.read_caffemodel(weights)
         elif definition.has_weights():
             weight_model = definition
         net = definition.net
-        if isinstance(input_shapes, (tuple, list)):  # one shape: the net's first input
+        if stored:  # filtered before it was stored (Net::ToProto writes the net's layers only)
+            net = _without_rules(net)
+        else:
+            net = netstate.filter_net(net, self.state, definition.path)
+        if inference is None:  # a caffemodel alone holds the training net: in TEST, what it was trained for
+            inference = stored and self.phase == caffe_pb2.TEST and any(map(shapes.reads_data_set, net.layer))
+        if inference:
+            derived = deploy_mod.derive(net, input_shapes=input_shapes, path=definition.path, already_filtered=True)
+            net = derived.net
+            input_shapes = {k: v for k, v in derived.inputs.items() if v}
+            missing = derived.unknown_inputs()
+            if missing:
+                raise deploy_mod.unknown_input_error(definition.path, missing[0], derived.sources.get(missing[0]))
+        elif isinstance(input_shapes, (tuple, list)):  # one shape: the net's first input
             names = input_names(net)
             if not names:
                 raise CaffeFileError(definition.path, "the net has no input to give a shape to")
             input_shapes = {names[0]: tuple(input_shapes)}
-        if weight_model is definition and any(map(shapes.reads_data_set, net.layer)) \
-                and self.phase == caffe_pb2.TEST:
-            net = deploy_net(net, input_shapes)
-            if input_shapes and not any(k in input_names(net) for k in input_shapes):
-                input_shapes = {input_names(net)[0]: next(iter(input_shapes.values()))}
+        self.inference = bool(inference)
         self.definition = net
         self.path = definition.path
         self.input_shapes = dict(input_shapes or {})
         self.graph = build_graph(net, self.phase, input_shapes, definition.path)
         missing = [n for n, s in self.graph.inputs.items() if s is None or len(s) == 0]
         if missing:
-            raise CaffeFileError(definition.path, f"the shape of input {missing} is unknown: give it "
-                                                  f"(--shape N,C,H,W / input_shapes={{'{missing[0]}': ...}})")
+            layer = next((l for l in net.layer if missing[0] in l.top), None)
+            raise deploy_mod.unknown_input_error(definition.path, self.graph.caffe_name[missing[0]],
+                                                 (layer.name, layer.type) if layer is not None else None)
         self.module = CaffeNet(self.graph)
         self.module.train(self.phase == caffe_pb2.TRAIN)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -382,13 +407,25 @@ class Net:
         return tuple(out)
 
 
-def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test") -> "Net":
+def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test", *,
+             stages=(), level: int = 0, inference: bool = True) -> "Net":
     """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or a caffemodel's weights
-    copied into the ``prototxt`` definition by layer name; ``input_shapes`` as for :class:`Net`."""
+    copied into the ``prototxt`` definition by layer name, in its inference form (any definition: deploy,
+    train_val, train_test, a snapshot's stored net); the other arguments as for :class:`Net`."""
     if prototxt is not None:
         return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
-                   input_shapes=input_shapes)
-    return Net(model, phase=phase, input_shapes=input_shapes)
+                   input_shapes=input_shapes, stages=stages, level=level, inference=inference)
+    return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference)
+
+
+def _without_rules(net):
+    """A copy of a stored net without include/exclude rules: Caffe filtered it before storing it."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    for layer in out.layer:
+        layer.ClearField("include")
+        layer.ClearField("exclude")
+    return out
 
 
 def _load_pt(path):

@@ -1,6 +1,6 @@
 """Blob and parameter shapes of a Caffe net, inferred from its definition as Caffe's Net::Init does.
 
-``infer(net, phase)`` walks the layers active in ``phase`` (Caffe's Net::FilterNet rules) and returns, per layer,
+``infer(net, state)`` walks the layers active in ``state`` (Caffe's Net::FilterNet rules, :mod:`sfport.netstate`) and returns, per layer,
 the shapes of its tops and of the parameter blobs Caffe would allocate. Data layers' tops come from their
 parameters or from the shapes given; every other layer's come from its converter (the registry in
 :mod:`sfport.converters`, the one home of a layer type). A layer type without a converter, a converter that does
@@ -12,19 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sfport import converters
+from sfport.netstate import NetState, included
 
 Shape = tuple  # of ints
 
-# The layers that feed a net (Caffe's data layers and Input): their tops become the graph's inputs.
+# The layers that feed a net (Caffe's data layers and Input): their tops become the graph's inputs. A Python
+# layer is one only when it has no bottoms (a Python layer with bottoms computes, a Python loss for example).
 DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "AnnotatedData",
               "Python")
 # Those whose definition fixes their tops' shapes; the others read a data set (a training net's data layers).
 SHAPED_DATA_TYPES = ("Input", "DummyData", "MemoryData")
 
 
+def is_data_layer(layer) -> bool:
+    """A layer whose tops are the net's inputs: Input, a data layer, or a Python layer without bottoms."""
+    if layer.type == "Python":
+        return len(layer.bottom) == 0
+    return layer.type in DATA_TYPES
+
+
 def reads_data_set(layer) -> bool:
     """A data layer that reads a data set (Data, ImageData, HDF5Data, ...): its tops' shapes come from the data."""
-    return layer.type in DATA_TYPES and layer.type not in SHAPED_DATA_TYPES
+    return is_data_layer(layer) and layer.type not in SHAPED_DATA_TYPES
 
 
 @dataclass
@@ -35,24 +44,11 @@ class LayerShapes:
     params: list | None              # expected parameter blob shapes, None when unknown
 
 
-def layer_included(layer, phase: int, level: int = 0, stages: tuple = ()) -> bool:
-    """Caffe's Net::FilterNet / StateMeetsRule for one layer (phase given as caffe_pb2.TRAIN/TEST)."""
-    def meets(rule) -> bool:
-        if rule.HasField("phase") and rule.phase != phase:
-            return False
-        if rule.HasField("min_level") and level < rule.min_level:
-            return False
-        if rule.HasField("max_level") and level > rule.max_level:
-            return False
-        if any(s not in stages for s in rule.stage):
-            return False
-        if any(s in stages for s in rule.not_stage):
-            return False
-        return True
-
-    if len(layer.include):
-        return any(meets(r) for r in layer.include)
-    return not any(meets(r) for r in layer.exclude)
+def layer_included(layer, state=None, level: int = 0, stages: tuple = ()) -> bool:
+    """Caffe's Net::FilterNet for one layer; ``state`` is a NetState or a phase (then with ``level``, ``stages``)."""
+    if not isinstance(state, NetState):
+        state = NetState.of(state, level, stages)
+    return included(layer, state)
 
 
 def _repeat(shapes: list, ntop: int) -> list:
@@ -62,10 +58,46 @@ def _repeat(shapes: list, ntop: int) -> list:
     return (shapes + [None] * ntop)[:ntop]
 
 
+def batch_size(layer) -> int | None:
+    """The batch size a data layer states (None: it does not)."""
+    for name in ("data_param", "image_data_param", "window_data_param", "hdf5_data_param", "memory_data_param"):
+        if layer.HasField(name) and getattr(layer, name).batch_size:
+            return int(getattr(layer, name).batch_size)
+    return None
+
+
+def stated_image_shape(layer) -> tuple | None:
+    """The shape of a data-set layer's first top as far as its definition fixes it, None for an axis it does not:
+    batch_size; ImageData's channels (is_color), new_height/new_width or crop_size (image_data_layer.cpp
+    DataLayerSetUp); WindowData's crop_size of colour images (window_data_layer.cpp); a Data layer's crop_size,
+    and its channels when force_color / force_gray or one mean_value per channel say them (data_transformer.cpp
+    checks mean_value has 1 or C entries). None when nothing is stated."""
+    tp = layer.transform_param
+    n = batch_size(layer)
+    c = h = w = None
+    if tp.crop_size:
+        h = w = int(tp.crop_size)
+    if tp.force_color:
+        c = 3
+    elif tp.force_gray:
+        c = 1
+    elif len(tp.mean_value) > 1:
+        c = len(tp.mean_value)
+    if layer.type == "ImageData":
+        p = layer.image_data_param
+        c = 3 if p.is_color else 1
+        if not tp.crop_size and p.new_height and p.new_width:
+            h, w = int(p.new_height), int(p.new_width)
+    elif layer.type == "WindowData":
+        c = 3
+    shape = (n, c, h, w)
+    return None if all(d is None for d in shape) else shape
+
+
 def data_tops(layer, given: dict) -> list:
     """Shapes of a data layer's tops: as given by name, else what its parameters fix (Input and DummyData
-    shapes, MemoryData sizes, ImageData's new_height/new_width or crop_size); a label top takes the batch size
-    of the data."""
+    shapes, MemoryData sizes, the image shape a data-set layer states in full); a label top (any top after the
+    first, whatever its name) takes the batch size of the data."""
     ntop = len(layer.top)
     if layer.type == "Input":
         fixed = _repeat([tuple(s.dim) for s in layer.input_param.shape], ntop)
@@ -78,14 +110,13 @@ def data_tops(layer, given: dict) -> list:
         fixed = _repeat([(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)], ntop)
     else:
         fixed = [given.get(t) for t in layer.top]
-        if fixed and fixed[0] is None and layer.type == "ImageData":
-            p, tp = layer.image_data_param, layer.transform_param
-            h = tp.crop_size or p.new_height
-            w = tp.crop_size or p.new_width
-            if h and w:
-                fixed[0] = (p.batch_size, 3 if p.is_color else 1, h, w)
-        if len(fixed) > 1 and fixed[0] is not None and fixed[1] is None:
-            fixed[1] = (fixed[0][0],)
+        stated = stated_image_shape(layer)
+        if fixed and fixed[0] is None and stated is not None and None not in stated:
+            fixed[0] = stated
+        if layer.type != "HDF5Data" and fixed and fixed[0] is not None:
+            # labels: (batch,) for Data / ImageData / MemoryData, (batch, 1, 1, 1) for WindowData
+            label = (fixed[0][0], 1, 1, 1) if layer.type == "WindowData" else (fixed[0][0],)
+            fixed = fixed[:1] + [s if s is not None else label for s in fixed[1:]]
     return fixed
 
 
@@ -103,17 +134,19 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     return (list(tops) if tops is not None else [None] * ntop), params
 
 
-def infer(net, phase: int = 1, input_shapes: dict | None = None) -> list[LayerShapes]:
-    """Shapes of every layer's tops and parameter blobs for the layers active in ``phase`` (1 = TEST).
+def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False) -> list[LayerShapes]:
+    """Shapes of every layer's tops and parameter blobs for the layers active in ``state`` (a NetState or a
+    phase; default TEST), or of every layer when ``filtered`` (a net already reduced to one state).
     ``input_shapes`` gives blob shapes by name (for Input layers' and data layers' tops)."""
+    state = NetState.of(state).for_net(net)
     given = dict(input_shapes or {})
     blobs: dict[str, tuple | None] = dict(given)
     out = []
     for i, layer in enumerate(net.layer):
-        if not layer_included(layer, phase):
+        if not filtered and not included(layer, state):
             continue
         bottoms = [blobs.get(b) for b in layer.bottom]
-        if layer.type in DATA_TYPES:
+        if is_data_layer(layer):
             tops, params = data_tops(layer, given), []
         else:
             tops, params = layer_shapes(layer, bottoms)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sfport import caffe_files
 from sfport.errors import CaffeFileError
+from sfport.netstate import merged
 from sfport.protos import caffe_pb2
 
 
@@ -36,6 +37,16 @@ def _resolve(path: str, base: Path | None) -> Path:
     if p.is_absolute() or p.exists() or base is None:
         return p
     return base / p if (base / p).exists() else p
+
+
+def net_states(sp: caffe_pb2.SolverParameter, train, tests) -> tuple:
+    """(train NetState, [test NetState...]) as Solver::InitTrainNet / InitTestNets make them: TRAIN (TEST), merged
+    with the net file's own ``state`` and then the solver's ``train_state`` (``test_state[i]``)."""
+    train_state = merged(caffe_pb2.TRAIN, train.state if train.HasField("state") else None,
+                         sp.train_state if sp.HasField("train_state") else None)
+    test_states = [merged(caffe_pb2.TEST, t.state if t.HasField("state") else None,
+                          sp.test_state[i] if i < len(sp.test_state) else None) for i, t in enumerate(tests)]
+    return train_state, test_states
 
 
 def nets_of(sp: caffe_pb2.SolverParameter, base: Path | None, solver_path) -> tuple:

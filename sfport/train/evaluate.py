@@ -16,10 +16,12 @@ from sfport.train.log import CaffeLog, g6, net_outputs, output_line
 
 
 def build_test_net(net_param, i: int, train_net: Net, opts: Options, base: Path | None, seed: int,
-                   device: torch.device, log: CaffeLog) -> tuple[Net, Feeder]:
-    """Test net ``i`` on ``device``, its data cursor at the start, its trained layers those of ``train_net``."""
-    feeder = Feeder(net_param, caffe_pb2.TEST, opts, base, seed + 1 + i, 1, 0, 1, log)
-    net = Net(caffe_files.CaffeModel.from_net(net_param, None), phase="test", input_shapes=feeder.inputs)
+                   device: torch.device, log: CaffeLog, state=caffe_pb2.TEST) -> tuple[Net, Feeder]:
+    """Test net ``i`` in ``state`` (a NetState; TEST) on ``device``, its data cursor at the start, its trained
+    layers those of ``train_net``."""
+    feeder = Feeder(net_param, state, opts, base, seed + 1 + i, 1, 0, 1, log)
+    net = Net(caffe_files.CaffeModel.from_net(net_param, None), phase=state, input_shapes=feeder.inputs,
+              inference=False)
     feeder.num_classes = num_classes(net)
     net.module.share_trained_layers_with(train_net.module)
     net.module.to(device)

@@ -9,23 +9,26 @@ import torch
 from sfport.data import ImageDataset, MicroBatches, check, loader
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-from sfport.shapes import DATA_TYPES, layer_included
+from sfport.netstate import NetState
+from sfport.shapes import is_data_layer, layer_included
 from sfport.train.config import Options
 from sfport.train.log import CaffeLog
 
 
-def data_layers(net, phase) -> list:
-    """The data layers of ``net`` active in ``phase``."""
-    return [l for l in net.layer if l.type in DATA_TYPES and layer_included(l, phase)]
+def data_layers(net, state) -> list:
+    """The data layers of ``net`` active in ``state`` (a NetState or a phase)."""
+    return [l for l in net.layer if is_data_layer(l) and layer_included(l, state)]
 
 
 class Feeder:
     """Micro-batches for one net: from its ImageData layer (a DataLoader over the deterministic stream) or
     synthetic (random images, uniform labels) for benchmarks."""
 
-    def __init__(self, net_param, phase, opts: Options, base: Path | None, seed: int, world: int, rank: int,
+    def __init__(self, net_param, state, opts: Options, base: Path | None, seed: int, world: int, rank: int,
                  iter_size: int, log: CaffeLog):
-        layers = data_layers(net_param, phase)
+        state = NetState.of(state)
+        phase = state.phase
+        layers = data_layers(net_param, state)
         self.inputs: dict[str, tuple] = {}
         self.layer = None
         self.dataset = None

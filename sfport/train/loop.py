@@ -22,7 +22,7 @@ from sfport.errors import CaffeFileError
 from sfport.net import Net
 from sfport.protos import caffe_pb2
 from sfport.train import checkpoint
-from sfport.train.config import Options, nets_of
+from sfport.train.config import Options, net_states, nets_of
 from sfport.train.evaluate import build_test_net, run_test_nets
 from sfport.train.feed import Feeder, num_classes
 from sfport.train.log import CaffeLog, g6, net_outputs, output_line, progress_bar
@@ -52,12 +52,13 @@ class Solver:
         self.log("Initializing solver from parameters: \n" + caffe_files.net_to_text(sp).rstrip(), "solver.cpp:44")
         self.seed = seed = opts.seed if opts.seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
         train_param, test_params = nets_of(sp, self.base, solver_path)
+        train_state, test_states = net_states(sp, train_param, test_params)
         self.log(f"Creating training net from net file: {sp.net or sp.train_net or '(in the solver)'}",
                  "solver.cpp:87")
-        self.feeder = Feeder(train_param, caffe_pb2.TRAIN, opts, self.base, seed, world, rank, max(sp.iter_size, 1),
+        self.feeder = Feeder(train_param, train_state, opts, self.base, seed, world, rank, max(sp.iter_size, 1),
                              self.log)
         torch.manual_seed(seed)
-        self.net = Net(caffe_files.CaffeModel.from_net(train_param, None), phase="train",
+        self.net = Net(caffe_files.CaffeModel.from_net(train_param, None), phase=train_state,
                        input_shapes=self.feeder.inputs, seed=seed)
         self.feeder.num_classes = num_classes(self.net)
         if opts.margin_grad:
@@ -77,8 +78,8 @@ class Solver:
             self.load_weights(w)
         if opts.snapshot:
             self.restore(opts.snapshot)
-        self.test_nets = [build_test_net(tp, i, self.net, opts, self.base, seed, self.device, self.log)
-                          for i, tp in enumerate(test_params)]
+        self.test_nets = [build_test_net(tp, i, self.net, opts, self.base, seed, self.device, self.log, ts)
+                          for i, (tp, ts) in enumerate(zip(test_params, test_states))]
         self.ddp = None
         if world > 1:
             self.ddp = DistributedDataParallel(self.net.module.blobs_module(), broadcast_buffers=False,
