@@ -217,10 +217,9 @@ class SGDState:
         return caffe_files.SolverStateFile(None, state, history)
 
     def load_solverstate(self, st: caffe_files.SolverStateFile) -> None:
-        """Iteration, lr step and the histories (Caffe's blobs, reshaped to the parameters) of a ``.solverstate``."""
-        if len(st.history) != len(self.blobs):
-            raise CaffeFileError(st.path, f"{len(st.history)} history blobs, the net has {len(self.blobs)} learnable "
-                                          f"blobs")
+        """Iteration, lr step and the histories of a ``.solverstate``: Caffe's Blob::FromProto takes a history of
+        the parameter's element count in whatever shape it was stored (a legacy 4-D one), so it is reshaped to the
+        parameter here; :meth:`_set_history` checks the count of blobs."""
         history = []
         for b, h in zip(self.blobs, st.history):
             if h.size != b.param.numel():
@@ -232,7 +231,7 @@ class SGDState:
 
     def _set_history(self, history: list, path) -> None:
         if len(history) != len(self.blobs):
-            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)}")
+            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)} learnable blobs")
         for b, h in zip(self.blobs, history):
             if not isinstance(h, torch.Tensor):
                 raise CaffeFileError(path, f"history of {b.name} is not a tensor")
