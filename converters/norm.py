@@ -36,8 +36,12 @@ class CaffeBatchNorm(nn.Module):
         if self._global():
             s = self.scale_factor[0]
             factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            # one fused kernel (and ONNX BatchNormalization, which onnxruntime folds into a preceding Conv)
-            return F.batch_norm(x, self.mean_sum * factor, self.var_sum * factor, None, None, False, 0.0, self.eps)
+            # one fused kernel (and ONNX BatchNormalization, which onnxruntime folds into a preceding Conv). The
+            # weight 1 and bias 0 are given (the kernel computes the same: invstd * 1, 0 - mean * invstd) because
+            # the ONNX exporter otherwise needs the input's channel count, unknown after a dynamic-shape op
+            one = torch.ones_like(self.mean_sum)
+            return F.batch_norm(x, self.mean_sum * factor, self.var_sum * factor, one, torch.zeros_like(one), False,
+                                0.0, self.eps)
         else:
             dims = [0] + list(range(2, x.dim()))
             mean = x.mean(dim=dims)

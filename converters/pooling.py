@@ -1,5 +1,7 @@
-"""Pooling: MAX / AVE / global, Caffe's ceil rounding (last window dropped when it starts in the padding),
-AVE dividing by the window clipped to H + pad, and round_mode FLOOR."""
+"""Pooling: MAX / AVE / global, as Caffe's PoolingLayer (pooling_layer.cpp): ceil rounding (or round_mode FLOOR),
+with padding a last window that would start past the input dropped, AVE dividing by the window clipped to
+[-pad, H + pad). The modules take every size from the input tensor at run time and never read a shape into a
+Python number, so a trace (TorchScript, ONNX) runs at any input size with Caffe's result at that size."""
 from __future__ import annotations
 
 import torch
@@ -7,12 +9,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Converter, register
-from .geometry import pooling_geometry, pooling_output_size
+from .geometry import pooling_geometry
 
 
-def _extra(size: int, out: int, k: int, s: int, p: int) -> int:
-    """Padding needed after the input so that ``out`` windows fit with no padding in the pooling call."""
-    return max(0, (out - 1) * s + k - size - p)
+def pooled_size(height: int, width: int, kernel, stride, pad, ceil: bool = True) -> tuple[int, int]:
+    """PoolingLayer::Reshape (pooling_layer.cpp): ``ceil`` (or ``floor``) of ``(H + 2 pad - k) / stride`` + 1,
+    then, if either pad is nonzero (``if (pad_h_ || pad_w_)``, so for both axes), a last window that starts at
+    or past the end of the input (``(pooled - 1) * stride >= H + pad``) is dropped."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+
+    def rounded(size, k, s, p):
+        num = size + 2 * p - k
+        return (-(-num // s) if ceil else num // s) + 1
+
+    oh, ow = rounded(height, kh, sh, ph), rounded(width, kw, sw, pw)
+    if ph or pw:
+        if (oh - 1) * sh >= height + ph:
+            oh -= 1
+        if (ow - 1) * sw >= width + pw:
+            ow -= 1
+    return oh, ow
+
+
+def _tail(k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
+    """Padding after the input (before it: ``p``) for which PyTorch's own pooling of the padded input, with
+    no padding of its own, makes exactly Caffe's windows. Window i starts at ``i*s`` in the padded input;
+    Caffe keeps i while ``i*s < H + 2p - k + s`` (ceil) and, with padding, ``i*s < H + p`` (the window starts
+    inside the input); PyTorch's ceil mode keeps i while ``i*s < L - k + s`` and ``i*s < L`` for a padded
+    length L = H + p + tail (pooling_shape.h, pooling_output_shape_pad_lr), and its floor mode while
+    ``i*s <= L - k``."""
+    if not ceil:
+        return p                      # floor: i*s <= H + 2p - k, no drop (p < k)
+    if any_pad:
+        return max(0, min(p, k - s))  # bound min(H + 2p - k + s, H + p), as Caffe's
+    return max(0, s - k)              # no padding, no drop: bound H - k + s
 
 
 class GlobalMaxPool(nn.Module):
@@ -30,50 +60,59 @@ class GlobalAvePool(nn.Module):
 
 
 class _CaffePool(nn.Module):
-    """Caffe PoolingLayer (2-D). The input is padded explicitly and pooled without implicit padding, so eager
-    PyTorch, TorchScript and ONNX all see Caffe's window arithmetic."""
+    """Caffe PoolingLayer (2-D).
+
+    Where PyTorch's pooling is Caffe's (``pad <= kernel // 2``, which PyTorch requires, and in ceil mode
+    without padding ``stride <= kernel``: PyTorch always drops a last window that starts past the input,
+    Caffe only with padding) the module is ``max_pool2d`` / ``avg_pool2d(count_include_pad=True)``: the same
+    output size (pooling_shape.h applies Caffe's last-window rule) and the same AVE divisor, the window
+    clipped to ``H + pad`` before it is clipped to the input (AvgPoolKernel.cpp). Otherwise (Caffe allows any
+    ``pad < kernel``) the input is padded explicitly by ``pad`` before and ``_tail`` after it and pooled with
+    no padding of PyTorch's, which gives Caffe's windows for every input size; AVE then rescales from
+    PyTorch's divisor (the window clipped to the padded input) to Caffe's, computed from the run-time shape."""
 
     caffe_blobs: tuple = ()
 
     def __init__(self, kernel, stride, pad, ceil: bool):
         super().__init__()
         self.kernel, self.stride, self.pad, self.ceil = tuple(kernel), tuple(stride), tuple(pad), ceil
+        any_pad = any(self.pad)
+        self.native = all(p <= k // 2 for k, p in zip(self.kernel, self.pad)) and \
+            (not ceil or any_pad or all(s <= k for k, s in zip(self.kernel, self.stride)))
+        self.tail = tuple(_tail(k, s, p, ceil, any_pad) for k, s, p in zip(self.kernel, self.stride, self.pad))
 
-    def _geometry(self, x):
-        """Output size and the padding after the input that makes ``out`` windows fit."""
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        oh = pooling_output_size(h, kh, ph, sh, self.ceil)
-        ow = pooling_output_size(w, kw, pw, sw, self.ceil)
-        return h, w, oh, ow, _extra(h, oh, kh, sh, ph), _extra(w, ow, kw, sw, pw)
+    def _padded(self, x, value: float):
+        (ph, pw), (th, tw) = self.pad, self.tail
+        return F.pad(x, (pw, tw, ph, th), value=value) if ph or pw or th or tw else x
 
 
 class MaxPool(_CaffePool):
-    """MAX: padded with -inf."""
+    """MAX (padding never wins: -inf)."""
 
     def forward(self, x):
-        _, _, oh, ow, eh, ew = self._geometry(x)
-        (ph, pw) = self.pad
-        if ph or pw or eh or ew:
-            x = F.pad(x, (pw, ew, ph, eh), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel, self.stride)[..., :oh, :ow]
+        if self.native:
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)
+        return F.max_pool2d(self._padded(x, float("-inf")), self.kernel, self.stride, ceil_mode=self.ceil)
 
 
 class AvePool(_CaffePool):
-    """AVE: padded with 0; Caffe divides by the window clipped to [-pad, H + pad), before clipping to the input."""
+    """AVE: padded with 0; Caffe divides by the window clipped to [-pad, H + pad), before clipping to the input
+    (PoolingLayer::Forward_cpu, ``pool_size``)."""
 
     def forward(self, x):
-        h, w, oh, ow, eh, ew = self._geometry(x)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        if ph or pw or eh or ew:
-            x = F.pad(x, (pw, ew, ph, eh), value=0.0)
-        out = F.avg_pool2d(x, (kh, kw), (sh, sw))[..., :oh, :ow]
-        rows = [min(i * sh - ph + kh, h + ph) - (i * sh - ph) for i in range(oh)]
-        cols = [min(j * sw - pw + kw, w + pw) - (j * sw - pw) for j in range(ow)]
-        if all(r == kh for r in rows) and all(c == kw for c in cols):
-            return out
-        scale = torch.tensor([[kh * kw / (r * c) for c in cols] for r in rows], dtype=x.dtype, device=x.device)
-        return out * scale
+        if self.native:
+            return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)
+        y = F.avg_pool2d(self._padded(x, 0.0), self.kernel, self.stride, ceil_mode=self.ceil)
+        if self.tail == self.pad:  # the padded input ends at H + pad: PyTorch's divisor is Caffe's
+            return y
+        ratio = None
+        for axis, k, s, p, t in zip((-2, -1), self.kernel, self.stride, self.pad, self.tail):
+            start = torch.arange(y.shape[axis], device=x.device) * s  # window starts in the padded input
+            torch_size = torch.clamp(x.shape[axis] + p + t - start, max=k)
+            caffe_size = torch.clamp(x.shape[axis] + 2 * p - start, max=k)  # may be <= 0 without padding, as in Caffe
+            r = torch_size.to(x.dtype) / caffe_size.to(x.dtype)
+            ratio = r[:, None] if ratio is None else ratio * r[None, :]
+        return y * ratio
 
 
 @register("Pooling")
@@ -82,16 +121,13 @@ class PoolingConverter(Converter):
         return []
 
     def top_shapes(self, layer, bottom_shapes):
-        """PoolingLayer::Reshape: global pooling gives 1x1; else ceil (or floor) rounding, a last window that
-        starts in the padding dropped."""
+        """PoolingLayer::Reshape: global pooling gives 1x1; else :func:`pooled_size`."""
         p = layer.pooling_param
         n, c, h, w = bottom_shapes[0]
         if p.global_pooling:
             return [(n, c, 1, 1)] * len(layer.top)
-        (kh, kw), (sh, sw), (ph, pw) = pooling_geometry(p)
-        ceil = p.round_mode == 0
-        return [(n, c, pooling_output_size(h, kh, ph, sh, ceil), pooling_output_size(w, kw, pw, sw, ceil))] \
-            * len(layer.top)
+        kernel, stride, pad = pooling_geometry(p)
+        return [(n, c) + pooled_size(h, w, kernel, stride, pad, p.round_mode == 0)] * len(layer.top)
 
     def build(self, layer, bottom_shapes):
         p = layer.pooling_param
@@ -103,4 +139,6 @@ class PoolingConverter(Converter):
         if p.global_pooling:
             return GlobalMaxPool() if method == "MAX" else GlobalAvePool()
         kernel, stride, pad = pooling_geometry(p)
+        if any(q >= k for k, q in zip(kernel, pad)):  # PoolingLayer::LayerSetUp: CHECK_LT(pad_h_, kernel_h_)
+            raise ValueError(f"layer '{layer.name}': pad {list(pad)} must be smaller than the kernel {list(kernel)}")
         return (MaxPool if method == "MAX" else AvePool)(kernel, stride, pad, p.round_mode == 0)

@@ -47,65 +47,69 @@ def _fmt_shapes(shapes) -> str:
     return " ".join("[" + ",".join(str(d) for d in s) + "]" for s in shapes)
 
 
+# The widest a cell of the inspect table gets (a longer one is cut, with how many items it leaves out).
+_CELL = {"name": 32, "type": 20, "conn": 50, "tops": 36, "params": 32}
+
+
+def _clip(items, budget: int, sep: str = ",") -> str:
+    """``items`` joined by ``sep``, cut to ``budget`` characters: 'a,b,c,... (+12)'."""
+    items = [str(i) for i in items]
+    text = sep.join(items)
+    if len(text) <= budget:
+        return text
+    for k in range(len(items) - 1, 0, -1):
+        text = sep.join(items[:k]) + f"{sep}... (+{len(items) - k})"
+        if len(text) <= budget:
+            return text
+    return _cut(items[0], budget - len(f"{sep}... (+{len(items) - 1})")) + \
+        (f"{sep}... (+{len(items) - 1})" if len(items) > 1 else "")
+
+
+def _cut(text: str, budget: int) -> str:
+    return text if len(text) <= budget else text[:max(budget - 3, 1)] + "..."
+
+
+def _connections(bottoms, tops, budget: int = _CELL["conn"]) -> str:
+    b, t = ",".join(bottoms), ",".join(tops)
+    room = budget - len(" -> ")
+    if len(b) + len(t) > room:
+        half = room // 2
+        if len(b) <= half:
+            t = _clip(tops, room - len(b))
+        elif len(t) <= half:
+            b = _clip(bottoms, room - len(t))
+        else:
+            b, t = _clip(bottoms, half), _clip(tops, room - half)
+    return (b + " -> " + t).strip()
+
+
+def _top_shape(shape) -> str:
+    """Caffe's "Top shape: 64 1 28 28 (50176)" (a scalar loss: "(1)"), '?' when unknown."""
+    if shape is None:
+        return "?"
+    count = 1
+    for d in shape:
+        count *= d
+    return " ".join(str(d) for d in shape) + (" " if len(shape) else "") + f"({count})"
+
+
 def _table(rows) -> str:
-    headers = ("#", "name", "type", "bottoms -> tops", "blobs", "params")
+    headers = ("#", "name", "type", "bottoms -> tops", "top shapes", "param shapes", "params")
     body = []
     for r in rows:
-        conn = (",".join(r.bottoms) + " -> " + ",".join(r.tops)).strip()
-        shapes = _fmt_shapes(r.blob_shapes) + (" (inferred)" if r.inferred else "")
-        name = r.name + (f" [{r.phase}]" if r.phase else "")
-        body.append((str(r.index), name, r.type, conn, shapes, f"{r.params:,}" if r.blob_shapes else ""))
+        tops = _clip([_top_shape(s) for s in (r.top_shapes or [None] * len(r.tops))], _CELL["tops"], ", ") \
+            if r.tops else ""
+        params = _clip(_fmt_shapes(r.blob_shapes).split(" "), _CELL["params"] - 2, " ") if r.blob_shapes else ""
+        params += " *" if r.inferred else ""
+        name = _cut(r.name + (f" [{r.phase}]" if r.phase else ""), _CELL["name"])
+        body.append((str(r.index), name, _cut(r.type, _CELL["type"]), _connections(r.bottoms, r.tops), tops,
+                     params, f"{r.params:,}" if r.blob_shapes else ""))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     for b in body:
-        cells = [c.rjust(w) if i in (0, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))]
+        cells = [c.rjust(w) if i in (0, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
-
-
-@cli.command()
-@click.argument("model", required=False)
-@click.option("--prototxt", "-p", help="Net definition (text) to merge the MODEL's weights into, by layer name.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
-def inspect(model, prototxt, as_json):
-    """Show the layers of a Caffe model: name, type, bottoms -> tops, blob shapes, parameter count.
-
-    MODEL is a .caffemodel (weights and the net Caffe stored with them), a .prototxt (definition only;
-    blob shapes are then inferred) or a .solverstate (iteration, lr step, momentum history). With
-    --prototxt, MODEL's weights are matched to the definition's layers by name, as Caffe does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy
-    'input:' headers) are upgraded and the upgrades listed. Without MODEL, the built-in SphereFace-20 deploy
-    net is shown.
-
-    \b
-    Examples:
-      sfport inspect det1.caffemodel
-      sfport inspect sphereface_model.caffemodel --prototxt sphereface_deploy.prototxt --json
-    """
-    from sfport import caffe_files, model as model_mod
-
-    if model is not None and prototxt is None and model.lower().endswith(".solverstate"):
-        _inspect_solverstate(caffe_files.read_solverstate(model), as_json)
-        return
-    shown = model_mod.inspect(model, prototxt)
-    if as_json:
-        click.echo(json.dumps(shown.as_dict(), indent=2))
-        return
-    totals, report = shown.totals(), shown.report
-    click.echo(f"{shown.source}: net '{model_mod.as_text(shown.model.net.name)}'")
-    click.echo(_table(shown.rows))
-    kind = "parameters" if totals["weights_present"] else "parameters (inferred from the definition)"
-    click.echo(f"total: {totals['layers']} layers, {totals['layers_with_blobs']} with blobs, "
-               f"{totals['params']:,} {kind}")
-    for note in shown.model.upgrades:
-        click.echo(f"upgraded: {note}")
-    for note in shown.unknown_fields():
-        click.echo(f"warning: {note} (a file from another Caffe fork?)")
-    if report is not None:
-        click.echo(f"weights copied into {len(report.copied)} layers")
-        if report.layers_without_weights:
-            click.echo("layers without weights (left to their fillers): " + ", ".join(report.layers_without_weights))
-        if report.weights_without_layers:
-            click.echo("weights without layers (ignored): " + ", ".join(report.weights_without_layers))
 
 
 def _inspect_solverstate(s, as_json: bool) -> None:
@@ -201,6 +205,75 @@ def _state(phase, stages, level) -> dict:
 
 
 @cli.command()
+@click.argument("model", required=False)
+@click.option("--prototxt", "-p", help="Net definition (text) to merge the MODEL's weights into, by layer name.")
+@_state_options()
+@click.option("--splits", is_flag=True, help="Show the Split layers Caffe inserted (folded into their producers "
+                                             "by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
+@click.pass_context
+def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json):
+    """Show the layers of a Caffe model as Caffe would log them: name, type, bottoms -> tops, each top's shape,
+    parameter shapes, parameter count.
+
+    MODEL is a .caffemodel (weights and the net Caffe stored with them), a .prototxt (definition only;
+    parameter shapes are then inferred, marked *) or a .solverstate (iteration, lr step, momentum history).
+    A definition shows the layers of the NetState --phase/--stage/--level (include/exclude rules, as
+    Net::FilterNet: data layers, losses and accuracy included); a caffemodel's own net is shown as Caffe
+    stored it, already filtered. Top shapes follow from the definition, or from --shape where a data layer
+    reads a data set ('?' while unknown). The Split layers Caffe inserted are folded into their producers
+    unless --splits. With --prototxt, MODEL's weights are matched to the definition's layers by name, as Caffe
+    does, and what does not match is reported. Legacy formats (V0, V1 'layers', deploy 'input:' headers) are
+    upgraded and the upgrades listed. Without MODEL, the built-in SphereFace-20 deploy net is shown.
+
+    \b
+    Examples:
+      sfport inspect det1.caffemodel
+      sfport inspect lenet_train_test.prototxt --phase TRAIN --shape 64,1,28,28
+      sfport inspect sphereface_model.caffemodel --prototxt sphereface_deploy.prototxt --json
+    """
+    from click.core import ParameterSource
+
+    from sfport import caffe_files, model as model_mod
+    from sfport.netstate import NetState
+
+    if model is not None and prototxt is None and model.lower().endswith(".solverstate"):
+        _inspect_solverstate(caffe_files.read_solverstate(model), as_json)
+        return
+    asked = any(ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)
+                for p in ("phase", "stages", "level"))
+    # unasked, a definition is shown in TEST (the default) and a caffemodel's stored net as it was stored
+    s = _state(phase, stages, level)
+    state = NetState.of(s["phase"], s["level"], s["stages"]) if asked else None
+    shown = model_mod.inspect(model, prototxt, state=state, input_shapes=_parse_shapes(shapes), splits=splits)
+    if as_json:
+        click.echo(json.dumps(shown.as_dict(), indent=2))
+        return
+    totals, report = shown.totals(), shown.report
+    click.echo(f"{shown.source}: net '{model_mod.as_text(shown.model.net.name)}', {shown.describe_state()}")
+    click.echo(_table(shown.rows))
+    kind = "parameters" if totals["weights_present"] else "parameters (inferred from the definition)"
+    folded = (f"; {totals['splits_folded']} Split layers Caffe inserted folded into their producers (--splits "
+              f"shows them)") if totals["splits_folded"] else ""
+    click.echo(f"total: {totals['layers']} layers, {totals['layers_with_blobs']} with blobs, "
+               f"{totals['params']:,} {kind}{folded}")
+    if any(r.inferred for r in shown.rows):
+        click.echo("* parameter shapes inferred from the definition (the layer has no weights)")
+    for note in shown.shape_notes() + shown.notes:
+        click.echo(note)
+    for note in shown.model.upgrades:
+        click.echo(f"upgraded: {note}")
+    for note in shown.unknown_fields():
+        click.echo(f"warning: {note} (a file from another Caffe fork?)")
+    if report is not None:
+        click.echo(f"weights copied into {len(report.copied)} layers")
+        if report.layers_without_weights:
+            click.echo("layers without weights (left to their fillers): " + ", ".join(report.layers_without_weights))
+        if report.weights_without_layers:
+            click.echo("weights without layers (ignored): " + ", ".join(report.weights_without_layers))
+
+
+@cli.command()
 @click.argument("model")
 @click.option("--prototxt", "-p", help="Net definition (deploy, train_val or train_test); default: the net stored "
                                        "in the caffemodel.")
@@ -210,7 +283,9 @@ def _state(phase, stages, level) -> dict:
 @_state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="Largest error, relative to max|output|, an export may show against the eager net.")
-def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol):
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
+@click.option("--static", is_flag=True, help="Export at the net's own input size only (no dynamic height/width).")
+def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, opset, static):
     """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
 
     The net converted is the inference form of the definition (--prototxt, or the one stored in the
@@ -231,13 +306,13 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol):
     net = load_net(model, prototxt, _parse_shapes(shapes), **_state(phase, stages, level))
     output = output or export.default_output(model, fmt)
     try:
-        worst = export.write(net, output, fmt, tol)
+        result = export.save(net, output, fmt, tol, opset=opset, dynamic=False if static else None)
     except export.ExportMismatch as e:
         click.echo(f"sfport: error: {output}: not written: {e}", err=True)
         raise SystemExit(1)
     if net.report and net.report.layers_without_weights:
         click.echo("warning: layers without weights: " + ", ".join(net.report.layers_without_weights), err=True)
-    checked = "" if worst is None else f" (checked against the eager net: max relative error {worst:.2e})"
+    checked = "" if result is None else f"; checked against the eager net: {result.summary()}"
     click.echo(f"wrote {output}: {fmt}, inputs {net.inputs}, outputs {net.outputs}{checked}")
 
 
