@@ -352,12 +352,12 @@ def deploy(net_file, output, phase, stages, level, shapes):
               help="opencv (OpenCV 4's Caffe importer), caffe (pycaffe in a subprocess; $SFPORT_CAFFE_PYTHON), "
                    "or a directory of <blob>.npy files.")
 @click.option("--input", "input_", default="random", show_default=True, help="An image file, or 'random'.")
-@click.option("--shape", help="Input shape N,C,H,W (default: the net's).")
+@_state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
-def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
+def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol, seed, as_json):
     """Check sfport against an independent Caffe implementation, blob by blob.
 
     Runs both on the same input and prints every blob both expose: shape, max|ref|, max abs error, error
@@ -370,7 +370,8 @@ def verify(model, prototxt, reference, input_, shape, tol, seed, as_json):
     """
     from sfport import verify as V
 
-    result = V.run(model, prototxt, reference, input_, _parse_shape(shape), tol, seed)
+    result = V.run(model, prototxt, reference, input_, _parse_shapes(shapes), tol, seed,
+                   **_state(phase, stages, level))
     checks, failed, worst = result.checks, result.failed, result.worst
     if as_json:
         click.echo(result.as_json())

@@ -20,6 +20,7 @@ import numpy as np
 from sfport import caffe_files
 from sfport.errors import CaffeFileError
 from sfport.net import load_net
+from sfport.protos import caffe_pb2
 
 
 @dataclass
@@ -101,7 +102,8 @@ def caffe_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray
                            capture_output=True, text=True)
         if p.returncode != 0:
             tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise CaffeFileError(caffemodel, f"pycaffe reference failed (exit {p.returncode}): {tail}")
+            raise CaffeFileError(caffemodel, f"the reference (pycaffe, {python}; set SFPORT_CAFFE_PYTHON to a Python "
+                                             f"with caffe) failed (exit {p.returncode}): {tail}")
         return dir_reference(out_dir)
 
 
@@ -197,29 +199,57 @@ class Verification:
                                      "worst": worst.name if worst else None})
 
 
+# Fork types the references know under another name: the depthwise convolutions of the mobile forks are grouped
+# Convolutions (one group per input channel unless `group` says otherwise, as converters/conv.py reads them).
+_REFERENCE_TYPES = {"DepthwiseConvolution": "Convolution", "ConvolutionDepthwise": "Convolution"}
+
+
+def reference_definition(net):
+    """The inference net sfport runs, as a NetParameter the references read: fork types renamed."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net.definition)
+    index = {gl.name: gl for gl in net.graph.layers}
+    for layer in out.layer:
+        if layer.type in _REFERENCE_TYPES:
+            layer.type = _REFERENCE_TYPES[layer.type]
+            if not layer.convolution_param.HasField("group") and layer.name in index:
+                layer.convolution_param.group = int(index[layer.name].bottom_shapes[0][1])
+    return out
+
+
 def run(model, prototxt=None, reference: str = "opencv", input: str = "random", shape=None, tol: float = 1e-5,
-        seed: int = 0) -> Verification:
-    """``sfport verify``: load MODEL (+ ``prototxt``) with ``shape`` on its first input, forward the input of
-    :func:`make_input` and compare every blob with the ``reference``: ``opencv`` (layer outputs, by layer name),
-    ``caffe`` (pycaffe, by blob name) or a directory of ``.npy`` files (by blob name, then layer name). Without
-    a prototxt the references read the net's deploy form, written to a temporary file."""
-    net = load_net(model, prototxt, shape)
-    (in_name, in_shape), = list(net.inputs.items())[:1] or [(None, None)]
-    x = make_input(in_shape, input, seed)
-    net.forward(**{in_name: x})
+        seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0) -> Verification:
+    """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
+    form with ``shape`` (one shape for the first input, or {input: shape}), feed every input (``input`` for the
+    first, an image or random; the others random, each with its own seed) and compare every blob with the
+    ``reference``: ``opencv`` (layer outputs, by layer name), ``caffe`` (pycaffe, by blob name) or a directory of
+    ``.npy`` files (by blob name, then layer name). The references read the inference net sfport derived (fork
+    types renamed) and its weights, written to a temporary folder; a reference that cannot load or run it is one
+    line saying so."""
+    net = load_net(model, prototxt, shape, phase, stages=stages, level=level)
+    feeds = {}
+    for k, (name, in_shape) in enumerate(net.inputs.items()):
+        feeds[name] = make_input(in_shape, input if k == 0 else "random", seed + k)
+    in_shape = next(iter(net.inputs.values()), ())
+    net.forward(**feeds)
     with tempfile.TemporaryDirectory() as tmp:
-        if prototxt is None:
-            prototxt_used = str(Path(tmp) / "deploy.prototxt")
-            caffe_files.write_prototxt(prototxt_used, net.definition)
-        else:
-            prototxt_used = prototxt
+        prototxt_used = str(Path(tmp) / "deploy.prototxt")
+        weights_used = str(Path(tmp) / "weights.caffemodel")
+        caffe_files.write_prototxt(prototxt_used, reference_definition(net))
+        caffe_files.write_caffemodel(weights_used, net.to_caffemodel())
         layer_outputs = {n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs}
         if reference == "opencv":
-            ref = opencv_reference(prototxt_used, model, {in_name: x})
+            try:
+                ref = opencv_reference(prototxt_used, weights_used, feeds)
+            except Exception as e:  # noqa: BLE001 - cv2.error and friends: the reference cannot run this net
+                import cv2
+                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                raise CaffeFileError(model, f"the reference (OpenCV {cv2.__version__}) cannot load or run the "
+                                            f"net: {first}") from None
             ours = layer_outputs
             order = list(net.layer_outputs)
         else:
-            ref = caffe_reference(prototxt_used, model, {in_name: x}) if reference == "caffe" \
+            ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \
                 else dir_reference(reference)
             ours = {n: t.detach().numpy() for n, t in net.blobs.items()}
             ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
