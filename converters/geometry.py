@@ -43,10 +43,20 @@ def pooling_geometry(p) -> tuple[tuple[int, int], tuple[int, int], tuple[int, in
     return (kh, kw), (sh, sw), (ph, pw)
 
 
-def pooling_output_size(size: int, kernel: int, pad: int, stride: int, ceil: bool = True) -> int:
-    """Caffe pooling: ceil (or floor) rounding; with padding, a last window that starts in the padding is dropped."""
-    num = size + 2 * pad - kernel
-    out = (-(-num // stride) if ceil else num // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+def pooled_size(height: int, width: int, kernel, stride, pad, ceil: bool = True) -> tuple[int, int]:
+    """PoolingLayer::Reshape (pooling_layer.cpp): ``ceil`` (or ``floor``) of ``(H + 2 pad - k) / stride`` + 1,
+    then, if either pad is nonzero (``if (pad_h_ || pad_w_)``, so for both axes), a last window that starts at
+    or past the end of the input (``(pooled - 1) * stride >= H + pad``) is dropped."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+
+    def rounded(size, k, s, p):
+        num = size + 2 * p - k
+        return (-(-num // s) if ceil else num // s) + 1
+
+    oh, ow = rounded(height, kh, sh, ph), rounded(width, kw, sw, pw)
+    if ph or pw:
+        if (oh - 1) * sh >= height + ph:
+            oh -= 1
+        if (ow - 1) * sw >= width + pw:
+            ow -= 1
+    return oh, ow

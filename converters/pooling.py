@@ -9,26 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Converter, register
-from .geometry import pooling_geometry
-
-
-def pooled_size(height: int, width: int, kernel, stride, pad, ceil: bool = True) -> tuple[int, int]:
-    """PoolingLayer::Reshape (pooling_layer.cpp): ``ceil`` (or ``floor``) of ``(H + 2 pad - k) / stride`` + 1,
-    then, if either pad is nonzero (``if (pad_h_ || pad_w_)``, so for both axes), a last window that starts at
-    or past the end of the input (``(pooled - 1) * stride >= H + pad``) is dropped."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
-
-    def rounded(size, k, s, p):
-        num = size + 2 * p - k
-        return (-(-num // s) if ceil else num // s) + 1
-
-    oh, ow = rounded(height, kh, sh, ph), rounded(width, kw, sw, pw)
-    if ph or pw:
-        if (oh - 1) * sh >= height + ph:
-            oh -= 1
-        if (ow - 1) * sw >= width + pw:
-            ow -= 1
-    return oh, ow
+from .geometry import pooled_size, pooling_geometry  # noqa: F401 (pooled_size: this family's rule)
 
 
 def _tail(k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:

@@ -48,7 +48,8 @@ def test_top_and_param_shapes_match_opencv(prototxt, shape, tmp_path):
     (5, 2, 1, 2, True, 3), (4, 2, 1, 2, True, 3), (1, 3, 1, 2, True, 1)])
 def test_pooling_output_size_hand_computed(size, kernel, pad, stride, ceil, expected):
     """Caffe PoolingLayer::Reshape: out = ceil((H + 2p - k) / s) + 1, minus one when the last window starts in the padding."""
-    assert geometry.pooling_output_size(size, kernel, pad, stride, ceil) == expected
+    assert geometry.pooled_size(size, size, (kernel, kernel), (stride, stride), (pad, pad), ceil) == \
+        (expected, expected)
 
 
 @pytest.mark.parametrize("depth,path", [(20, "sphereface_deploy.prototxt"), (64, "sphereface_64_deploy.prototxt")])
