@@ -184,7 +184,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
             found = []
             for j in keep:
                 top = layer.top[j]
-                shape = given.get(top) or (stated[j] if j < len(stated) else None)
+                shape = stated[j] if j < len(stated) else None
                 found.append(tuple(int(d) for d in shape) if shape else None)
                 result.inputs[top] = found[-1]
                 result.sources[top] = (layer.name, layer.type)

@@ -44,27 +44,6 @@ class NetGraph:
         raise KeyError(name)
 
 
-def _patched(net, input_shapes: dict | None):
-    """A copy of ``net`` whose Input layers carry the requested shapes."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    if not input_shapes:
-        return out
-    for layer in out.layer:
-        if layer.type == "Input":
-            shapes_now = [list(s.dim) for s in layer.input_param.shape]
-            if len(shapes_now) == 1 and len(layer.top) > 1:
-                shapes_now = shapes_now * len(layer.top)
-            shapes_now += [[]] * (len(layer.top) - len(shapes_now))
-            for i, top in enumerate(layer.top):
-                if top in input_shapes:
-                    shapes_now[i] = list(input_shapes[top])
-            del layer.input_param.shape[:]
-            for s in shapes_now:
-                layer.input_param.shape.add(dim=s)
-    return out
-
-
 def loss_weights(layer, path=None) -> list[float]:
     """Per-top loss weights as Caffe's Layer::SetLossWeights: explicit ``loss_weight`` (one per top), else 1 for
     the first top of a loss layer and 0 elsewhere."""
@@ -86,7 +65,6 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
     """Resolve a NetParameter already reduced to one NetState (:func:`sfport.netstate.filter_net` or
     :func:`sfport.deploy.inference_net`) into a NetGraph (Caffe's Net::Init bookkeeping); ``phase`` is the
     state's phase (train or test behaviour of the layers)."""
-    net = _patched(net, input_shapes)
     data_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes, filtered=True)}
     current: dict[str, str] = {}         # Caffe name -> unique name of its current value

@@ -11,6 +11,7 @@ from google.protobuf import unknown_fields
 from sfport import caffe_files, converters, deploy, nets, shapes, wire
 from sfport.errors import CaffeFileError
 from sfport.caffe_files import CaffeModel, blob_shape, has_legacy_shape
+from sfport import netstate
 from sfport.netstate import NetState, filter_net, stored_phase
 from sfport.protos import caffe_pb2
 
@@ -200,28 +201,18 @@ def shape_walk(net, given: dict) -> Shapes:
     """:func:`sfport.shapes.infer` over every layer of ``net`` (a net already filtered to one state), with the
     shapes ``given`` by name taking the place of what a data or Input layer states (as ``sfport deploy`` and
     pycaffe's reshape do); a label top takes the batch size of its data (:func:`sfport.shapes.data_tops`)."""
-    blobs: dict = {}
-    out = Shapes([])
-    for i, layer in enumerate(net.layer):
-        bottoms = [blobs.get(b) for b in layer.bottom]
+    out = Shapes(shapes.infer(net, input_shapes=given, filtered=True))
+    for layer, ls in zip(net.layer, out.layers):
+        bottoms, tops = ls.bottoms, ls.tops
         if shapes.is_data_layer(layer):
-            stated = shapes.data_tops(layer, given)
-            tops = [given.get(t) or (stated[j] if j < len(stated) else None) for j, t in enumerate(layer.top)]
-            params = []
             for j, (t, shape) in enumerate(zip(layer.top, tops)):
                 # a label of a data-set layer takes its batch from the data: only the data's shape is missing
                 derived = j > 0 and shapes.reads_data_set(layer) and layer.type not in deploy.NAMED_TOPS
                 if shape is None and not derived:
                     out.unknown_inputs.append((as_text(t), as_text(layer.name), as_text(layer.type),
                                                shapes.stated_image_shape(layer) if t == layer.top[0] else None))
-        else:
-            tops, params = shapes.layer_shapes(layer, bottoms)
-            if len(layer.top) and all(b is not None for b in bottoms) and bottoms and any(t is None for t in tops):
-                out.stuck.append((as_text(layer.name), as_text(layer.type)))
-        tops = [None if t is None else tuple(int(d) for d in t) for t in tops]
-        for name, shape in zip(layer.top, tops):
-            blobs[name] = shape
-        out.layers.append(shapes.LayerShapes(i, bottoms, tops, params))
+        elif len(layer.top) and all(b is not None for b in bottoms) and bottoms and any(t is None for t in tops):
+            out.stuck.append((as_text(layer.name), as_text(layer.type)))
     return out
 
 
@@ -373,15 +364,6 @@ def _given_shapes(net, input_shapes, path) -> dict:
     return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
 
 
-def _without_rules(net):
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    for layer in out.layer:
-        layer.ClearField("include")
-        layer.ClearField("exclude")
-    return out
-
-
 def inspect(model: str | None = None, prototxt: str | None = None, state=None, input_shapes=None,
             splits: bool = False) -> Inspection:
     """A caffemodel or prototxt (``model``), a definition with ``model``'s weights merged in by layer name
@@ -415,7 +397,8 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
         net = filter_net(read.net, NetState.of(state), path)
         shown_state = NetState(net.state.phase, net.state.level, tuple(net.state.stage))
     if model is not None and prototxt is not None:
-        definition = CaffeModel(read.path, _without_rules(net), [[] for _ in net.layer], read.upgrades, read.kind)
+        definition = CaffeModel(read.path, netstate.without_rules(net), [[] for _ in net.layer], read.upgrades,
+                                read.kind)
         shown, report = merge(definition, caffe_files.read_caffemodel(model))
     elif stored:
         shown = read

@@ -268,7 +268,7 @@ class Net:
             weight_model = definition
         net = definition.net
         if stored:  # filtered before it was stored (Net::ToProto writes the net's layers only)
-            net = _without_rules(net)
+            net = netstate.without_rules(net)
         else:
             net = netstate.filter_net(net, self.state, definition.path)
         if inference is None:  # a caffemodel alone holds the training net: in TEST, what it was trained for
@@ -416,16 +416,6 @@ def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, pha
         return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
                    input_shapes=input_shapes, stages=stages, level=level, inference=inference)
     return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference)
-
-
-def _without_rules(net):
-    """A copy of a stored net without include/exclude rules: Caffe filtered it before storing it."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    for layer in out.layer:
-        layer.ClearField("include")
-        layer.ClearField("exclude")
-    return out
 
 
 def _load_pt(path):

@@ -102,6 +102,17 @@ def stored_phase(net) -> int | None:
     return phases.pop() if len(phases) == 1 else None
 
 
+def without_rules(net):
+    """A copy of a net Caffe filtered before storing it (a caffemodel's definition), without include/exclude
+    rules: every layer of it runs."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    for layer in out.layer:
+        layer.ClearField("include")
+        layer.ClearField("exclude")
+    return out
+
+
 def filter_net(net, state=None, path=None):
     """A copy of ``net`` with only the layers that run in ``state`` (Net::FilterNet), the layers' rules kept."""
     state = NetState.of(state).for_net(net)

@@ -95,9 +95,9 @@ def stated_image_shape(layer) -> tuple | None:
 
 
 def data_tops(layer, given: dict) -> list:
-    """Shapes of a data layer's tops: as given by name, else what its parameters fix (Input and DummyData
-    shapes, MemoryData sizes, the image shape a data-set layer states in full); a label top (any top after the
-    first, whatever its name) takes the batch size of the data."""
+    """Shapes of a data layer's tops: as given by name (for every kind, as pycaffe's reshape of an input), else
+    what its parameters fix (Input and DummyData shapes, MemoryData sizes, the image shape a data-set layer
+    states in full); a label top (any top after the first, whatever its name) takes the batch size of the data."""
     ntop = len(layer.top)
     if layer.type == "Input":
         fixed = _repeat([tuple(s.dim) for s in layer.input_param.shape], ntop)
@@ -108,6 +108,8 @@ def data_tops(layer, given: dict) -> list:
     elif layer.type == "MemoryData":
         p = layer.memory_data_param
         fixed = _repeat([(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)], ntop)
+    if layer.type in SHAPED_DATA_TYPES:
+        return [tuple(given[t]) if t in given else s for t, s in zip(layer.top, fixed)]
     else:
         fixed = [given.get(t) for t in layer.top]
         stated = stated_image_shape(layer)
