@@ -204,6 +204,11 @@ def _state(phase, stages, level) -> dict:
     return {"phase": phase.upper(), "stages": tuple(stages), "level": level}
 
 
+def _model_state(phase, stages, level, shapes) -> dict:
+    """The keyword arguments of :class:`sfport.features.Model`: the NetState and the input shapes."""
+    return {**_state(phase, stages, level), "input_shapes": _parse_shapes(shapes)}
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--prototxt", "-p", help="Net definition (text) to merge the MODEL's weights into, by layer name.")
@@ -351,7 +356,9 @@ def deploy(net_file, output, phase, stages, level, shapes):
 @click.option("--reference", default="opencv", show_default=True,
               help="opencv (OpenCV 4's Caffe importer), caffe (pycaffe in a subprocess; $SFPORT_CAFFE_PYTHON), "
                    "or a directory of <blob>.npy files.")
-@click.option("--input", "input_", default="random", show_default=True, help="An image file, or 'random'.")
+@click.option("--input", "input_", multiple=True,
+              help="SOURCE for the first input or NAME=SOURCE (repeatable); a source is an image file, a .npy "
+                   "array of the input's shape (it gives the shape) or 'random' (the default).")
 @_state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
@@ -367,10 +374,11 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
     Examples:
       sfport verify det1.caffemodel --prototxt det1.prototxt --shape 1,3,217,173
       sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --input face.jpg --json
+      sfport verify rfcn.caffemodel -p test.prototxt --input data=im.npy --input im_info=info.npy
     """
     from sfport import verify as V
 
-    result = V.run(model, prototxt, reference, input_, _parse_shapes(shapes), tol, seed,
+    result = V.run(model, prototxt, reference, list(input_), _parse_shapes(shapes), tol, seed,
                    **_state(phase, stages, level))
     checks, failed, worst = result.checks, result.failed, result.worst
     if as_json:
@@ -455,8 +463,9 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 
 @cli.command(name="eval")
 @click.option("--model", "-m", help="caffemodel (+ --prototxt), sfport .pt or .onnx.")
-@click.option("--prototxt", "-p", help="Deploy net for a caffemodel.")
+@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
 @click.option("--blob", help="Feature blob (default fc5, else the last output).")
+@_state_options()
 @click.option("--lfw-dir", help="LFW root (name/name_0001.jpg): aligned crops, or originals with --landmarks.")
 @click.option("--pairs", required=True, help="LFW pairs.txt.")
 @click.option("--landmarks", help="Landmark list to align the originals on the fly.")
@@ -471,8 +480,8 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, template, protocol, features_file,
-          list_file, report, plot, batch_size, workers, no_cache):
+def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, landmarks, landmarks_base, template,
+          protocol, features_file, list_file, report, plot, batch_size, workers, no_cache):
     """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
     from sfport import lfw
 
@@ -480,7 +489,8 @@ def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, temp
         rep = lfw.evaluate_features(pairs, features_file, list_file, protocol)
     else:
         rep = lfw.evaluate_model(pairs, model, lfw_dir, prototxt, blob, protocol, landmarks, landmarks_base == "1",
-                                 template, batch_size, workers, cache=not no_cache, progress=sys.stderr.isatty())
+                                 template, batch_size, workers, cache=not no_cache, progress=sys.stderr.isatty(),
+                                 state=_model_state(phase, stages, level, shapes))
     click.echo(rep.table())
     if report:
         atomic_write(report, (json.dumps(rep.as_dict(), indent=2) + "\n").encode())
@@ -493,8 +503,9 @@ def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, temp
 @cli.command()
 @click.argument("images", nargs=-1)
 @click.option("--model", "-m", required=True)
-@click.option("--prototxt", "-p")
-@click.option("--blob")
+@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
+@click.option("--blob", help="Feature blob (default fc5, else the last output).")
+@_state_options()
 @click.option("--list", "list_file", help="A file of image paths (relative to --root).")
 @click.option("--root", default=".", show_default=True)
 @click.option("--output", "-o", required=True, help="Features .npy (row i = image i); a .txt list beside it.")
@@ -505,12 +516,13 @@ def eval_(model, prototxt, blob, lfw_dir, pairs, landmarks, landmarks_base, temp
 @click.option("--landmarks", help="Align from this landmark list first.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
-def embed(images, model, prototxt, blob, list_file, root, output, flip, protocol, landmarks, batch_size, workers):
+def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file, root, output, flip, protocol,
+          landmarks, batch_size, workers):
     """Features of aligned face images (or a list) -> .npy."""
     from sfport import features
 
     f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
-                       workers, progress=sys.stderr.isatty())
+                       workers, progress=sys.stderr.isatty(), state=_model_state(phase, stages, level, shapes))
     click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
 
 
@@ -518,17 +530,18 @@ def embed(images, model, prototxt, blob, list_file, root, output, flip, protocol
 @click.argument("a")
 @click.argument("b")
 @click.option("--model", "-m", required=True)
-@click.option("--prototxt", "-p")
-@click.option("--blob")
+@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
+@click.option("--blob", help="Feature blob (default fc5, else the last output).")
+@_state_options()
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="Cosine above which the two faces are called the same person.")
 @click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
               show_default=True)
-def compare(a, b, model, prototxt, blob, threshold, protocol):
+def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold, protocol):
     """Cosine similarity of two aligned face images (with their mirror images) and the same/different call."""
     from sfport import features
 
-    cos = features.compare(a, b, model, prototxt, blob, protocol)
+    cos = features.compare(a, b, model, prototxt, blob, protocol, state=_model_state(phase, stages, level, shapes))
     click.echo(f"cosine {cos:.4f}: {'same person' if cos > threshold else 'different people'} "
                f"(threshold {threshold:g})")
 

@@ -10,6 +10,7 @@ does; :func:`embed` and :func:`compare` are ``sfport embed`` and ``sfport compar
 from __future__ import annotations
 
 import hashlib
+import json
 import io as _io
 import os
 from dataclasses import dataclass
@@ -29,8 +30,13 @@ COLOR = {"sphereface": "bgr", "insightface": "rgb", "facenet": "rgb"}
 class Model:
     """``Model(path, prototxt=None, blob=None)``: ``features(batch NCHW float32) -> (N, D)``; ``input_size`` (h, w)."""
 
-    def __init__(self, path, prototxt=None, blob: str | None = None, device: str = "cpu"):
+    def __init__(self, path, prototxt=None, blob: str | None = None, device: str = "cpu", *, phase: str = "TEST",
+                 stages=(), level: int = 0, input_shapes=None):
         self.path = str(path)
+        # the NetState and shapes that select the net of a train/test definition (Net::FilterNet); in the digest
+        self.state = {"phase": str(phase).upper(), "stages": list(stages), "level": int(level),
+                      "input_shapes": input_shapes if isinstance(input_shapes, (dict, type(None)))
+                      else list(input_shapes)}
         self.files = [self.path] + ([str(prototxt)] if prototxt else [])
         for f in self.files:
             if not os.path.isfile(f):
@@ -51,7 +57,7 @@ class Model:
             self.output = blob or names[0]
             self.net = None
         else:
-            self.net = load_net(self.path, prototxt)
+            self.net = load_net(self.path, prototxt, input_shapes, phase, stages=stages, level=level)
             self.net.module.eval().to(device)
             names = list(self.net.inputs)
             self.input_name = names[0]
@@ -75,6 +81,7 @@ class Model:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
         h.update(str(self.output).encode())
+        h.update(json.dumps(self.state, sort_keys=True, default=list).encode())
         return h.hexdigest()
 
 
@@ -213,11 +220,12 @@ def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarr
 
 def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
           flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
-          workers: int = 2, progress: bool = False) -> np.ndarray:
+          workers: int = 2, progress: bool = False, state: dict | None = None) -> np.ndarray:
     """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
     line; relative to ``root``), aligned first from the ``landmarks`` list when given, joined with their mirror
     images' by ``flip`` (:func:`with_mirror`); written as float32 ``output`` (.npy, row i = image i) and the
-    image list beside it (.txt). Returns the features written."""
+    image list beside it (.txt). ``state``: :class:`Model`'s phase / stages / level / input_shapes, for a train or
+    test definition. Returns the features written."""
     paths = list(images)
     if list_file:
         try:
@@ -226,7 +234,7 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
             raise CaffeFileError(list_file, "no such file") from None
     if not paths:
         raise CaffeFileError(None, "no images given")
-    m = Model(model, prototxt, blob)
+    m = Model(model, prototxt, blob, **(state or {}))
     marks = align.read_landmarks(landmarks) if landmarks else None
     ex = extract(m, paths, root, protocol, marks, landmarks, None, batch_size, workers, cache_dir=False,
                  progress=progress)
@@ -238,10 +246,11 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
     return f
 
 
-def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str = "sphereface") -> float:
+def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str = "sphereface",
+            state: dict | None = None) -> float:
     """``sfport compare``: the cosine of two aligned face images' features, each combined with its mirror
     image's as the ``protocol`` does (:func:`combine`)."""
-    ex = extract(Model(model, prototxt, blob), [a, b], ".", protocol, cache_dir=False, workers=0)
+    ex = extract(Model(model, prototxt, blob, **(state or {})), [a, b], ".", protocol, cache_dir=False, workers=0)
     f = combine(ex.features, ex.flipped, protocol)
     f = f / np.linalg.norm(f, axis=1, keepdims=True)
     return float(f[0] @ f[1])

@@ -35,9 +35,15 @@ class BlobCheck:
 
 
 def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
-    """The verification input: uniform(-1, 1) noise, or an image as (BGR - 127.5) / 128, resized to HxW."""
+    """A verification input: uniform(-1, 1) noise (``random``), a ``.npy`` array of exactly ``shape``, or an
+    image as (BGR - 127.5) / 128 resized to HxW and repeated over the batch."""
     if source == "random":
         return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+    if str(source).lower().endswith(".npy"):
+        arr = load_array(source)
+        if tuple(arr.shape) != tuple(shape):
+            raise CaffeFileError(source, f"an array of shape {list(arr.shape)} for an input of shape {list(shape)}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
     if len(shape) != 4:
         raise CaffeFileError(source, f"an image input needs a 4-D net input, not {list(shape)}")
     n, c, h, w = shape
@@ -51,6 +57,85 @@ def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
     img = (img - 127.5) * 0.0078125
     chw = img.transpose(2, 0, 1) if img.ndim == 3 else img[None]
     return np.repeat(chw[None], n, axis=0)
+
+
+def array_shape(path) -> tuple[int, ...]:
+    """The shape a ``.npy`` file declares, read from its header alone (nothing is allocated)."""
+    return tuple(_open_array(path).shape)
+
+
+def load_array(path) -> np.ndarray:
+    """A ``.npy`` file as a real numeric array: no pickles, and the header's shape checked against the file's
+    size before anything is allocated."""
+    return np.array(_open_array(path))
+
+
+def _open_array(path):
+    if not Path(path).is_file():
+        raise CaffeFileError(path, "no such file")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # not an .npy, truncated, a pickle, an .npz
+        raise CaffeFileError(path, f"not a readable .npy array: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise CaffeFileError(path, f"not an array of real numbers (dtype {getattr(arr, 'dtype', type(arr))})")
+    return arr
+
+
+def input_sources(specs, names) -> dict[str, str]:
+    """``--input`` values (``SOURCE`` for the first input, or ``NAME=SOURCE``; a source is ``random``, an
+    image file or a ``.npy`` array) as {input: source} for every input in ``names``, ``random`` by default."""
+    if specs is None or isinstance(specs, str):
+        specs = [specs] if specs else []
+    names = list(names)
+    out = {n: "random" for n in names}
+    bare = []
+    for spec in specs:
+        name, source = _split_spec(spec)
+        if name is None:
+            bare.append(source)
+            continue
+        if name not in out:
+            raise CaffeFileError(None, f"--input {spec}: the net has no input '{name}' (inputs: "
+                                       f"{', '.join(names) or 'none'})")
+        out[name] = source
+    if len(bare) > 1:
+        raise CaffeFileError(None, "several --input values without a name: give NAME=SOURCE for each input")
+    if bare and names:
+        out[names[0]] = bare[0]
+    return out
+
+
+def _split_spec(spec: str) -> tuple[str | None, str]:
+    """``NAME=SOURCE`` -> (NAME, SOURCE); a plain source (also a path with '=' in a folder name) -> (None, it)."""
+    name, sep, source = str(spec).partition("=")
+    if sep and name and "/" not in name and "\\" not in name and not Path(spec).exists():
+        return name, source
+    return None, str(spec)
+
+
+def given_array_shapes(specs, shapes):
+    """``shapes`` completed with the shape of each ``.npy`` ``--input`` whose input has no given shape."""
+    if specs is None or isinstance(specs, str):
+        specs = [specs] if specs else []
+    for spec in specs:
+        name, source = _split_spec(spec)
+        if not source.lower().endswith(".npy"):
+            continue
+        if name is None and shapes is None:
+            shapes = array_shape(source)
+        elif name is not None and (shapes is None or isinstance(shapes, dict)) and name not in (shapes or {}):
+            shapes = {**(shapes or {}), name: array_shape(source)}
+    return shapes
+
+
+def _opencv_message(e: Exception) -> str:
+    """The first line of what OpenCV says (a cv2.error's ``err``, without its '> ' quoting and source path)."""
+    text = getattr(e, "err", None) or str(e)
+    first = next((ln.strip().lstrip("> ").strip() for ln in str(text).splitlines() if ln.strip().lstrip("> ")),
+                 type(e).__name__)
+    return first[:200]
 
 
 def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,6 +261,7 @@ class Verification:
     input_shape: list
     tolerance: float
     checks: list[BlobCheck]
+    inputs: dict = None     # {input: {"shape": [...], "source": "random" | image | .npy}}
 
     @property
     def failed(self) -> list[BlobCheck]:
@@ -194,7 +280,8 @@ class Verification:
         """The ``sfport verify --json`` document."""
         failed, worst = self.failed, self.worst
         return as_json(self.checks, {"model": self.model, "reference": self.reference,
-                                     "input_shape": list(self.input_shape), "tolerance": self.tolerance,
+                                     "input_shape": list(self.input_shape), "inputs": self.inputs or {},
+                                     "tolerance": self.tolerance,
                                      "passed": self.passed, "first_failure": failed[0].name if failed else None,
                                      "worst": worst.name if worst else None})
 
@@ -217,19 +304,21 @@ def reference_definition(net):
     return out
 
 
-def run(model, prototxt=None, reference: str = "opencv", input: str = "random", shape=None, tol: float = 1e-5,
+def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
         seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0) -> Verification:
     """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
-    form with ``shape`` (one shape for the first input, or {input: shape}), feed every input (``input`` for the
-    first, an image or random; the others random, each with its own seed) and compare every blob with the
+    form with ``shape`` (one shape for the first input, or {input: shape}; a ``.npy`` input gives its own), feed
+    every input (``input``: one source for the first input or ``NAME=SOURCE`` values, see :func:`input_sources`;
+    random inputs each have their own seed) and compare every blob with the
     ``reference``: ``opencv`` (layer outputs, by layer name), ``caffe`` (pycaffe, by blob name) or a directory of
     ``.npy`` files (by blob name, then layer name). The references read the inference net sfport derived (fork
     types renamed) and its weights, written to a temporary folder; a reference that cannot load or run it is one
     line saying so."""
-    net = load_net(model, prototxt, shape, phase, stages=stages, level=level)
+    net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level)
+    sources = input_sources(input, net.inputs)
     feeds = {}
     for k, (name, in_shape) in enumerate(net.inputs.items()):
-        feeds[name] = make_input(in_shape, input if k == 0 else "random", seed + k)
+        feeds[name] = make_input(in_shape, sources[name], seed + k)
     in_shape = next(iter(net.inputs.values()), ())
     net.forward(**feeds)
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,9 +332,9 @@ def run(model, prototxt=None, reference: str = "opencv", input: str = "random", 
                 ref = opencv_reference(prototxt_used, weights_used, feeds)
             except Exception as e:  # noqa: BLE001 - cv2.error and friends: the reference cannot run this net
                 import cv2
-                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
                 raise CaffeFileError(model, f"the reference (OpenCV {cv2.__version__}) cannot load or run the "
-                                            f"net: {first}") from None
+                                            f"net: {_opencv_message(e)}; verify it with --reference caffe (a "
+                                            f"Caffe built with its layers) or a directory of .npy blobs") from None
             ours = layer_outputs
             order = list(net.layer_outputs)
         else:
@@ -255,4 +344,5 @@ def run(model, prototxt=None, reference: str = "opencv", input: str = "random", 
             ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
             order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
                                        + list(net.layer_outputs)))
-    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol))
+    inputs = {n: {"shape": list(net.inputs[n]), "source": sources[n]} for n in net.inputs}
+    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol), inputs)

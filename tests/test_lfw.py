@@ -340,3 +340,66 @@ def test_extract_aligns_originals_from_landmarks(tmp_path):
     assert float(f[0] @ f[1]) >= 0.7
     with pytest.raises(Exception, match="the net takes 112x112: give --landmarks"):
         extract(m, paths, tmp_path, "insightface", cache_dir=False, workers=0)
+
+
+def _sf4_train_test(path):
+    """sf4 as a train/test definition (written from net.cpp's rules): a TRAIN ImageData and a TEST one gated by
+    stage 'lfw' whose tops are 'faces' / 'ids' (not data/label), MarginInnerProduct + loss, Accuracy in TEST."""
+    from google.protobuf import text_format
+    from sfport import caffe_files, nets
+    from sfport.protos import caffe_pb2
+    deploy = nets.sphereface_deploy(4)
+    net = caffe_pb2.NetParameter()
+    text_format.Parse('layer { name: "train" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
+                      'image_data_param { source: "train.txt" batch_size: 8 shuffle: true } } '
+                      'layer { name: "lfw" type: "ImageData" top: "data" top: "ids" '
+                      'include { phase: TEST stage: "lfw" } '
+                      'image_data_param { source: "lfw.txt" batch_size: 2 new_height: 112 new_width: 96 } }', net)
+    for layer in deploy.layer[1:]:
+        net.layer.add().CopyFrom(layer)
+    text_format.Merge('layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top: "fc6" '
+                      'include { phase: TRAIN } margin_inner_product_param { num_output: 12 type: QUADRUPLE } } '
+                      'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top: "loss" '
+                      'include { phase: TRAIN } } '
+                      'layer { name: "cls" type: "InnerProduct" bottom: "fc5" top: "cls" include { phase: TEST } '
+                      'inner_product_param { num_output: 12 } } '
+                      'layer { name: "acc" type: "Accuracy" bottom: "cls" bottom: "ids" top: "acc" '
+                      'include { phase: TEST } }', net)
+    caffe_files.write_prototxt(path, net)
+    return path
+
+
+def test_eval_embed_compare_on_a_train_test_definition(small_lfw, tmp_path):
+    """-p TRAIN_TEST --stage lfw: the features (and so the report and the cosine) are exactly those of the deploy
+    net stored in the caffemodel; without the stage no TEST data layer is left, and that is one line."""
+    tt = _sf4_train_test(tmp_path / "sf4_train_test.prototxt")
+    w = str(small_lfw / "sf4.caffemodel")
+    (tmp_path / "list.txt").write_text("Person_Aa/Person_Aa_0001.jpg\nPerson_Bb/Person_Bb_0002.jpg\n")
+    common = ["--list", str(tmp_path / "list.txt"), "--root", str(small_lfw / "lfw"), "--workers", "0"]
+    r = CliRunner().invoke(cli, ["embed", "-m", w, *common, "-o", str(tmp_path / "deploy.npy")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["embed", "-m", w, "-p", str(tt), "--stage", "lfw", *common,
+                                 "-o", str(tmp_path / "tt.npy")])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "tt.npy"), np.load(tmp_path / "deploy.npy"))
+    r = CliRunner().invoke(cli, ["embed", "-m", w, "-p", str(tt), *common, "-o", str(tmp_path / "none.npy")])
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("sfport: error: ")
+    assert not (tmp_path / "none.npy").exists()
+    # the TRAIN phase's ImageData states no size: --shape gives it, and fc5 is again the deploy net's
+    r = CliRunner().invoke(cli, ["embed", "-m", w, "-p", str(tt), "--phase", "TRAIN", "--shape", "1,3,112,96",
+                                 *common, "-o", str(tmp_path / "train.npy")])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), np.load(tmp_path / "deploy.npy"))
+    a, b = (str(small_lfw / f"lfw/Person_Aa/Person_Aa_000{k}.jpg") for k in (2, 3))
+    cos = [CliRunner().invoke(cli, ["compare", a, b, "-m", w, *extra]).output
+           for extra in ([], ["-p", str(tt), "--stage", "lfw"])]
+    assert cos[0].startswith("cosine ") and cos[0] == cos[1]
+    reports = []
+    for extra in ([], ["-p", str(tt), "--stage", "lfw"]):
+        out = tmp_path / f"r{len(reports)}.json"
+        r = CliRunner().invoke(cli, ["eval", "-m", w, *extra, "--lfw-dir", str(small_lfw / "lfw"), "--pairs",
+                                     str(small_lfw / "pairs.txt"), "--no-cache", "--workers", "0",
+                                     "--report", str(out)])
+        assert r.exit_code == 0, r.output
+        reports.append(json.loads(out.read_text()))
+    assert reports[0] == reports[1]
