@@ -295,7 +295,13 @@ class Net:
             layer = next((l for l in net.layer if missing[0] in l.top), None)
             raise deploy_mod.unknown_input_error(definition.path, self.graph.caffe_name[missing[0]],
                                                  (layer.name, layer.type) if layer is not None else None)
-        self.module = CaffeNet(self.graph)
+        try:
+            self.module = CaffeNet(self.graph)
+        except CaffeFileError as e:   # a layer's own complaint (an unknown type, bad parameters): name the file
+            if e.path is None:
+                e.path = definition.path
+                e.args = (str(e),)
+            raise
         self.module.train(self.phase == caffe_pb2.TRAIN)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:

@@ -215,7 +215,8 @@ def test_unknown_layer_type_is_one_line_exit_2(tmp_path):
     caffe_files.write_caffemodel(w, caffe_files.read_prototxt(p))
     r = run("convert", w, "-p", p, "-o", tmp_path / "odd.pt")
     assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1
-    assert "layer 'odd' has type 'FancyLayer'" in r.stderr and not (tmp_path / "odd.pt").exists()
+    assert r.stderr.startswith(f"sfport: error: {p}: layer 'odd' has type 'FancyLayer'"), r.stderr
+    assert "@sfport.converters.register('FancyLayer')" in r.stderr and not (tmp_path / "odd.pt").exists()
 
 
 def test_sfport_net_is_the_pycaffe_like_api():
