@@ -1,0 +1,2 @@
+"""ssd layers (see ARCHITECTURE.md, How to add a layer type)."""
+from __future__ import annotations
