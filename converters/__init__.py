@@ -31,7 +31,7 @@ module and either import it before building a net, name it in the environment va
 from __future__ import annotations
 
 # The built-in families register themselves with the registry of .base when they are imported.
-from . import (activations, conv, linear, loss, margin, norm, pooling, recurrent, resize, ssd,  # noqa: F401
+from . import (activations, conv, hdf5, linear, loss, margin, norm, pooling, recurrent, resize, ssd,  # noqa: F401
                structure)
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, SameShape, UnknownLayerType, find, get, is_loss,
                    is_training_only, label_bottoms, load_plugins, register, registered_types)

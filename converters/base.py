@@ -21,7 +21,7 @@ _PLUGINS_LOADED = False
 # reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
 ROLES_WITHOUT_CONVERTER = {
     "EuclideanLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
-    "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss", "HDF5Output": "training_only",
+    "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss",
     "MultiBoxLoss": "loss", "DetectionEvaluate": "training_only",
 }
 
@@ -31,9 +31,16 @@ class UnknownLayerType(CaffeFileError):
 
     def __init__(self, layer_name: str, layer_type: str):
         self.layer_name, self.layer_type = layer_name, layer_type
-        super().__init__(None, f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; "
-                               f"register one with @sfport.converters.register('{layer_type}') in a module named "
-                               f"in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
+        where = ("in a module named in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
+        if layer_type == "Python":   # python_layer.hpp: the code lives in the user's module, never run from a file
+            what = (f"layer '{layer_name}' is a Python layer: its code is in your Python module and sfport does not "
+                    f"import code named by a model file; register a converter with "
+                    f"@sfport.converters.register('Python') (its build() reads layer.python_param: module, layer, "
+                    f"param_str) {where}")
+        else:
+            what = (f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; register one "
+                    f"with @sfport.converters.register('{layer_type}') {where}")
+        super().__init__(None, what)
 
 
 class Converter:

@@ -66,7 +66,7 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
     :func:`sfport.deploy.inference_net`) into a NetGraph (Caffe's Net::Init bookkeeping); ``phase`` is the
     state's phase (train or test behaviour of the layers)."""
     data_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
-    inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes, filtered=True)}
+    inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes, filtered=True, path=path)}
     current: dict[str, str] = {}         # Caffe name -> unique name of its current value
     caffe_name: dict[str, str] = {}
     inputs: dict[str, tuple] = {}

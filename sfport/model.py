@@ -114,7 +114,7 @@ def merge(definition: CaffeModel, weights: CaffeModel, phase: int = caffe_pb2.TE
     matched with unknown shapes."""
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
-    expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
+    expected = {ls.index: ls.params for ls in shapes.infer(net, phase, path=definition.path)}
     targets = [Target(layer.name, layer.type, expected.get(i)) for i, layer in enumerate(net.layer)]
     chosen, report = match_weights(targets, weights, definition.path, strict)
     values: list[list[wire.BlobValues]] = []
@@ -186,7 +186,7 @@ def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
     """One row per layer of ``model.net`` (every layer, whatever its rules): name, type, connections, top
     shapes, parameter blob shapes (stored, or inferred for a layer without blobs when ``infer_missing``) and
     parameter count."""
-    return _rows(model, model.net, shape_walk(model.net, {}), infer_missing)
+    return _rows(model, model.net, shape_walk(model.net, {}, model.path), infer_missing)
 
 
 @dataclass
@@ -197,11 +197,11 @@ class Shapes:
     stuck: list = field(default_factory=list)             # (layer name, type): bottoms known, tops not inferred
 
 
-def shape_walk(net, given: dict) -> Shapes:
+def shape_walk(net, given: dict, path=None) -> Shapes:
     """:func:`sfport.shapes.infer` over every layer of ``net`` (a net already filtered to one state), with the
     shapes ``given`` by name taking the place of what a data or Input layer states (as ``sfport deploy`` and
     pycaffe's reshape do); a label top takes the batch size of its data (:func:`sfport.shapes.data_tops`)."""
-    out = Shapes(shapes.infer(net, input_shapes=given, filtered=True))
+    out = Shapes(shapes.infer(net, input_shapes=given, filtered=True, path=path))
     for layer, ls in zip(net.layer, out.layers):
         bottoms, tops = ls.bottoms, ls.tops
         if shapes.is_data_layer(layer):
@@ -261,7 +261,7 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
     net = caffe_pb2.NetParameter()
     net.CopyFrom(definition.net)
     out = CaffeModel(definition.path, net, [[] for _ in net.layer], list(definition.upgrades), "binary")
-    expected = {ls.index: ls.params for ls in shapes.infer(net, phase)}
+    expected = {ls.index: ls.params for ls in shapes.infer(net, phase, path=definition.path)}
     for i, layer in enumerate(net.layer):
         need = expected.get(i, [])  # layers not in this phase get no blobs
         if need is None:
@@ -404,7 +404,7 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
         shown = read
     else:
         shown = CaffeModel(read.path, net, [[] for _ in net.layer], read.upgrades, read.kind)
-    walked = shape_walk(net, _given_shapes(net, input_shapes, path))
+    walked = shape_walk(net, _given_shapes(net, input_shapes, path), path)
     rows = _rows(shown, shown.net, walked, labels=[_phase_label(layer) for layer in net.layer])
     folded = 0
     if not splits:

@@ -9,9 +9,11 @@ check, not a requirement for reading.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sfport import converters
+from sfport.errors import CaffeFileError
 from sfport.netstate import NetState, included
 
 Shape = tuple  # of ints
@@ -136,10 +138,22 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     return (list(tops) if tops is not None else [None] * ntop), params
 
 
-def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False) -> list[LayerShapes]:
+def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False,
+          path=None) -> list[LayerShapes]:
     """Shapes of every layer's tops and parameter blobs for the layers active in ``state`` (a NetState or a
     phase; default TEST), or of every layer when ``filtered`` (a net already reduced to one state).
-    ``input_shapes`` gives blob shapes by name (for Input layers' and data layers' tops)."""
+    ``input_shapes`` gives blob shapes by name (for Input layers' and data layers' tops). A layer's complaint
+    about its parameters or bottoms names the definition file ``path``."""
+    try:
+        return _infer(net, state, input_shapes, filtered)
+    except CaffeFileError as e:
+        if e.path is None and path is not None:
+            e.path = os.fspath(path)
+            e.args = (str(e),)
+        raise
+
+
+def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
     state = NetState.of(state).for_net(net)
     given = dict(input_shapes or {})
     blobs: dict[str, tuple | None] = dict(given)

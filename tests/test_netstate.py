@@ -162,7 +162,7 @@ def test_a_python_loss_layer_goes_and_a_python_layer_with_bottoms_is_not_data():
     net.layer[2].ClearField("loss_weight")
     d = deploy.derive(net)
     assert [layer.name for layer in d.net.layer] == ["in", "ip", "pyloss"]
-    with pytest.raises(CaffeFileError, match="'pyloss' has type 'Python'.*register one"):
+    with pytest.raises(CaffeFileError, match=r"'pyloss' is a Python layer.*register a converter with @sfport.converters.register\('Python'\)"):
         sfport.Net(sfport.CaffeModel.from_net(d.net))
 
 
