@@ -20,8 +20,6 @@ _PLUGINS_LOADED = False
 # Caffe types sfport has no converter for yet, with their role in a net: a training net that holds one still
 # reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
 ROLES_WITHOUT_CONVERTER = {
-    "EuclideanLoss": "loss", "SigmoidCrossEntropyLoss": "loss", "HingeLoss": "loss", "InfogainLoss": "loss",
-    "MultinomialLogisticLoss": "loss", "ContrastiveLoss": "loss",
     "MultiBoxLoss": "loss", "DetectionEvaluate": "training_only",
 }
 

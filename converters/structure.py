@@ -1,5 +1,5 @@
 """Layers that route, reshape or combine blobs: Eltwise, Concat, Slice, Split, Flatten, Reshape, Crop, Permute,
-Softmax, ArgMax, Upsample (nearest), Silence. Each operation is its own small module, chosen once at build."""
+Softmax, ArgMax, Silence. Each operation is its own small module, chosen once at build."""
 from __future__ import annotations
 
 import math
@@ -137,15 +137,6 @@ class ArgMax(NoBlobs):
             return torch.stack([idx.to(x.dtype)] + ([vals] if self.out_max_val else []), dim=1)
         vals, idx = torch.topk(x, self.top_k, dim=self.axis)
         return vals if self.out_max_val else idx.to(x.dtype)
-
-
-class Upsample(NoBlobs):
-    def __init__(self, sh: int, sw: int):
-        super().__init__()
-        self.sh, self.sw = sh, sw
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=(float(self.sh), float(self.sw)), mode="nearest")
 
 
 class Silence(NoBlobs):
@@ -314,24 +305,6 @@ class ArgMaxConverter(_Shapeless):
         p = layer.argmax_param
         axis = canonical_axis(p.axis, len(bottom_shapes[0])) if p.HasField("axis") else None
         return ArgMax(p.top_k, p.out_max_val, axis)
-
-
-def _upsample_scales(layer) -> tuple[int, int]:
-    p = layer.upsample_param
-    return (p.scale_h if p.HasField("scale_h") else p.scale), (p.scale_w if p.HasField("scale_w") else p.scale)
-
-
-@register("Upsample")
-class UpsampleConverter(_Shapeless):
-    def top_shapes(self, layer, bottom_shapes):
-        sh, sw = _upsample_scales(layer)
-        b0 = bottom_shapes[0]
-        return [tuple(b0[:-2]) + (b0[-2] * sh, b0[-1] * sw)]
-
-    def build(self, layer, bottom_shapes):
-        if len(layer.bottom) != 1:
-            raise ValueError(f"layer '{layer.name}': Upsample with a mask bottom (SegNet unpooling) is not supported")
-        return Upsample(*_upsample_scales(layer))
 
 
 @register("Silence")

@@ -10,7 +10,8 @@ from google.protobuf import text_format
 
 from sfport import converters, shapes
 from sfport.protos import caffe_pb2
-from tests import contract_catalogue, contract_io, contract_losses, contract_ssd
+from tests import (contract_catalogue, contract_io, contract_losses, contract_recurrent, contract_resize,
+                   contract_ssd)
 
 IMG = (2, 3, 4, 5)
 FEATURES, LABELS = (4, 6), (4,)
@@ -59,7 +60,7 @@ CASES = {
     "InterClass": ("inter_class_param { num_output: 5 }", [FEATURES, LABELS], 1),
 }
 # the families added later keep their cases beside their tests
-for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io):
+for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io, contract_resize, contract_recurrent):
     assert not set(_family.CASES) & set(CASES), set(_family.CASES) & set(CASES)
     CASES.update(_family.CASES)
 
