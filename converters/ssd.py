@@ -1,2 +1,547 @@
-"""ssd layers (see ARCHITECTURE.md, How to add a layer type)."""
+"""The SSD fork's detection layers (weiliu89/caffe, branch ssd): PriorBox (prior_box_layer.cpp) and
+DetectionOutput (detection_output_layer.cpp with util/bbox_util.cpp). Normalize, the fork's third layer, is in
+:mod:`.norm`; Permute in :mod:`.structure`.
+
+Both compute in float32 the way the fork does: PriorBox's corner arithmetic in double then stored as float
+(its ``/ 2.`` and ``/ img_width`` are double), DetectionOutput's decoding, sizes and overlaps in float.
+
+Export: DetectionOutput's NMS is data-dependent Python. In an exported graph (TorchScript, ONNX) the layer's
+top holds what comes before the NMS, one row per prior: the decoded boxes of every location class (4 values
+each) and then the class scores (``num_classes`` values), shape ``N x num_priors x (4 * num_loc_classes +
+num_classes)``; :func:`detections` turns that into the layer's real output, equal to the eager net's.
+"""
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from sfport.errors import CaffeFileError
+from sfport.protos import caffe_pb2
+from .base import Converter, NoBlobs, register
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+_EXPORT_FORM = contextvars.ContextVar("sfport_ssd_export_form", default=False)
+
+
+@contextlib.contextmanager
+def export_form():
+    """Within: DetectionOutput returns its pre-NMS rows (the form an exported graph holds; see the module)."""
+    token = _EXPORT_FORM.set(True)
+    try:
+        yield
+    finally:
+        _EXPORT_FORM.reset(token)
+
+
+def _bad(layer, what: str) -> CaffeFileError:
+    return CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): {what}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PriorBox
+# ---------------------------------------------------------------------------------------------------------
+
+class _PriorSetup:
+    """PriorBoxLayer::LayerSetUp: the sizes (truncated to int, as Forward_cpu's ``int min_size_``), the aspect
+    ratios (1 first; a ratio within 1e-6 of one already there is skipped; flip adds 1/ar after each new one),
+    the variances (4, 1, or the default 0.1), img_h/img_w and step_h/step_w (0: from the bottoms), offset."""
+
+    def __init__(self, layer):
+        p = layer.prior_box_param
+        if not len(p.min_size):
+            raise _bad(layer, "prior_box_param must provide min_size")
+        if any(s <= 0 for s in p.min_size):
+            raise _bad(layer, "min_size must be positive")
+        self.min_sizes = [float(s) for s in p.min_size]
+        ratios = [1.0]
+        for ar in p.aspect_ratio:
+            ar = float(np.float32(ar))
+            if any(abs(ar - r) < 1e-6 for r in ratios):
+                continue
+            ratios.append(ar)
+            if p.flip:
+                ratios.append(float(np.float32(1.0 / ar)))
+        self.ratios = ratios
+        self.max_sizes = [float(s) for s in p.max_size]
+        if self.max_sizes:
+            if len(self.max_sizes) != len(self.min_sizes):
+                raise _bad(layer, f"{len(self.max_sizes)} max_size for {len(self.min_sizes)} min_size (must match)")
+            for lo, hi in zip(self.min_sizes, self.max_sizes):
+                if not hi > lo:
+                    raise _bad(layer, f"max_size {hi:g} must be greater than min_size {lo:g}")
+        self.num_priors = len(ratios) * len(self.min_sizes) + len(self.max_sizes)
+        if len(p.variance) > 1:
+            if len(p.variance) != 4:
+                raise _bad(layer, f"give 4 variances or 1, not {len(p.variance)}")
+            self.variance = [float(v) for v in p.variance]
+        elif len(p.variance) == 1:
+            self.variance = [float(p.variance[0])]
+        else:
+            self.variance = [0.1]
+        if any(v <= 0 for v in self.variance):
+            raise _bad(layer, "variances must be positive")
+        if p.HasField("img_h") or p.HasField("img_w"):
+            if p.HasField("img_size"):
+                raise _bad(layer, "either img_size or img_h/img_w should be specified; not both")
+            self.img_h, self.img_w = p.img_h, p.img_w
+            if self.img_h <= 0 or self.img_w <= 0:
+                raise _bad(layer, "img_h and img_w should be larger than 0")
+        elif p.HasField("img_size"):
+            if p.img_size <= 0:
+                raise _bad(layer, "img_size should be larger than 0")
+            self.img_h = self.img_w = p.img_size
+        else:
+            self.img_h = self.img_w = 0
+        if p.HasField("step_h") or p.HasField("step_w"):
+            if p.HasField("step"):
+                raise _bad(layer, "either step or step_h/step_w should be specified; not both")
+            self.step_h, self.step_w = float(p.step_h), float(p.step_w)
+            if self.step_h <= 0 or self.step_w <= 0:
+                raise _bad(layer, "step_h and step_w should be larger than 0")
+        elif p.HasField("step"):
+            if p.step <= 0:
+                raise _bad(layer, "step should be larger than 0")
+            self.step_h = self.step_w = float(p.step)
+        else:
+            self.step_h = self.step_w = 0.0
+        self.offset = float(np.float32(p.offset))
+        self.clip = bool(p.clip)
+
+    def box_sizes(self) -> np.ndarray:
+        """(num_priors, 2): each prior's float box width and height in Forward_cpu's order: per min_size the
+        min box, the sqrt(min * max) box, then the other ratios (min_size * sqrt(ar) by min_size / sqrt(ar))."""
+        out = []
+        for s, mn in enumerate(self.min_sizes):
+            mn_i = int(mn)                                      # int min_size_ = min_sizes_[s]
+            out.append((mn_i, mn_i))
+            if self.max_sizes:
+                mx_i = int(self.max_sizes[s])
+                w = np.float32(math.sqrt(mn_i * mx_i))          # sqrt(int * int), stored as float
+                out.append((w, w))
+            for ar in self.ratios:
+                if abs(ar - 1.0) < 1e-6:
+                    continue
+                # box_width = min_size_ * sqrt(ar) (the ratios scale min_size, also when max_size is given)
+                out.append((np.float32(mn_i * math.sqrt(ar)), np.float32(mn_i / math.sqrt(ar))))
+        return np.asarray(out, dtype=np.float32)
+
+
+class PriorBox(NoBlobs):
+    """``forward(feature, image) -> 1 x 2 x (H * W * num_priors * 4)``: PriorBoxLayer::Forward_cpu. Row 0 holds
+    ``[xmin, ymin, xmax, ymax]`` per prior, positions row-major then priors in order; row 1 the variances.
+    Computed from the bottoms' sizes with tensor operations, so an exported graph keeps a dynamic size."""
+
+    def __init__(self, setup: _PriorSetup):
+        super().__init__()
+        self.img_h, self.img_w = setup.img_h, setup.img_w
+        self.step_h, self.step_w = setup.step_h, setup.step_w
+        self.offset, self.clip = setup.offset, setup.clip
+        self.num_priors = setup.num_priors
+        self.register_buffer("sizes", torch.from_numpy(setup.box_sizes()), persistent=False)
+        var = setup.variance * 4 if len(setup.variance) == 1 else setup.variance
+        self.register_buffer("variance", torch.tensor(var, dtype=torch.float32), persistent=False)
+
+    def forward(self, feature, image=None):
+        lh, lw = feature.shape[-2], feature.shape[-1]
+        if self.img_h == 0 or self.img_w == 0:
+            ih, iw = image.shape[-2], image.shape[-1]
+        else:
+            ih, iw = self.img_h, self.img_w
+        f32 = dict(dtype=torch.float32, device=self.sizes.device)
+        ihf, iwf = torch.as_tensor(ih, **f32), torch.as_tensor(iw, **f32)
+        if self.step_w == 0 or self.step_h == 0:
+            step_w = iwf / torch.as_tensor(lw, **f32)                 # static_cast<float>(img_width) / layer_width
+            step_h = ihf / torch.as_tensor(lh, **f32)
+        else:
+            step_w, step_h = torch.tensor(self.step_w, **f32), torch.tensor(self.step_h, **f32)
+        off = torch.tensor(self.offset, **f32)
+        cx = (torch.arange(lw, **f32) + off) * step_w                 # float center_x = (w + offset_) * step_w
+        cy = (torch.arange(lh, **f32) + off) * step_h
+        cx = cx.reshape(1, -1, 1).expand(lh, lw, self.num_priors).double()
+        cy = cy.reshape(-1, 1, 1).expand(lh, lw, self.num_priors).double()
+        bw, bh = self.sizes[:, 0].double(), self.sizes[:, 1].double()
+        iwd, ihd = iwf.double(), ihf.double()
+        # (center_x - box_width / 2.) / img_width: double arithmetic, stored to the float top
+        boxes = torch.stack([(cx - bw / 2.0) / iwd, (cy - bh / 2.0) / ihd,
+                             (cx + bw / 2.0) / iwd, (cy + bh / 2.0) / ihd], dim=-1).float()
+        if self.clip:
+            boxes = boxes.clamp(0.0, 1.0)
+        boxes = boxes.reshape(-1)
+        var = self.variance.repeat(lh * lw * self.num_priors)
+        return torch.stack([boxes, var]).unsqueeze(0)
+
+
+@register("PriorBox")
+class PriorBoxConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        """PriorBoxLayer::Reshape: ``1 x 2 x (H * W * num_priors * 4)`` of bottom[0]'s height and width."""
+        if len(layer.bottom) != 2:
+            raise _bad(layer, f"takes 2 bottoms (the feature map and the image), not {len(layer.bottom)}")
+        s = _PriorSetup(layer)
+        f = bottom_shapes[0]
+        if len(f) < 2:
+            raise _bad(layer, f"bottom '{layer.bottom[0]}' {list(f)} has no height and width")
+        n = f[-2] * f[-1] * s.num_priors * 4
+        if n <= 0:
+            raise _bad(layer, f"bottom '{layer.bottom[0]}' {list(f)} gives no priors")
+        return [(1, 2, n)]
+
+    def build(self, layer, bottom_shapes):
+        self.top_shapes(layer, bottom_shapes)
+        return PriorBox(_PriorSetup(layer))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DetectionOutput
+# ---------------------------------------------------------------------------------------------------------
+
+class _DetSetup:
+    """DetectionOutputLayer::LayerSetUp (the parts that shape the output; save_output_param and visualize
+    write files and windows, which sfport does not)."""
+
+    def __init__(self, layer):
+        p = layer.detection_output_param
+        if not p.HasField("num_classes"):
+            raise _bad(layer, "must specify detection_output_param.num_classes")
+        self.num_classes = int(p.num_classes)
+        if self.num_classes < 1:
+            raise _bad(layer, "num_classes must be at least 1")
+        self.share_location = bool(p.share_location)
+        self.num_loc_classes = 1 if self.share_location else self.num_classes
+        self.background = int(p.background_label_id)
+        self.code_type = int(p.code_type)
+        self.variance_encoded = bool(p.variance_encoded_in_target)
+        self.keep_top_k = int(p.keep_top_k)
+        self.confidence_threshold = float(np.float32(p.confidence_threshold)) if p.HasField(
+            "confidence_threshold") else -_FLT_MAX
+        self.nms_threshold = float(np.float32(p.nms_param.nms_threshold))
+        if self.nms_threshold < 0:
+            raise _bad(layer, "nms_threshold must be non negative")
+        self.eta = float(np.float32(p.nms_param.eta))
+        if not 0 < self.eta <= 1:
+            raise _bad(layer, f"nms_param.eta {self.eta:g} must be in (0, 1]")
+        self.top_k = int(p.nms_param.top_k) if p.nms_param.HasField("top_k") else -1
+        self.name, self.type = layer.name, layer.type
+
+
+def _decode(s: _DetSetup, loc, prior):
+    """DecodeBBoxesAll / DecodeBBox in float32, clip_bbox false: ``loc`` (N, P, L, 4), ``prior`` (1, 2, P*4).
+    Returns the boxes (N, P, L, 4)."""
+    pb = prior[0, 0].reshape(1, -1, 1, 4)
+    pv = prior[0, 1].reshape(1, -1, 1, 4)
+    pxmin, pymin, pxmax, pymax = pb.unbind(-1)
+    lx, ly, lx2, ly2 = loc.unbind(-1)
+    if s.variance_encoded:
+        v0 = v1 = v2 = v3 = None
+    else:
+        v0, v1, v2, v3 = pv.unbind(-1)
+    mul = (lambda v, t: t) if s.variance_encoded else (lambda v, t: v * t)
+    T = caffe_pb2.PriorBoxParameter
+    if s.code_type == T.CORNER:
+        out = [pxmin + mul(v0, lx), pymin + mul(v1, ly), pxmax + mul(v2, lx2), pymax + mul(v3, ly2)]
+    elif s.code_type == T.CENTER_SIZE:
+        pw, ph = pxmax - pxmin, pymax - pymin
+        pcx, pcy = (pxmin + pxmax) / 2, (pymin + pymax) / 2
+        cx = mul(v0, lx) * pw + pcx
+        cy = mul(v1, ly) * ph + pcy
+        w = torch.exp(mul(v2, lx2)) * pw
+        h = torch.exp(mul(v3, ly2)) * ph
+        out = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    elif s.code_type == T.CORNER_SIZE:
+        pw, ph = pxmax - pxmin, pymax - pymin
+        out = [pxmin + mul(v0, lx) * pw, pymin + mul(v1, ly) * ph, pxmax + mul(v2, lx2) * pw,
+               pymax + mul(v3, ly2) * ph]
+    else:
+        raise CaffeFileError(None, f"layer '{s.name}' ({s.type}): unknown code_type {s.code_type}")
+    return torch.stack(out, dim=-1)
+
+
+def _check_priors(s: _DetSetup, prior) -> None:
+    """DecodeBBox CHECK_GT(prior_width, 0) / (prior_height, 0) for the size-based codes."""
+    if s.code_type == caffe_pb2.PriorBoxParameter.CORNER:
+        return
+    pb = prior[0, 0].reshape(-1, 4)
+    bad = ((pb[:, 2] - pb[:, 0]) <= 0) | ((pb[:, 3] - pb[:, 1]) <= 0)
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        raise CaffeFileError(None, f"layer '{s.name}' ({s.type}): prior {k} has a width or height <= 0 "
+                                   f"(DecodeBBox needs positive prior sizes)")
+
+
+def _bbox_size(b: np.ndarray) -> np.ndarray:
+    """BBoxSize (normalized): 0 for an invalid box (xmax < xmin or ymax < ymin), else width * height (float)."""
+    w = b[..., 2] - b[..., 0]
+    h = b[..., 3] - b[..., 1]
+    invalid = (b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1])
+    return np.where(invalid, np.float32(0), w * h).astype(np.float32)
+
+
+def _overlaps(b: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """JaccardOverlap of every pair (float32): IntersectBBox (no intersection when one box starts strictly past
+    the other's end), then ``inter / (size1 + size2 - inter)`` when the intersection's width and height are > 0."""
+    x1, y1, x2, y2 = (b[:, k] for k in range(4))
+    apart = ((x1[None, :] > x2[:, None]) | (x2[None, :] < x1[:, None]) |
+             (y1[None, :] > y2[:, None]) | (y2[None, :] < y1[:, None]))
+    iw = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
+    ih = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+    ok = ~apart & (iw > 0) & (ih > 0)
+    inter = (iw * ih).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / ((size[:, None] + size[None, :]) - inter)
+    return np.where(ok, iou, np.float32(0)).astype(np.float32)
+
+
+def _nms(s: _DetSetup, boxes: np.ndarray, size: np.ndarray, scores: np.ndarray) -> list[int]:
+    """ApplyNMSFast: GetMaxScoreIndex (scores strictly above confidence_threshold, std::stable_sort by score
+    descending, the first top_k), then keep a box when its overlap with every kept box is <= the adaptive
+    threshold, which is multiplied by eta after each kept box while eta < 1 and it is above 0.5."""
+    cand = np.nonzero(scores > np.float32(s.confidence_threshold))[0]
+    order = cand[np.argsort(-scores[cand], kind="stable")]
+    if -1 < s.top_k < len(order):
+        order = order[:s.top_k]
+    if not len(order):
+        return []
+    iou = _overlaps(boxes[order], size[order])
+    thr = np.float32(s.nms_threshold)
+    kept: list[int] = []
+    for k in range(len(order)):
+        if all(iou[k, j] <= thr for j in kept):
+            kept.append(k)
+            if s.eta < 1 and thr > 0.5:
+                thr = np.float32(thr * np.float32(s.eta))
+    return [int(order[k]) for k in kept]
+
+
+def libstdcxx_sort(a: list, less) -> None:
+    """``std::sort(a.begin(), a.end(), less)`` as GCC's libstdc++ (bits/stl_algo.h) performs it, in place: an
+    introsort (median-of-three pivot moved to the front, unguarded partition, heapsort past 2 log2(n) levels)
+    down to runs of 16, then one insertion sort. The sort is not stable, so where keys tie (saturated scores
+    at the keep_top_k cut) only the same algorithm keeps what Caffe, built with GCC, keeps."""
+    n = len(a)
+    if n < 2:
+        return
+
+    def swap(i, j):
+        a[i], a[j] = a[j], a[i]
+
+    def adjust_heap(first, hole, length, value):          # std::__adjust_heap + std::__push_heap
+        top, child = hole, hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if less(a[first + child], a[first + child - 1]):
+                child -= 1
+            a[first + hole] = a[first + child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            a[first + hole] = a[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2
+        while hole > top and less(a[first + parent], value):
+            a[first + hole] = a[first + parent]
+            hole = parent
+            parent = (hole - 1) // 2
+        a[first + hole] = value
+
+    def heap_sort(first, last):                             # std::__partial_sort(first, last, last)
+        length = last - first
+        if length >= 2:                                     # std::__make_heap
+            parent = (length - 2) // 2
+            while True:
+                adjust_heap(first, parent, length, a[first + parent])
+                if parent == 0:
+                    break
+                parent -= 1
+        while last - first > 1:                             # std::__sort_heap / std::__pop_heap
+            last -= 1
+            value = a[last]
+            a[last] = a[first]
+            adjust_heap(first, 0, last - first, value)
+
+    def partition_pivot(first, last):                       # std::__unguarded_partition_pivot
+        mid = first + (last - first) // 2
+        x, y, z = first + 1, mid, last - 1                  # std::__move_median_to_first(first, x, y, z)
+        if less(a[x], a[y]):
+            if less(a[y], a[z]):
+                swap(first, y)
+            elif less(a[x], a[z]):
+                swap(first, z)
+            else:
+                swap(first, x)
+        elif less(a[x], a[z]):
+            swap(first, x)
+        elif less(a[y], a[z]):
+            swap(first, z)
+        else:
+            swap(first, y)
+        lo, hi, pivot = first + 1, last, first              # std::__unguarded_partition
+        while True:
+            while less(a[lo], a[pivot]):
+                lo += 1
+            hi -= 1
+            while less(a[pivot], a[hi]):
+                hi -= 1
+            if not lo < hi:
+                return lo
+            swap(lo, hi)
+            lo += 1
+
+    def introsort(first, last, depth):                      # std::__introsort_loop
+        while last - first > 16:
+            if depth == 0:
+                heap_sort(first, last)
+                return
+            depth -= 1
+            cut = partition_pivot(first, last)
+            introsort(cut, last, depth)
+            last = cut
+
+    def linear_insert(i):                                   # std::__unguarded_linear_insert
+        value = a[i]
+        while less(value, a[i - 1]):
+            a[i] = a[i - 1]
+            i -= 1
+        a[i] = value
+
+    def insertion_sort(first, last):                        # std::__insertion_sort
+        for i in range(first + 1, last):
+            if less(a[i], a[first]):
+                value = a[i]
+                a[first + 1:i + 1] = a[first:i]
+                a[first] = value
+            else:
+                linear_insert(i)
+
+    introsort(0, n, 2 * (n.bit_length() - 1))               # 2 * std::__lg(n)
+    if n > 16:                                              # std::__final_insertion_sort
+        insertion_sort(0, 16)
+        for i in range(16, n):
+            linear_insert(i)
+    else:
+        insertion_sort(0, n)
+
+
+def _select(s: _DetSetup, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """DetectionOutputLayer::Forward_cpu after decoding: per image and class (background skipped) the NMS, then
+    keep_top_k over the image's detections (std::sort by descending score, ties as libstdc++ leaves them: see
+    :func:`libstdcxx_sort`), and the rows
+    ``[image, label, score, xmin, ymin, xmax, ymax]`` by ascending label. ``boxes`` (N, P, L, 4), ``scores``
+    (N, P, C). No detection in the whole batch: one row per image, ``[i, -1, -1, -1, -1, -1, -1]``."""
+    num = boxes.shape[0]
+    rows = []
+    for i in range(num):
+        sizes = _bbox_size(boxes[i])                       # DecodeBBox stores BBoxSize before any clip
+        indices: dict[int, list[int]] = {}
+        for c in range(s.num_classes):
+            if c == s.background:
+                continue
+            li = 0 if s.share_location else c
+            indices[c] = _nms(s, boxes[i, :, li], sizes[:, li], scores[i, :, c])
+        num_det = sum(len(v) for v in indices.values())
+        if s.keep_top_k > -1 and num_det > s.keep_top_k:
+            pairs = [(float(scores[i, idx, c]), c, idx) for c in sorted(indices) for idx in indices[c]]
+            libstdcxx_sort(pairs, lambda a, b: a[0] > b[0])           # SortScorePairDescend
+            new: dict[int, list[int]] = {}
+            for _, c, idx in pairs[:s.keep_top_k]:
+                new.setdefault(c, []).append(idx)
+            indices = new
+        for c in sorted(indices):
+            li = 0 if s.share_location else c
+            for idx in indices[c]:
+                rows.append([i, c, scores[i, idx, c], *boxes[i, idx, li]])
+    if not rows:
+        out = np.full((num, 7), -1, dtype=np.float32)
+        out[:, 0] = np.arange(num)
+        return out.reshape(1, 1, num, 7)
+    return np.asarray(rows, dtype=np.float32).reshape(1, 1, len(rows), 7)
+
+
+class DetectionOutput(NoBlobs):
+    """``forward(loc, conf, prior) -> 1 x 1 x K x 7`` (see :func:`_select`); ``loc`` is N x (P * L * 4),
+    ``conf`` N x (P * C) (probabilities: the net's Softmax comes before), ``prior`` PriorBox's 1 x 2 x (P * 4).
+    In :func:`export_form` it returns the pre-NMS rows instead (see the module)."""
+
+    def __init__(self, setup: _DetSetup):
+        super().__init__()
+        self.setup = setup
+
+    def pre_nms(self, loc, conf, prior):
+        s = self.setup
+        num = loc.shape[0]
+        p = prior.shape[2] // 4
+        boxes = _decode(s, loc.reshape(num, p, s.num_loc_classes, 4), prior)
+        return torch.cat([boxes.reshape(num, p, -1), conf.reshape(num, p, s.num_classes)], dim=-1)
+
+    def forward(self, loc, conf, prior):
+        s = self.setup
+        num, p = loc.shape[0], prior.shape[2] // 4
+        if loc[0].numel() != p * s.num_loc_classes * 4 or conf[0].numel() != p * s.num_classes:
+            raise CaffeFileError(None, f"layer '{s.name}' ({s.type}): {p} priors need {p * s.num_loc_classes * 4} "
+                                       f"location and {p * s.num_classes} confidence values per image, not "
+                                       f"{loc[0].numel()} and {conf[0].numel()}")
+        if not torch.jit.is_tracing():
+            _check_priors(s, prior)
+        rows = self.pre_nms(loc, conf, prior)
+        if _EXPORT_FORM.get():
+            return rows
+        return torch.from_numpy(finish(s, rows.detach().cpu().numpy())).to(loc.device)
+
+
+def finish(setup: _DetSetup, rows: np.ndarray) -> np.ndarray:
+    """The detection rows from the pre-NMS rows (N x P x (4 L + C))."""
+    num, p = rows.shape[0], rows.shape[1]
+    L = setup.num_loc_classes
+    boxes = np.ascontiguousarray(rows[..., :4 * L].reshape(num, p, L, 4), dtype=np.float32)
+    scores = np.ascontiguousarray(rows[..., 4 * L:], dtype=np.float32)
+    return _select(setup, boxes, scores)
+
+
+def detections(layer_or_param, rows) -> np.ndarray:
+    """DetectionOutput's output (1 x 1 x K x 7) from the pre-NMS rows an exported graph gives for it.
+    ``layer_or_param``: the LayerParameter, a DetectionOutputParameter or its prototxt text."""
+    if isinstance(layer_or_param, caffe_pb2.LayerParameter):
+        layer = layer_or_param
+    else:
+        layer = caffe_pb2.LayerParameter(name="detection_out", type="DetectionOutput")
+        if isinstance(layer_or_param, str):
+            text_format.Parse(layer_or_param, layer.detection_output_param)
+        else:
+            layer.detection_output_param.CopyFrom(layer_or_param)
+    return finish(_DetSetup(layer), np.asarray(rows, dtype=np.float32))
+
+
+@register("DetectionOutput")
+class DetectionOutputConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        """DetectionOutputLayer::Reshape: ``1 x 1 x 1 x 7`` (the count of rows is known only after the NMS)."""
+        if len(layer.bottom) != 3:
+            raise _bad(layer, f"takes 3 bottoms (location, confidence, priors), not {len(layer.bottom)}")
+        s = _DetSetup(layer)
+        loc, conf, prior = bottom_shapes
+        if len(prior) < 3 or prior[-1] % 4:
+            raise _bad(layer, f"the priors '{layer.bottom[2]}' {list(prior)} are not PriorBox's 1 x 2 x (4 P)")
+        p = prior[2] // 4
+        if len(loc) < 2 or len(conf) < 2 or loc[0] != conf[0]:
+            raise _bad(layer, f"location {list(loc)} and confidence {list(conf)} must have the same number")
+        if math.prod(loc[1:]) != p * s.num_loc_classes * 4:
+            raise _bad(layer, f"Number of priors must match number of location predictions: {p} priors x "
+                              f"{s.num_loc_classes} x 4 != {math.prod(loc[1:])} ('{layer.bottom[0]}' {list(loc)})")
+        if math.prod(conf[1:]) != p * s.num_classes:
+            raise _bad(layer, f"Number of priors must match number of confidence predictions: {p} priors x "
+                              f"{s.num_classes} classes != {math.prod(conf[1:])} ('{layer.bottom[1]}' {list(conf)})")
+        return [(1, 1, 1, 7)]
+
+    def build(self, layer, bottom_shapes):
+        self.top_shapes(layer, bottom_shapes)
+        return DetectionOutput(_DetSetup(layer))

@@ -151,7 +151,49 @@ def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarra
         net.setInput(x, name)
     names = list(net.getLayerNames())
     outs = net.forward(names)
-    return {n: np.asarray(o) for n, o in zip(names, outs)}
+    num = next(iter(inputs.values())).shape[0] if inputs else 1
+    return {n: _fork_detections(np.asarray(o), num) if net.getLayer(n).type == "DetectionOutput" else np.asarray(o)
+            for n, o in zip(names, outs)}
+
+
+def _fork_detections(out: np.ndarray, num: int) -> np.ndarray:
+    """OpenCV's DetectionOutput (modules/dnn/src/layers/detection_output_layer.cpp) returns the same detections as
+    the fork in another layout: rows ordered by confidence over all classes, padded with rows of zeros up to
+    keep_top_k, and all zeros when nothing is detected. The fork's Forward_cpu, which sfport follows, orders
+    them by image, then ascending label (its std::map), then descending score, with no padding, and writes one
+    row ``[i, -1, -1, -1, -1, -1, -1]`` per image when the batch has no detection. The reference is given the
+    fork's layout (its values untouched) so the two compare row by row."""
+    if out.ndim != 4 or out.shape[-1] != 7:
+        return out
+    rows = out.reshape(-1, 7)
+    rows = rows[rows[:, 2] != 0]          # padding (and OpenCV's empty answer) has confidence 0
+    if not len(rows):
+        empty = np.full((num, 7), -1, dtype=np.float32)
+        empty[:, 0] = np.arange(num)
+        return empty.reshape(1, 1, num, 7)
+    order = np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))    # stable: the last key sorts first
+    return rows[order].reshape(1, 1, -1, 7)
+
+
+def _align_detections(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The reference's detection rows in the order of ours where that order is a matter of near-equal scores:
+    within one image and label, rows are sorted by score, and two scores an ulp apart (OpenCV's Softmax and
+    sfport's differ by ulps) may sort either way. Each of our rows takes the unused reference row of its image
+    and label nearest to it; the values are then compared as they are. Different shapes or groups: unchanged."""
+    if ours.shape != ref.shape or ours.ndim != 4 or ours.shape[-1] != 7:
+        return ref
+    a, b = ours.reshape(-1, 7), ref.reshape(-1, 7)
+    out = b.copy()
+    for key in {(r[0], r[1]) for r in a}:
+        ia = np.nonzero((a[:, 0] == key[0]) & (a[:, 1] == key[1]))[0]
+        ib = list(np.nonzero((b[:, 0] == key[0]) & (b[:, 1] == key[1]))[0])
+        if len(ia) != len(ib):
+            return ref
+        for i in ia:
+            j = min(ib, key=lambda j: float(np.abs(b[j] - a[i]).max()))
+            ib.remove(j)
+            out[i] = b[j]
+    return out.reshape(ref.shape)
 
 
 _CAFFE_SCRIPT = r"""
@@ -337,6 +379,9 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
                                             f"Caffe built with its layers) or a directory of .npy blobs") from None
             ours = layer_outputs
             order = list(net.layer_outputs)
+            for gl in net.graph.layers:
+                if gl.param.type == "DetectionOutput" and gl.name in ref and gl.name in ours:
+                    ref[gl.name] = _align_detections(ours[gl.name], ref[gl.name])
         else:
             ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \
                 else dir_reference(reference)
