@@ -1,6 +1,8 @@
 """The registry and the base classes of converters (see the package's docstring for the contract)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import math
 import os
@@ -22,6 +24,25 @@ _PLUGINS_LOADED = False
 ROLES_WITHOUT_CONVERTER = {
     "MultiBoxLoss": "loss", "DetectionEvaluate": "training_only",
 }
+
+
+_EXPORT_FORM = contextvars.ContextVar("sfport_export_form", default=False)
+
+
+@contextlib.contextmanager
+def export_form():
+    """Within: modules compute the form an exported graph (TorchScript, ONNX) holds. A layer whose eager
+    computation cannot be a graph (DetectionOutput's NMS) returns what comes before that part, says so in its
+    module's ``export_note`` and puts what finishing needs in ``export_metadata`` (written into an ONNX file)."""
+    token = _EXPORT_FORM.set(True)
+    try:
+        yield
+    finally:
+        _EXPORT_FORM.reset(token)
+
+
+def in_export_form() -> bool:
+    return _EXPORT_FORM.get()
 
 
 class UnknownLayerType(CaffeFileError):

@@ -12,8 +12,6 @@ num_classes)``; :func:`detections` turns that into the layer's real output, equa
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import numpy as np
@@ -22,20 +20,9 @@ from google.protobuf import text_format
 
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-from .base import Converter, NoBlobs, register
+from .base import Converter, NoBlobs, in_export_form, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)
-_EXPORT_FORM = contextvars.ContextVar("sfport_ssd_export_form", default=False)
-
-
-@contextlib.contextmanager
-def export_form():
-    """Within: DetectionOutput returns its pre-NMS rows (the form an exported graph holds; see the module)."""
-    token = _EXPORT_FORM.set(True)
-    try:
-        yield
-    finally:
-        _EXPORT_FORM.reset(token)
 
 
 def _bad(layer, what: str) -> CaffeFileError:
@@ -467,11 +454,16 @@ def _select(s: _DetSetup, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
 class DetectionOutput(NoBlobs):
     """``forward(loc, conf, prior) -> 1 x 1 x K x 7`` (see :func:`_select`); ``loc`` is N x (P * L * 4),
     ``conf`` N x (P * C) (probabilities: the net's Softmax comes before), ``prior`` PriorBox's 1 x 2 x (P * 4).
-    In :func:`export_form` it returns the pre-NMS rows instead (see the module)."""
+    In :func:`sfport.converters.export_form` it returns the pre-NMS rows instead (see the module)."""
 
-    def __init__(self, setup: _DetSetup):
+    def __init__(self, setup: _DetSetup, param_text: str = ""):
         super().__init__()
         self.setup = setup
+        key = f"sfport:DetectionOutput:{setup.name}"
+        self.export_note = (f"layer '{setup.name}' (DetectionOutput) is exported before its NMS: its top holds "
+                            f"N x priors x (4 x {setup.num_loc_classes} + {setup.num_classes}) rows; finish with "
+                            f"sfport.converters.ssd.detections(<the '{key}' metadata>, rows)")
+        self.export_metadata = {key: param_text}
 
     def pre_nms(self, loc, conf, prior):
         s = self.setup
@@ -490,7 +482,7 @@ class DetectionOutput(NoBlobs):
         if not torch.jit.is_tracing():
             _check_priors(s, prior)
         rows = self.pre_nms(loc, conf, prior)
-        if _EXPORT_FORM.get():
+        if in_export_form():
             return rows
         return torch.from_numpy(finish(s, rows.detach().cpu().numpy())).to(loc.device)
 
@@ -544,4 +536,4 @@ class DetectionOutputConverter(Converter):
 
     def build(self, layer, bottom_shapes):
         self.top_shapes(layer, bottom_shapes)
-        return DetectionOutput(_DetSetup(layer))
+        return DetectionOutput(_DetSetup(layer), text_format.MessageToString(layer.detection_output_param))

@@ -43,6 +43,7 @@ class ExportResult:
     axes: dict[str, dict[int, str]] = field(default_factory=dict)
     method: str = ""
     opset: int | None = None
+    notes: list[str] = field(default_factory=list)   # layers exported in another form than eager's (see below)
 
     def summary(self) -> str:
         """One line: what was made, which sizes it runs at, where it was checked and the worst error."""
@@ -52,7 +53,18 @@ class ExportResult:
         else:
             sizes = ("dynamic batch; " if self.fmt == "onnx" else "") + f"height and width fixed: {self.static_reason}"
         runs = ", ".join(f"{s} ({e:.1e})" for s, e in self.checked)
-        return f"{what}, {sizes}; checked at {runs}; max relative error {self.worst:.2e}"
+        notes = "".join(f"; {n}" for n in self.notes)
+        return f"{what}, {sizes}; checked at {runs}; max relative error {self.worst:.2e}{notes}"
+
+
+def _export_forms(module) -> tuple[list[str], dict[str, str]]:
+    """The notes and metadata of modules whose exported form differs from eager (converters.export_form)."""
+    notes, meta = [], {}
+    for m in module.modules():
+        if getattr(m, "export_note", None):
+            notes.append(m.export_note)
+            meta.update(getattr(m, "export_metadata", {}) or {})
+    return notes, meta
 
 
 # -- sizes -------------------------------------------------------------------------------------------------------
@@ -197,7 +209,7 @@ def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
         if extra:
             checked += _run_all(f"TorchScript ({method})", call, extra, tol)
     return buf.getvalue(), ExportResult("torchscript", max(e for _, e in checked), reason is None, reason, checked,
-                                        method=method)
+                                        method=method, notes=_export_forms(module)[0])
 
 
 def torchscript_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:
@@ -243,6 +255,12 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
         torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset,
                           input_names=in_names, output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
     data = buf.getvalue()
+    notes, meta = _export_forms(module)
+    if meta:   # what finishing an exported-early layer needs travels in the file
+        proto = onnx.load_from_string(data)
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
@@ -251,7 +269,7 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
 
     checked = _run_all("ONNX", call, runs + extra, tol)
     return data, ExportResult("onnx", max(e for _, e in checked), reason is None, reason, checked, axes,
-                              method="exported", opset=opset)
+                              method="exported", opset=opset, notes=notes)
 
 
 def onnx_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:

@@ -216,7 +216,8 @@ class _Positional(nn.Module):
         self.outputs = outputs
 
     def forward(self, *xs):
-        blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False)
+        with conv_registry.export_form():
+            blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False)
         return tuple(blobs[self.net.graph.final[o]] if o in self.net.graph.final else blobs[o]
                      for o in self.outputs)
 

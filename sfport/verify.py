@@ -334,7 +334,8 @@ _REFERENCE_TYPES = {"DepthwiseConvolution": "Convolution", "ConvolutionDepthwise
 
 
 def reference_definition(net):
-    """The inference net sfport runs, as a NetParameter the references read: fork types renamed."""
+    """The inference net sfport runs, as a NetParameter the references read: fork types renamed, and defaults
+    a reference reads differently written out (the same net under the fork's schema)."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net.definition)
     index = {gl.name: gl for gl in net.graph.layers}
@@ -343,6 +344,13 @@ def reference_definition(net):
             layer.type = _REFERENCE_TYPES[layer.type]
             if not layer.convolution_param.HasField("group") and layer.name in index:
                 layer.convolution_param.group = int(index[layer.name].bottom_shapes[0][1])
+        if layer.type == "PriorBox":
+            # the fork's defaults written out: OpenCV reads an absent clip as true and needs a variance
+            p = layer.prior_box_param
+            if not p.HasField("clip"):
+                p.clip = p.clip
+            if not len(p.variance):
+                p.variance.append(0.1)
     return out
 
 
