@@ -3,7 +3,7 @@ formulas (recurrent_layer.cpp, rnn_layer.cpp / lstm_layer.cpp FillUnrolledNet, l
 here as the unrolled loop over t with cont; their gradients against finite differences (gradcheck, float64) and
 LSTMUnit's against Caffe's Backward_cpu formulas; Caffe's blob order, shapes and fillers; a caffemodel round trip.
 
-OpenCV 4's Caffe importer does not implement Caffe's recurrent layers (see test_opencv_caffe_importer_...): it has
+OpenCV 4's Caffe importer (4.14) does not implement Caffe's recurrent layers: it has
 no "RNN" type, and its "LSTM" reads the blobs as (Wh, Wx, b, h0, c0), not Caffe's (W_xc, b_c, W_hc), takes no
 cont bottom, so only the numpy reference is the judge here."""
 import numpy as np
@@ -430,25 +430,3 @@ def test_shape_inference_of_a_recurrent_net():
 
 # ---- OpenCV --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_", ["LSTM", "RNN"])
-def test_opencv_caffe_importer_on_a_caffe_recurrent_net(tmp_path, type_):
-    """Parity with OpenCV 4 where its Caffe importer runs Caffe's layer; where it cannot (4.14: no RNN type, an
-    LSTM that takes its blobs as Wh, Wx, b, h0, c0 and no cont bottom) the test says so and skips."""
-    cv2 = pytest.importorskip("cv2")
-    top = "h" if type_ == "LSTM" else "o"
-    net, w = build(tmp_path, {"x": (T, N, 6), "cont": (T, N)}, recurrent(type_, ["x", "cont"], [top]))
-    x, = data(8, (T, N, 6))
-    cont = np.ones((T, N), np.float32)
-    cont[0] = 0                                   # OpenCV starts from a zero state and never restarts
-    ours = net.forward(x=x, cont=cont)[top].numpy()
-    try:
-        cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "rec.prototxt"), w)
-        cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        cv.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        cv.setInput(x, "x")
-        cv.setInput(cont, "cont")
-        ref = cv.forward("t")
-    except cv2.error as e:
-        why = " ".join(str(e).split())
-        pytest.skip(f"OpenCV {cv2.__version__} cannot run Caffe's {type_}: {why[why.find('error:'):][:240]}")
-    assert_parity(np.asarray(ref).reshape(ours.shape), ours)
