@@ -462,7 +462,8 @@ class DetectionOutput(NoBlobs):
         key = f"sfport:DetectionOutput:{setup.name}"
         self.export_note = (f"layer '{setup.name}' (DetectionOutput) is exported before its NMS: its top holds "
                             f"N x priors x (4 x {setup.num_loc_classes} + {setup.num_classes}) rows; finish with "
-                            f"sfport.converters.ssd.detections(<the '{key}' metadata>, rows)")
+                            f"sfport.converters.ssd.detections(<the '{key}' metadata (ONNX) or extra file "
+                            f"(TorchScript)>, rows)")
         self.export_metadata = {key: param_text}
 
     def pre_nms(self, loc, conf, prior):
@@ -498,7 +499,10 @@ def finish(setup: _DetSetup, rows: np.ndarray) -> np.ndarray:
 
 def detections(layer_or_param, rows) -> np.ndarray:
     """DetectionOutput's output (1 x 1 x K x 7) from the pre-NMS rows an exported graph gives for it.
-    ``layer_or_param``: the LayerParameter, a DetectionOutputParameter or its prototxt text."""
+    ``layer_or_param``: the LayerParameter, a DetectionOutputParameter or its prototxt text (str, or the bytes
+    of a TorchScript extra file)."""
+    if isinstance(layer_or_param, bytes):          # a TorchScript extra file
+        layer_or_param = layer_or_param.decode("utf-8")
     if isinstance(layer_or_param, caffe_pb2.LayerParameter):
         layer = layer_or_param
     else:

@@ -199,7 +199,8 @@ def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
             compiled = torch.jit.trace(module, example, check_trace=False)
             method = f"traced at {_shape_text(t.shape for t in example)}"
         buf = _io.BytesIO()
-        torch.jit.save(compiled, buf)
+        notes, meta = _export_forms(module)
+        torch.jit.save(compiled, buf, _extra_files=meta)   # what finishing an exported-early layer needs
         loaded = torch.jit.load(_io.BytesIO(buf.getvalue()))
 
         def call(inputs):
@@ -209,7 +210,7 @@ def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
         if extra:
             checked += _run_all(f"TorchScript ({method})", call, extra, tol)
     return buf.getvalue(), ExportResult("torchscript", max(e for _, e in checked), reason is None, reason, checked,
-                                        method=method, notes=_export_forms(module)[0])
+                                        method=method, notes=notes)
 
 
 def torchscript_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:

@@ -176,6 +176,20 @@ def test_onnx_export_before_the_nms_gives_eager_detections(deploy):
         assert np.abs(got - eager).max() <= 1e-5 * max(1, np.abs(eager).max())
 
 
+def test_torchscript_export_carries_the_parameters_as_an_extra_file(deploy):
+    import io
+    p, w = deploy
+    net = Net(p, w)
+    data, res = export.torchscript_export(net, dynamic=False)
+    extra = {"sfport:DetectionOutput:detection_out": ""}
+    loaded = torch.jit.load(io.BytesIO(data), _extra_files=extra)
+    x = verify.make_input((1, 3, 300, 300), "random", 2)
+    with torch.no_grad():
+        rows = loaded(torch.from_numpy(x))[0].numpy()
+    got = ssd.detections(extra["sfport:DetectionOutput:detection_out"], rows)
+    np.testing.assert_array_equal(got, net.forward(data=x)["detection_out"].numpy())
+
+
 # ------------------------------------------------------------------------------------------------------ PriorBox
 
 def _prior_layer(text):
