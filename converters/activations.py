@@ -1,6 +1,6 @@
 """Element-wise layers: ReLU (negative_slope), PReLU (channel_shared), ELU, Sigmoid, TanH, AbsVal, Power, Exp,
-Log, BNLL, Threshold, Dropout (identity at test time, Caffe's inverted scaling when training). Each formula is
-its own small module, chosen once when the net is built."""
+Log, BNLL, Threshold, Dropout (identity at test time, Caffe's inverted scaling when training), Clip, Swish and the
+mobile forks' ReLU6. Each formula is its own small module, chosen once when the net is built."""
 from __future__ import annotations
 
 import math
@@ -117,6 +117,46 @@ class Dropout(NoBlobs):
         return x
 
 
+class Clip(NoBlobs):
+    """Caffe ClipLayer (clip_layer.cpp). Forward_cpu: ``std::max(min, std::min(x, max))`` - so min when
+    min > max, and min for NaN (both comparisons are false). Backward_cpu: ``top_diff * (x >= min && x <= max)``,
+    the gradient passes at both bounds inclusive (torch.clamp's own gradient agrees only sometimes), so the
+    module selects x itself exactly there and a constant elsewhere."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        with torch.no_grad():   # Caffe's value: std::min(x, max) = (max < x) ? max : x; std::max(min, v) likewise
+            v = torch.where(x > self.hi, torch.full_like(x, self.hi), x)
+            v = torch.where(v > self.lo, v, torch.full_like(x, self.lo))
+        return torch.where((x >= self.lo) & (x <= self.hi), x, v)
+
+
+class Swish(NoBlobs):
+    """Caffe SwishLayer (swish_layer.cpp): x * sigmoid(beta x). Its Backward_cpu,
+    ``top_diff * (beta y + sigmoid(beta x) (1 - beta y))``, is the true derivative, so autograd gives it."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        return x * torch.sigmoid(x if self.beta == 1 else x * self.beta)
+
+
+class ReLU6(NoBlobs):
+    """ReLU6 of the MobileNet forks (e.g. MobileNet-YOLO's relu6_layer.cpp): Forward_cpu
+    ``min(max(x, 0), 6)``; Backward_cpu ``top_diff * (x > 0) * (x < 6)``, zero at both bounds, which is
+    F.hardtanh's gradient. NaN stays NaN forward (as std::max / std::min give) and gets no gradient."""
+
+    def forward(self, x):
+        with torch.no_grad():
+            v = F.relu6(x)
+        return torch.where((x > 0) & (x < 6), x, v)
+
+
 class PReLU(nn.Module):
     """Caffe PReLULayer: one slope per channel (axis 1), or one for all with channel_shared."""
 
@@ -155,6 +195,32 @@ _BUILD = {
 class ElementwiseConverter(SameShape):
     def build(self, layer, bottom_shapes):
         return _BUILD[layer.type](layer)
+
+
+@register("Clip")
+class ClipConverter(SameShape):
+    def build(self, layer, bottom_shapes):
+        p = layer.clip_param
+        # both fields are `required` in caffe.proto: a layer without them does not parse in Caffe
+        if not (p.HasField("min") and p.HasField("max")):
+            raise ValueError(f"layer '{layer.name}' (Clip): clip_param needs both min and max")
+        return Clip(p.min, p.max)
+
+
+@register("Swish")
+class SwishConverter(SameShape):
+    def build(self, layer, bottom_shapes):
+        return Swish(layer.swish_param.beta)
+
+
+@register("ReLU6")
+class ReLU6Converter(SameShape):
+    def build(self, layer, bottom_shapes):
+        # forks that give ReLU6 a negative slope differ in where they put it and how it combines with the cap
+        if layer.HasField("relu_param") and layer.relu_param.negative_slope != 0:
+            raise ValueError(f"layer '{layer.name}' (ReLU6): a negative_slope is not supported "
+                             f"(min(max(x, 0), 6) only)")
+        return ReLU6()
 
 
 @register("PReLU")

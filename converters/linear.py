@@ -1,4 +1,4 @@
-"""InnerProduct (axis, transpose) - Caffe flattens every axis from ``axis`` on."""
+"""InnerProduct (axis, transpose) - Caffe flattens every axis from ``axis`` on - and Embed (a lookup table)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sfport.errors import CaffeFileError
 
 from .base import Converter, register
 from .geometry import canonical_axis
@@ -53,3 +55,65 @@ class InnerProductConverter(Converter):
     def fillers(self, layer):
         p = layer.inner_product_param
         return [p.weight_filler, p.bias_filler]
+
+
+class CaffeEmbed(nn.Module):
+    """Caffe EmbedLayer (embed_layer.cpp): each bottom value is an index into the (input_dim, num_output) weight;
+    top = weight[index] (+ bias), of shape bottom.shape + (num_output,).
+
+    Forward_cpu takes ``index = static_cast<int>(bottom_data[n])`` (truncation toward zero) and only
+    DCHECKs 0 <= index < input_dim and that the value was an integer (debug builds); a release build reads
+    outside the table for a bad index, so here an index outside 0..input_dim-1 is a one-line error, and a
+    non-integer value is truncated as the release build does. Backward_cpu accumulates top_diff into the
+    weight rows of the indices (caffe_axpy per sample; the embedding's own gradient) and the summed top_diff
+    into the bias; it CHECKs that the input is not back-propagated to: the index never gets a gradient."""
+
+    def __init__(self, name: str, input_dim: int, num_output: int, bias: bool):
+        super().__init__()
+        self.name, self.input_dim = name, input_dim
+        self.weight = nn.Parameter(torch.zeros(input_dim, num_output))
+        self.caffe_blobs = ["weight"]
+        self.bias = nn.Parameter(torch.zeros(num_output)) if bias else None
+        if bias:
+            self.caffe_blobs.append("bias")
+
+    def forward(self, x):
+        idx = x.detach().long()   # float -> int truncates toward zero, as static_cast<int>
+        if not torch.jit.is_tracing() and idx.numel() and bool(((idx < 0) | (idx >= self.input_dim)).any()):
+            bad = idx[(idx < 0) | (idx >= self.input_dim)].flatten()[0].item()
+            raise CaffeFileError(None, f"layer '{self.name}' (Embed): index {bad} is outside 0..{self.input_dim - 1} "
+                                       f"(input_dim {self.input_dim})")
+        y = F.embedding(idx, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+def _embed_param(layer):
+    """EmbedLayer::LayerSetUp CHECKs: num_output and input_dim positive."""
+    p = layer.embed_param
+    if p.num_output <= 0:
+        raise ValueError(f"layer '{layer.name}' (Embed): num_output must be positive")
+    if p.input_dim <= 0:
+        raise ValueError(f"layer '{layer.name}' (Embed): input_dim must be positive")
+    return p
+
+
+@register("Embed")
+class EmbedConverter(Converter):
+    def param_shapes(self, layer, bottom_shapes):
+        p = _embed_param(layer)   # weight "transposed from InnerProductLayer for spatial locality": (K, N)
+        return [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
+
+    def top_shapes(self, layer, bottom_shapes):
+        p = _embed_param(layer)   # EmbedLayer::Reshape: bottom's shape with num_output appended
+        return [tuple(bottom_shapes[0]) + (p.num_output,)]
+
+    def build(self, layer, bottom_shapes):
+        p = _embed_param(layer)
+        return CaffeEmbed(layer.name, p.input_dim, p.num_output, p.bias_term)
+
+    def fillers(self, layer):
+        p = layer.embed_param
+        return [p.weight_filler] + ([p.bias_filler] if p.bias_term else [])
+
+    def fan_in(self, layer, weight_shape):
+        return 1   # one row of the table reaches each output

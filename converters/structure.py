@@ -1,14 +1,26 @@
 """Layers that route, reshape or combine blobs: Eltwise, Concat, Slice, Split, Flatten, Reshape, Crop, Permute,
-Softmax, ArgMax, Silence. Each operation is its own small module, chosen once at build."""
+Softmax, ArgMax, Silence, Tile, Reduction, BatchReindex, Filter, Parameter. Each operation is its own small
+module, chosen once at build."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from sfport.errors import CaffeFileError
 
 from .base import Converter, NoBlobs, SameShape, register
 from .geometry import canonical_axis
+
+
+def _checked_axis(layer, axis: int, ndim: int) -> int:
+    """Blob::CanonicalAxisIndex with its CHECKs: -ndim <= axis < ndim, a negative axis counting from the end."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"layer '{layer.name}' ({layer.type}): axis {axis} is out of range for a {ndim}-D bottom")
+    return canonical_axis(axis, ndim)
 
 
 class EltwiseProd(NoBlobs):
@@ -124,19 +136,37 @@ class Softmax(NoBlobs):
 
 
 class ArgMax(NoBlobs):
-    """Caffe ArgMaxLayer: without axis, over each sample flattened, output (N, 1 or 2, top_k) with
-    [indices; values]; with axis, the top_k indices (or values with out_max_val) along it."""
+    """Caffe ArgMaxLayer (argmax_layer.cpp). Without axis: over each sample flattened, [indices] or, with
+    out_max_val, [indices; values], in the top shape of ``_argmax_setup``; with axis: the top_k indices (or
+    their values with out_max_val) along it. Forward_cpu ranks pairs (value, index) with
+    ``std::partial_sort(..., std::greater<std::pair<Dtype, int> >())``: by value, and among equal values the
+    larger index first - here a stable descending sort of the reversed axis. (NaN has no place in that order
+    in Caffe; here it ranks first.) Caffe has no Backward for ArgMax."""
 
-    def __init__(self, top_k: int, out_max_val: bool, axis: int | None):
+    def __init__(self, top_k: int, out_max_val: bool, axis: int | None, top_shape: tuple):
         super().__init__()
-        self.top_k, self.out_max_val, self.axis = top_k, out_max_val, axis
+        self.top_k, self.out_max_val, self.axis, self.top_shape = top_k, out_max_val, axis, tuple(top_shape)
+
+    def _top(self, x):
+        """Values and indices of the top_k along the last axis, Caffe's tie order (larger index first): the
+        first of equal values in the reversed axis. Eager and traced: a stable sort (torch.topk leaves the order
+        of ties open). In an ONNX export, TopK, whose specification breaks ties by the lower index."""
+        n = x.shape[-1]
+        if torch.onnx.is_in_onnx_export():
+            vals, rev = torch.topk(x.flip(-1), self.top_k, dim=-1)
+        else:
+            vals, rev = torch.sort(x.flip(-1), dim=-1, descending=True, stable=True)
+            vals, rev = vals[..., :self.top_k], rev[..., :self.top_k]
+        return vals, (n - 1 - rev).to(x.dtype)
 
     def forward(self, x):
         if self.axis is None:
-            vals, idx = torch.topk(x.reshape(x.shape[0], -1), self.top_k, dim=1)
-            return torch.stack([idx.to(x.dtype)] + ([vals] if self.out_max_val else []), dim=1)
-        vals, idx = torch.topk(x, self.top_k, dim=self.axis)
-        return vals if self.out_max_val else idx.to(x.dtype)
+            vals, idx = self._top(x.reshape(x.shape[0], -1))
+            out = torch.stack([idx, vals], dim=1) if self.out_max_val else idx.unsqueeze(1)
+            return out.reshape((x.shape[0],) + self.top_shape[1:])
+        last = x.dim() - 1   # nonnegative: ONNX export writes movedim's permutation as given
+        vals, idx = self._top(x.movedim(self.axis, last))
+        return (vals if self.out_max_val else idx).movedim(last, self.axis)
 
 
 class Silence(NoBlobs):
@@ -291,20 +321,38 @@ class SoftmaxConverter(SameShape):
         return Softmax(canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0])))
 
 
+def _argmax_setup(layer, shape) -> tuple[int | None, tuple]:
+    """ArgMaxLayer::LayerSetUp CHECKs (1 <= top_k <= the dimension ranked) and ArgMaxLayer::Reshape: with axis,
+    the bottom's shape with top_k on the axis; without, (N, 1 or 2, top_k) padded with 1s to the bottom's number
+    of axes (at least 3) - so (N, 1, top_k, 1) for a 4-D bottom."""
+    p, shape = layer.argmax_param, tuple(shape)
+    if p.top_k < 1:
+        raise ValueError(f"layer '{layer.name}' (ArgMax): top_k must be at least 1")
+    if p.HasField("axis"):
+        axis = _checked_axis(layer, p.axis, len(shape))
+        if p.top_k > shape[axis]:
+            raise ValueError(f"layer '{layer.name}' (ArgMax): top_k {p.top_k} exceeds the dimension {shape[axis]} "
+                             f"of axis {axis}")
+        top = list(shape)
+        top[axis] = p.top_k
+        return axis, tuple(top)
+    dim = math.prod(shape[1:])
+    if p.top_k > dim:
+        raise ValueError(f"layer '{layer.name}' (ArgMax): top_k {p.top_k} exceeds the {dim} values of a sample")
+    top = [1] * max(len(shape), 3)
+    top[0], top[1], top[2] = shape[0], 2 if p.out_max_val else 1, p.top_k
+    return None, tuple(top)
+
+
 @register("ArgMax")
 class ArgMaxConverter(_Shapeless):
     def top_shapes(self, layer, bottom_shapes):
-        p, b0 = layer.argmax_param, bottom_shapes[0]
-        if p.HasField("axis"):
-            s = list(b0)
-            s[canonical_axis(p.axis, len(b0))] = p.top_k
-            return [tuple(s)]
-        return [(b0[0], 2 if p.out_max_val else 1, p.top_k)]
+        return [_argmax_setup(layer, bottom_shapes[0])[1]]
 
     def build(self, layer, bottom_shapes):
+        axis, top = _argmax_setup(layer, bottom_shapes[0])
         p = layer.argmax_param
-        axis = canonical_axis(p.axis, len(bottom_shapes[0])) if p.HasField("axis") else None
-        return ArgMax(p.top_k, p.out_max_val, axis)
+        return ArgMax(p.top_k, p.out_max_val, axis, top)
 
 
 @register("Silence")
@@ -316,3 +364,201 @@ class SilenceConverter(_Shapeless):
 
     def build(self, layer, bottom_shapes):
         return Silence()
+
+
+# ---- Tile, Reduction, BatchReindex, Filter, Parameter ----------------------------------------------------------
+
+class Tile(NoBlobs):
+    """Caffe TileLayer (tile_layer.cpp): Forward_cpu copies each block of count(axis) values ``tiles`` times in a
+    row, i.e. the bottom repeated ``tiles`` times along ``axis``; Backward_cpu sums the tiles' diffs (autograd's
+    gradient of repeat)."""
+
+    def __init__(self, axis: int, tiles: int):
+        super().__init__()
+        self.axis, self.tiles = axis, tiles
+
+    def forward(self, x):
+        reps = [1] * x.dim()
+        reps[self.axis] = self.tiles
+        return x.repeat(reps)
+
+
+def _tile_setup(layer, shape) -> tuple[int, int]:
+    """TileLayer::Reshape CHECKs: tiles given and positive; the axis in range."""
+    p = layer.tile_param
+    axis = _checked_axis(layer, p.axis, len(shape))
+    if not p.HasField("tiles"):
+        raise ValueError(f"layer '{layer.name}' (Tile): tile_param.tiles must be given")
+    if p.tiles <= 0:
+        raise ValueError(f"layer '{layer.name}' (Tile): tiles must be positive, not {p.tiles}")
+    return axis, p.tiles
+
+
+@register("Tile")
+class TileConverter(_Shapeless):
+    def top_shapes(self, layer, bottom_shapes):
+        axis, tiles = _tile_setup(layer, bottom_shapes[0])
+        top = list(bottom_shapes[0])
+        top[axis] *= tiles
+        return [tuple(top)]
+
+    def build(self, layer, bottom_shapes):
+        return Tile(*_tile_setup(layer, bottom_shapes[0]))
+
+
+class Reduction(NoBlobs):
+    """Caffe ReductionLayer (reduction_layer.cpp): each of the count(0, axis) rows of count(axis) values becomes
+    one value - SUM / MEAN (dot with ones), ASUM (sum of |x|), SUMSQ (dot(x, x)) - scaled by coeff_ (coeff,
+    divided by the row length for MEAN, in float as Reshape does). Backward_cpu: coeff_ * top_diff for SUM /
+    MEAN, times sign(x) (0 at 0) for ASUM, times 2x for SUMSQ - the true derivatives, which autograd gives."""
+
+    def __init__(self, op: str, axis: int, coeff: float):
+        super().__init__()
+        self.op, self.axis, self.coeff = op, axis, coeff
+
+    def forward(self, x):
+        rows = x.flatten(self.axis) if self.axis < x.dim() - 1 else x
+        if self.op == "ASUM":
+            y = rows.abs().sum(-1)
+        elif self.op == "SUMSQ":
+            y = (rows * rows).sum(-1)
+        else:
+            y = rows.sum(-1)
+        return y if self.coeff == 1 else y * self.coeff
+
+
+_REDUCTION_OPS = {1: "SUM", 2: "ASUM", 3: "SUMSQ", 4: "MEAN"}
+
+
+def _reduction_setup(layer, shape) -> tuple[str, int, float]:
+    p = layer.reduction_param
+    if p.operation not in _REDUCTION_OPS:
+        raise ValueError(f"layer '{layer.name}' (Reduction): unknown operation {p.operation}")
+    op = _REDUCTION_OPS[p.operation]
+    axis = _checked_axis(layer, p.axis, len(shape))
+    coeff = np.float32(p.coeff)                     # ReductionLayer::Reshape: Dtype coeff_, /= dim_ for MEAN
+    if op == "MEAN":
+        coeff = coeff / np.float32(math.prod(shape[axis:]))
+    return op, axis, float(np.float32(coeff))
+
+
+@register("Reduction")
+class ReductionConverter(_Shapeless):
+    def top_shapes(self, layer, bottom_shapes):
+        _, axis, _ = _reduction_setup(layer, bottom_shapes[0])
+        return [tuple(bottom_shapes[0][:axis])]     # the axes before the reduced one; () for axis 0
+
+    def build(self, layer, bottom_shapes):
+        return Reduction(*_reduction_setup(layer, bottom_shapes[0]))
+
+
+class BatchReindex(NoBlobs):
+    """Caffe BatchReindexLayer (batch_reindex_layer.cpp): top[i] = data[permut[i]]. check_batch_reindex CHECKs
+    0 <= permut[i] < N on the values (so 2.5 passes and ``static_cast<int>`` makes it 2); Backward_cpu zeroes
+    the data's diff and adds each top row's diff into its source row (index_select's gradient); it CHECKs that
+    the indices are not back-propagated to."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, data, permut):
+        p = permut.detach().reshape(-1)
+        n = data.shape[0]
+        bad = (p < 0) | (p >= n) | torch.isnan(p)
+        if not torch.jit.is_tracing() and p.numel() and bool(bad.any()):   # a data check: not part of a graph
+            raise CaffeFileError(None, f"layer '{self.name}' (BatchReindex): index {p[bad][0].item():g} is outside "
+                                       f"0..{n - 1} (the batch of {n})")
+        return data.index_select(0, p.long())
+
+
+@register("BatchReindex")
+class BatchReindexConverter(_Shapeless):
+    def top_shapes(self, layer, bottom_shapes):
+        """BatchReindexLayer::Reshape: (permut's length,) + the data's shape after the first axis."""
+        if len(bottom_shapes) != 2:
+            raise ValueError(f"layer '{layer.name}' (BatchReindex): needs two bottoms (data, permutation), "
+                             f"not {len(bottom_shapes)}")
+        data, permut = bottom_shapes
+        if len(permut) != 1:
+            raise ValueError(f"layer '{layer.name}' (BatchReindex): the permutation must be 1-D, not "
+                             f"{list(permut)}")
+        return [(permut[0],) + tuple(data[1:])]
+
+    def build(self, layer, bottom_shapes):
+        self.top_shapes(layer, bottom_shapes)
+        return BatchReindex(layer.name)
+
+
+class Filter(NoBlobs):
+    """Caffe FilterLayer (filter_layer.cpp): every bottom but the last keeps the items (first-axis rows) whose
+    selector value is nonzero (``if (*tmp_data_selector)``: NaN counts as nonzero, -0 as zero), in order.
+    Backward_cpu copies each top row's diff back to its item and zeroes the others (index_select's gradient);
+    back-propagating to the selector is a LOG(FATAL) there, and it gets no gradient here."""
+
+    def forward(self, *bottoms):
+        *data, selector = bottoms
+        keep = torch.nonzero(selector.detach().reshape(-1) != 0).reshape(-1)   # Reshape CHECKed: N x 1 x 1 ...
+        tops = tuple(b.index_select(0, keep) for b in data)
+        return tops[0] if len(tops) == 1 else tops
+
+
+@register("Filter")
+class FilterConverter(_Shapeless):
+    def top_shapes(self, layer, bottom_shapes):
+        """FilterLayer::Reshape. The first axis of a top is data-dependent: the number of nonzero selector
+        values, known only at forward. At setup (``first_reshape_``) Caffe gives each top its bottom's shape,
+        the most it can keep, and so does this; a forward then gives the first axis from the values."""
+        name = f"layer '{layer.name}' (Filter)"
+        if len(bottom_shapes) < 2:
+            raise ValueError(f"{name}: needs the blobs to filter and a selector as the last bottom")
+        if len(layer.top) != len(bottom_shapes) - 1:   # FilterLayer::LayerSetUp
+            raise ValueError(f"{name}: needs one top per filtered bottom ({len(bottom_shapes) - 1}), not "
+                             f"{len(layer.top)}")
+        selector = tuple(bottom_shapes[-1])
+        if not selector or any(d != 1 for d in selector[1:]):
+            raise ValueError(f"{name}: the selector's dimensions must be 1 except the first, not {list(selector)}")
+        for b in bottom_shapes[:-1]:
+            if not b or b[0] != selector[0]:
+                raise ValueError(f"{name}: each bottom must have the selector's first dimension {selector[0]}, not "
+                                 f"{list(b)}")
+        return [tuple(b) for b in bottom_shapes[:-1]]
+
+    def build(self, layer, bottom_shapes):
+        self.top_shapes(layer, bottom_shapes)
+        return Filter()
+
+
+class ParameterBlob(nn.Module):
+    """Caffe ParameterLayer (parameter_layer.hpp): no bottoms, one learnable blob of parameter_param.shape;
+    Forward_cpu shares the blob's data and diff with the top, so the top is the blob and its gradient is the
+    blob's. Caffe allocates the blob without a filler: it starts at zero."""
+
+    def __init__(self, shape: tuple):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.caffe_blobs = ["weight"]
+
+    def forward(self):
+        return self.weight
+
+
+def _parameter_shape(layer) -> tuple:
+    shape = tuple(int(d) for d in layer.parameter_param.shape.dim)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"layer '{layer.name}' (Parameter): negative dimension in shape {list(shape)}")
+    return shape
+
+
+@register("Parameter")
+class ParameterConverter(Converter):
+    def top_shapes(self, layer, bottom_shapes):
+        return [_parameter_shape(layer)]
+
+    def param_shapes(self, layer, bottom_shapes):
+        return [_parameter_shape(layer)]
+
+    def build(self, layer, bottom_shapes):
+        if bottom_shapes:
+            raise ValueError(f"layer '{layer.name}' (Parameter): takes no bottoms, not {len(bottom_shapes)}")
+        return ParameterBlob(_parameter_shape(layer))

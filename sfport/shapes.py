@@ -128,7 +128,7 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     """(top shapes, parameter blob shapes) of a non-data layer, from its converter; None where unknown."""
     ntop = len(layer.top)
     converter = converters.find(layer.type)
-    if converter is None or any(b is None for b in bottoms) or not bottoms:
+    if converter is None or any(b is None for b in bottoms):
         return [None] * ntop, None
     try:
         tops = converter.top_shapes(layer, bottoms)
