@@ -1,4 +1,4 @@
-"""Convolution, DepthwiseConvolution (grouped, as in the mobile forks) and Deconvolution."""
+"""Convolution, DepthwiseConvolution (grouped, as in the mobile forks), Deconvolution and Im2col."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Converter, register
+from .base import Converter, NoBlobs, register
 from .geometry import canonical_axis, conv_geometry
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -98,3 +98,85 @@ class ConvolutionConverter(Converter):
         if layer.type == "Deconvolution":  # a transposed weight (in, out/group, *k)
             return weight_shape[0] * math.prod(weight_shape[2:])
         return math.prod(weight_shape[1:])
+
+
+# ---- Im2col ---------------------------------------------------------------------------------------------------
+
+def _c_div(a: int, b: int) -> int:
+    """C++ integer division (toward zero), as Caffe's shape arithmetic."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def im2col_out(size: int, k: int, p: int, s: int, d: int) -> int:
+    """Im2colLayer::Reshape: ``(input + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1`` in C++ integers."""
+    return _c_div(size + 2 * p - (d * (k - 1) + 1), s) + 1
+
+
+class Im2col(NoBlobs):
+    """Caffe Im2colLayer (im2col_layer.cpp with util/im2col.cpp, im2col_cpu / im2col_nd_cpu): per image, row
+    ``(c * kh + i) * kw + j`` of the top holds, at output position (y, x), the input at ``(y * stride - pad + i *
+    dilation, x * stride - pad + j * dilation)`` of channel c, 0 outside the input; the top is
+    (..., C * kh * kw, out_h, out_w). Any number of spatial axes (im2col_nd). Backward_cpu is col2im, the
+    adjoint, which is autograd's gradient of these windows."""
+
+    def __init__(self, name: str, axis: int, kernel, stride, pad, dilation):
+        super().__init__()
+        self.name, self.axis = name, axis
+        self.kernel, self.stride, self.pad, self.dilation = tuple(kernel), tuple(stride), tuple(pad), tuple(dilation)
+
+    def forward(self, x):
+        lead, c, spatial = x.shape[:self.axis], x.shape[self.axis], x.shape[self.axis + 1:]
+        n = len(spatial)
+        widths = []
+        for size, k, p, s, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation):
+            extent, num = d * (k - 1) + 1, int(size) + 2 * p - (d * (k - 1) + 1)
+            if num <= -s:  # C++ division gives no output position (Reshape's size <= 0)
+                raise ValueError(f"layer '{self.name}': Im2col of a {[int(v) for v in spatial]} input with kernel "
+                                 f"{list(self.kernel)}, pad {list(self.pad)}, dilation {list(self.dilation)} has no "
+                                 f"output position")
+            # padded by pad on both sides the windows are Caffe's (num // s + 1 of them); for -s < num < 0 C++'s
+            # division toward zero still gives one, which reads zeros past the end
+            widths.append((p, p if num >= 0 else extent - int(size) - p))
+        y = F.pad(x.reshape(-1, c, *spatial), [v for w in reversed(widths) for v in w])
+        for a, (k, s, d) in enumerate(zip(self.kernel, self.stride, self.dilation)):
+            y = y.unfold(2 + a, d * (k - 1) + 1, s)  # windows along axis a, each appended as a last axis
+        y = y[(Ellipsis,) + tuple(slice(None, None, d) for d in self.dilation)]  # each window's kernel taps
+        y = y.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (M, C, k..., out...)
+        return y.reshape(*lead, c * math.prod(self.kernel), *y.shape[2 + n:])
+
+
+@register("Im2col")
+class Im2colConverter(Converter):
+    def _setup(self, layer, shape):
+        p = layer.convolution_param
+        axis = canonical_axis(p.axis, len(shape))
+        n = len(shape) - axis - 1
+        if not 0 <= axis < len(shape) or n < 1:  # LayerSetUp: CHECK_GE(num_spatial_axes_, 1)
+            raise ValueError(f"layer '{layer.name}': Im2col needs at least one spatial axis after axis {p.axis} of a "
+                             f"{len(shape)}-D input")
+        kernel, pad, stride, dilation = conv_geometry(p, n)
+        if kernel[0] is None or len(kernel) != n or any(k < 1 for k in kernel):
+            raise ValueError(f"layer '{layer.name}': Im2col needs a nonzero kernel_size (once, or once per spatial "
+                             f"axis), got {list(p.kernel_size)}")
+        if len(stride) != n or any(s < 1 for s in stride) or len(pad) != n or len(dilation) != n \
+                or any(d < 1 for d in dilation):
+            raise ValueError(f"layer '{layer.name}': Im2col stride and dilation must be nonzero, and stride, pad and "
+                             f"dilation given once or once per spatial axis")
+        out = [im2col_out(*g) for g in zip(shape[axis + 1:], kernel, pad, stride, dilation)]
+        if any(o < 0 for o in out):  # a negative dimension: Blob::Reshape's CHECK_GE fails
+            raise ValueError(f"layer '{layer.name}': Im2col of a {list(shape[axis + 1:])} input with kernel "
+                             f"{list(kernel)}, pad {list(pad)}, dilation {list(dilation)} gives the size {out}")
+        return axis, kernel, stride, pad, dilation, out
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        axis, kernel, _, _, _, out = self._setup(layer, shape)
+        return [shape[:axis] + (shape[axis] * math.prod(kernel),) + tuple(out)]
+
+    def build(self, layer, bottom_shapes):
+        axis, kernel, stride, pad, dilation, _ = self._setup(layer, tuple(bottom_shapes[0]))
+        return Im2col(layer.name, axis, kernel, stride, pad, dilation)

@@ -1,7 +1,10 @@
 """Pooling: MAX / AVE / global, as Caffe's PoolingLayer (pooling_layer.cpp): ceil rounding (or round_mode FLOOR),
 with padding a last window that would start past the input dropped, AVE dividing by the window clipped to
-[-pad, H + pad). The modules take every size from the input tensor at run time and never read a shape into a
-Python number, so a trace (TorchScript, ONNX) runs at any input size with Caffe's result at that size."""
+[-pad, H + pad); a MAX layer with two tops also gives the mask (the argmax's flat index in the input plane,
+which SegNet's Upsample takes). The modules take every size from the input tensor at run time and never read a
+shape into a Python number, so a trace (TorchScript, ONNX) runs at any input size with Caffe's result at that
+size. SPP (spp_layer.cpp) is a pyramid of these poolings whose windows depend on the input size: it builds its
+levels for each size it meets (a trace keeps the geometry of the size it was traced at)."""
 from __future__ import annotations
 
 import torch
@@ -27,9 +30,18 @@ def _tail(k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
 
 
 class GlobalMaxPool(nn.Module):
+    """Global MAX; with ``mask`` also Caffe's second top, the flat index ``h * W + w`` of the first maximum
+    (PoolingLayer::Forward_cpu scans the plane row by row and keeps a later value only when it is larger)."""
     caffe_blobs: tuple = ()
 
+    def __init__(self, mask: bool = False):
+        super().__init__()
+        self.mask = mask
+
     def forward(self, x):
+        if self.mask:
+            y, idx = F.max_pool2d(x, x.shape[-2:], return_indices=True)
+            return y, idx.to(x.dtype)
         return torch.amax(x, dim=(-2, -1), keepdim=True)
 
 
@@ -68,12 +80,28 @@ class _CaffePool(nn.Module):
 
 
 class MaxPool(_CaffePool):
-    """MAX (padding never wins: -inf)."""
+    """MAX (padding never wins: -inf). With ``mask`` the module also returns Caffe's second top (the layer has
+    two tops): per output, the flat index ``h * W + w`` in the input plane of the window's maximum, the first one
+    in Caffe's scan order on ties (PoolingLayer::Forward_cpu, ``if (bottom_data[index] > top_data[pool_index])``
+    over h, then w; PyTorch's kernel also keeps the first of equal values), as the blob's float type. The mask
+    carries no gradient; the gradient of the data top goes to the argmax, as Backward_cpu routes it by the mask."""
+
+    def __init__(self, kernel, stride, pad, ceil: bool, mask: bool = False):
+        super().__init__(kernel, stride, pad, ceil)
+        self.mask = mask
 
     def forward(self, x):
         if self.native:
-            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)
-        return F.max_pool2d(self._padded(x, float("-inf")), self.kernel, self.stride, ceil_mode=self.ceil)
+            y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, return_indices=True)
+        else:
+            xp = self._padded(x, float("-inf"))
+            y, idx = F.max_pool2d(xp, self.kernel, self.stride, ceil_mode=self.ceil, return_indices=True)
+            if self.mask:  # an index into the padded plane -> the index into the input plane
+                wp = xp.shape[-1]
+                idx = (idx // wp - self.pad[0]) * x.shape[-1] + (idx % wp - self.pad[1])
+        if not self.mask:
+            return y
+        return y, idx.to(x.dtype)
 
 
 class AvePool(_CaffePool):
@@ -96,6 +124,24 @@ class AvePool(_CaffePool):
         return y * ratio
 
 
+def _check_geometry(name: str, kernel, stride, pad) -> None:
+    """PoolingLayer::LayerSetUp: kernel and stride nonzero, ``CHECK_LT(pad_h_, kernel_h_)``."""
+    if any(k < 1 for k in kernel):
+        raise ValueError(f"layer '{name}': pooling kernel {list(kernel)} must be nonzero")
+    if any(s < 1 for s in stride):
+        raise ValueError(f"layer '{name}': pooling stride {list(stride)} must be nonzero")
+    if any(q >= k for k, q in zip(kernel, pad)):
+        raise ValueError(f"layer '{name}': pad {list(pad)} must be smaller than the kernel {list(kernel)}")
+
+
+def make_pool(method: str, kernel, stride, pad, ceil: bool = True, mask: bool = False) -> nn.Module:
+    """The module of one Caffe PoolingLayer of this geometry (``method`` "MAX" or "AVE"); SPP builds its
+    levels with it."""
+    if method == "MAX":
+        return MaxPool(kernel, stride, pad, ceil, mask)
+    return AvePool(kernel, stride, pad, ceil)
+
+
 @register("Pooling")
 class PoolingConverter(Converter):
     def param_shapes(self, layer, bottom_shapes):
@@ -108,6 +154,7 @@ class PoolingConverter(Converter):
         if p.global_pooling:
             return [(n, c, 1, 1)] * len(layer.top)
         kernel, stride, pad = pooling_geometry(p)
+        _check_geometry(layer.name, kernel, stride, pad)
         return [(n, c) + pooled_size(h, w, kernel, stride, pad, p.round_mode == 0)] * len(layer.top)
 
     def build(self, layer, bottom_shapes):
@@ -117,9 +164,92 @@ class PoolingConverter(Converter):
             raise ValueError(f"layer '{layer.name}': STOCHASTIC pooling is not supported")
         if len(bottom_shapes[0]) != 4:
             raise ValueError(f"layer '{layer.name}': pooling needs a 4-D input, got {list(bottom_shapes[0])}")
+        # PoolingLayer::MaxTopBlobs: MAX may have a second top, the mask; AVE has one top
+        ntop, most = len(layer.top), 2 if method == "MAX" else 1
+        if not 1 <= ntop <= most:
+            raise ValueError(f"layer '{layer.name}': {method} pooling takes at most {most} top(s) (a second top is "
+                             f"the MAX mask), got {ntop}")
+        mask = ntop == 2
         if p.global_pooling:
-            return GlobalMaxPool() if method == "MAX" else GlobalAvePool()
+            return GlobalMaxPool(mask) if method == "MAX" else GlobalAvePool()
         kernel, stride, pad = pooling_geometry(p)
-        if any(q >= k for k, q in zip(kernel, pad)):  # PoolingLayer::LayerSetUp: CHECK_LT(pad_h_, kernel_h_)
-            raise ValueError(f"layer '{layer.name}': pad {list(pad)} must be smaller than the kernel {list(kernel)}")
-        return (MaxPool if method == "MAX" else AvePool)(kernel, stride, pad, p.round_mode == 0)
+        _check_geometry(layer.name, kernel, stride, pad)
+        return make_pool(method, kernel, stride, pad, p.round_mode == 0, mask)
+
+
+# ---- SPP ------------------------------------------------------------------------------------------------------
+
+def spp_level(level: int, height: int, width: int) -> tuple[tuple, tuple, tuple]:
+    """SPPLayer::GetPoolingParam (BVLC spp_layer.cpp): (kernel, stride, pad) of pyramid level ``level`` with
+    ``2^level`` bins per axis: kernel = stride = ceil(H / bins), pad = (kernel * bins - H + 1) / 2 (integer)."""
+    bins = 2 ** level
+    kh, kw = -(-height // bins), -(-width // bins)
+    ph, pw = (kh * bins - height + 1) // 2, (kw * bins - width + 1) // 2
+    return (kh, kw), (kh, kw), (ph, pw)
+
+
+def _spp_levels(name: str, levels: int, height: int, width: int) -> list[tuple[tuple, tuple, tuple]]:
+    geometry = [spp_level(i, height, width) for i in range(levels)]
+    for i, (kernel, stride, pad) in enumerate(geometry):
+        if any(q >= k for k, q in zip(kernel, pad)):  # the level's PoolingLayer::LayerSetUp: CHECK_LT(pad, kernel)
+            raise ValueError(f"layer '{name}': SPP level {i} of a {height} x {width} input needs pad {list(pad)} "
+                             f"with kernel {list(kernel)}; Caffe's pooling requires pad < kernel (the input is too "
+                             f"small for pyramid_height {levels})")
+    return geometry
+
+
+class SPP(nn.Module):
+    """Caffe SPPLayer (BVLC spp_layer.cpp): one Caffe Pooling per level (:func:`make_pool`, ceil rounding) of the
+    geometry :func:`spp_level` gives for the run-time input size, each flattened to (N, C * bins) and
+    concatenated in level order; with pyramid_height 1 the top is that single pooling's (N, C, 1, 1). The
+    backward (the split's sum of the levels' pooling backwards) is autograd's."""
+
+    caffe_blobs: tuple = ()
+
+    def __init__(self, name: str, levels: int, method: str):
+        super().__init__()
+        self.name, self.levels, self.method = name, levels, method
+        self._pools: dict = {}
+
+    def pools(self, height: int, width: int) -> list[nn.Module]:
+        key = (int(height), int(width))
+        if key not in self._pools:  # SPPLayer::Reshape rebuilds its pooling layers when the input size changes
+            self._pools[key] = [make_pool(self.method, *g) for g in _spp_levels(self.name, self.levels, *key)]
+        return self._pools[key]
+
+    def forward(self, x):
+        pools = self.pools(x.shape[-2], x.shape[-1])
+        if self.levels == 1:
+            return pools[0](x)
+        return torch.cat([pool(x).flatten(1) for pool in pools], dim=1)
+
+
+@register("SPP")
+class SPPConverter(Converter):
+    def _setup(self, layer, bottom_shapes):
+        p = layer.spp_param
+        method = {0: "MAX", 1: "AVE"}.get(p.pool)
+        if method is None:
+            raise ValueError(f"layer '{layer.name}': STOCHASTIC pooling is not supported")
+        if p.pyramid_height < 1:  # no level: Caffe's concat of no bottoms fails
+            raise ValueError(f"layer '{layer.name}': SPP pyramid_height must be at least 1, got {p.pyramid_height}")
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != 4 or shape[2] < 1 or shape[3] < 1:  # Reshape: CHECK_EQ(4, num_axes); LayerSetUp: CHECK_GT
+            raise ValueError(f"layer '{layer.name}': SPP needs a 4-D input of nonzero height and width, got "
+                             f"{list(shape)}")
+        return method, p.pyramid_height, _spp_levels(layer.name, p.pyramid_height, shape[2], shape[3])
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+    def top_shapes(self, layer, bottom_shapes):
+        _, levels, geometry = self._setup(layer, bottom_shapes)
+        n, c, h, w = bottom_shapes[0]
+        sizes = [pooled_size(h, w, *g) for g in geometry]
+        if levels == 1:
+            return [(n, c) + sizes[0]]
+        return [(n, c * sum(ph * pw for ph, pw in sizes))]
+
+    def build(self, layer, bottom_shapes):
+        method, levels, _ = self._setup(layer, bottom_shapes)
+        return SPP(layer.name, levels, method)

@@ -1,19 +1,12 @@
-"""Layers that resize feature maps: Upsample (the nearest form; see each class)."""
+"""Layers that resize or reorder feature maps: Upsample (the nearest form of the YOLO forks and SegNet's unpooling
+form with a mask bottom), Interp (DeepLab / PSPNet bilinear) and ShuffleChannel (ShuffleNet). Each class names the
+C++ it follows; the modules take every size from their inputs at run time."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from .base import Converter, NoBlobs, register
-
-
-class Upsample(NoBlobs):
-    def __init__(self, sh: int, sw: int):
-        super().__init__()
-        self.sh, self.sw = sh, sw
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=(float(self.sh), float(self.sw)), mode="nearest")
-
 
 
 class _Shapeless(Converter):
@@ -21,19 +14,262 @@ class _Shapeless(Converter):
         return []
 
 
-def _upsample_scales(layer) -> tuple[int, int]:
-    p = layer.upsample_param
-    return (p.scale_h if p.HasField("scale_h") else p.scale), (p.scale_w if p.HasField("scale_w") else p.scale)
+def _has(msg, field: str) -> bool:
+    """Whether a message of sfport's schema has the field and it is set (the forks' extra fields may be absent
+    from the schema: then they are unset)."""
+    return field in msg.DESCRIPTOR.fields_by_name and msg.HasField(field)
+
+
+# ---- Upsample --------------------------------------------------------------------------------------------------
+
+class Upsample(NoBlobs):
+    """The nearest form (one bottom; the YOLOv3 forks' upsample_layer.cpp, e.g. eric612/MobileNet-YOLO):
+    ``top[h, w] = bottom[h / scale, w / scale]`` (Forward_cpu), so each value is repeated scale_h x scale_w
+    times; Backward_cpu sums the gradient over each block, which is autograd's gradient of the repeat."""
+
+    def __init__(self, sh: int, sw: int):
+        super().__init__()
+        self.sh, self.sw = sh, sw
+
+    def forward(self, x):
+        *lead, h, w = x.shape
+        y = x.reshape(*lead, h, 1, w, 1).expand(*lead, h, self.sh, w, self.sw)
+        return y.reshape(*lead, h * self.sh, w * self.sw)
+
+
+class _Unpool(torch.autograd.Function):
+    """SegNet's UpsampleLayer (alexgkendall/caffe-segnet, src/caffe/layers/upsample_layer.cpp) on planes
+    flattened to (planes, positions): Forward_cpu zeroes the top and writes ``top[mask[i]] = bottom[i]`` for i in
+    order, so of two positions with the same index the later one wins; Backward_cpu sets ``bottom_diff[i] =
+    top_diff[mask[i]]`` for every i (both of such a pair get the gradient, which is not the derivative of the
+    forward: this is Caffe's backward, kept as it is)."""
+
+    @staticmethod
+    def forward(ctx, x, idx, like):
+        # like: (planes, out_h * out_w), the top's shape (a tensor, so that a trace keeps the size dynamic)
+        pos = torch.arange(x.shape[1], device=x.device).expand_as(idx)
+        last = torch.full_like(like, -1, dtype=torch.long)
+        last = last.scatter_reduce(1, idx, pos, reduce="amax", include_self=True)  # the last i writing each place
+        ctx.save_for_backward(idx)
+        return torch.where(last >= 0, x.gather(1, last.clamp(min=0)), torch.zeros((), dtype=x.dtype,
+                                                                                 device=x.device))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        return grad.gather(1, idx), None, None
+
+
+class Unpool(NoBlobs):
+    """The mask form of Upsample (two bottoms: the data and the mask top of a MAX Pooling): the top is
+    ``out_h x out_w`` per plane (``upsample_h``/``upsample_w``, else ``H * scale_h - pad_out_h``: the Reshape of
+    upsample_layer.cpp), zeros except the data at the mask's flat indices. An index past the plane is Caffe's
+    LOG(FATAL) ("upsample top index ... out of range"), here a ValueError naming the layer."""
+
+    def __init__(self, name: str, size, scale, pad_out):
+        super().__init__()
+        self.name, self.size, self.scale, self.pad_out = name, size, tuple(scale), tuple(pad_out)
+
+    def out_size(self, h, w):
+        if self.size is not None:
+            return self.size
+        return h * self.scale[0] - self.pad_out[0], w * self.scale[1] - self.pad_out[1]
+
+    def forward(self, x, mask):
+        n, c, h, w = x.shape
+        oh, ow = self.out_size(h, w)
+        idx = mask.detach().reshape(n * c, h * w).to(torch.long)  # static_cast<int>: toward zero
+        if not torch.jit.is_tracing() and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= oh * ow):
+            bad = int(idx.max()) if int(idx.max()) >= oh * ow else int(idx.min())
+            raise ValueError(f"layer '{self.name}': upsample top index {bad} out of range [0, {oh * ow}) - check "
+                             f"scale settings match input pooling layer's downsample setup")
+        y = _Unpool.apply(x.reshape(n * c, h * w), idx, x.new_empty(n * c, oh * ow))
+        return y.reshape(n, c, oh, ow)
+
+
+def _upsample_setup(layer):
+    """UpsampleLayer::LayerSetUp of either form: (scale_h, scale_w), (pad_out_h, pad_out_w) and the explicit
+    output size (upsample_h, upsample_w) or None. The nearest form reads scale_h / scale_w where set, else scale.
+    SegNet's form needs upsample_h & upsample_w, or scale_h & scale_w without scale, or neither scale_h nor
+    scale_w; its scales are > 1 and pad_out needs scale 2 (pad_out_* and upsample_* are read where the schema has
+    SegNet's fields; sfport's has scale, scale_h and scale_w)."""
+    p, name = layer.upsample_param, layer.name
+    sh = p.scale_h if p.HasField("scale_h") else p.scale
+    sw = p.scale_w if p.HasField("scale_w") else p.scale
+    if len(layer.bottom) != 2:
+        if sh < 1 or sw < 1:
+            raise ValueError(f"layer '{name}': upsample scale must be positive, got {sh} x {sw}")
+        return (sh, sw), (0, 0), None
+    if _has(p, "upsample_h") and _has(p, "upsample_w"):
+        oh, ow = p.upsample_h, p.upsample_w
+        if oh <= 1 or ow <= 1:  # CHECK_GT(upsample_h_, 1)
+            raise ValueError(f"layer '{name}': upsample_h and upsample_w must be > 1, got {oh}, {ow}")
+        return (1, 1), (0, 0), (oh, ow)
+    if p.HasField("scale_h") != p.HasField("scale_w") or (p.HasField("scale_h") and p.HasField("scale")):
+        raise ValueError(f"layer '{name}': give upsample_h and upsample_w, or scale, or scale_h and scale_w "
+                         f"without scale")
+    if sh <= 1 or sw <= 1:  # CHECK_GT(scale_h_, 1)
+        raise ValueError(f"layer '{name}': upsample scale must be > 1, got {sh} x {sw}")
+    pad = tuple(int(getattr(p, f)) if f in p.DESCRIPTOR.fields_by_name else 0 for f in ("pad_out_h", "pad_out_w"))
+    if (pad[0] and sh != 2) or (pad[1] and sw != 2):
+        raise ValueError(f"layer '{name}': output padding compensation (pad_out_h/pad_out_w) requires scale 2")
+    return (sh, sw), pad, None
 
 
 @register("Upsample")
 class UpsampleConverter(_Shapeless):
+    """One bottom: the nearest form; two bottoms (data, mask): SegNet's unpooling."""
+
     def top_shapes(self, layer, bottom_shapes):
-        sh, sw = _upsample_scales(layer)
-        b0 = bottom_shapes[0]
-        return [tuple(b0[:-2]) + (b0[-2] * sh, b0[-1] * sw)]
+        (sh, sw), pad, size = _upsample_setup(layer)
+        b0 = tuple(bottom_shapes[0])
+        if len(layer.bottom) == 2:
+            self._check_mask(layer, bottom_shapes)
+            oh, ow = size if size is not None else (b0[2] * sh - pad[0], b0[3] * sw - pad[1])
+            return [b0[:2] + (oh, ow)]
+        return [b0[:-2] + (b0[-2] * sh, b0[-1] * sw)]
+
+    @staticmethod
+    def _check_mask(layer, bottom_shapes):
+        b0, b1 = (tuple(s) for s in bottom_shapes)
+        if len(b0) != 4 or b0 != b1:  # UpsampleLayer::Reshape: 4 axes each, CHECK_EQ num/channels/height/width
+            raise ValueError(f"layer '{layer.name}': Upsample needs a 4-D data bottom and a mask of the same shape, "
+                             f"got {list(b0)} and {list(b1)}")
 
     def build(self, layer, bottom_shapes):
-        if len(layer.bottom) != 1:
-            raise ValueError(f"layer '{layer.name}': Upsample with a mask bottom (SegNet unpooling) is not supported")
-        return Upsample(*_upsample_scales(layer))
+        if len(layer.bottom) not in (1, 2):
+            raise ValueError(f"layer '{layer.name}': Upsample takes 1 bottom (nearest) or 2 (data and pooling mask), "
+                             f"got {len(layer.bottom)}")
+        scale, pad, size = _upsample_setup(layer)
+        if len(layer.bottom) == 2:
+            self._check_mask(layer, bottom_shapes)
+            return Unpool(layer.name, size, scale, pad)
+        return Upsample(*scale)
+
+
+# ---- Interp ----------------------------------------------------------------------------------------------------
+
+class Interp(NoBlobs):
+    """DeepLab's InterpLayer (interp_layer.cpp; PSPNet's adds the size of a second bottom): the input cropped by
+    ``-pad_beg`` at the top and left (both axes are offset by pad_beg) to ``H + pad_beg + pad_end`` x ``W +
+    pad_beg + pad_end``, resized bilinearly with aligned corners (util/interp.cpp, caffe_cpu_interp2: ratio
+    ``(in - 1) / (out - 1)``, source ``ratio * o`` truncated, the neighbour clamped at the last row; the same size
+    is a copy). PyTorch's ``align_corners=True`` is that formula; its backward is caffe_cpu_interp2_backward's
+    adjoint. The output size follows Reshape: shrink_factor, zoom_factor, height and width, both factors, or the
+    second bottom's size (computed from the run-time shapes)."""
+
+    def __init__(self, name: str, pad_beg: int, pad_end: int, zoom, shrink, size):
+        super().__init__()
+        self.name, self.pad_beg, self.pad_end = name, pad_beg, pad_end
+        self.zoom, self.shrink, self.size = zoom, shrink, size
+
+    def forward(self, x, like=None):
+        h_eff, w_eff = x.shape[-2] + self.pad_beg + self.pad_end, x.shape[-1] + self.pad_beg + self.pad_end
+        oh, ow = interp_size(self.name, h_eff, w_eff, self.zoom, self.shrink, self.size,
+                             None if like is None else like.shape[-2:])
+        b = -self.pad_beg
+        if b or self.pad_end:
+            x = x[..., b:b + h_eff, b:b + w_eff]
+        if (oh, ow) == (h_eff, w_eff):  # caffe_cpu_interp2's special case: a copy
+            return x.clone()
+        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=True)
+
+
+def interp_size(name, h_eff, w_eff, zoom, shrink, size, like):
+    """InterpLayer::Reshape's output size from the effective (cropped) input size."""
+    if h_eff <= 0 or w_eff <= 0:
+        raise ValueError(f"layer '{name}': the cropped input is {h_eff} x {w_eff}; it must be positive")
+    if shrink is not None:
+        h_eff, w_eff = (h_eff - 1) // shrink + 1, (w_eff - 1) // shrink + 1
+    if zoom is not None:
+        oh, ow = h_eff + (h_eff - 1) * (zoom - 1), w_eff + (w_eff - 1) * (zoom - 1)
+    elif shrink is not None:
+        oh, ow = h_eff, w_eff
+    elif size is not None:
+        oh, ow = size
+    else:
+        oh, ow = like
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"layer '{name}': the output size {oh} x {ow} must be positive")
+    return oh, ow
+
+
+def _interp_setup(layer, bottom_shapes):
+    p, name = layer.interp_param, layer.name
+    if p.pad_beg > 0 or p.pad_end > 0:  # LayerSetUp: CHECK_LE(pad_beg_, 0), "Only supports non-pos padding"
+        raise ValueError(f"layer '{name}': Interp supports only non-positive pad_beg/pad_end (cropping), got "
+                         f"{p.pad_beg}, {p.pad_end}")
+    zoom = p.zoom_factor if p.HasField("zoom_factor") else None
+    shrink = p.shrink_factor if p.HasField("shrink_factor") else None
+    for what, v in (("zoom_factor", zoom), ("shrink_factor", shrink)):
+        if v is not None and v < 1:
+            raise ValueError(f"layer '{name}': Interp {what} must be positive, got {v}")
+    size = (p.height, p.width) if p.HasField("height") and p.HasField("width") else None
+    # Reshape's order: shrink only, zoom only, height and width, both factors, the second bottom
+    if size is not None and zoom is not None and shrink is not None:
+        zoom = shrink = None
+    elif zoom is not None or shrink is not None:
+        size = None
+    elif size is None and len(layer.bottom) != 2:
+        raise ValueError(f"layer '{name}': Interp needs zoom_factor, shrink_factor, height and width, or a second "
+                         f"bottom to take the size of")
+    if len(layer.bottom) not in (1, 2) or len(bottom_shapes[0]) != 4:
+        raise ValueError(f"layer '{name}': Interp takes a 4-D bottom (and optionally a second one for the size)")
+    return p.pad_beg, p.pad_end, zoom, shrink, size
+
+
+@register("Interp")
+class InterpConverter(_Shapeless):
+    def top_shapes(self, layer, bottom_shapes):
+        pad_beg, pad_end, zoom, shrink, size = _interp_setup(layer, bottom_shapes)
+        n, c, h, w = bottom_shapes[0]
+        like = tuple(bottom_shapes[1])[-2:] if len(bottom_shapes) > 1 else None
+        return [(n, c) + interp_size(layer.name, h + pad_beg + pad_end, w + pad_beg + pad_end, zoom, shrink, size,
+                                     like)]
+
+    def build(self, layer, bottom_shapes):
+        return Interp(layer.name, *_interp_setup(layer, bottom_shapes))
+
+
+# ---- ShuffleChannel --------------------------------------------------------------------------------------------
+
+class ShuffleChannel(NoBlobs):
+    """ShuffleNet's ShuffleChannelLayer (farmingyard/ShuffleNet, shuffle_channel_layer.cpp, Resize_cpu): the
+    channels as a (group, C / group) matrix, transposed: input channel ``i * (C / group) + j`` goes to ``j *
+    group + i``. Backward_cpu applies the inverse permutation, autograd's gradient of it."""
+
+    def __init__(self, name: str, group: int):
+        super().__init__()
+        self.name, self.group = name, group
+
+    def forward(self, x):
+        n, c = x.shape[0], x.shape[1]
+        if c % self.group:  # Forward_cpu: CHECK_EQ(chs, group_column * group_row) << "Wrong group size."
+            raise ValueError(f"layer '{self.name}': {c} channels do not split into {self.group} groups")
+        y = x.reshape(n, self.group, c // self.group, -1).transpose(1, 2)
+        return y.reshape(_legacy_shape(x.shape))
+
+
+def _legacy_shape(shape) -> tuple:
+    """Reshape(num(), channels(), height(), width()): the legacy accessors, 1 past the blob's axes."""
+    return tuple(shape[:4]) + (1,) * (4 - len(shape))
+
+
+@register("ShuffleChannel")
+class ShuffleChannelConverter(_Shapeless):
+    def _group(self, layer, bottom_shapes):
+        g, shape = layer.shuffle_channel_param.group, tuple(bottom_shapes[0])
+        if g < 1:  # LayerSetUp: CHECK_GT(group_, 0)
+            raise ValueError(f"layer '{layer.name}': ShuffleChannel group must be greater than 0, got {g}")
+        if not 2 <= len(shape) <= 4:
+            raise ValueError(f"layer '{layer.name}': ShuffleChannel takes a blob of 2 to 4 axes, got {list(shape)}")
+        if shape[1] % g:
+            raise ValueError(f"layer '{layer.name}': {shape[1]} channels do not split into {g} groups")
+        return g
+
+    def top_shapes(self, layer, bottom_shapes):
+        self._group(layer, bottom_shapes)
+        return [_legacy_shape(bottom_shapes[0])]
+
+    def build(self, layer, bottom_shapes):
+        return ShuffleChannel(layer.name, self._group(layer, bottom_shapes))

@@ -52,7 +52,6 @@ CASES = {
     "Permute": ("permute_param { order: 0 order: 2 order: 3 order: 1 }", [IMG], 1),
     "Softmax": ("", [IMG], 1),
     "ArgMax": ("argmax_param { top_k: 2 out_max_val: true }", [IMG], 1),
-    "Upsample": ("", [IMG], 1),
     "Silence": ("", [IMG], 0),
     "SoftmaxWithLoss": ("", [(4, 5), LABELS], 2),
     "Accuracy": ("", [(4, 5), LABELS], 2),
