@@ -136,6 +136,20 @@ class Transform:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def sample_rng(seed: int, pos: int) -> np.random.Generator:
+    """The generator of the random crop and mirror of the sample at stream position ``pos`` (every data layer that
+    transforms uses it, so the same images at the same positions get the same draws)."""
+    return np.random.default_rng([seed, 104729, pos])
+
+
+def resolve(path: str | os.PathLike, base: Path | None) -> Path:
+    """A relative data path as Caffe opens it (the working directory), else next to the solver/net file."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and base is not None and (Path(base) / p).exists():
+        return Path(base) / p
+    return p
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Item ``pos`` (a position in the endless stream) -> (CHW float32 image, label, pos). ``order(epoch)`` is the
     list order of one pass."""
@@ -156,9 +170,7 @@ class ImageDataset(torch.utils.data.Dataset):
         ``root_folder``."""
         p = layer.image_data_param
         base = Path(base_dir) if base_dir else None
-        source = Path(p.source)
-        if not source.is_absolute() and not source.exists() and base is not None and (base / source).exists():
-            source = base / source
+        source = resolve(p.source, base)
         entries = read_list(source)
         if data_root is not None:
             root = Path(data_root)
@@ -205,7 +217,7 @@ class ImageDataset(torch.utils.data.Dataset):
         """(image, label, pos, error): a bad image gives ``None`` and the error text instead of raising, so the
         message crosses DataLoader workers intact; ``collate`` raises it (or counts it, with skip_bad)."""
         entry = self.entry_at(pos)
-        rng = np.random.default_rng([self.seed, 104729, pos])
+        rng = sample_rng(self.seed, pos)
         try:
             img = self.load(entry)
             try:
@@ -275,8 +287,9 @@ class MicroBatches(torch.utils.data.Sampler):
         return (self.stop - self.start) * self.k
 
 
-def loader(dataset: ImageDataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False):
-    """A DataLoader yielding (images, labels, positions, skipped, error) per micro-batch, in order."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+def loader(dataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False, collate_fn=collate):
+    """A DataLoader yielding (images, labels, positions, skipped, error) per micro-batch, in order (or what
+    ``collate_fn`` makes of a micro-batch's items)."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                                        pin_memory=pin_memory, persistent_workers=False,
                                        prefetch_factor=4 if workers else None)

@@ -96,6 +96,21 @@ def stated_image_shape(layer) -> tuple | None:
     return None if all(d is None for d in shape) else shape
 
 
+def data_set_tops(layer, first) -> list:
+    """The tops' shapes of a layer that reads a data set, from what its first sample holds: a Data layer's first
+    record decoded, ``first = (C, H, W)`` -> ``(batch, C, crop or H, crop or W)`` and labels ``(batch,)``
+    (data_layer.cpp DataLayerSetUp with DataTransformer::InferBlobShape); HDF5Data's datasets, ``first`` = each
+    top's trailing shape in the first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp)."""
+    n = batch_size(layer) or 0
+    if layer.type == "HDF5Data":
+        return [(n,) + tuple(int(d) for d in t) for t in first]
+    c, h, w = (int(d) for d in first)
+    crop = int(layer.transform_param.crop_size)
+    if crop:
+        h = w = crop
+    return ([(n, c, h, w)] + [(n,)] * (len(layer.top) - 1))[:len(layer.top)]
+
+
 def data_tops(layer, given: dict) -> list:
     """Shapes of a data layer's tops: as given by name (for every kind, as pycaffe's reshape of an input), else
     what its parameters fix (Input and DummyData shapes, MemoryData sizes, the image shape a data-set layer

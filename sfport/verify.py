@@ -354,6 +354,19 @@ def reference_definition(net):
     return out
 
 
+def reference_weights(net) -> caffe_files.CaffeModel:
+    """The net's weights as the references read them: a BatchNorm whose scale factor is 0 (Caffe's
+    batch_norm_layer.cpp: the statistics then count as 0) is written as zero statistics with factor 1, the same
+    layer for Caffe, which OpenCV would otherwise divide by 0."""
+    m = net.to_caffemodel()
+    for i, layer in enumerate(m.net.layer):
+        if layer.type == "BatchNorm" and len(layer.blobs) == 3:
+            mean, var, factor = m.blob_arrays(i)
+            if float(np.asarray(factor).ravel()[0]) == 0:
+                m.set_blob_arrays(i, [np.zeros_like(mean), np.zeros_like(var), np.ones_like(factor)])
+    return m
+
+
 def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
         seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0) -> Verification:
     """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
@@ -375,7 +388,7 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
         prototxt_used = str(Path(tmp) / "deploy.prototxt")
         weights_used = str(Path(tmp) / "weights.caffemodel")
         caffe_files.write_prototxt(prototxt_used, reference_definition(net))
-        caffe_files.write_caffemodel(weights_used, net.to_caffemodel())
+        caffe_files.write_caffemodel(weights_used, reference_weights(net))
         layer_outputs = {n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs}
         if reference == "opencv":
             try:

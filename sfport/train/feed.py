@@ -1,5 +1,6 @@
-"""Feeding a net during training: micro-batches from its ImageData layer (a DataLoader over sfport.data's
-deterministic stream), or synthetic images and labels for benchmarks."""
+"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB) or HDF5Data layer (a
+DataLoader over the deterministic streams of sfport.data and sfport.db), or synthetic images and labels for
+benchmarks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,11 @@ from pathlib import Path
 import torch
 
 from sfport.data import ImageDataset, MicroBatches, check, loader
+from sfport.db import DP, DatumDataset, HDF5Dataset, collate_tops
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 from sfport.netstate import NetState
-from sfport.shapes import is_data_layer, layer_included
+from sfport.shapes import data_set_tops, is_data_layer, layer_included
 from sfport.train.config import Options
 from sfport.train.log import CaffeLog
 
@@ -40,19 +42,25 @@ class Feeder:
             raise CaffeFileError(None, f"sfport train needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
                                        f" net, found {len(layers)}")
         layer = layers[0]
-        if opts.source and phase == caffe_pb2.TRAIN and layer.type == "ImageData":
+        sources = {"ImageData": "image_data_param", "Data": "data_param", "HDF5Data": "hdf5_data_param"}
+        if opts.source and phase == caffe_pb2.TRAIN and layer.type in sources:
             layer = type(layer)()
             layer.CopyFrom(layers[0])
-            layer.image_data_param.source = opts.source
+            getattr(layer, sources[layer.type]).source = opts.source
         self.layer = layer
-        if layer.type == "ImageData":
-            self.batch = layer.image_data_param.batch_size
+        self.workers = opts.workers
+        self.collate = None
+        if layer.type in sources:
+            self.batch = getattr(layer, sources[layer.type]).batch_size
         elif layer.type == "Input" and opts.synthetic_data:
             shape = tuple(layer.input_param.shape[0].dim) if len(layer.input_param.shape) else ()
             self.batch = shape[0] if shape else 1
         else:
             raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport train reads ImageData "
-                                       f"lists (or --synthetic-data)")
+                                       f"lists, Data (LMDB / LevelDB) and HDF5Data (or --synthetic-data)")
+        if self.synthetic and layer.type == "HDF5Data":
+            raise CaffeFileError(None, f"data layer '{layer.name}' is HDF5Data: --synthetic-data makes images "
+                                       f"for ImageData, Data and Input layers")
         self.data_top, self.label_top = layer.top[0], (layer.top[1] if len(layer.top) > 1 else None)
         if self.synthetic:
             p = layer.image_data_param
@@ -66,6 +74,26 @@ class Feeder:
                 raise CaffeFileError(None, f"data layer '{layer.name}': give the image size for synthetic data "
                                            f"(new_height/new_width in the prototxt or --shape C,H,W)")
             self.chw = tuple(chw)
+        elif layer.type == "Data":   # data_layer.cpp, db_lmdb.cpp / db_leveldb.cpp
+            self.dataset = DatumDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                   base_dir=base, skip_bad=opts.skip_bad_images)
+            backend = "lmdb" if layer.data_param.backend == DP.LMDB else "leveldb"
+            log(f"Opened {backend} {self.dataset.records.path}", f"db_{backend}.cpp:22")
+            if layer.data_param.backend == DP.LEVELDB and self.workers:
+                self.workers = 0   # a LevelDB is opened by one process at a time: read it in this one
+            self.chw = tuple(data_set_tops(layer, self.dataset.first_shape())[0][1:])
+            if tuple(self.dataset.shape()) != self.chw:
+                raise CaffeFileError(self.dataset.records.path, f"the first record gives {list(self.dataset.shape())}"
+                                                                f", not {list(self.chw)}")
+            log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "data_layer.cpp:41")
+        elif layer.type == "HDF5Data":   # hdf5_data_layer.cpp
+            log(f"Loading list of HDF5 filenames from: {layer.hdf5_data_param.source}", "hdf5_data_layer.cpp:81")
+            self.dataset = HDF5Dataset.from_layer(layer, seed=seed, base_dir=base)
+            log(f"Number of HDF5 files: {len(self.dataset.files)}", "hdf5_data_layer.cpp:94")
+            self.collate = collate_tops
+            for t, shape in zip(layer.top, data_set_tops(layer, self.dataset.top_shapes())):
+                self.inputs[t] = shape
+            self.chw = tuple(self.inputs[layer.top[0]][1:])
         else:
             self.dataset = ImageDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
                                                    data_root=opts.data_root, base_dir=base,
@@ -73,9 +101,10 @@ class Feeder:
             log(f"A total of {len(self.dataset)} images.", "image_data_layer.cpp:63")
             self.chw = self.dataset.shape()
             log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "image_data_layer.cpp:90")
-        self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
-        if self.label_top:
-            self.inputs[self.label_top] = (self.batch,)
+        if layer.type != "HDF5Data" or self.synthetic:
+            self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
+            if self.label_top:
+                self.inputs[self.label_top] = (self.batch,)
         self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
         self._it = None
 
@@ -84,7 +113,10 @@ class Feeder:
             self._next_synthetic = first_update * self.iter_size
             return
         sampler = MicroBatches(self.batch, self.world, self.rank, self.iter_size, first_update, stop_update)
-        self._it = iter(loader(self.dataset, sampler, self.opts.workers, pin))
+        if self.collate is not None:
+            self._it = iter(loader(self.dataset, sampler, self.workers, pin, self.collate))
+        else:
+            self._it = iter(loader(self.dataset, sampler, self.workers, pin))
 
     def next(self) -> dict[str, torch.Tensor]:
         if self.synthetic:  # made on the training device: no host-to-device copy in benchmarks
@@ -97,6 +129,11 @@ class Feeder:
                 out[self.label_top] = torch.randint(0, max(self.num_classes or 1, 1), (self.batch,), generator=g,
                                                     device=dev).float()
             return out
+        if self.collate is collate_tops:
+            rows, _, error = next(self._it)
+            if error is not None:
+                raise CaffeFileError(*error)
+            return dict(zip(self.layer.top, rows))
         while True:
             x, y, _, bad, _ = check(next(self._it))
             self.bad += bad
