@@ -775,3 +775,20 @@ def test_trace_of_pooling_and_unpooling_runs_at_another_size():
     traced = torch.jit.trace(both, (torch.randn(1, 4, 6, 8),), check_trace=False)
     x = torch.randn(2, 3, 10, 12)
     assert torch.equal(both(x), traced(x))
+
+
+def test_segnet_unpool_to_an_odd_size_with_upsample_h_w(tmp_path):
+    """SegNet's upsample_h / upsample_w (its caffe.proto fields 6, 7): a 5 x 5 map pooled (2, stride 2, ceil) to
+    3 x 3 unpools back to 5 x 5; every window's maximum returns to where it was (first maximum in scan order),
+    zeros elsewhere - worked out here from the windows."""
+    body = (layer("p", "Pooling", ["data"], ["p", "mask"], "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+            + layer("t", "Upsample", ["p", "mask"], ["t"], "upsample_param { upsample_h: 5 upsample_w: 5 }"))
+    net, x, _, _ = build(tmp_path, (1, 2, 5, 5), body)
+    want = np.zeros_like(x)
+    for c in range(2):
+        for i in range(0, 5, 2):
+            for j in range(0, 5, 2):
+                win = x[0, c, i:i + 2, j:j + 2]
+                a, b = np.unravel_index(int(np.argmax(win)), win.shape)
+                want[0, c, i + a, j + b] = win[a, b]
+    np.testing.assert_array_equal(out(net), want)
