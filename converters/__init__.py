@@ -33,9 +33,10 @@ from __future__ import annotations
 # The built-in families register themselves with the registry of .base when they are imported.
 from . import (activations, conv, hdf5, linear, loss, margin, norm, pooling, recurrent, resize, ssd,  # noqa: F401
                structure)
-from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, SameShape, UnknownLayerType, export_form, find, get,
-                   in_export_form, is_loss, is_training_only, label_bottoms, load_plugins, register, registered_types)
+from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
+                   find, get, in_export_form, is_loss, is_training_only, label_bottoms, load_plugins, register,
+                   registered_types)
 
-__all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "SameShape", "UnknownLayerType", "export_form", "find",
-           "get", "in_export_form",
-           "is_loss", "is_training_only", "label_bottoms", "load_plugins", "register", "registered_types"]
+__all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
+           "export_form", "find", "get", "in_export_form", "is_loss", "is_training_only", "label_bottoms",
+           "load_plugins", "register", "registered_types"]

@@ -115,14 +115,18 @@ class NoBlobs(nn.Module):
     caffe_blobs: tuple = ()
 
 
-class SameShape(Converter):
+class NoParams(Converter):
+    """A converter of a parameter-free layer (Caffe allocates no blobs): its ``top_shapes`` says the tops."""
+
+    def param_shapes(self, layer, bottom_shapes):
+        return []
+
+
+class SameShape(NoParams):
     """A converter of a parameter-free layer whose tops all have the shape of its first bottom."""
 
     def top_shapes(self, layer, bottom_shapes):
         return [tuple(bottom_shapes[0])] * len(layer.top)
-
-    def param_shapes(self, layer, bottom_shapes):
-        return []
 
 
 def register(*types: str):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Converter, register
+from .base import Converter, NoParams, register
 from sfport import caffe_files
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
@@ -103,11 +103,8 @@ class Accuracy(nn.Module):
 
 
 @register("SoftmaxWithLoss")
-class SoftmaxWithLossConverter(Converter):
+class SoftmaxWithLossConverter(NoParams):
     loss = True
-
-    def param_shapes(self, layer, bottom_shapes):
-        return []
 
     def top_shapes(self, layer, bottom_shapes):
         """The loss (a scalar) and, as a second top, the softmax probabilities."""
@@ -120,11 +117,8 @@ class SoftmaxWithLossConverter(Converter):
 
 
 @register("Accuracy")
-class AccuracyConverter(Converter):
+class AccuracyConverter(NoParams):
     training_only = True
-
-    def param_shapes(self, layer, bottom_shapes):
-        return []
 
     def top_shapes(self, layer, bottom_shapes):
         """The accuracy (a scalar) and, as a second top, one accuracy per class."""
@@ -360,12 +354,9 @@ class InfogainLoss(_LossModule):
         return loss
 
 
-class _LossConverter(Converter):
+class _LossConverter(NoParams):
     loss = True
     label_bottoms = (1,)
-
-    def param_shapes(self, layer, bottom_shapes):
-        return []
 
     def check(self, layer, bottom_shapes) -> None:
         _check_same_num(layer, bottom_shapes)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Converter, register
+from .base import Converter, NoParams, register
 from .geometry import pooled_size, pooling_geometry  # noqa: F401 (pooled_size: this family's rule)
 
 
@@ -143,10 +143,7 @@ def make_pool(method: str, kernel, stride, pad, ceil: bool = True, mask: bool = 
 
 
 @register("Pooling")
-class PoolingConverter(Converter):
-    def param_shapes(self, layer, bottom_shapes):
-        return []
-
+class PoolingConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """PoolingLayer::Reshape: global pooling gives 1x1; else :func:`pooled_size`."""
         p = layer.pooling_param

@@ -6,12 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Converter, NoBlobs, register
-
-
-class _Shapeless(Converter):
-    def param_shapes(self, layer, bottom_shapes):
-        return []
+from .base import Converter, NoBlobs, NoParams, register
 
 
 def _has(msg, field: str) -> bool:
@@ -117,7 +112,7 @@ def _upsample_setup(layer):
 
 
 @register("Upsample")
-class UpsampleConverter(_Shapeless):
+class UpsampleConverter(NoParams):
     """One bottom: the nearest form; two bottoms (data, mask): SegNet's unpooling."""
 
     def top_shapes(self, layer, bottom_shapes):
@@ -219,7 +214,7 @@ def _interp_setup(layer, bottom_shapes):
 
 
 @register("Interp")
-class InterpConverter(_Shapeless):
+class InterpConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         pad_beg, pad_end, zoom, shrink, size = _interp_setup(layer, bottom_shapes)
         n, c, h, w = bottom_shapes[0]
@@ -256,7 +251,7 @@ def _legacy_shape(shape) -> tuple:
 
 
 @register("ShuffleChannel")
-class ShuffleChannelConverter(_Shapeless):
+class ShuffleChannelConverter(NoParams):
     def _group(self, layer, bottom_shapes):
         g, shape = layer.shuffle_channel_param.group, tuple(bottom_shapes[0])
         if g < 1:  # LayerSetUp: CHECK_GT(group_, 0)

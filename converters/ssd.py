@@ -20,7 +20,7 @@ from google.protobuf import text_format
 
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-from .base import Converter, NoBlobs, in_export_form, register
+from .base import Converter, NoBlobs, NoParams, in_export_form, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -164,10 +164,7 @@ class PriorBox(NoBlobs):
 
 
 @register("PriorBox")
-class PriorBoxConverter(Converter):
-    def param_shapes(self, layer, bottom_shapes):
-        return []
-
+class PriorBoxConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """PriorBoxLayer::Reshape: ``1 x 2 x (H * W * num_priors * 4)`` of bottom[0]'s height and width."""
         if len(layer.bottom) != 2:
@@ -515,10 +512,7 @@ def detections(layer_or_param, rows) -> np.ndarray:
 
 
 @register("DetectionOutput")
-class DetectionOutputConverter(Converter):
-    def param_shapes(self, layer, bottom_shapes):
-        return []
-
+class DetectionOutputConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """DetectionOutputLayer::Reshape: ``1 x 1 x 1 x 7`` (the count of rows is known only after the NMS)."""
         if len(layer.bottom) != 3:

@@ -12,7 +12,7 @@ from torch import nn
 
 from sfport.errors import CaffeFileError
 
-from .base import Converter, NoBlobs, SameShape, register
+from .base import Converter, NoBlobs, NoParams, SameShape, register
 from .geometry import canonical_axis
 
 
@@ -174,13 +174,6 @@ class Silence(NoBlobs):
         return ()
 
 
-class _Shapeless(Converter):
-    """A parameter-free layer whose tops are computed by ``top_shapes``."""
-
-    def param_shapes(self, layer, bottom_shapes):
-        return []
-
-
 @register("Eltwise")
 class EltwiseConverter(SameShape):
     def build(self, layer, bottom_shapes):
@@ -201,7 +194,7 @@ def _concat_axis(layer, ndim: int) -> int:
 
 
 @register("Concat")
-class ConcatConverter(_Shapeless):
+class ConcatConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         axis = _concat_axis(layer, len(bottom_shapes[0]))
         top = list(bottom_shapes[0])
@@ -227,7 +220,7 @@ def _slice_sizes(layer, shape) -> tuple[int, list[int]]:
 
 
 @register("Slice")
-class SliceConverter(_Shapeless):
+class SliceConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         axis, sizes = _slice_sizes(layer, bottom_shapes[0])
         return [tuple(bottom_shapes[0][:axis]) + (n,) + tuple(bottom_shapes[0][axis + 1:]) for n in sizes]
@@ -248,7 +241,7 @@ def _flatten_axes(layer, ndim: int) -> tuple[int, int]:
 
 
 @register("Flatten")
-class FlattenConverter(_Shapeless):
+class FlattenConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         b0 = bottom_shapes[0]
         a, e = _flatten_axes(layer, len(b0))
@@ -264,7 +257,7 @@ def _reshape_range(p, ndim: int) -> tuple[int, int | None]:
 
 
 @register("Reshape")
-class ReshapeConverter(_Shapeless):
+class ReshapeConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """Caffe ReshapeLayer::Reshape: 0 copies a dim, one -1 is inferred from the count."""
         bottom = tuple(bottom_shapes[0])
@@ -284,7 +277,7 @@ class ReshapeConverter(_Shapeless):
 
 
 @register("Crop")
-class CropConverter(_Shapeless):
+class CropConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         if len(bottom_shapes) < 2:
             return None
@@ -306,7 +299,7 @@ def _permute_order(layer, ndim: int) -> list[int]:
 
 
 @register("Permute")
-class PermuteConverter(_Shapeless):
+class PermuteConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         b0 = bottom_shapes[0]
         return [tuple(b0[i] for i in _permute_order(layer, len(b0)))]
@@ -345,7 +338,7 @@ def _argmax_setup(layer, shape) -> tuple[int | None, tuple]:
 
 
 @register("ArgMax")
-class ArgMaxConverter(_Shapeless):
+class ArgMaxConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         return [_argmax_setup(layer, bottom_shapes[0])[1]]
 
@@ -356,7 +349,7 @@ class ArgMaxConverter(_Shapeless):
 
 
 @register("Silence")
-class SilenceConverter(_Shapeless):
+class SilenceConverter(NoParams):
     training_only = True
 
     def top_shapes(self, layer, bottom_shapes):
@@ -395,7 +388,7 @@ def _tile_setup(layer, shape) -> tuple[int, int]:
 
 
 @register("Tile")
-class TileConverter(_Shapeless):
+class TileConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         axis, tiles = _tile_setup(layer, bottom_shapes[0])
         top = list(bottom_shapes[0])
@@ -443,7 +436,7 @@ def _reduction_setup(layer, shape) -> tuple[str, int, float]:
 
 
 @register("Reduction")
-class ReductionConverter(_Shapeless):
+class ReductionConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         _, axis, _ = _reduction_setup(layer, bottom_shapes[0])
         return [tuple(bottom_shapes[0][:axis])]     # the axes before the reduced one; () for axis 0
@@ -473,7 +466,7 @@ class BatchReindex(NoBlobs):
 
 
 @register("BatchReindex")
-class BatchReindexConverter(_Shapeless):
+class BatchReindexConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """BatchReindexLayer::Reshape: (permut's length,) + the data's shape after the first axis."""
         if len(bottom_shapes) != 2:
@@ -504,7 +497,7 @@ class Filter(NoBlobs):
 
 
 @register("Filter")
-class FilterConverter(_Shapeless):
+class FilterConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """FilterLayer::Reshape. The first axis of a top is data-dependent: the number of nonzero selector
         values, known only at forward. At setup (``first_reshape_``) Caffe gives each top its bottom's shape,

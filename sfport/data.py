@@ -33,15 +33,20 @@ class ListEntry:
     line: int         # 1-based line number in the list file
 
 
+def read_list_text(source, kind: str, a_kind: str) -> str:
+    """The text of a list file Caffe reads with an ifstream (undecodable bytes replaced); a missing file or a
+    folder is one line naming it."""
+    try:
+        return Path(source).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise CaffeFileError(source, f"{kind} not found") from None
+    except IsADirectoryError:
+        raise CaffeFileError(source, f"is a directory, not {a_kind}") from None
+
+
 def read_list(source: str | os.PathLike) -> list[ListEntry]:
     """Parse an ImageData list (``path label`` per line; the path may contain spaces: the label is the last field)."""
-    p = Path(source)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise CaffeFileError(source, "image list not found") from None
-    except IsADirectoryError:
-        raise CaffeFileError(source, "is a directory, not an image list") from None
+    text = read_list_text(source, "image list", "an image list")
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()

@@ -28,7 +28,7 @@ import torch
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
-from sfport.data import Transform, read_list, resolve, sample_rng
+from sfport.data import Transform, read_list, read_list_text, resolve, sample_rng
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -258,12 +258,7 @@ def read_hdf5_list(source, base: Path | None = None) -> list[Path]:
     """hdf5_data_param.source: the .h5 files, one per whitespace-separated token (Caffe reads ``source >> line``);
     a relative name as written (the working directory), else next to the solver/net file, else next to the list."""
     source = Path(source)
-    try:
-        text = source.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise CaffeFileError(source, "HDF5 file list not found") from None
-    except IsADirectoryError:
-        raise CaffeFileError(source, "is a directory, not a list of HDF5 files") from None
+    text = read_list_text(source, "HDF5 file list", "a list of HDF5 files")
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         for name in line.split():
