@@ -21,16 +21,27 @@ EXIT_BAD_INPUT = 2
 
 
 class _Group(click.Group):
-    """Turns CaffeFileError into one line on stderr and exit status 2 (unless --debug)."""
+    """Turns bad input into one line on stderr and exit status 2 (unless --debug): a CaffeFileError, and an
+    OSError about a named file (a folder where a file goes, no permission, a read-only file system) that a
+    command's own checks did not catch first."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CaffeFileError as e:
-            if ctx.obj and ctx.obj.get("debug"):
+            self._bad_input(ctx, str(e))
+        except OSError as e:
+            if e.filename is None or isinstance(e, (BlockingIOError, ChildProcessError, ConnectionError)):
                 raise
-            click.echo(f"sfport: error: {e}", err=True)
-            ctx.exit(EXIT_BAD_INPUT)
+            what = (e.strerror or type(e).__name__).lower()
+            self._bad_input(ctx, f"{e.filename}: {what}")
+
+    @staticmethod
+    def _bad_input(ctx, line: str):
+        if ctx.obj and ctx.obj.get("debug"):
+            raise
+        click.echo(f"sfport: error: {' '.join(line.split())}", err=True)
+        ctx.exit(EXIT_BAD_INPUT)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

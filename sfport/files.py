@@ -17,7 +17,7 @@ from sfport.errors import CaffeFileError
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    p = Path(path)
+    p = check_output(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
@@ -33,6 +33,29 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail early, before any work, when ``path`` cannot be written: it is a folder, a folder on its way is a
+    file, or the nearest existing folder is not writable (probed with a temporary file, so read-only mounts and
+    permissions count as the OS sees them). Creates nothing that stays."""
+    p = Path(path)
+    if p.is_dir():
+        raise CaffeFileError(p, f"{what} is a folder, not a file")
+    parent = p.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise CaffeFileError(p, f"cannot write {what}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CaffeFileError(p, f"cannot write {what}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+    except OSError as e:
+        raise CaffeFileError(p, f"cannot write {what} in {parent}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
 
 
 def _umask() -> int:
