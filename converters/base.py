@@ -102,8 +102,15 @@ class Converter:
     def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
         """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
         (:func:`sfport.model.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
+        params = self.params(module)
+        if len(arrays) != len(params):
+            raise ValueError(f"{len(arrays)} blobs for the layer's {len(params)} parameters")
+        for j, (p, a) in enumerate(zip(params, arrays)):
+            stored, need = tuple(np.shape(a)), tuple(p.shape)
+            if stored != need and stored != (1,) * (len(stored) - len(need)) + need:  # Blob::ShapeEquals
+                raise ValueError(f"blob {j} has shape {list(stored)}, the layer needs {list(need)}")
         with torch.no_grad():
-            for p, a in zip(self.params(module), arrays):
+            for p, a in zip(params, arrays):
                 p.copy_(torch.tensor(np.asarray(a, dtype=np.float32)).reshape(p.shape))
 
     def save(self, module: nn.Module) -> list[np.ndarray]:
@@ -147,9 +154,19 @@ def load_plugins() -> None:
         return
     _PLUGINS_LOADED = True
     for name in filter(None, (s.strip() for s in os.environ.get("SFPORT_CONVERTERS", "").split(","))):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the user's module: any failure to import it is their input
+            _PLUGINS_LOADED = False
+            raise CaffeFileError("$SFPORT_CONVERTERS", f"cannot import the converter module '{name}': "
+                                                       f"{type(e).__name__}: {e}") from None
     for ep in entry_points(group="sfport.converters"):
-        ep.load()
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001
+            _PLUGINS_LOADED = False
+            raise CaffeFileError(f"entry point {ep.name} = {ep.value}", f"cannot load this 'sfport.converters' "
+                                                                        f"plugin: {type(e).__name__}: {e}") from None
 
 
 def get(layer_type: str, layer_name: str = "") -> Converter:

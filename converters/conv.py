@@ -35,7 +35,20 @@ class CaffeConv(nn.Module):
     def forward(self, x):
         if self.transpose:
             return _DECONV[self.nd](x, self.weight, self.bias, self.stride, self.pad, 0, self.groups, self.dilation)
-        return _CONV[self.nd](x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.groups)
+        stride, pad = self.stride, self.pad
+        spatial = [int(v) for v in x.shape[-self.nd:]]
+        room = [size + 2 * p - (d * (k - 1) + 1) for size, p, d, k in
+                zip(spatial, pad, self.dilation, self.weight.shape[2:])]
+        if any(r < 0 or s > r + 1 for r, s in zip(room, stride)):
+            # one output position along an axis (conv_out): a stride past it changes nothing in Caffe but
+            # overflows PyTorch's kernels (2^31 - 1 crashes the backward), and a window that overhangs the padded
+            # input by less than the stride reads zeros there (im2col_cpu)
+            stride = tuple(min(s, max(r, 0) + 1) for r, s in zip(room, stride))
+            if any(r < 0 for r in room):
+                widths = [(p, p - min(r, 0)) for p, r in zip(pad, room)]
+                x = F.pad(x, [v for w in reversed(widths) for v in w])
+                pad = (0,) * self.nd
+        return _CONV[self.nd](x, self.weight, self.bias, stride, pad, self.dilation, self.groups)
 
 
 @dataclass
@@ -51,19 +64,47 @@ class _Setup:
 
 
 def _setup(layer, shape) -> _Setup:
-    """BaseConvolutionLayer::LayerSetUp: geometry, groups (the depthwise forks default to one per channel) and
-    the weight blob's shape, (out, in/group, *k) or for Deconvolution (in, out/group, *k)."""
+    """BaseConvolutionLayer::LayerSetUp (base_conv_layer.cpp) with its CHECKs: geometry given once or once per
+    spatial axis, nonzero kernel, stride and dilation, num_output > 0 and both channel counts multiples of group
+    (the depthwise forks default to one group per channel), and the weight blob's shape, (out, in/group, *k) or
+    for Deconvolution (in, out/group, *k)."""
     p = layer.convolution_param
+    if not -len(shape) <= p.axis < len(shape):
+        raise ValueError(f"axis {p.axis} is out of range for a {len(shape)}-D bottom")
     axis = canonical_axis(p.axis, len(shape))
-    kernel, pad, stride, dilation = conv_geometry(p, len(shape) - axis - 1)
+    n = len(shape) - axis - 1
+    if n < 1:
+        raise ValueError(f"a {len(shape)}-D bottom has no spatial axis after axis {p.axis}")
+    for name, values in (("kernel_size", p.kernel_size), ("stride", p.stride), ("pad", p.pad),
+                         ("dilation", p.dilation)):
+        if len(values) not in (0, 1, n):
+            raise ValueError(f"{name} must be specified once, or once per spatial dimension ({name}_size="
+                             f"{len(values)}, spatial dims={n})")
+    kernel, pad, stride, dilation = conv_geometry(p, n)
     if kernel[0] is None:
         raise ValueError(f"layer '{layer.name}': convolution without kernel_size")
+    for name, values in (("kernel", kernel), ("stride", stride), ("dilation", dilation)):
+        if any(v < 1 for v in values):
+            raise ValueError(f"{name} {list(values)} must be nonzero (Filter dimensions, stride and dilation must be "
+                             f"positive)")
     cin = shape[axis]
     depthwise = layer.type not in ("Convolution", "Deconvolution")
     groups = cin if depthwise and not p.HasField("group") else p.group
+    if p.num_output < 1:
+        raise ValueError("num_output must be positive (CHECK_GT(num_output_, 0))")
+    if groups < 1 or cin % groups or p.num_output % groups:
+        raise ValueError(f"group {groups} must divide both the input channels ({cin}) and num_output "
+                         f"({p.num_output})")
     transpose = layer.type == "Deconvolution"
     weight = (cin, p.num_output // groups, *kernel) if transpose else (p.num_output, cin // groups, *kernel)
     return _Setup(axis, kernel, pad, stride, dilation, groups, weight, transpose)
+
+
+def conv_out(size: int, k: int, p: int, s: int, d: int) -> int:
+    """ConvolutionLayer::compute_output_shape (and Im2colLayer::Reshape) in C++ integers: ``(input + 2 pad - (dilation (kernel - 1) + 1)) /
+    stride + 1``, the division truncating toward zero (a kernel up to stride - 1 past the padded input still
+    gives one output, which reads zeros there, as im2col_cpu does)."""
+    return _c_div(size + 2 * p - (d * (k - 1) + 1), s) + 1
 
 
 @register("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution")
@@ -79,7 +120,7 @@ class ConvolutionConverter(Converter):
         if s.transpose:
             out = [st * (i - 1) + d * (k - 1) + 1 - 2 * pd for i, k, pd, st, d in sizes]
         else:
-            out = [(i + 2 * pd - (d * (k - 1) + 1)) // st + 1 for i, k, pd, st, d in sizes]
+            out = [conv_out(i, k, pd, st, d) for i, k, pd, st, d in sizes]
         return [tuple(b0[:s.axis]) + (layer.convolution_param.num_output,) + tuple(out)] * len(layer.top)
 
     def build(self, layer, bottom_shapes):
@@ -106,11 +147,6 @@ def _c_div(a: int, b: int) -> int:
     """C++ integer division (toward zero), as Caffe's shape arithmetic."""
     q = abs(a) // abs(b)
     return q if (a >= 0) == (b > 0) else -q
-
-
-def im2col_out(size: int, k: int, p: int, s: int, d: int) -> int:
-    """Im2colLayer::Reshape: ``(input + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1`` in C++ integers."""
-    return _c_div(size + 2 * p - (d * (k - 1) + 1), s) + 1
 
 
 class Im2col(NoBlobs):
@@ -163,7 +199,7 @@ class Im2colConverter(Converter):
                 or any(d < 1 for d in dilation):
             raise ValueError(f"layer '{layer.name}': Im2col stride and dilation must be nonzero, and stride, pad and "
                              f"dilation given once or once per spatial axis")
-        out = [im2col_out(*g) for g in zip(shape[axis + 1:], kernel, pad, stride, dilation)]
+        out = [conv_out(*g) for g in zip(shape[axis + 1:], kernel, pad, stride, dilation)]
         if any(o < 0 for o in out):  # a negative dimension: Blob::Reshape's CHECK_GE fails
             raise ValueError(f"layer '{layer.name}': Im2col of a {list(shape[axis + 1:])} input with kernel "
                              f"{list(kernel)}, pad {list(pad)}, dilation {list(dilation)} gives the size {out}")

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 
 def canonical_axis(axis: int, ndim: int) -> int:
-    """Caffe Blob::CanonicalAxisIndex: a negative axis counts from the end."""
+    """Caffe Blob::CanonicalAxisIndex with its CHECKs (blob.hpp): -ndim <= axis < ndim, a negative axis
+    counting from the end."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for a {ndim}-D bottom (axis_index must be in "
+                         f"[-{ndim}, {ndim}))")
     return axis + ndim if axis < 0 else axis
 
 

@@ -108,6 +108,7 @@ class SoftmaxWithLossConverter(NoParams):
 
     def top_shapes(self, layer, bottom_shapes):
         """The loss (a scalar) and, as a second top, the softmax probabilities."""
+        _check_label_count(layer, bottom_shapes, layer.softmax_param.axis)
         return [(), tuple(bottom_shapes[0])][:len(layer.top)]
 
     def build(self, layer, bottom_shapes):
@@ -123,6 +124,10 @@ class AccuracyConverter(NoParams):
     def top_shapes(self, layer, bottom_shapes):
         """The accuracy (a scalar) and, as a second top, one accuracy per class."""
         b0 = bottom_shapes[0]
+        axis = _check_label_count(layer, bottom_shapes, layer.accuracy_param.axis)
+        if layer.accuracy_param.top_k > b0[axis]:   # accuracy_layer.cpp Reshape: CHECK_LE(top_k_, classes)
+            raise _bad(layer, f"top_k {layer.accuracy_param.top_k} must be less than or equal to the number of "
+                              f"classes ({b0[axis]})")
         return [(), (b0[canonical_axis(layer.accuracy_param.axis, len(b0))],)][:len(layer.top)]
 
     def build(self, layer, bottom_shapes):
@@ -157,6 +162,24 @@ def _check_same_num(layer, bottom_shapes) -> None:
     if _num(a) != _num(b):
         raise _bad(layer, f"bottoms '{layer.bottom[0]}' {list(a)} and '{layer.bottom[1]}' {list(b)} must have the "
                           f"same first dimension (LossLayer: data and label)")
+
+
+def _check_label_count(layer, bottom_shapes, axis: int) -> int:
+    """SoftmaxWithLossLayer::Reshape and AccuracyLayer::Reshape: the axis in range, and one label per prediction,
+    CHECK_EQ(outer_num_ * inner_num_, bottom[1]->count()) "Number of labels must match number of predictions"
+    (a label blob of the data's size - the data top given as the label - fails here). Returns the axis."""
+    if len(bottom_shapes) < 2:
+        raise _bad(layer, f"takes a prediction and a label bottom, got {len(bottom_shapes)} bottom(s)")
+    b0, b1 = tuple(bottom_shapes[0]), tuple(bottom_shapes[1])
+    if not -len(b0) <= axis < len(b0):
+        raise _bad(layer, f"axis {axis} is out of range for a {len(b0)}-D bottom")
+    axis = axis + len(b0) if axis < 0 else axis
+    predictions = _count(b0, 0, axis) * _count(b0, axis + 1)
+    if predictions != _count(b1):
+        raise _bad(layer, f"number of labels must match number of predictions: '{layer.bottom[1]}' {list(b1)} holds "
+                          f"{_count(b1)} labels, '{layer.bottom[0]}' {list(b0)} makes {predictions} predictions "
+                          f"along axis {axis}")
+    return axis
 
 
 def _check_labels_per_sample(layer, bottom_shapes) -> None:

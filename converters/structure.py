@@ -176,16 +176,35 @@ class Silence(NoBlobs):
 
 @register("Eltwise")
 class EltwiseConverter(SameShape):
+    @staticmethod
+    def _check(layer, bottom_shapes) -> None:
+        """EltwiseLayer::LayerSetUp / Reshape (eltwise_layer.cpp): at least two bottoms (MinBottomBlobs), coeff
+        only for SUM and then one per bottom, and every bottom of the first one's shape."""
+        p = layer.eltwise_param
+        if len(bottom_shapes) < 2:
+            raise ValueError(f"Eltwise takes at least 2 bottoms, got {len(bottom_shapes)}")
+        if p.operation == p.PROD and len(p.coeff):
+            raise ValueError("Eltwise layer only takes coefficients for summation (operation PROD with coeff)")
+        if len(p.coeff) and len(p.coeff) != len(bottom_shapes):
+            raise ValueError(f"Eltwise Layer takes one coefficient per bottom blob: {len(p.coeff)} coeff for "
+                             f"{len(bottom_shapes)} bottoms")
+        for name, shape in zip(layer.bottom[1:], bottom_shapes[1:]):
+            if tuple(shape) != tuple(bottom_shapes[0]):
+                raise ValueError(f"bottom '{name}' {list(shape)} must have the shape of '{layer.bottom[0]}' "
+                                 f"{list(bottom_shapes[0])}")
+
+    def top_shapes(self, layer, bottom_shapes):
+        self._check(layer, bottom_shapes)
+        return super().top_shapes(layer, bottom_shapes)
+
     def build(self, layer, bottom_shapes):
+        self._check(layer, bottom_shapes)
         p = layer.eltwise_param
         if p.operation == p.PROD:
             return EltwiseProd()
         if p.operation == p.MAX:
             return EltwiseMax()
-        coeff = list(p.coeff) or [1.0] * len(bottom_shapes)
-        if len(coeff) != len(bottom_shapes):
-            raise ValueError(f"layer '{layer.name}': {len(coeff)} coeff for {len(bottom_shapes)} bottoms")
-        return EltwiseSum(coeff)
+        return EltwiseSum(list(p.coeff) or [1.0] * len(bottom_shapes))
 
 
 def _concat_axis(layer, ndim: int) -> int:
@@ -310,6 +329,10 @@ class PermuteConverter(NoParams):
 
 @register("Softmax")
 class SoftmaxConverter(SameShape):
+    def top_shapes(self, layer, bottom_shapes):
+        canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0]))
+        return super().top_shapes(layer, bottom_shapes)
+
     def build(self, layer, bottom_shapes):
         return Softmax(canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0])))
 

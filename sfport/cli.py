@@ -15,6 +15,7 @@ import sys
 import click
 
 from sfport.errors import CaffeFileError
+from sfport import files
 from sfport.files import atomic_write
 
 EXIT_BAD_INPUT = 2
@@ -35,6 +36,20 @@ class _Group(click.Group):
                 raise
             what = (e.strerror or type(e).__name__).lower()
             self._bad_input(ctx, f"{e.filename}: {what}")
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's own usage errors (an unknown option or command, a bad option value) as the one line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"sfport: error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     @staticmethod
     def _bad_input(ctx, line: str):
@@ -319,8 +334,12 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     from sfport import export
     from sfport.net import load_net
 
-    net = load_net(model, prototxt, _parse_shapes(shapes), **_state(phase, stages, level))
     output = output or export.default_output(model, fmt)
+    files.check_output(output)
+    net = load_net(model, prototxt, _parse_shapes(shapes), **_state(phase, stages, level))
+    if not net.has_weights and net.params:
+        raise CaffeFileError(model, "has no weights (a net definition alone: convert would write the fillers' "
+                                    "random values); give the caffemodel, with this definition as -p")
     try:
         result = export.save(net, output, fmt, tol, opset=opset, dynamic=False if static else None)
     except export.ExportMismatch as e:

@@ -25,6 +25,7 @@ class GraphLayer:
     top_shapes: list
     shared: dict[int, tuple[str, int]] = field(default_factory=dict)  # blob index -> (owner layer, owner blob)
     loss_weights: list[float] = field(default_factory=list)           # per top (Caffe's loss_weight)
+    param_shapes: list | None = None  # the parameter blobs' shapes the converter states (None: it does not say)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
             tops.append(u)
             available.append(u)
         gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(ls.bottoms), list(ls.tops),
-                        loss_weights=loss_weights(layer, path))
+                        loss_weights=loss_weights(layer, path), param_shapes=ls.params)
         for j, spec in enumerate(layer.param):
             if spec.name:
                 if spec.name in owners:

@@ -55,7 +55,7 @@ class CaffeNet(nn.Module):
             try:
                 module = converter.build(gl.param, [tuple(s) for s in gl.bottom_shapes])
             except ValueError as e:
-                raise CaffeFileError(None, str(e)) from None
+                raise CaffeFileError(None, shapes.about_layer(gl.param, str(e))) from None
             key = _key(gl.name, taken)
             self.keys[gl.name] = key
             self.layers[key] = module
@@ -222,6 +222,11 @@ class _Positional(nn.Module):
                      for o in self.outputs)
 
 
+def _names(names, most: int = 5) -> str:
+    names = [model_mod.as_text(n) for n in names]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
+
+
 def _as_tensor(x) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
@@ -296,6 +301,11 @@ class Net:
             layer = next((l for l in net.layer if missing[0] in l.top), None)
             raise deploy_mod.unknown_input_error(definition.path, self.graph.caffe_name[missing[0]],
                                                  (layer.name, layer.type) if layer is not None else None)
+        if state is None and weight_model is not None:
+            # the weights are checked against the shapes the definition states before any blob is allocated
+            # (a num_output the weights cannot fit is the "does not fit" error, not an allocation of its size)
+            model_mod.match_weights([model_mod.Target(gl.name, gl.type, gl.param_shapes) for gl in self.graph.layers],
+                                    weight_model, definition.path)
         try:
             self.module = CaffeNet(self.graph)
         except CaffeFileError as e:   # a layer's own complaint (an unknown type, bad parameters): name the file
@@ -306,12 +316,24 @@ class Net:
         self.module.train(self.phase == caffe_pb2.TRAIN)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:
-            self.module.load_state_dict(state)
+            try:
+                self.module.load_state_dict(state)
+            except (RuntimeError, KeyError, TypeError) as e:
+                first = str(e).strip().splitlines()
+                raise CaffeFileError(definition.path, "its state_dict does not fit its own net: "
+                                     + " ".join(l.strip() for l in first[:3])) from None
         elif weight_model is not None:  # copied by name; only the layers left without weights are filled
             self.report = self.load_weights(weight_model)
+            if weights is not None and not self.report.copied and any(self.params.values()):
+                raise CaffeFileError(weight_model.path, f"no layer of the weights matches a layer with parameters "
+                                                        f"of {definition.path or 'the net'} (weights for: "
+                                                        f"{_names(weight_model.weight_layers())}; the net's: "
+                                                        f"{_names(self.params)})")
             self.module.fill(self.report.layers_without_weights, generator)
         else:
             self.module.fill(None, generator)
+        # trained weights: a converted .pt's, or a caffemodel's copied into at least one layer (else fillers')
+        self.has_weights = state is not None or bool(self.report and self.report.copied)
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
@@ -325,8 +347,12 @@ class Net:
         chosen, report = model_mod.match_weights(targets, weights, self.path)
         for gl in self.graph.layers:
             if gl.name in chosen:
-                conv_registry.get(gl.type, gl.name).load(self.module.module_of(gl.name),
-                                                         weights.blob_arrays(chosen[gl.name]))
+                try:
+                    conv_registry.get(gl.type, gl.name).load(self.module.module_of(gl.name),
+                                                             weights.blob_arrays(chosen[gl.name]))
+                except ValueError as e:
+                    raise CaffeFileError(weights.path, f"does not fit {self.path or 'the net'}: layer "
+                                                       f"'{model_mod.as_text(gl.name)}' ({gl.type}): {e}") from None
         report.filled = self.module.fill(report.layers_without_weights, apply=False)  # filled when built
         return report
 

@@ -9,6 +9,7 @@ check, not a requirement for reading.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -140,17 +141,64 @@ def data_tops(layer, given: dict) -> list:
 
 
 def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
-    """(top shapes, parameter blob shapes) of a non-data layer, from its converter; None where unknown."""
+    """(top shapes, parameter blob shapes) of a non-data layer, from its converter; None where unknown (a bottom
+    of unknown shape, or a converter that does not say). A converter's complaint about the layer's parameters or
+    bottoms (Caffe's CHECKs in LayerSetUp / Reshape) is a :class:`CaffeFileError` naming the layer."""
     ntop = len(layer.top)
-    converter = converters.find(layer.type)
-    if converter is None or any(b is None for b in bottoms):
+    converter = converters.get(layer.type, _text(layer.name))   # an unknown type: LayerRegistry::CreateLayer fails
+    if any(b is None for b in bottoms):
         return [None] * ntop, None
     try:
         tops = converter.top_shapes(layer, bottoms)
         params = converter.param_shapes(layer, bottoms)
-    except (ValueError, IndexError, ZeroDivisionError, TypeError):
-        return [None] * ntop, None
-    return (list(tops) if tops is not None else [None] * ntop), params
+    except CaffeFileError:
+        raise
+    except (ValueError, IndexError, ZeroDivisionError, TypeError, OverflowError) as e:
+        raise CaffeFileError(None, about_layer(layer, str(e) or type(e).__name__)) from None
+    tops = list(tops) if tops is not None else [None] * ntop
+    for j, shape in enumerate(tops):
+        if shape is not None:
+            check_blob_shape(layer, f"top '{_text(layer.top[j]) if j < ntop else j}'", shape)
+    for j, shape in enumerate(params or []):
+        if shape is not None:
+            check_blob_shape(layer, f"parameter blob {j}", shape, empty_ok=False)
+    return tops, params
+
+
+INT_MAX = 2 ** 31 - 1
+MAX_BLOB_AXES = 32   # blob.hpp kMaxBlobAxes
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def about_layer(layer, message: str) -> str:
+    """A converter's message about ``layer``, led by the layer's name and type once."""
+    message = " ".join(message.split())
+    if message.startswith(f"layer '{_text(layer.name)}'"):
+        return message
+    return f"layer '{_text(layer.name)}' ({_text(layer.type)}): {message}"
+
+
+def check_blob_shape(layer, what: str, shape, empty_ok: bool = True) -> None:
+    """Caffe's Blob::Reshape CHECKs, in exact integers: at most kMaxBlobAxes axes, no negative dimension, at
+    most INT_MAX elements ("blob size exceeds INT_MAX"); a parameter blob with a zero dimension (``empty_ok``
+    false: a num_output of 0, say) is refused too - Caffe's fillers divide by its fan-in and crash."""
+    dims = [int(d) for d in shape]
+    if len(dims) > MAX_BLOB_AXES:
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have {len(dims)} axes (Caffe's limit is "
+                                                 f"{MAX_BLOB_AXES})"))
+    if any(d < 0 for d in dims):
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: a negative dimension (the "
+                                                 f"kernel or window does not fit the input?)"))
+    if not empty_ok and any(d == 0 for d in dims):
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: an empty parameter blob "
+                                                 f"(num_output or a size of 0?)"))
+    count = math.prod(dims)
+    if count > INT_MAX:
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}, {count:,} elements: blob "
+                                                 f"size exceeds INT_MAX"))
 
 
 def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False,
@@ -172,16 +220,62 @@ def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
     state = NetState.of(state).for_net(net)
     given = dict(input_shapes or {})
     blobs: dict[str, tuple | None] = dict(given)
+    wiring = _Wiring()
     out = []
     for i, layer in enumerate(net.layer):
         if not filtered and not included(layer, state):
             continue
+        wiring.add(layer)
         bottoms = [blobs.get(b) for b in layer.bottom]
         if is_data_layer(layer):
             tops, params = data_tops(layer, given), []
+            for j, shape in enumerate(tops):
+                if shape is not None:
+                    check_blob_shape(layer, f"top '{_text(layer.top[j])}'", shape)
         else:
             tops, params = layer_shapes(layer, bottoms)
         for name, shape in zip(layer.top, tops):
             blobs[name] = None if shape is None else tuple(int(d) for d in shape)
         out.append(LayerShapes(i, bottoms, list(tops), params))
     return out
+
+
+class _Wiring:
+    """Caffe's bookkeeping of blob names as Net::Init meets the layers (net.cpp AppendBottom / AppendTop, after
+    insert_splits.cpp InsertSplits): a bottom must have been produced before ("Unknown bottom blob"); a top is
+    new, or in place - the same name as the layer's bottom at the same index; any other reuse of a name is
+    "Top blob 'x' produced by multiple sources". InsertSplits gives every reader of a value shared by several
+    readers its own copy, so an in-place layer on a value that another reader also reads (or that it reads
+    twice) writes a name that is then produced twice: Caffe refuses that net as well."""
+
+    def __init__(self):
+        self.value: dict[str, tuple] = {}      # blob name -> (layer index, top index) of its current value
+        self.readers: dict[tuple, int] = {}    # value -> how many bottoms read it
+        self.count = 0
+
+    def add(self, layer) -> None:
+        i, self.count = self.count, self.count + 1
+        for j, b in enumerate(layer.bottom):
+            if b not in self.value:
+                raise CaffeFileError(None, about_layer(layer, f"unknown bottom blob '{_text(b)}' (bottom index {j}): no "
+                                                         f"earlier layer produces it"))
+            v = self.value[b]
+            self.readers[v] = self.readers.get(v, 0) + 1
+        seen = set()
+        for j, t in enumerate(layer.top):
+            if t in seen:
+                raise CaffeFileError(None, about_layer(layer, f"top blob '{_text(t)}' is listed twice (produced by "
+                                                         f"multiple sources)"))
+            seen.add(t)
+            in_place = j < len(layer.bottom) and layer.bottom[j] == t
+            if in_place:
+                n = self.readers.get(self.value[t], 0)
+                if n > 1:
+                    raise CaffeFileError(None, about_layer(
+                        layer, f"works in place on '{_text(t)}', which {n - 1} other bottom(s) also read: Caffe "
+                               f"splits a blob with several readers, and '{_text(t)}' is then produced by multiple "
+                               f"sources (give this layer its own top)"))
+            elif t in self.value:
+                raise CaffeFileError(None, about_layer(layer, f"top blob '{_text(t)}' is produced by multiple sources "
+                                                         f"(an earlier layer or input already makes it)"))
+            self.value[t] = (i, j)

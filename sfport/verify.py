@@ -229,7 +229,7 @@ def caffe_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray
                            capture_output=True, text=True)
         if p.returncode != 0:
             tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise CaffeFileError(caffemodel, f"the reference (pycaffe, {python}; set SFPORT_CAFFE_PYTHON to a Python "
+            raise CaffeFileError("--reference caffe", f"the reference (pycaffe, {python}; set SFPORT_CAFFE_PYTHON to a Python "
                                              f"with caffe) failed (exit {p.returncode}): {tail}")
         return dir_reference(out_dir)
 

@@ -109,10 +109,10 @@ def test_bad_input_cases(case, tmp_path):
         what = ':2:32: syntax error: Message type "caffe.LayerParameter" has no field named "bottm"'
     elif case == "shape_mismatch":
         deploy = tmp_path / "d.prototxt"
-        deploy.write_text((FIXTURES / "mtcnn/det1.prototxt").read_text().replace("kernel_size: 3", "kernel_size: 5"))
+        deploy.write_text((FIXTURES / "mtcnn/det1.prototxt").read_text().replace("kernel_size: 3", "kernel_size: 2", 1))
         args = ["inspect", DET1, "--prototxt", deploy]
         model = DET1
-        what = "blob 0: weights have shape [10, 3, 3, 3], the net needs [10, 3, 5, 5]"
+        what = "blob 0: weights have shape [10, 3, 3, 3], the net needs [10, 3, 2, 2]"
     else:
         what = "no such file"
     assert_bad_input(run(*args), str(model), what)
