@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sfport.data import read_list_text
 from sfport.errors import CaffeFileError
-from sfport.files import atomic_write
+from sfport.files import atomic_write, check_output, write_files
+from sfport.images import read_image
 from sfport.mtcnn import MTCNN, nearest_centre
 
 # Matlab 1-based [x, y] for a 96-wide x 112-high crop (face_align_demo.m)
@@ -67,6 +70,8 @@ def _nonreflective(uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
     if rank < 4:
         raise ValueError("the points do not determine a similarity (at least 2 distinct points needed)")
     sc, ss, tx, ty = r
+    if not np.isfinite(r).all() or sc * sc + ss * ss == 0:
+        raise ValueError("the landmarks do not determine a similarity (all one point, or not finite)")
     tinv = np.array([[sc, -ss, 0.0], [ss, sc, 0.0], [tx, ty, 1.0]])
     return np.linalg.inv(tinv)
 
@@ -110,34 +115,74 @@ def align(img: np.ndarray, landmarks, tmpl: Template) -> np.ndarray:
     return warp(img, A, tmpl.size)
 
 
+# the farthest a landmark may lie from the image origin: OpenCV decodes no image wider or taller than 2**20
+LANDMARK_RANGE = float(1 << 21)
+
+
 def read_landmarks(path, one_based: bool = False) -> dict[str, np.ndarray]:
-    """A landmark list (``lfw_landmark.txt``: relative path, then x1 y1 .. x5 y5; tabs or spaces) ->
-    {path: 5x2 0-based array}. ``lfw_landmark.txt`` is 0-based: sfport's MTCNN agrees with it within 1.3 px
-    read as 0-based, 2.2 px read as 1-based; pass ``one_based=True`` for landmarks saved by Matlab."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise CaffeFileError(path, "landmark list not found") from None
-    out = {}
+    """A landmark list (``lfw_landmark.txt``: relative path, then x1 y1 .. x5 y5; what ``sfport align`` writes
+    adds a box x1 y1 x2 y2 and a score) -> {path: 5x2 0-based array}. Fields are tab-separated (the path may then
+    hold spaces, the numbers may be separated by spaces too) or, without a tab, space-separated.
+    ``lfw_landmark.txt`` is 0-based: sfport's MTCNN agrees with it within 1.3 px read as 0-based, 2.2 px read as
+    1-based; pass ``one_based=True`` for landmarks saved by Matlab. Every line is checked before any image is
+    aligned: 10 or 15 numbers, finite, within any image's extent, not all one point (no similarity maps it
+    onto the template), each path once; a bad line is one error naming the list and the line."""
+    text = read_list_text(path, "landmark list", "a landmark list")
+    out, first = {}, {}
     for n, line in enumerate(text.splitlines(), 1):
-        parts = [f for f in line.rstrip("\r\n").split("\t")] if "\t" in line else line.split()
-        parts = [f.strip() for f in parts if f.strip()]
-        if not parts:
+        if not line.strip():
             continue
-        if len(parts) < 11:
-            raise CaffeFileError(path, f"line {n}: expected a path and 10 numbers, got {len(parts)} fields")
-        try:  # path, x1 y1 .. x5 y5, then optional extra columns (box, score)
-            vals = np.array([float(v) for v in parts[1:11]]).reshape(5, 2)
+        if "\t" in line:
+            name, _, rest = line.partition("\t")
+            name, numbers = name.strip(), rest.split()
+        else:
+            name, *numbers = line.split()
+        if len(numbers) not in (10, 15):
+            raise CaffeFileError(path, f"line {n}: expected a path and 10 numbers (x1 y1 .. x5 y5, optionally then "
+                                       f"a box x1 y1 x2 y2 and a score), got {len(numbers)} numbers after the path")
+        try:
+            values = np.array([float(v) for v in numbers])
         except ValueError:
-            raise CaffeFileError(path, f"line {n}: the landmarks are not numbers") from None
-        name = parts[0]
-        out[name] = vals - (1.0 if one_based else 0.0)
+            bad = next(v for v in numbers if not _is_number(v))
+            raise CaffeFileError(path, f"line {n}: '{bad[:40]}' is not a number") from None
+        if not np.isfinite(values).all():
+            k = int(np.nonzero(~np.isfinite(values))[0][0])
+            raise CaffeFileError(path, f"line {n}: {_field(k)} is {numbers[k]}: landmarks must be finite")
+        pts = values[:10].reshape(5, 2) - (1.0 if one_based else 0.0)
+        if np.abs(pts).max() > LANDMARK_RANGE:
+            k = int(np.argmax(np.abs(values[:10])))
+            raise CaffeFileError(path, f"line {n}: {_field(k)} is {numbers[k]}, outside any image")
+        if np.ptp(pts, axis=0).max() < 1:
+            raise CaffeFileError(path, f"line {n}: the 5 landmarks of '{name}' lie within one pixel: they do not "
+                                       f"determine the face's position, size and angle")
+        if name in first:
+            raise CaffeFileError(path, f"line {n}: '{name}' is listed again (first on line {first[name]})")
+        first[name] = n
+        out[name] = pts
+    if not out:
+        raise CaffeFileError(path, "the landmark list is empty")
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _field(k: int) -> str:
+    """The name of value k of a landmark line: x1 y1 .. x5 y5, then the box and the score."""
+    return f"{'xy'[k % 2]}{k // 2 + 1}" if k < 10 else ("box x1", "box y1", "box x2", "box y2", "score")[k - 10]
 
 
 def write_landmarks(path, rows: list[tuple[str, np.ndarray, np.ndarray | None]], one_based: bool = False) -> None:
     """Write 'path x1 y1 .. x5 y5 [box x1 y1 x2 y2 score]' rows (atomically)."""
+    atomic_write(path, _landmark_text(rows, one_based))
+
+
+def _landmark_text(rows, one_based: bool = False) -> bytes:
     lines = []
     for name, pts, box in rows:
         p = np.asarray(pts).reshape(-1) + (1.0 if one_based else 0.0)
@@ -146,7 +191,7 @@ def write_landmarks(path, rows: list[tuple[str, np.ndarray, np.ndarray | None]],
             b = np.asarray(box, np.float64)
             line += "\t" + "\t".join(f"{v:.2f}" for v in b[:4] + (1.0 if one_based else 0.0)) + f"\t{b[4]:.4f}"
         lines.append(line)
-    atomic_write(path, ("\n".join(lines) + "\n").encode())
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def image_files(root) -> list[str]:
@@ -176,9 +221,10 @@ def _align_one(args):
     import cv2
 
     rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir = args
-    img = cv2.imread(os.path.join(src_root, rel), cv2.IMREAD_COLOR)
-    if img is None:
-        return rel, None, None, "unreadable or corrupt image"
+    try:
+        img = read_image(os.path.join(src_root, rel))
+    except CaffeFileError as e:   # a bad image is listed in no_face.txt with the reason, as one without a face
+        return rel, None, None, e.message
     box = None
     if landmarks is not None:
         pts = landmarks.get(rel)
@@ -190,7 +236,10 @@ def _align_one(args):
             return rel, None, None, "no face found"
         pts = face.landmarks
         box = np.r_[face.box, face.score]
-    crop = align(img, pts, template(tmpl_name, size))
+    try:
+        crop = align(img, pts, template(tmpl_name, size))
+    except ValueError as e:
+        return rel, None, None, str(e)
     out = os.path.join(dst_root, rel)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     ok, buf = cv2.imencode(os.path.splitext(out)[1] or ".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -210,34 +259,84 @@ class AlignSummary:
     template: str
 
 
+# the largest crop side --size takes (warpAffine allocates the whole crop)
+MAX_CROP_SIDE = 4096
+
+
+def crop_size(text) -> tuple[int, int]:
+    """``--size``: 'HxW' or 'H,W' (e.g. 112x96), or an (h, w) pair -> (h, w), each side 1..MAX_CROP_SIDE."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in re.split(r"[x,X*]", text.strip())]
+    else:
+        parts = list(text)
+    try:
+        hw = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        hw = ()
+    if len(hw) != 2 or not all(1 <= v <= MAX_CROP_SIDE for v in hw):
+        raise CaffeFileError(None, f"--size {text}: expected the crop's height and width as HxW or H,W (e.g. 112x96), "
+                                   f"each from 1 to {MAX_CROP_SIDE}")
+    return hw
+
+
 def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=None, template: str = "sphereface",
                  workers: int = 2, landmarks_one_based: bool = False, progress: bool = False) -> AlignSummary:
     """``sfport align``: every image under ``input_dir`` aligned to the ``template`` (crop ``size`` (h, w) or
-    'HxW', default the template's) into the same tree under ``output_dir``, landmarks from the ``landmarks``
-    list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in ``workers``
-    processes. Writes ``landmarks.txt`` (path, 5 points, box and score when detected) and ``no_face.txt``
-    (path and reason of every image without a crop)."""
+    'HxW' / 'H,W', default the template's) into the same tree under ``output_dir``, landmarks from the
+    ``landmarks`` list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in
+    ``workers`` processes. Writes ``landmarks.txt`` (path, 5 points, box and score when detected) and
+    ``no_face.txt`` (path and reason of every image without a crop: no face, no landmarks in the list, or an
+    image that cannot be read). The inputs and outputs are checked before any work (a bad landmark list is one
+    error naming its line); a failure on the way removes the crops and folders this run created."""
     if not os.path.isdir(input_dir):
-        raise CaffeFileError(input_dir, "input folder not found")
+        raise CaffeFileError(input_dir, "input folder not found" if not os.path.exists(input_dir)
+                             else "the input is not a folder")
     if landmarks is None and mtcnn_dir is None:
         raise CaffeFileError(None, "give --landmarks FILE or --mtcnn DIR (the MTCNN det1-det3 models)")
+    if template not in TEMPLATES:
+        raise CaffeFileError(None, f"unknown template '{template}' (sfport has {', '.join(TEMPLATES)})")
+    hw = crop_size(size) if size is not None else TEMPLATES[template].size
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise CaffeFileError(output_dir, "the output folder is a file")
+    if out.exists() and os.path.samefile(out, input_dir):
+        raise CaffeFileError(output_dir, "the output folder is the input folder: the crops would replace the photos")
+    lists = {out / "landmarks.txt": "the landmark list output", out / "no_face.txt": "the no-face list output"}
+    for p, what in lists.items():
+        check_output(p, what)
     marks = read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
     if mtcnn_dir:
         _detector(mtcnn_dir)  # fail early on a bad folder
-    if isinstance(size, str):
-        size = tuple(int(v) for v in size.lower().split("x"))
-    hw = tuple(size) if size else TEMPLATES[template].size
     files = image_files(input_dir)
     if not files:
         raise CaffeFileError(input_dir, "no images in the folder")
+    existed = {rel for rel in files if os.path.lexists(out / rel)}
+    new_dirs = set()
+    for d in {out} | {(out / rel).parent for rel in files}:
+        while not d.exists() and d not in new_dirs:
+            new_dirs.add(d)
+            d = d.parent
     jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir) for rel in files]
     rows, missing = [], []
-    with tqdm(total=len(jobs), desc="align", unit="img", disable=not progress) as bar, \
-            (ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()) as pool:
-        for r in pool.map(_align_one, jobs, chunksize=8) if pool else map(_align_one, jobs):
-            bar.update(1)
-            (missing if r[3] else rows).append(r)
-    os.makedirs(output_dir, exist_ok=True)
-    write_landmarks(os.path.join(output_dir, "landmarks.txt"), [(r[0], r[1], r[2]) for r in rows])
-    atomic_write(os.path.join(output_dir, "no_face.txt"), "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode())
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        with tqdm(total=len(jobs), desc="align", unit="img", disable=not progress) as bar:
+            for r in pool.map(_align_one, jobs, chunksize=8) if pool else map(_align_one, jobs):
+                bar.update(1)
+                (missing if r[3] else rows).append(r)
+        if pool:
+            pool.shutdown()
+        write_files({out / "landmarks.txt": _landmark_text([(r[0], r[1], r[2]) for r in rows]),
+                     out / "no_face.txt": "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode()})
+    except BaseException:   # leave nothing half-done: the crops and folders of this run go
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for rel in files:
+            if rel not in existed:
+                with contextlib.suppress(OSError):
+                    os.unlink(out / rel)
+        for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return AlignSummary(len(rows), len(files), len(missing), hw, template)

@@ -6,17 +6,21 @@ input, and applies Caffe's legacy upgrades (:mod:`sfport.upgrade`), listing what
 from __future__ import annotations
 
 import enum
+import functools
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from sfport.errors import CaffeFileError
-from sfport.files import atomic_write
+from sfport.files import atomic_write, check_readable_file, max_file_bytes, parse_size, set_max_file_bytes  # noqa: F401
 from sfport.protos import caffe_pb2
 from sfport import upgrade, wire
 
@@ -32,19 +36,23 @@ _SNIFF_BYTES = 65536
 # Bytes in, bytes out
 # --------------------------------------------------------------------------------------------------------
 
+# Every file is held to files.max_file_bytes (a crafted 50 GB file or /dev/zero must not exhaust memory); its
+# default is Caffe's own: io.cpp ReadProtoFromBinaryFile, SetTotalBytesLimit(kProtoReadBytesLimit) with
+# kProtoReadBytesLimit = INT_MAX, the most protobuf reads for one message.
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or a one-line error for a missing, unreadable or empty file."""
-    p = Path(path)
+    """The file's bytes, or a one-line error for a missing, unreadable, non-regular, oversized or empty file:
+    :func:`check_readable_file` first, then at most the limit + 1 bytes are read (a file growing meanwhile)."""
+    check_readable_file(path)
+    limit = max_file_bytes()
     try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise CaffeFileError(path, "no such file") from None
-    except IsADirectoryError:
-        raise CaffeFileError(path, "is a directory, not a file") from None
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except PermissionError:
         raise CaffeFileError(path, "permission denied") from None
     except OSError as e:
         raise CaffeFileError(path, f"cannot read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise CaffeFileError(path, f"grew past the {limit:,}-byte limit for one input file while being read")
     if not data:
         raise CaffeFileError(path, "empty file")
     return data
@@ -72,13 +80,59 @@ def _kind_by_suffix(path: str | os.PathLike) -> str | None:
 # Parsing
 # --------------------------------------------------------------------------------------------------------
 
-def _decode(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")  # editors' byte-order mark
+def _decode(data: bytes, path=None) -> str:
+    """The text of a protobuf text file (an editor's byte-order mark dropped). Bytes that are not UTF-8 are
+    harmless in a comment (Caffe's parser skips them); in a name or other value Caffe keeps them raw, which a
+    Python string cannot, so with ``path`` that is a one-line error at the byte (never a silently changed
+    name)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        if path is not None:
+            _check_non_utf8_in_comments(path, data)
+    return text.removeprefix("\ufeff")
+
+
+def _check_non_utf8_in_comments(path, data: bytes) -> None:
+    for number, line in enumerate(data.split(b"\n"), 1):
+        try:
+            line.decode("utf-8")
+            continue
+        except UnicodeDecodeError as e:
+            bad = e.start
+        # where a comment starts: the first '#' outside a quoted string (protobuf's tokenizer; strings end at
+        # the line's end)
+        quote, escaped, comment = None, False, len(line)
+        for i, c in enumerate(line):
+            if quote is not None:
+                if escaped:
+                    escaped = False
+                elif c == 0x5C:  # backslash
+                    escaped = True
+                elif c == quote:
+                    quote = None
+            elif c in (0x22, 0x27):
+                quote = c
+            elif c == 0x23:
+                comment = i
+                break
+        if bad < comment:
+            col = len(line[:bad].decode("utf-8")) + 1
+            raise CaffeFileError(f"{path}:{number}:{col}", f"byte 0x{line[bad]:02X} is not UTF-8 text: Caffe would "
+                                                           f"keep it raw in the value; save the file as UTF-8")
+
+
+def _shorten(message: str, keep: int = 60) -> str:
+    """A parser message with any long quoted token (a 10 MB line of garbage, say) cut to ``keep`` characters."""
+    message = re.sub(r"([\"'])([^\"']{%d})[^\"']{20,}\1" % keep, lambda m: f"{m[1]}{m[2]}...{m[1]}", message)
+    return message if len(message) <= 400 else message[:400] + "..."
 
 
 def _parse_text(path, data: bytes, message):
+    text = _decode(data, path)
     try:
-        text_format.Merge(_decode(data), message)  # Merge: a repeated singular field keeps the last value
+        text_format.Merge(text, message)  # Merge: a repeated singular field keeps the last value
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         msg = str(e)
@@ -86,7 +140,7 @@ def _parse_text(path, data: bytes, message):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
         where = f"{path}:{line}:{col}" if line is not None else str(path)
-        raise CaffeFileError(where, f"syntax error: {msg}") from None
+        raise CaffeFileError(where, f"syntax error: {_shorten(msg)}") from None
     return message
 
 
@@ -98,11 +152,74 @@ def _parses_as(data: bytes, message) -> bool:
     return True
 
 
+# The binary Caffe files, by message name: what each is to the user.
+_BINARY_KINDS = {
+    "NetParameter": "a Caffe NetParameter (.caffemodel)",
+    "SolverState": "a Caffe SolverState (.solverstate)",
+    "BlobProto": "a Caffe BlobProto (.binaryproto, a mean file?)",
+}
+_FIXED32 = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32}
+_FIXED64 = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+_LEN = {FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE}
+_WIRE_NAMES = {0: "an integer", 1: "a 64-bit value", 2: "a string or message", 5: "a 32-bit value"}
+
+
+@functools.cache
+def _wire_types(descriptor) -> dict[int, tuple[str, frozenset]]:
+    """Field number -> (name, the wire types protobuf takes for it: a repeated number also packed)."""
+    out = {}
+    for fd in descriptor.fields:
+        wt = 2 if fd.type in _LEN else 5 if fd.type in _FIXED32 else 1 if fd.type in _FIXED64 else 0
+        ok = {wt} | ({2} if fd.is_repeated else set())
+        out[fd.number] = (fd.name, frozenset(ok))
+    return out
+
+
+def _misfits(top_fields: set, descriptor) -> tuple[list, list]:
+    """The message's own fields that ``descriptor`` has no number for, and those of the wrong wire type."""
+    types = _wire_types(descriptor)
+    unknown = sorted(n for n, _ in top_fields if n not in types)
+    wrong = sorted((n, wt) for n, wt in top_fields if n in types and wt not in types[n][1])
+    return unknown, wrong
+
+
+def _check_message_kind(path, top_fields: set, message) -> None:
+    """The bytes are the message the reader expects, not another kind of Caffe file: protobuf itself parses a
+    caffemodel as a SolverState (every field mismatched or unknown, kept aside) into an empty one. A file that
+    fits another Caffe message exactly is named as that; a field of the wrong wire type is refused; unknown
+    field numbers alone are let through (another Caffe fork's fields), as Caffe's protobuf does."""
+    name = message.DESCRIPTOR.name
+    unknown, wrong = _misfits(top_fields, message.DESCRIPTOR)
+    if not unknown and not wrong:
+        return
+    for other, label in _BINARY_KINDS.items():
+        if other != name and top_fields and _misfits(top_fields, getattr(caffe_pb2, other).DESCRIPTOR) == ([], []):
+            raise CaffeFileError(path, f"is {label}, not {_BINARY_KINDS[name]}")
+    if wrong:
+        number, wt = wrong[0]
+        field_name, ok = _wire_types(message.DESCRIPTOR)[number]
+        raise CaffeFileError(path, f"not {_BINARY_KINDS[name]} (another kind of protobuf file?): its field {number} "
+                                   f"is {_WIRE_NAMES.get(wt, f'wire type {wt}')}, but {name}.{field_name} is "
+                                   f"{_WIRE_NAMES[min(ok)]}")
+
+
 def _parse_binary(path, data: bytes, message, spec: dict, what: str):
+    top_fields: set = set()
     try:
-        data, values = wire.strip_blobs(data, spec)
+        stripped, values = wire.strip_blobs(data, spec, top_fields)
+    except wire.WireError as e:
+        try:  # another kind of file fails inside (a solverstate's learned_net string read as a V1 layer)
+            top_fields = wire.top_fields(data)
+        except wire.WireError:
+            top_fields = set()
+        if top_fields:
+            _check_message_kind(path, top_fields, message)
+        raise CaffeFileError(path, f"not a valid binary {what} (truncated or corrupt file?): {e}") from None
+    _check_message_kind(path, top_fields, message)
+    data = stripped
+    try:
         message.ParseFromString(data)
-    except (wire.WireError, DecodeError, RuntimeError, ValueError) as e:
+    except (DecodeError, RuntimeError, ValueError) as e:
         detail = str(e) or "protobuf decoding failed"
         raise CaffeFileError(path, f"not a valid binary {what} (truncated or corrupt file?): {detail}") from None
     return message, values
@@ -120,9 +237,14 @@ def blob_shape(blob) -> tuple[int, ...]:
     return tuple(int(d) for d in blob.shape.dim)
 
 
+_VALUE_FIELDS = (("data", "<f4"), ("diff", "<f4"), ("double_data", "<f8"), ("double_diff", "<f8"))
+
+
 def _take_message_values(blob, values: wire.BlobValues) -> None:
-    """Move values that protobuf parsed itself (text files, unpacked encodings) into ``values``."""
-    for name, dtype in (("data", "<f4"), ("diff", "<f4"), ("double_data", "<f8"), ("double_diff", "<f8")):
+    """Move values that protobuf parsed itself (text files, blobs written value by value) into ``values``, each
+    field converted once. (wire.strip_blobs leaves such a blob whole to protobuf, so a field's values come from
+    one side only; were both there, they would be joined in one copy.)"""
+    for name, dtype in _VALUE_FIELDS:
         field_values = getattr(blob, name)
         if len(field_values):
             arr = np.array(field_values, dtype=dtype)
@@ -132,11 +254,34 @@ def _take_message_values(blob, values: wire.BlobValues) -> None:
             blob.ClearField(name)
 
 
+INT_MAX = 2 ** 31 - 1
+MAX_BLOB_AXES = 32   # blob.hpp kMaxBlobAxes
+
+
+def blob_count(shape) -> int:
+    """The element count of a blob of ``shape``, with Blob::Reshape's CHECKs (blob.cpp) in exact integers (an
+    int64 product of [2^32, 2^32] wraps to 0): at most kMaxBlobAxes axes (CHECK_LE(shape.size(),
+    kMaxBlobAxes)), no negative dimension (CHECK_GE(shape[i], 0)), at most INT_MAX elements (CHECK_LE(shape[i],
+    INT_MAX / count_) "blob size exceeds INT_MAX"). ValueError says which."""
+    dims = [int(d) for d in shape]
+    if len(dims) > MAX_BLOB_AXES:
+        raise ValueError(f"blob shape has {len(dims):,} axes (Caffe's limit is {MAX_BLOB_AXES})")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"negative dimension in blob shape {dims}")
+    count = math.prod(dims)
+    if count > INT_MAX:
+        raise ValueError(f"blob shape {dims} has {count:,} elements: blob size exceeds INT_MAX")
+    return count
+
+
 def _check_blob(path, where: str, blob, values: wire.BlobValues) -> None:
+    """Blob::FromProto's CHECKs: a shape :func:`blob_count` accepts, and exactly that many stored values (and
+    diffs, when stored)."""
     shape = blob_shape(blob)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if any(d < 0 for d in shape):
-        raise CaffeFileError(path, f"{where}: negative dimension in blob shape {shape}")
+    try:
+        count = blob_count(shape)
+    except ValueError as e:
+        raise CaffeFileError(path, f"{where}: {e}") from None
     stored = values.arrays.get("data")
     if stored is None:
         stored = values.arrays.get("double_data")
@@ -368,6 +513,8 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
     if sniff(data) == TEXT:
         raise CaffeFileError(path, "is text, but a binary .solverstate was expected")
     state, values = _parse_binary(path, data, caffe_pb2.SolverState(), wire.SOLVERSTATE_SPEC, "Caffe SolverState")
+    if not state.ListFields():
+        raise CaffeFileError(path, "decodes as protobuf but holds no Caffe solver state (not a .solverstate?)")
     history = []
     for j, blob in enumerate(state.history):
         vals = values.pop(((3, j),), None) or wire.BlobValues()

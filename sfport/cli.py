@@ -61,12 +61,19 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.option("--max-file-size", metavar="SIZE", help="Largest input file read (default 2G, or "
+                                                      "$SFPORT_MAX_FILE_BYTES): e.g. 4G, 500M.")
 @click.version_option(package_name="sfport")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, max_file_size):
     """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if True:  # every invocation sets it (None: the default again), so one run's option never outlives it
+        try:
+            files.set_max_file_bytes(max_file_size or None)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--max-file-size") from None
 
 
 def _fmt_shapes(shapes) -> str:
@@ -453,11 +460,17 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
     (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
     from sfport import train as tr
 
+    data_shape = None
+    if shape:   # the synthetic images' C,H,W: three positive sizes
+        dims = shape.replace("x", ",").split(",")
+        if len(dims) != 3 or not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+            raise CaffeFileError(None, f"--shape {shape}: give the synthetic images' C,H,W (three positive sizes)")
+        data_shape = tuple(int(d) for d in dims)
     try:
         tr.start(solver, gpu=gpu, weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot,
                  data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
                  skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
-                 data_shape=_parse_shape(shape) if shape else None, max_iter=max_iter, progress=progress,
+                 data_shape=data_shape, max_iter=max_iter, progress=progress,
                  margin_grad=margin_grad)
     except tr.TrainingStopped as e:
         click.echo(f"sfport: stopped: {e}", err=True)
@@ -508,10 +521,10 @@ def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backe
 @click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True,
               help="Index base of the list's coordinates (1 for Matlab output).")
 @click.option("--mtcnn", "mtcnn_dir", help="Folder with MTCNN det1-det3 .prototxt/.caffemodel.")
-@click.option("--size", default=None, help="Crop HxW (default: the template's, 112x96 or 112x112).")
+@click.option("--size", default=None, help="Crop HxW or H,W (default: the template's, 112x96 or 112x112).")
 @click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
               show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers):
     """Align faces to the template: landmarks from a list or from MTCNN; mirrors the folder tree.
 
@@ -540,14 +553,22 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 @click.option("--list", "list_file", help="Image list for --features (paths relative to the LFW root).")
 @click.option("--report", help="Write a JSON report.")
 @click.option("--plot", help="Write the ROC curve as a PNG.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
 def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, landmarks, landmarks_base, template,
           protocol, features_file, list_file, report, plot, batch_size, workers, no_cache):
     """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
-    from sfport import lfw
+    from os.path import abspath
 
+    from sfport import lfw
+    from sfport.files import check_output, write_files
+
+    if report and plot and abspath(report) == abspath(plot):
+        raise CaffeFileError(report, "--report and --plot name the same file")
+    for path, what in ((report, "the report"), (plot, "the ROC plot")):
+        if path:
+            check_output(path, what)   # before any work
     if features_file:
         rep = lfw.evaluate_features(pairs, features_file, list_file, protocol)
     else:
@@ -555,12 +576,14 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
                                  template, batch_size, workers, cache=not no_cache, progress=sys.stderr.isatty(),
                                  state=_model_state(phase, stages, level, shapes))
     click.echo(rep.table())
+    outputs = {}
     if report:
-        atomic_write(report, (json.dumps(rep.as_dict(), indent=2) + "\n").encode())
-        click.echo(f"wrote {report}")
+        outputs[report] = (json.dumps(rep.as_dict(), indent=2) + "\n").encode()
     if plot:
-        lfw.plot_roc(plot, {protocol: rep})
-        click.echo(f"wrote {plot}")
+        outputs[plot] = lfw.roc_png({protocol: rep})
+    write_files(outputs)   # both or neither
+    for path in outputs:
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -577,15 +600,19 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
 @click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
               show_default=True, help="Preprocessing.")
 @click.option("--landmarks", help="Align from this landmark list first.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True)
+@click.option("--template", type=click.Choice(["sphereface", "arcface112"]),
+              help="Template of --landmarks alignment. Default: by the net's input size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file, root, output, flip, protocol,
-          landmarks, batch_size, workers):
+          landmarks, landmarks_base, template, batch_size, workers):
     """Features of aligned face images (or a list) -> .npy."""
     from sfport import features
 
     f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
-                       workers, progress=sys.stderr.isatty(), state=_model_state(phase, stages, level, shapes))
+                       workers, progress=sys.stderr.isatty(), state=_model_state(phase, stages, level, shapes),
+                       template=template, landmarks_one_based=landmarks_base == "1")
     click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
 
 

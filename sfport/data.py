@@ -14,16 +14,23 @@ centre in TEST), mirror (random, in both phases as Caffe's DataTransformer), ``(
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sfport import caffe_files
+from sfport import caffe_files, images
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
+
+
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")   # ASCII digits only (Python's int() takes other scripts' digits)
 
 
 @dataclass
@@ -34,14 +41,39 @@ class ListEntry:
 
 
 def read_list_text(source, kind: str, a_kind: str) -> str:
-    """The text of a list file Caffe reads with an ifstream (undecodable bytes replaced); a missing file or a
-    folder is one line naming it."""
+    """The text of a list file (image lists, pairs, landmarks: what Caffe reads with an ifstream,
+    image_data_layer.cpp ImageDataLayer::DataLayerSetUp), UTF-8 (a
+    leading byte-order mark dropped); a missing file, a folder, a device or FIFO (refused before it is opened,
+    so nothing blocks), a file over the readers' size limit, bytes that are not UTF-8 or a NUL byte (a binary
+    file; the line and column named) are one line naming the file."""
     try:
-        return Path(source).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise CaffeFileError(source, f"{kind} not found") from None
-    except IsADirectoryError:
-        raise CaffeFileError(source, f"is a directory, not {a_kind}") from None
+        caffe_files.check_readable_file(source, kind)
+    except CaffeFileError as e:
+        if e.message == "no such file":
+            raise CaffeFileError(source, f"{kind} not found") from None
+        if e.message.startswith("is a directory"):
+            raise CaffeFileError(source, f"is a directory, not {a_kind}") from None
+        if e.message.startswith("is not a regular file"):
+            raise CaffeFileError(source, f"is not a regular file (a device, FIFO or socket), not {a_kind}") from None
+        raise
+    try:
+        data = Path(source).read_bytes()
+    except OSError as e:
+        raise CaffeFileError(source, f"cannot read the {kind}: {e.strerror or e}") from None
+
+    def where(at: int) -> str:
+        line, start = data.count(b"\n", 0, at) + 1, data.rfind(b"\n", 0, at) + 1
+        return f"line {line}, column {at - start + 1}"
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CaffeFileError(source, f"{where(e.start)}: byte 0x{data[e.start]:02x} is not UTF-8 text: not "
+                                     f"{a_kind}") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise CaffeFileError(source, f"{where(nul)}: a NUL byte (a binary file?): not {a_kind}")
+    return text.removeprefix("\ufeff")
 
 
 def read_list(source: str | os.PathLike) -> list[ListEntry]:
@@ -55,10 +87,12 @@ def read_list(source: str | os.PathLike) -> list[ListEntry]:
         head, sep, tail = line.rpartition(" ")
         if not sep:
             raise CaffeFileError(source, f"line {n}: expected 'path label', got '{line[:80]}'")
-        try:
-            label = int(tail)
-        except ValueError:
-            raise CaffeFileError(source, f"line {n}: the label '{tail[:40]}' is not an integer") from None
+        if not _INTEGER.fullmatch(tail):
+            raise CaffeFileError(source, f"line {n}: the label '{tail[:40]}' is not an integer")
+        label = int(tail)
+        if not INT32_MIN <= label <= INT32_MAX:   # image_data_layer.cpp keeps the label in an int
+            raise CaffeFileError(source, f"line {n}: the label {tail[:40]} is out of range (Caffe reads labels as "
+                                         f"32-bit integers, {INT32_MIN} to {INT32_MAX})")
         out.append(ListEntry(head.strip(), label, n))
     if not out:
         raise CaffeFileError(source, "the image list is empty")
@@ -90,6 +124,7 @@ class Transform:
     mean_image: np.ndarray | None = None
     scale: float = 1.0
     train: bool = True
+    mean_path: str | None = None   # the mean_file, for the messages
 
     @classmethod
     def from_layer(cls, layer, train: bool, base_dir: Path | None = None) -> "Transform":
@@ -102,7 +137,12 @@ class Transform:
             mean_image = read_mean_file(path)
         if tp.mean_file and len(tp.mean_value):
             raise CaffeFileError(None, f"layer '{layer.name}': give mean_file or mean_value, not both")
-        return cls(tp.crop_size, tp.mirror, tuple(tp.mean_value), mean_image, tp.scale, train)
+        bad = next((f"{k} {v}" for k, v in [("scale", tp.scale)] + [("mean_value", m) for m in tp.mean_value]
+                    if not math.isfinite(v)), None)
+        if bad:   # Caffe multiplies by it silently: every sample would be NaN or inf
+            raise CaffeFileError(None, f"layer '{layer.name}': transform_param {bad} is not a finite number")
+        return cls(tp.crop_size, tp.mirror, tuple(tp.mean_value), mean_image, tp.scale, train,
+                   str(path) if tp.mean_file else None)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HWC uint8 (BGR) -> CHW float32, as Caffe's DataTransformer::Transform(cv::Mat)."""
@@ -124,8 +164,9 @@ class Transform:
         out = img[y0:y0 + ch, x0:x0 + cw].astype(np.float32).transpose(2, 0, 1)
         if self.mean_image is not None:
             m = self.mean_image
-            if m.shape[0] != c or m.shape[1] != h or m.shape[2] != w:
-                raise ValueError(f"mean image {list(m.shape)} does not match the image {[c, h, w]}")
+            if m.shape[0] != c or m.shape[1] != h or m.shape[2] != w:   # DataTransformer::Transform CHECK_EQs
+                raise ValueError(f"the image is {c}x{h}x{w}, the mean_file {self.mean_path or ''} is "
+                                 f"{'x'.join(str(d) for d in m.shape)}")
             out = out - m[:, y0:y0 + ch, x0:x0 + cw]
         elif self.mean_values:
             mv = list(self.mean_values)
@@ -174,6 +215,8 @@ class ImageDataset(torch.utils.data.Dataset):
         directory (as Caffe does), then next to the solver/net file (``base_dir``); ``data_root`` replaces
         ``root_folder``."""
         p = layer.image_data_param
+        if not p.source:
+            raise CaffeFileError(None, f"layer '{layer.name}' (ImageData): image_data_param.source is not set")
         base = Path(base_dir) if base_dir else None
         source = resolve(p.source, base)
         entries = read_list(source)
@@ -207,13 +250,15 @@ class ImageDataset(torch.utils.data.Dataset):
         n = len(self.entries)
         return self.entries[int(self.order(pos // n)[pos % n])]
 
+    def describe(self, pos: int) -> tuple[str | None, str]:
+        """(list file, 'line N: image P') of stream position ``pos``: what a message about its sample names."""
+        entry = self.entry_at(pos)
+        return self.list_path, f"line {entry.line}: image '{entry.path}'"
+
     def load(self, entry: ListEntry) -> np.ndarray:
         import cv2  # loaded on the first image read: the list, the stream and the sampler need no OpenCV
         path = os.path.join(self.root, entry.path)
-        img = cv2.imread(path, cv2.IMREAD_COLOR if self.is_color else cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            what = "missing" if not os.path.exists(path) else "unreadable or corrupt"
-            raise CaffeFileError(self.list_path, f"line {entry.line}: image '{path}' is {what}")
+        img = images.read_image(path, self.is_color, list_file=self.list_path, line=entry.line)
         if self.new_height > 0 and self.new_width > 0:
             img = cv2.resize(img, (self.new_width, self.new_height))
         return img
@@ -244,18 +289,37 @@ class ImageDataset(torch.utils.data.Dataset):
         raise CaffeFileError(self.list_path, "none of the first images could be read")
 
 
-def collate(items):
+def collate(items, describe=None):
     """Stack a micro-batch -> (images, labels, positions, skipped, error). Images that could not be read are
     dropped and counted (with skip-bad) or reported in ``error`` as (list file, message) for the main process to
-    raise (an exception raised inside a DataLoader worker would lose its one-line message)."""
+    raise (an exception raised inside a DataLoader worker would lose its one-line message). Every image must have
+    the size of the batch's first (Caffe's ImageDataLayer shapes the batch to its first image and
+    DataTransformer CHECKs each one against it): another is an ``error`` naming both, through ``describe(pos)``
+    -> (file, 'line N: image ...') of the dataset when given."""
     error = next(((err[0], err[1]) for _, _, _, err in items if err is not None and not err[2]), None)
     good = [(x, y, p) for x, y, p, _ in items if x is not None]
     bad = len(items) - len(good)
     if not good:
         return None, None, [p for _, _, p, _ in items], bad, error
+    first = good[0]
+    odd = next((g for g in good if g[0].shape != first[0].shape), None)
+    if odd is not None and error is None:
+        def name(pos):
+            return describe(pos) if describe is not None else (None, f"stream position {pos}")
+
+        path, where = name(odd[2])
+        _, where0 = name(first[2])
+        error = (path, f"{where} is {_size(odd[0])}, the first image of its batch ({where0}) is {_size(first[0])}: "
+                       f"Caffe shapes a batch to its first image (resize them all with new_height and new_width)")
+    if error is not None:
+        return None, None, [p for _, _, p in good], bad, error
     xs = torch.stack([x for x, _, _ in good])
     ys = torch.tensor([float(y) for _, y, _ in good])
     return xs, ys, [p for _, _, p in good], bad, error
+
+
+def _size(x: torch.Tensor) -> str:
+    return "x".join(str(d) for d in x.shape)
 
 
 def check(batch):
@@ -292,9 +356,11 @@ class MicroBatches(torch.utils.data.Sampler):
         return (self.stop - self.start) * self.k
 
 
-def loader(dataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False, collate_fn=collate):
+def loader(dataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False, collate_fn=None):
     """A DataLoader yielding (images, labels, positions, skipped, error) per micro-batch, in order (or what
-    ``collate_fn`` makes of a micro-batch's items)."""
+    ``collate_fn`` makes of a micro-batch's items; by default :func:`collate` with the dataset's ``describe``)."""
+    if collate_fn is None:
+        collate_fn = functools.partial(collate, describe=getattr(dataset, "describe", None))
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                                        pin_memory=pin_memory, persistent_workers=False,
                                        prefetch_factor=4 if workers else None)

@@ -28,8 +28,10 @@ import torch
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
 
+from sfport import images
 from sfport.data import Transform, read_list, read_list_text, resolve, sample_rng
 from sfport.errors import CaffeFileError
+from sfport.files import check_output
 from sfport.protos import caffe_pb2
 
 DP = caffe_pb2.DataParameter
@@ -73,7 +75,7 @@ class Records:
         if not p.exists():
             raise CaffeFileError(self.path, f"no such {BACKEND_NAMES[backend]} database")
         if not p.is_dir():
-            raise CaffeFileError(self.path, f"not a {BACKEND_NAMES[backend]} database (a folder)")
+            raise CaffeFileError(self.path, f"not a {BACKEND_NAMES[backend]} database (a database is a folder)")
         self.keys = self._read_keys()
         if not self.keys:
             raise CaffeFileError(self.path, f"the {BACKEND_NAMES[backend]} database is empty")
@@ -165,11 +167,8 @@ def datum_image(d: caffe_pb2.Datum, force_color: bool, force_gray: bool, path, k
     """A Datum as the H x W x C image Caffe's transformer sees (data_transformer.cpp Transform(const Datum&)):
     encoded -> cv::imdecode (colour / gray when forced, else unchanged); raw -> uint8 data or float_data."""
     if d.encoded:
-        import cv2  # noqa: PLC0415 - OpenCV only when an encoded record is read
-        flag = cv2.IMREAD_COLOR if force_color else cv2.IMREAD_GRAYSCALE if force_gray else cv2.IMREAD_UNCHANGED
-        img = cv2.imdecode(np.frombuffer(d.data, np.uint8), flag)
-        if img is None:
-            raise CaffeFileError(path, f"record '{_key_text(key)}': the encoded image cannot be decoded")
+        img = images.decode_image(d.data, path, True if force_color else False if force_gray else None,
+                                  where=f"record '{_key_text(key)}'")
         if img.dtype != np.uint8:
             raise CaffeFileError(path, f"record '{_key_text(key)}': the image is {img.dtype}, Caffe reads 8-bit "
                                        f"images only")
@@ -214,6 +213,10 @@ class DatumDataset(torch.utils.data.Dataset):
 
     def key_at(self, pos: int) -> bytes:
         return self.records.keys[pos % len(self.records.keys)]
+
+    def describe(self, pos: int) -> tuple[str, str]:
+        """(database, "record 'KEY'") of stream position ``pos``: what a message about its sample names."""
+        return self.records.path, f"record '{_key_text(self.key_at(pos))}'"
 
     def image(self, key: bytes) -> tuple[np.ndarray, int]:
         d = parse_datum(self.records.get(key), self.records.path, key)
@@ -367,6 +370,11 @@ class HDF5Dataset(torch.utils.data.Dataset):
             r -= self.counts[f]
         raise AssertionError("unreachable")
 
+    def describe(self, pos: int) -> tuple[str, str]:
+        """(.h5 file, 'row R') of stream position ``pos``: what a message about its sample names."""
+        f, row = self.locate(pos)
+        return self.files[f], f"row {row}"
+
     def arrays(self, f: int) -> list[np.ndarray]:
         if self._cache is None or self._cache[0] != f:
             h5py = _h5py("HDF5Data")
@@ -416,7 +424,7 @@ def image_to_datum(filename: str, label: int, height: int, width: int, is_color:
     """io.cpp ReadImageToDatum: None when the image cannot be read; with an encoding, the file's own bytes when
     nothing changes them, else the image re-encoded; without, the raw C x H x W bytes (CVMatToDatum)."""
     import cv2  # noqa: PLC0415
-    img = cv2.imread(filename, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
+    img = images.read_image_or_none(filename, is_color)
     if img is None:
         return None
     if height > 0 and width > 0:
@@ -491,6 +499,7 @@ def convert_imageset(root_folder: str, list_file, db_name, gray: bool = False, s
     target = Path(db_name)
     if target.exists():
         raise CaffeFileError(target, "already exists (convert-imageset creates a new database)")
+    check_output(target, "database")   # its folder can take it: before any image is read
     entries = read_list(list_file)
     if shuffle:
         entries = [entries[i] for i in np.random.default_rng([seed, 4099]).permutation(len(entries))]

@@ -1,6 +1,8 @@
 """Face features from a model: a caffemodel (+ deploy prototxt), sfport's converted ``.pt`` or an ONNX export.
 
-Images are read with OpenCV, aligned from landmarks when given (``sfport.align``), preprocessed per protocol
+The model must hold trained weights for every layer its feature blob depends on (a bare definition is refused,
+not run on its fillers). Images are read by :func:`sfport.images.read_image` (OpenCV's decoders, their headers
+checked first), aligned from landmarks when given (``sfport.align``), preprocessed per protocol
 (SphereFace: BGR ``(x - 127.5) / 128`` as evaluation.m; insightface: RGB, the same scale; facenet: RGB,
 per-image whitening), and run in batches through a DataLoader with workers; each image also gives the
 feature of its mirror image. Results are cached on disk, keyed by the model's bytes, the settings and the
@@ -21,7 +23,9 @@ import torch
 
 from sfport import align
 from sfport.errors import CaffeFileError
-from sfport.files import atomic_write
+from sfport.data import read_list_text
+from sfport.files import atomic_write, check_output, write_files
+from sfport.images import read_image
 from sfport.net import load_net
 
 COLOR = {"sphereface": "bgr", "insightface": "rgb", "facenet": "rgb"}
@@ -50,7 +54,7 @@ class Model:
                 raise CaffeFileError(self.path, f"onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
-            self.input_size = tuple(int(d) for d in inp.shape[2:4])
+            self.input_size = _image_input(self.path, inp.name, inp.shape)
             names = [o.name for o in self.session.get_outputs()]
             if blob and blob not in names:
                 raise CaffeFileError(self.path, f"no output '{blob}' (outputs: {', '.join(names)})")
@@ -61,13 +65,15 @@ class Model:
             self.net.module.eval().to(device)
             names = list(self.net.inputs)
             self.input_name = names[0]
-            self.input_size = tuple(self.net.inputs[self.input_name][2:4])
+            self.input_size = _image_input(prototxt or self.path, self.input_name, self.net.inputs[self.input_name])
             blobs = set(self.net.graph.caffe_name.values())
             if blob and blob not in blobs:
                 raise CaffeFileError(self.path, f"no blob '{blob}' in the net")
             self.output = blob or ("fc5" if "fc5" in blobs else self.net.outputs[-1])
+            _require_weights(self.net, self.path, prototxt, self.output)
 
     def features(self, x: torch.Tensor) -> np.ndarray:
+        """The output blob of a batch, one row per image."""
         if self.net is None:
             return np.asarray(self.session.run([self.output], {self.input_name: x.numpy()})[0]).reshape(len(x), -1)
         with torch.no_grad():
@@ -83,6 +89,45 @@ class Model:
         h.update(str(self.output).encode())
         h.update(json.dumps(self.state, sort_keys=True, default=list).encode())
         return h.hexdigest()
+
+
+def _image_input(path, name: str, shape) -> tuple[int, int]:
+    """(h, w) of a net input that takes a batch of 3-channel images (N, 3, H, W); else one line naming the net."""
+    dims = list(shape)
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise CaffeFileError(path, f"input '{name}' has shape {dims}: face features need a fixed N x 3 x H x W image "
+                                   f"input")
+    if dims[1] != 3:
+        raise CaffeFileError(path, f"input '{name}' takes {dims[1]} channels: face features need a 3-channel "
+                                   f"(BGR/RGB) input")
+    return int(dims[2]), int(dims[3])
+
+
+def _require_weights(net, path: str, prototxt, output: str) -> None:
+    """Features need trained weights: a net definition alone (fillers' random weights) or a caffemodel that
+    leaves a layer the feature blob depends on without weights (Net::CopyTrainedLayersFrom would leave it to
+    its filler, as sfport's Net does) is one line naming the model."""
+    if not any(net.params.values()):
+        return
+    if not net.has_weights:
+        raise CaffeFileError(path, "has no weights (a net definition alone): eval, embed and compare need a trained "
+                                   "model, a .caffemodel (with --prototxt for its definition) or a converted .pt")
+    report = net.report
+    if report is None:   # a converted .pt: its state_dict holds every parameter
+        return
+    needed, layers = {net.graph.final[output]}, set()
+    for gl in reversed(net.graph.layers):   # the layers the feature blob is computed from
+        if any(t in needed for t in gl.tops):
+            layers.add(gl.name)
+            needed.update(gl.bottoms)
+    untrained = set(report.layers_without_weights)
+    missing = [n for n in report.layers_without_weights if n in layers and not (
+        report.filled.get(n) and all(h.startswith("shared with ") and h[len("shared with "):] not in untrained
+                                     for h in report.filled[n]))]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CaffeFileError(path, f"has no weights for layer '{missing[0]}'{more} of {prototxt or 'its net'}, "
+                                   f"which blob '{output}' depends on: its filler would give random features")
 
 
 def preprocess(img: np.ndarray, protocol: str) -> np.ndarray:
@@ -104,26 +149,33 @@ class FaceImages(torch.utils.data.Dataset):
     """Relative image paths under ``root`` -> (image, mirror image) tensors, aligned when landmarks are given."""
 
     def __init__(self, paths: list[str], root, size: tuple[int, int], protocol: str, landmarks: dict | None = None,
-                 template: str | None = None):
+                 template: str | None = None, landmarks_file=None, net_path=None):
         self.paths, self.root, self.size, self.protocol = paths, str(root), tuple(size), protocol
-        self.landmarks = landmarks
-        self.tmpl = align.template(template or ("sphereface" if tuple(size) == (112, 96) else "arcface112"), size)
+        self.landmarks, self.landmarks_file = landmarks, landmarks_file
+        self.tmpl = None
+        if landmarks is not None:
+            if template is None:   # the template of the net's input size; another size needs --template
+                template = next((t.name for t in align.TEMPLATES.values() if t.size == self.size), None)
+                if template is None:
+                    sizes = ", ".join(f"{t.name} {t.size[0]}x{t.size[1]}" for t in align.TEMPLATES.values())
+                    raise CaffeFileError(net_path, f"the net takes {size[0]}x{size[1]} faces, no template's size "
+                                               f"({sizes}): give --template to align to it scaled")
+            self.tmpl = align.template(template, size)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        import cv2
-
         rel = self.paths[i]
         path = os.path.join(self.root, rel)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            return None, None, f"{path}: {'missing' if not os.path.exists(path) else 'unreadable or corrupt'}"
+        try:
+            img = read_image(path)
+        except CaffeFileError as e:
+            return None, None, str(e)
         if self.landmarks is not None:
             pts = self.landmarks.get(rel)
             if pts is None:
-                return None, None, f"{rel}: no landmarks for this image in the landmark list"
+                return None, None, f"{self.landmarks_file or 'the landmark list'}: no landmarks for '{rel}'"
             img = align.align(img, pts, self.tmpl)
         elif img.shape[:2] != self.size:
             return None, None, (f"{path}: the image is {img.shape[0]}x{img.shape[1]}, the net takes "
@@ -173,10 +225,10 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
     if cache_dir is not False:
         cache = Path(cache_dir or default_cache_dir()) / (cache_key(model, paths, root, protocol, landmarks_file,
                                                                     template) + ".npz")
-        if cache.exists():
-            with np.load(cache, allow_pickle=False) as z:
-                return Extracted(list(paths), z["features"], z["flipped"])
-    ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template)
+        cached = _read_cache(cache, len(paths))
+        if cached is not None:
+            return Extracted(list(paths), *cached)
+    ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     feats, flips = [], []
     bar = None
@@ -187,6 +239,10 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
         if err:
             raise CaffeFileError(None, err)
         both = model.features(torch.cat([x, xf]))
+        if not np.isfinite(both).all():   # the images are finite: the weights are not
+            k = sum(map(len, feats)) + int(np.nonzero(~np.isfinite(both).all(axis=1))[0][0]) % len(x)
+            raise CaffeFileError(model.path, f"gives NaN or infinite features (for {paths[k]}): NaN or infinite "
+                                             f"weights?")
         feats.append(both[:len(x)])
         flips.append(both[len(x):])
         if bar is not None:
@@ -201,6 +257,21 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
         np.savez(buf, features=out.features, flipped=out.flipped)
         atomic_write(cache, buf.getvalue())
     return out
+
+
+def _read_cache(path: Path, n: int):
+    """(features, flipped) from a cache file, or None when there is none or it is unreadable (a cache cut short
+    by a full disk is rebuilt, not an error)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            f, ff = np.asarray(z["features"]), np.asarray(z["flipped"])
+    except Exception:  # noqa: BLE001 - whatever is wrong with a cache file, it is recomputed
+        return None
+    if f.ndim != 2 or f.shape != ff.shape or len(f) != n or not np.isfinite(f).all() or not np.isfinite(ff).all():
+        return None
+    return f, ff
 
 
 def with_mirror(f: np.ndarray, f_flip: np.ndarray | None, flip: str) -> np.ndarray:
@@ -220,29 +291,38 @@ def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarr
 
 def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
           flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
-          workers: int = 2, progress: bool = False, state: dict | None = None) -> np.ndarray:
+          workers: int = 2, progress: bool = False, state: dict | None = None, template: str | None = None,
+          landmarks_one_based: bool = False) -> np.ndarray:
     """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
-    line; relative to ``root``), aligned first from the ``landmarks`` list when given, joined with their mirror
-    images' by ``flip`` (:func:`with_mirror`); written as float32 ``output`` (.npy, row i = image i) and the
-    image list beside it (.txt). ``state``: :class:`Model`'s phase / stages / level / input_shapes, for a train or
-    test definition. Returns the features written."""
+    line; relative to ``root``), aligned first from the ``landmarks`` list when given (to ``template``, default
+    the one of the net's input size), joined with their mirror images' by ``flip`` (:func:`with_mirror`);
+    written as float32 ``output`` (.npy, row i = image i) and the image list beside it (.txt), both checked
+    before any work and written together (a failure leaves neither). ``state``: :class:`Model`'s phase /
+    stages / level / input_shapes, for a train or test definition. Returns the features written."""
+    out = Path(output)
+    names = out.with_suffix(".txt")
+    if names == out:
+        raise CaffeFileError(output, "the features (.npy) and their image list (.txt beside them) would be the same "
+                                     "file: give a .npy output")
+    check_output(out, "the features output")
+    check_output(names, "the image list output")
     paths = list(images)
     if list_file:
-        try:
-            paths += [l.split()[0] for l in Path(list_file).read_text().splitlines() if l.strip()]
-        except FileNotFoundError:
-            raise CaffeFileError(list_file, "no such file") from None
+        text = read_list_text(list_file, "image list", "an image list")
+        paths += [l.split()[0] for l in text.splitlines() if l.strip()]
     if not paths:
-        raise CaffeFileError(None, "no images given")
+        raise CaffeFileError(list_file, "the image list is empty" if list_file else "no images given")
+    if not os.path.isdir(root):
+        raise CaffeFileError(root, "the image folder (--root) is not a folder" if os.path.exists(root)
+                             else "the image folder (--root) not found")
     m = Model(model, prototxt, blob, **(state or {}))
-    marks = align.read_landmarks(landmarks) if landmarks else None
-    ex = extract(m, paths, root, protocol, marks, landmarks, None, batch_size, workers, cache_dir=False,
+    marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
+    ex = extract(m, paths, root, protocol, marks, landmarks, template, batch_size, workers, cache_dir=False,
                  progress=progress)
     f = with_mirror(ex.features, ex.flipped, flip).astype(np.float32)
     buf = _io.BytesIO()
     np.save(buf, f)
-    atomic_write(output, buf.getvalue())
-    atomic_write(str(Path(output).with_suffix(".txt")), ("\n".join(paths) + "\n").encode())
+    write_files({out: buf.getvalue(), names: ("\n".join(paths) + "\n").encode()})
     return f
 
 
@@ -252,5 +332,8 @@ def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str =
     image's as the ``protocol`` does (:func:`combine`)."""
     ex = extract(Model(model, prototxt, blob, **(state or {})), [a, b], ".", protocol, cache_dir=False, workers=0)
     f = combine(ex.features, ex.flipped, protocol)
-    f = f / np.linalg.norm(f, axis=1, keepdims=True)
-    return float(f[0] @ f[1])
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    for path, n in zip((a, b), norms[:, 0]):
+        if n == 0:
+            raise CaffeFileError(model, f"gives all-zero features for {path}: no cosine")
+    return float((f / norms)[0] @ (f / norms)[1])

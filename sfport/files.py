@@ -9,10 +9,87 @@ container's ``format`` tag.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 
 from sfport.errors import CaffeFileError
+
+
+DEFAULT_MAX_FILE_BYTES = 2 ** 31 - 1
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from '123456', '64k', '500M', '4G' or '4GiB' (powers of 1024); ValueError otherwise."""
+    m = _SIZE.fullmatch(str(text).strip())
+    if m is None or int(m.group(1)) < 1:
+        raise ValueError(f"'{text}' is not a size in bytes (e.g. 123456, 500M, 4G)")
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
+
+
+def _limit_from_env() -> tuple[int, str | None]:
+    """$SFPORT_MAX_FILE_BYTES, or the default; and what is wrong with the variable, if anything (reported when a
+    file is read, as one line: importing sfport must not fail)."""
+    text = os.environ.get("SFPORT_MAX_FILE_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_FILE_BYTES, None
+    try:
+        return parse_size(text), None
+    except ValueError as e:
+        return DEFAULT_MAX_FILE_BYTES, f"$SFPORT_MAX_FILE_BYTES: {e}"
+
+
+# The largest file sfport reads (Caffe files, sfport's .pt, .npy): $SFPORT_MAX_FILE_BYTES or 2 GiB - 1, changed
+# by set_max_file_bytes (the command line's option).
+MAX_FILE_BYTES, _LIMIT_PROBLEM = _limit_from_env()
+
+
+def set_max_file_bytes(n: int | str | None) -> None:
+    """Set the size limit of every file sfport reads: a number of bytes, a size such as '4G', or None for
+    $SFPORT_MAX_FILE_BYTES (or the default) again. ValueError for anything else."""
+    global MAX_FILE_BYTES, _LIMIT_PROBLEM
+    if n is None:
+        MAX_FILE_BYTES, _LIMIT_PROBLEM = _limit_from_env()
+        return
+    if isinstance(n, str):
+        n = parse_size(n)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the file size limit must be a positive number of bytes, not {n!r}")
+    MAX_FILE_BYTES, _LIMIT_PROBLEM = n, None
+
+
+def max_file_bytes() -> int:
+    """The size limit now in force (a bad $SFPORT_MAX_FILE_BYTES is a one-line error here)."""
+    if _LIMIT_PROBLEM:
+        raise CaffeFileError(None, _LIMIT_PROBLEM)
+    return MAX_FILE_BYTES
+
+
+def check_readable_file(path: str | os.PathLike, what: str = "file") -> int:
+    """The size of ``path``, after checking, without opening it, that it is a regular file (not a folder, a
+    device such as /dev/zero, or a FIFO that would never end) no larger than :func:`max_file_bytes`; else one
+    line naming it (``what`` says what was expected)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CaffeFileError(path, "no such file") from None
+    except NotADirectoryError:
+        raise CaffeFileError(path, "no such file (a folder on its path is a file)") from None
+    except PermissionError:
+        raise CaffeFileError(path, "permission denied") from None
+    except OSError as e:
+        raise CaffeFileError(path, f"cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CaffeFileError(path, f"is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise CaffeFileError(path, f"is not a regular file (a device, FIFO or socket), not a {what}: not read")
+    limit = max_file_bytes()
+    if st.st_size > limit:
+        raise CaffeFileError(path, f"is {st.st_size:,} bytes, over the {limit:,}-byte limit for one input file "
+                                   f"(raise it with $SFPORT_MAX_FILE_BYTES)")
+    return st.st_size
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -66,17 +143,110 @@ def _umask() -> int:
 
 def load_torch_file(path: str | os.PathLike, fmt: str, what: str) -> dict:
     """The dict of an sfport ``.pt`` whose ``format`` is ``fmt`` (``what`` names it in errors), read with
-    ``torch.load(weights_only=True)``; a missing file, a failed unpickling or another container is a
-    :class:`CaffeFileError`."""
+    ``torch.load(weights_only=True)``; a missing file, a folder, a device or FIFO (refused before it is opened),
+    a file over the readers' size limit (:func:`max_file_bytes`), a failed unpickling or another container
+    is a :class:`CaffeFileError`."""
     import torch  # noqa: PLC0415 - not a cycle: reading Caffe files must not import torch, only .pt files need it
 
+    if check_readable_file(path) == 0:
+        raise CaffeFileError(path, f"empty file, not {what}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save's zip container (its legacy format is not sfport's)
+            raise CaffeFileError(path, f"not {what}: not the zip archive torch.save writes")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CaffeFileError(path, "no such file") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input here
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CaffeFileError(path, f"not {what}: {first}") from None
+        text = str(e).strip()
+        if text.startswith("Weights only load failed"):
+            # torch's advice (weights_only=False: run the file's code) is not for sfport's files; its reason is
+            # the paragraph after that advice
+            reasons = [p.strip() for p in text.split("\n\n")[1:] if p.strip()
+                       and not p.strip().startswith("Check the documentation")]
+            first = "unpickling refused: it holds more than tensors and plain containers" + \
+                (f" ({reasons[0].splitlines()[0]})" if reasons else "")
+        else:
+            first = (text.splitlines()[0] if text else type(e).__name__).split(". ")[0]
+        raise CaffeFileError(path, f"not {what}: {first[:300]}") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise CaffeFileError(path, f"not {what}")
     return doc
+
+
+def load_array(path: str | os.PathLike, what: str = "array", ndim: int | None = None,
+               finite: bool = False) -> "np.ndarray":
+    """A ``.npy`` file as a numpy array of real numbers, checked before any of it is read into memory: a regular
+    file within the readers' size limit, a valid ``.npy`` header (not an ``.npz``, a pickle or an empty file)
+    whose shape times item size is exactly what the file holds (a header claiming 10^12 rows is refused, not
+    allocated), a real numeric dtype (no strings, objects or complex values), ``ndim`` axes when given, and
+    with ``finite`` no NaN or infinity. The array is memory-mapped, read-only. Anything else: one line naming
+    the file."""
+    import math
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    size = check_readable_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+            if head[:4] == b"PK\x03\x04":
+                raise CaffeFileError(path, f"is a .npz archive (zip), not a .npy {what}")
+            if head != b"\x93NUMPY":
+                raise CaffeFileError(path, f"not a .npy file (no NumPy header): {what} expected"
+                                     if size else f"empty file, not a .npy {what}")
+            f.seek(0)
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise CaffeFileError(path, f".npy format version {version[0]}.{version[1]}: sfport reads 1.0 to 3.0")
+            reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, fortran, dtype = reader(f, max_header_size=10000)
+            offset = f.tell()
+    except CaffeFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's header parser (a Python literal) fails in many ways on bad bytes
+        raise CaffeFileError(path, f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise CaffeFileError(path, f"not an array of real numbers: it holds {dtype} values ({what})")
+    need = math.prod(shape) * dtype.itemsize
+    if offset + need != size:
+        raise CaffeFileError(path, f"its header says shape {list(shape)} of {dtype} ({need:,} bytes of data), but "
+                                   f"the file holds {size - offset:,} bytes (truncated or corrupt)")
+    if ndim is not None and len(shape) != ndim:
+        raise CaffeFileError(path, f"a {len(shape)}-D array of shape {list(shape)}; {what} must be {ndim}-D")
+    arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C") \
+        if need else np.zeros(shape, dtype)
+    if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise CaffeFileError(path, f"holds a NaN or infinite value at {list(map(int, bad))} ({what})")
+    return arr
+
+
+def write_files(contents: dict) -> None:
+    """Write several files together ({path: bytes}): each is checked (:func:`check_output`) and written to a
+    temporary name beside it first, then all are renamed; a failure on the way removes the temporary files and
+    any file already renamed, so the outputs are all new or none is there."""
+    targets = [(check_output(p), data) for p, data in contents.items()]
+    temps, done = [], []
+    try:
+        for p, data in targets:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+            temps.append(tmp)
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for (p, _), tmp in zip(targets, temps):
+            os.replace(tmp, p)
+            done.append(p)
+    except BaseException:
+        for path in [t for t in temps[len(done):]] + done:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        raise

@@ -14,15 +14,16 @@ extracted from a model, with their mirror images) are ``sfport eval``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from sfport import align
 from sfport.errors import CaffeFileError
+from sfport.data import read_list_text
 from sfport.features import Model, combine, extract
-from sfport.files import atomic_write
+from sfport.files import atomic_write, load_array
 
 PROTOCOLS = ("sphereface", "insightface", "facenet")
 
@@ -37,42 +38,57 @@ class Pair:
 
 def read_pairs(path) -> list[Pair]:
     """LFW ``pairs.txt``: header ``folds<TAB>n``; ``name i j`` (same) or ``name1 i name2 j`` (different); pair k
-    (1-based) is in fold ceil(k / (2n))."""
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        raise CaffeFileError(path, "pairs file not found") from None
-    if not lines:
+    (1-based) is in fold ceil(k / (2n)). Without the header, folds of 300 + 300 (evaluation.m's fixed split).
+    The file must hold what the header states: ``folds`` >= 2 folds (each fold's threshold is chosen on the
+    others), each of n same and n different pairs; anything else is one line naming the file."""
+    lines = read_list_text(path, "pairs file", "a pairs file").splitlines()
+    if not any(l.strip() for l in lines):
         raise CaffeFileError(path, "the pairs file is empty")
     head = lines[0].split()
-    per_fold = 600
+    stated_folds, per_set = None, 300
     body = lines
     if len(head) == 2 and all(h.isdigit() for h in head):
-        per_fold = 2 * int(head[1])
+        stated_folds, per_set = int(head[0]), int(head[1])
+        if stated_folds < 2 or per_set < 1:
+            raise CaffeFileError(path, f"line 1: the header '{lines[0].strip()}' must give at least 2 folds of at "
+                                       f"least 1 same and 1 different pair (LFW's is '10 300')")
         body = lines[1:]
-    pairs = []
+    per_fold = 2 * per_set
+    pairs, first_line = [], []
     for n, line in enumerate(body, 2 if body is not lines else 1):
         f = line.split()
         if not f:
             continue
         try:
-            if len(f) == 3:
-                left = f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg"
-                right = f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg"
-                same = True
-            elif len(f) == 4:
-                left = f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg"
-                right = f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg"
-                same = False
-            else:
+            if len(f) not in (3, 4):
+                raise ValueError
+            numbers = [int(f[1]), int(f[2])] if len(f) == 3 else [int(f[1]), int(f[3])]
+            if min(numbers) < 1:
                 raise ValueError
         except ValueError:
-            raise CaffeFileError(path, f"line {n}: expected 'name i j' or 'name1 i name2 j', got '{line[:80]}'") \
-                from None
-        pairs.append(Pair(left, right, same, len(pairs) // per_fold))
+            raise CaffeFileError(path, f"line {n}: expected 'name i j' or 'name1 i name2 j' (image numbers from "
+                                       f"1), got '{line.strip()[:80]}'") from None
+        a, b = (f[0], f[0]) if len(f) == 3 else (f[0], f[2])
+        if len(pairs) % per_fold == 0:
+            first_line.append(n)
+        pairs.append(Pair(f"{a}/{a}_{numbers[0]:04d}.jpg", f"{b}/{b}_{numbers[1]:04d}.jpg", len(f) == 3,
+                          len(pairs) // per_fold))
     if not pairs:
         raise CaffeFileError(path, "no pairs in the file")
+    stated = f"the header states {stated_folds} folds" if stated_folds else "without a header, folds are"
+    if stated_folds is not None and len(pairs) != stated_folds * per_fold:
+        raise CaffeFileError(path, f"{stated} of {per_set} same + {per_set} different pairs "
+                                   f"({stated_folds * per_fold}), but the file has {len(pairs)} pairs")
+    folds = pairs[-1].fold + 1
+    if folds < 2:  # evaluation.m: each fold's threshold is chosen on the other folds
+        raise CaffeFileError(path, f"{len(pairs)} pairs make 1 fold of {per_fold}: the protocol needs at least 2 "
+                                   f"folds")
+    for k in range(folds):
+        same = sum(p.same for p in pairs[k * per_fold:(k + 1) * per_fold])
+        total = len(pairs[k * per_fold:(k + 1) * per_fold])
+        if same != per_set or total != per_fold:
+            raise CaffeFileError(path, f"fold {k + 1} (from line {first_line[k]}) has {same} same and "
+                                       f"{total - same} different pairs; {stated} of {per_set} of each")
     return pairs
 
 
@@ -195,16 +211,20 @@ def evaluate_features(pairs_file, features_file, list_file, protocol: str = "sph
     pairs = read_pairs(pairs_file)
     if not list_file:
         raise CaffeFileError(features_file, "--features needs --list (the image of each row)")
-    try:
-        feats = np.load(features_file, allow_pickle=False)
-    except FileNotFoundError:
-        raise CaffeFileError(features_file, "no such file") from None
-    except ValueError as e:
-        raise CaffeFileError(features_file, f"not a .npy array: {e}") from None
-    names = [l.strip() for l in Path(list_file).read_text().splitlines() if l.strip()]
-    if feats.ndim != 2 or len(feats) != len(names):
+    feats = load_array(features_file, "features array", ndim=2, finite=True)
+    names = [l.strip() for l in read_list_text(list_file, "image list", "an image list").splitlines() if l.strip()]
+    if not names:
+        raise CaffeFileError(list_file, "the image list is empty")
+    if len(feats) != len(names):
         raise CaffeFileError(features_file, f"{len(feats)} rows for {len(names)} images in {list_file}")
-    index = {n: i for i, n in enumerate(names)}
+    if feats.shape[1] == 0:
+        raise CaffeFileError(features_file, "the features have no columns")
+    index: dict[str, int] = {}
+    for i, n in enumerate(names):
+        j = index.setdefault(n, i)
+        if j != i and not np.array_equal(feats[j], feats[i]):   # listed twice with different features
+            raise CaffeFileError(list_file, f"'{n}' is listed twice (image {j + 1} and {i + 1}) with different "
+                                            f"features in {features_file}")
     needed = _needed(pairs)
     absent = [n for n in needed if n not in index]
     if absent:
@@ -223,6 +243,9 @@ def evaluate_model(pairs_file, model, lfw_dir, prototxt=None, blob: str | None =
     pairs = read_pairs(pairs_file)
     if not model or not lfw_dir:
         raise CaffeFileError(None, "give --model and --lfw-dir (or --features and --list)")
+    if not os.path.isdir(lfw_dir):
+        raise CaffeFileError(lfw_dir, "the LFW folder (--lfw-dir) is not a folder" if os.path.exists(lfw_dir)
+                             else "the LFW folder (--lfw-dir) not found")
     m = Model(model, prototxt, blob, **(state or {}))
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
     needed = _needed(pairs)
@@ -258,7 +281,12 @@ def roc_metrics(scores: np.ndarray, same: np.ndarray) -> dict:
 
 
 def plot_roc(path, reports: dict[str, Report], size=(480, 640)) -> None:
-    """A ROC PNG (TAR against log FAR) drawn with OpenCV."""
+    """Write :func:`roc_png` to ``path`` (atomically)."""
+    atomic_write(path, roc_png(reports, size))
+
+
+def roc_png(reports: dict[str, Report], size=(480, 640)) -> bytes:
+    """A ROC PNG (TAR against log FAR) drawn with OpenCV, as bytes."""
     import cv2
 
     h, w = size
@@ -290,4 +318,4 @@ def plot_roc(path, reports: dict[str, Report], size=(480, 640)) -> None:
                 cv2.LINE_AA)
     cv2.putText(img, "TAR", (5, top + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", img)
-    atomic_write(path, buf.tobytes())
+    return buf.tobytes()

@@ -452,9 +452,49 @@ def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, pha
 
 
 def _load_pt(path):
-    """Read sfport's .pt without executing code (weights_only)."""
+    """Read sfport's .pt without executing code (weights_only), and check the container's structure before any
+    of it is used: ``net`` the text of a NetParameter, ``state_dict`` tensors by name, ``input_shapes``
+    (optional) input name -> a shape Caffe's Blob::Reshape takes (caffe_files.blob_count), every size >= 1."""
     doc = files.load_torch_file(path, PT_FORMAT, "an sfport converted net (.pt made by `sfport convert`)")
+
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    text = doc.get("net")
+    if not isinstance(text, str):
+        raise CaffeFileError(path, f"'net' is {'missing' if text is None else 'a ' + type(text).__name__}, not the "
+                                   f"text of a net definition")
     net = caffe_pb2.NetParameter()
-    text_format.Parse(doc["net"], net)
-    shapes = {k: tuple(v) for k, v in doc.get("input_shapes", {}).items()}
-    return caffe_files.CaffeModel.from_net(net, os.fspath(path)), doc["state_dict"], shapes
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as e:
+        raise CaffeFileError(path, f"'net' is not a valid net definition: {short(str(e))}") from None
+    state = doc.get("state_dict")
+    if not isinstance(state, dict):
+        raise CaffeFileError(path, "'state_dict' is missing or not a dict of tensors by name")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CaffeFileError(path, f"'state_dict' is not a dict of tensors by name: entry {short(k)} is "
+                                       f"{type(v).__name__}")
+    raw = doc.get("input_shapes", {})
+    if not isinstance(raw, dict):
+        raise CaffeFileError(path, f"'input_shapes' is not a dict of input name -> shape (it is {type(raw).__name__})")
+    shapes_ = {}
+    for k, v in raw.items():
+        problem = None
+        if not isinstance(k, str):
+            problem = f"its key {short(k)} is not an input name"
+        elif not isinstance(v, (list, tuple)) or not v:
+            problem = f"'{k}': {short(v)} is not a list of sizes"
+        elif not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v):
+            problem = f"'{k}': {short(v)} is not a list of sizes >= 1"
+        else:
+            try:
+                caffe_files.blob_count(v)
+            except ValueError as e:
+                problem = f"'{k}': {e}"
+        if problem:
+            raise CaffeFileError(path, f"'input_shapes' is not a dict of input name -> shape: {problem}")
+        shapes_[k] = tuple(v)
+    return caffe_files.CaffeModel.from_net(net, os.fspath(path)), state, shapes_

@@ -1,7 +1,8 @@
 """The SGD rule and its learning-rate schedules, as Caffe's SGDSolver (sgd_solver.cpp).
 
-``learning_rate`` (SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep
-``current_step``) and ``sgd_update`` (SGDSolver::ApplyUpdate: clip, normalize, regularize, momentum with the rate
+``check_solver`` is every rule a solver prototxt must keep (Caffe's CHECKs of solver.cpp and sgd_solver.cpp, and
+what Caffe would run silently wrong), checked once when the solver is read. ``learning_rate``
+(SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep ``current_step``) and ``sgd_update`` (SGDSolver::ApplyUpdate: clip, normalize, regularize, momentum with the rate
 inside the history, apply) are pure functions; :class:`SGDState` is the state they act on, what Caffe keeps in a
 ``.solverstate`` (iteration, lr step, one history per learnable blob), with ``step`` (one update),
 ``state_dict`` / ``load_state_dict`` (sfport checkpoints) and ``to_solverstate`` / ``load_solverstate``.
@@ -57,41 +58,104 @@ def expf(x) -> np.float32:
     return f32(math.exp(float(f32(x))))
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+INT32_MAX = 2**31 - 1
+
+
+def check_solver(p: caffe_pb2.SolverParameter, path) -> None:
+    """Every rule of a solver prototxt sfport trains with, checked when the solver is read (before any net is
+    built): a :class:`CaffeFileError` naming ``path`` and the field. Caffe's own checks, in the order Caffe meets
+    them: Solver::Init (solver.cpp) ``CHECK_GE(average_loss, 1)``; Solver::InitTestNets "test_iter must be
+    specified for each test network" (``CHECK_GE`` with a generic ``net``, else ``CHECK_EQ``), the test_state
+    count and ``CHECK_GT(test_interval, 0)`` when there are test nets; SGDSolver::GetLearningRate (sgd_solver.cpp)
+    LOG(FATAL) "Unknown learning rate policy", ``CHECK_GT(stepsize, 0)`` and ``CHECK_GE(gamma, 0)`` (step, exp, inv,
+    multistep); SGDSolver::Regularize LOG(FATAL) "Unknown regularization type". And what Caffe runs silently
+    wrong (a 0/0 or a NaN rate, iter_size 0 dividing the gradients by zero, stepvalues out of order, negative
+    counts): non-finite rates and factors, iter_size < 1, stepvalues not increasing, test_iter < 1, negative
+    display / snapshot / test_interval / max_iter."""
+    def bad(field: str, what: str):
+        raise CaffeFileError(path, f"{field}: {what}")
+
+    if p.type not in ("", "SGD"):
+        bad("type", f"solver type '{p.type}' is not supported (sfport trains with SGD)")
+    for field in ("base_lr", "momentum", "weight_decay", "gamma", "power", "clip_gradients"):
+        v = getattr(p, field)
+        if not math.isfinite(v):
+            bad(field, f"{v} is not a finite number")
+    if p.average_loss < 1:   # solver.cpp Solver::Init: CHECK_GE(param_.average_loss(), 1)
+        bad("average_loss", f"{p.average_loss} must be at least 1 (Caffe: CHECK_GE(average_loss, 1))")
+    if p.iter_size < 1:      # Solver::Step sums iter_size passes and SGDSolver::Normalize divides by it
+        bad("iter_size", f"{p.iter_size} must be at least 1")
+    for field in ("max_iter", "display", "snapshot", "test_interval"):
+        if getattr(p, field) < 0:
+            bad(field, f"{getattr(p, field)} must not be negative")
+    policy = p.lr_policy
+    if policy not in POLICIES:   # sgd_solver.cpp GetLearningRate: LOG(FATAL) << "Unknown learning rate policy"
+        bad("lr_policy", (f"unknown learning rate policy '{policy}'" if policy else "not set")
+            + f" (Caffe has {', '.join(POLICIES)})")
+    if policy == "step" and (not p.HasField("stepsize") or p.stepsize <= 0):   # CHECK_GT(stepsize, 0)
+        bad("stepsize", "lr_policy 'step' needs stepsize > 0" + (f", not {p.stepsize}" if p.HasField("stepsize")
+                                                                   else ""))
+    if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:          # CHECK_GE(gamma, 0)
+        bad("gamma", f"{p.gamma} must not be negative for lr_policy '{policy}'")
+    if policy == "multistep":
+        values = list(p.stepvalue)
+        for i, (a, b) in enumerate(zip([-1] + values, values)):
+            if b <= a:   # GetLearningRate advances one step per update: out of order, the later steps come late
+                bad("stepvalue", f"stepvalue {i + 1} ({b}) must be greater than the one before ({a})" if i else
+                    f"stepvalue 1 ({b}) must not be negative")
+    if p.regularization_type not in ("L1", "L2"):   # SGDSolver::Regularize: LOG(FATAL) "Unknown regularization type"
+        bad("regularization_type", f"unknown regularization type '{p.regularization_type}' (Caffe has L1 and L2)")
+    # solver.cpp Solver::InitTestNets
+    explicit = len(p.test_net_param) + len(p.test_net)
+    generic = p.HasField("net") or p.HasField("net_param")
+    if (len(p.test_iter) < explicit) if generic else (len(p.test_iter) != explicit):
+        bad("test_iter", f"test_iter must be specified for each test network ({len(p.test_iter)} test_iter for "
+                         f"{explicit} test_net / test_net_param" + (" and the net" if generic else "") + ")")
+    for i, n in enumerate(p.test_iter):
+        if n < 1:
+            bad("test_iter", f"test_iter {i + 1} is {n}: a test runs at least one batch")
+    if len(p.test_state) and len(p.test_state) != len(p.test_iter):
+        bad("test_state", f"test_state must be unspecified or specified once per test net ({len(p.test_state)} "
+                          f"test_state, {len(p.test_iter)} test nets)")
+    if len(p.test_iter) and p.test_interval <= 0:   # CHECK_GT(param_.test_interval(), 0)
+        bad("test_interval", f"test nets need test_interval > 0, not {p.test_interval}")
 
 
 def learning_rate(p: caffe_pb2.SolverParameter, it: int, current_step: int = 0) -> tuple[float, int, str | None]:
     """Caffe's SGDSolver::GetLearningRate at update ``it``: (rate as float32 value, new current_step, the
-    'MultiStep Status' message when the step advanced)."""
+    'MultiStep Status' message when the step advanced). ``p`` is a solver :func:`check_solver` accepted."""
     policy = p.lr_policy
     message = None
     if policy == "fixed":
         rate = p.base_lr
     elif policy == "step":
-        if p.stepsize <= 0:
-            raise ValueError("lr_policy 'step' needs stepsize > 0")
         current_step = it // p.stepsize
-        rate = p.base_lr * math.pow(p.gamma, current_step)
+        rate = p.base_lr * _pow(p.gamma, current_step)
     elif policy == "exp":
-        rate = p.base_lr * math.pow(p.gamma, it)
+        rate = p.base_lr * _pow(p.gamma, it)
     elif policy == "inv":  # float arithmetic and powf, as Caffe's Dtype = float code
         rate = f32(p.base_lr) * powf(f32(1) + f32(p.gamma) * f32(it), f32(-p.power))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
             message = f"MultiStep Status: Iteration {it}, step = {current_step}"
-        rate = p.base_lr * math.pow(p.gamma, current_step)
-    elif policy == "poly":
-        if p.max_iter <= 0:
-            raise ValueError("lr_policy 'poly' needs max_iter > 0")
+        rate = p.base_lr * _pow(p.gamma, current_step)
+    elif policy == "poly":   # max_iter 0 runs no update: the rate is never asked for
         rate = f32(p.base_lr) * powf(f32(1) - f32(it) / f32(p.max_iter), f32(p.power))
-    elif policy == "sigmoid":
-        if p.stepsize <= 0:
-            raise ValueError("lr_policy 'sigmoid' needs stepsize > 0")
+    elif policy == "sigmoid":   # stepsize is the midpoint: any value, as Caffe
         rate = f32(p.base_lr) * (f32(1) / (f32(1) + expf(-f32(p.gamma) * (f32(it) - f32(p.stepsize)))))
     else:
         raise ValueError(f"unknown lr_policy '{policy}' (Caffe has {', '.join(POLICIES)})")
     with np.errstate(all="ignore"):
         return float(np.float32(rate)), current_step, message
+
+
+def _pow(x: float, y: float) -> float:
+    """C's pow: past the double range it is inf, where math.pow raises OverflowError."""
+    try:
+        return math.pow(x, y)
+    except OverflowError:
+        return math.inf
 
 
 @dataclass
@@ -198,16 +262,41 @@ class SGDState:
                 "history": [b.history.detach().cpu() for b in self.blobs],
                 "blob_names": [b.name for b in self.blobs]}
 
-    def load_state_dict(self, d: dict, path=None) -> None:
-        """Restore from :meth:`state_dict`; a container of the wrong structure (a missing key, a non-integer
-        count, a wrong number of histories or shapes) is a :class:`CaffeFileError` naming ``path``."""
+    def check_state_dict(self, d: dict, path=None) -> tuple[int, int, list[torch.Tensor]]:
+        """What :meth:`load_state_dict` would restore, (iter, lr step, histories), changing nothing: a container
+        of the wrong structure (a missing key, a count that is not an int32 >= 0, another number, order or shape
+        of histories, blob names of another net) is a :class:`CaffeFileError` naming ``path`` and the key."""
         for key, kind in (("iter", int), ("current_step", int), ("history", list)):
             if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
                 raise CaffeFileError(path, f"'{key}' is missing or not {'a list' if kind is list else 'an integer'}")
-        if d["iter"] < 0 or d["current_step"] < 0:
-            raise CaffeFileError(path, f"negative iteration {d['iter']} or lr step {d['current_step']}")
-        self._set_history(d["history"], path)
-        self.iter, self.current_step = d["iter"], d["current_step"]
+        _check_counts(d["iter"], d["current_step"], path)
+        names = d.get("blob_names")
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise CaffeFileError(path, "'blob_names' is not a list of names")
+            ours = [b.name for b in self.blobs]
+            if names != ours:
+                diff = next((f"blob {i} is '{a}', the net's is '{b}'" for i, (a, b) in enumerate(zip(names, ours))
+                             if a != b), f"{len(names)} blobs, the net has {len(ours)}")
+                raise CaffeFileError(path, f"'blob_names' are those of another net: {diff}")
+        history = d["history"]
+        self._check_history(history, path, "'history'")
+        for b, h in zip(self.blobs, history):
+            if h.dtype != torch.float32:
+                raise CaffeFileError(path, f"'history' of {b.name} is {str(h.dtype).replace('torch.', '')}, "
+                                           f"not float32")
+        return d["iter"], d["current_step"], history
+
+    def load_state_dict(self, d: dict, path=None) -> None:
+        """Restore from :meth:`state_dict`, checked first by :meth:`check_state_dict` (nothing changes when it
+        fails)."""
+        self.apply(*self.check_state_dict(d, path))
+
+    def apply(self, iter: int, current_step: int, history: list[torch.Tensor]) -> None:
+        """Set the state to what :meth:`check_state_dict` / :meth:`check_solverstate` returned."""
+        for b, h in zip(self.blobs, history):
+            b.history = h.to(b.param.device, b.param.dtype).clone()
+        self.iter, self.current_step = iter, current_step
 
     # -- Caffe's .solverstate -------------------------------------------------------------------------------
     def to_solverstate(self, learned_net: str) -> caffe_files.SolverStateFile:
@@ -216,26 +305,43 @@ class SGDState:
         history = [b.history.detach().float().cpu().numpy() for b in self.blobs]
         return caffe_files.SolverStateFile(None, state, history)
 
-    def load_solverstate(self, st: caffe_files.SolverStateFile) -> None:
-        """Iteration, lr step and the histories of a ``.solverstate``: Caffe's Blob::FromProto takes a history of
-        the parameter's element count in whatever shape it was stored (a legacy 4-D one), so it is reshaped to the
-        parameter here; :meth:`_set_history` checks the count of blobs."""
+    def check_solverstate(self, st: caffe_files.SolverStateFile) -> tuple[int, int, list[torch.Tensor]]:
+        """What :meth:`load_solverstate` would restore, changing nothing. Caffe's
+        SGDSolver::RestoreSolverStateFromBinaryProto (sgd_solver.cpp): ``CHECK_EQ(state.history_size(),
+        history_.size()) << "Incorrect length of history blobs."``, then Blob::FromProto per blob, which takes a
+        history of the parameter's element count in whatever shape it was stored (a legacy 4-D one): it is
+        reshaped to the parameter here."""
+        if len(st.history) != len(self.blobs):
+            raise CaffeFileError(st.path, f"incorrect length of history blobs: {len(st.history)} history blobs, the "
+                                          f"net has {len(self.blobs)} learnable blobs")
+        _check_counts(int(st.state.iter), int(st.state.current_step), st.path)
         history = []
         for b, h in zip(self.blobs, st.history):
             if h.size != b.param.numel():
                 raise CaffeFileError(st.path, f"history of {b.name}: {list(h.shape)} does not fit "
                                               f"{list(b.param.shape)}")
             history.append(torch.from_numpy(np.array(h, dtype=np.float32)).reshape(b.param.shape))
-        self._set_history(history, st.path)
-        self.iter, self.current_step = int(st.state.iter), int(st.state.current_step)
+        self._check_history(history, st.path, "history")
+        return int(st.state.iter), int(st.state.current_step), history
 
-    def _set_history(self, history: list, path) -> None:
+    def load_solverstate(self, st: caffe_files.SolverStateFile) -> None:
+        """Iteration, lr step and the histories of a ``.solverstate``, checked first by
+        :meth:`check_solverstate`."""
+        self.apply(*self.check_solverstate(st))
+
+    def _check_history(self, history: list, path, key: str) -> None:
         if len(history) != len(self.blobs):
             raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)} learnable blobs")
         for b, h in zip(self.blobs, history):
             if not isinstance(h, torch.Tensor):
-                raise CaffeFileError(path, f"history of {b.name} is not a tensor")
+                raise CaffeFileError(path, f"{key} of {b.name} is not a tensor")
             if h.shape != b.param.shape:
                 raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit {list(b.param.shape)}")
-        for b, h in zip(self.blobs, history):
-            b.history = h.to(b.param.device, b.param.dtype).clone()
+
+
+def _check_counts(it: int, current_step: int, path) -> None:
+    """Caffe keeps the iteration and the lr step as int32 (SolverState.iter, current_step)."""
+    for key, v in (("iter", it), ("current_step", current_step)):
+        if not 0 <= v <= INT32_MAX:
+            raise CaffeFileError(path, f"'{key}' is {v}: negative or past int32 "
+                                       f"({'iteration' if key == 'iter' else 'lr step'})")

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from sfport import converters
+from sfport import caffe_files, converters
 from sfport.errors import CaffeFileError
 from sfport.netstate import NetState, included
 
@@ -165,10 +165,6 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     return tops, params
 
 
-INT_MAX = 2 ** 31 - 1
-MAX_BLOB_AXES = 32   # blob.hpp kMaxBlobAxes
-
-
 def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -182,23 +178,19 @@ def about_layer(layer, message: str) -> str:
 
 
 def check_blob_shape(layer, what: str, shape, empty_ok: bool = True) -> None:
-    """Caffe's Blob::Reshape CHECKs, in exact integers: at most kMaxBlobAxes axes, no negative dimension, at
-    most INT_MAX elements ("blob size exceeds INT_MAX"); a parameter blob with a zero dimension (``empty_ok``
-    false: a num_output of 0, say) is refused too - Caffe's fillers divide by its fan-in and crash."""
+    """Caffe's Blob::Reshape CHECKs (:func:`sfport.caffe_files.blob_count`) for a top or parameter blob of
+    ``layer``; a parameter blob with a zero dimension (``empty_ok`` false: a num_output of 0, say) is refused
+    too - Caffe's fillers divide by its fan-in and crash."""
     dims = [int(d) for d in shape]
-    if len(dims) > MAX_BLOB_AXES:
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have {len(dims)} axes (Caffe's limit is "
-                                                 f"{MAX_BLOB_AXES})"))
-    if any(d < 0 for d in dims):
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: a negative dimension (the "
-                                                 f"kernel or window does not fit the input?)"))
+    try:
+        caffe_files.blob_count(dims)
+    except ValueError as e:
+        hint = " (the kernel or window does not fit the input?)" if any(d < 0 for d in dims) else ""
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims if len(dims) <= 8 else '...'}"
+                                                      f": {e}{hint}")) from None
     if not empty_ok and any(d == 0 for d in dims):
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: an empty parameter blob "
-                                                 f"(num_output or a size of 0?)"))
-    count = math.prod(dims)
-    if count > INT_MAX:
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}, {count:,} elements: blob "
-                                                 f"size exceeds INT_MAX"))
+        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: an empty parameter "
+                                                      f"blob (num_output or a size of 0?)"))
 
 
 def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False,

@@ -137,8 +137,9 @@ def _upgrade_v0_layer(conn, problems: list[str]):
     if v0.HasField("name"):
         out.name = v0.name
     if v0.HasField("type"):
-        if t not in V0_TYPES:
-            problems.append(f"unknown V0 layer type '{t}'")
+        if t not in V0_TYPES:  # upgrade_proto.cpp UpgradeV0LayerType: LOG(FATAL) << "Unknown layer name: " << type
+            raise ValueError(f"V0 layer '{v0.name}': unknown V0 layer type '{t}' (not one of Caffe's V0 types: "
+                             f"conv, pool, innerproduct, ...)")
         else:
             out.type = V1.LayerType.Value(V0_TYPES[t])
     out.blobs.extend(v0.blobs)
@@ -258,7 +259,10 @@ def upgrade_net(net, path=None) -> list[str]:
     """Bring a NetParameter to the current format in place (UpgradeNetAsNeeded); return what was done."""
     notes: list[str] = []
     if any(layer.HasField("layer") for layer in net.layers):
-        problems = _upgrade_v0_net(net, path)
+        try:
+            problems = _upgrade_v0_net(net, path)
+        except ValueError as e:
+            raise CaffeFileError(path, str(e)) from None
         notes.append("V0LayerParameter -> V1LayerParameter" + (f" (problems: {'; '.join(problems)})"
                                                               if problems else ""))
     moved = _upgrade_data_transform(net)
@@ -266,8 +270,11 @@ def upgrade_net(net, path=None) -> list[str]:
         notes.append(f"data layer transformation fields -> transform_param ({moved} fields)")
     if len(net.layers):
         problems = []
-        if len(net.layer):
-            problems.append("the net also has new-style 'layer' fields; they are ignored, as in Caffe")
+        if len(net.layer):  # upgrade_proto.cpp UpgradeV1Net: LOG(FATAL), whatever the layers are
+            raise CaffeFileError(path, f"Refusing to upgrade inconsistent NetParameter input; the definition includes "
+                                       f"both 'layer' (layer '{net.layer[0].name}') and V1 'layers' (layer "
+                                       f"'{net.layers[0].name}') fields: the 'layers' field is deprecated, write "
+                                       f"every layer as 'layer'")
         upgraded = [_upgrade_v1_layer(v1, problems) for v1 in net.layers]
         n = len(upgraded)
         del net.layers[:]

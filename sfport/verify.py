@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sfport import caffe_files
+from sfport import files, images
 from sfport.errors import CaffeFileError
 from sfport.net import load_net
 from sfport.protos import caffe_pb2
@@ -47,12 +48,8 @@ def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
     if len(shape) != 4:
         raise CaffeFileError(source, f"an image input needs a 4-D net input, not {list(shape)}")
     n, c, h, w = shape
-    if not Path(source).is_file():
-        raise CaffeFileError(source, "no such image file")
     import cv2
-    img = cv2.imread(source, cv2.IMREAD_COLOR if c == 3 else cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise CaffeFileError(source, "cannot read the image")
+    img = images.read_image(source, c == 3)
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     img = (img - 127.5) * 0.0078125
     chw = img.transpose(2, 0, 1) if img.ndim == 3 else img[None]
@@ -71,16 +68,7 @@ def load_array(path) -> np.ndarray:
 
 
 def _open_array(path):
-    if not Path(path).is_file():
-        raise CaffeFileError(path, "no such file")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:  # not an .npy, truncated, a pickle, an .npz
-        raise CaffeFileError(path, f"not a readable .npy array: {str(e).splitlines()[0] if str(e) else e!r}") \
-            from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise CaffeFileError(path, f"not an array of real numbers (dtype {getattr(arr, 'dtype', type(arr))})")
-    return arr
+    return files.load_array(path, "input array")
 
 
 def input_sources(specs, names) -> dict[str, str]:
@@ -239,7 +227,8 @@ def dir_reference(directory) -> dict[str, np.ndarray]:
     d = Path(directory)
     if not d.is_dir():
         raise CaffeFileError(directory, "reference directory not found")
-    return {f.stem.replace("__", "/"): np.load(f, allow_pickle=False) for f in sorted(d.glob("*.npy"))}
+    return {f.stem.replace("__", "/"): np.asarray(files.load_array(f, "reference blob"))
+            for f in sorted(d.glob("*.npy"))}
 
 
 def _deviation(ours, ref) -> tuple[float, float, float]:

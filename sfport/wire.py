@@ -60,45 +60,51 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-@dataclass
-class _Field:
-    number: int
-    wire_type: int
-    start: int          # first byte of the tag
-    payload: int        # first byte of the payload (after tag and, for LEN, the length)
-    end: int            # one past the last byte
-
-
 def _fields(buf: memoryview, start: int, end: int):
-    """Yield the top-level fields of the message in buf[start:end]."""
+    """Yield the fields of the message in buf[start:end], as (number, wire type, first byte of the tag, first
+    byte of the payload, one past the last byte); one- and two-byte tags and lengths are read inline."""
     pos = start
     while pos < end:
         tag_start = pos
-        tag, pos = _varint(buf, pos, end)
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(buf, pos, end)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise WireError(f"field number 0 at byte {tag_start}")
-        if wire_type == 0:
+        if wire_type == 2:
+            if pos + 1 < end and buf[pos] < 0x80:
+                length, payload = buf[pos], pos + 1
+            elif pos + 2 < end and buf[pos + 1] < 0x80:
+                length, payload = (buf[pos] & 0x7F) | buf[pos + 1] << 7, pos + 2
+            else:
+                length, payload = _varint(buf, pos, end)
+            if payload + length > end:
+                raise WireError(f"field {number} at byte {tag_start} runs past the end "
+                                f"({length:,} bytes announced, {end - payload:,} left)")
+            pos = payload + length
+            yield number, 2, tag_start, payload, pos
+        elif wire_type == 0:
             _, pos2 = _varint(buf, pos, end)
-            yield _Field(number, 0, tag_start, pos, pos2)
+            yield number, 0, tag_start, pos, pos2
             pos = pos2
         elif wire_type in _FIXED_WIDTH:
             width = _FIXED_WIDTH[wire_type]
             if pos + width > end:
                 raise WireError(f"truncated {8 * width}-bit field at byte {pos}")
-            yield _Field(number, wire_type, tag_start, pos, pos + width)
+            yield number, wire_type, tag_start, pos, pos + width
             pos += width
-        elif wire_type == 2:
-            length, payload = _varint(buf, pos, end)
-            if payload + length > end:
-                raise WireError(f"field {number} at byte {tag_start} runs past the end "
-                                f"({length} bytes announced, {end - payload} left)")
-            yield _Field(number, 2, tag_start, payload, payload + length)
-            pos = payload + length
         elif wire_type in (3, 4):
             raise WireError(f"group field at byte {tag_start}: caffe.proto has no groups")
         else:
             raise WireError(f"invalid wire type {wire_type} at byte {tag_start}")
+
+
+def top_fields(buf: bytes) -> set[tuple[int, int]]:
+    """The (field number, wire type) pairs of the message's own fields (WireError if they do not parse)."""
+    return {(number, wire_type) for number, wire_type, _, _, _ in _fields(memoryview(buf), 0, len(buf))}
 
 
 @dataclass
@@ -107,38 +113,104 @@ class BlobValues:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def strip_blobs(buf: bytes, spec: dict) -> tuple[bytes, dict[tuple, BlobValues]]:
+# BlobProto's fields (caffe.proto) and the wire type each is written with: num/channels/height/width (int32,
+# varint), shape (a message); a value field is packed (LEN), or written value by value (32- or 64-bit).
+_BLOB_WIRE_TYPES = {1: 0, 2: 0, 3: 0, 4: 0, 7: 2}
+_UNPACKED = {5: 5, 6: 5, 8: 1, 9: 1}
+_MAX_PIECES = 16
+_WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 5: "32-bit"}
+# How a blob's path reads in a message: field number -> field name, per spec level (NetParameter / SolverState).
+_PATH_NAMES = {100: "layer", 7: "blobs", 2: "layers", 6: "blobs", 1: "layer", 50: "blobs", 3: "history"}
+
+
+def describe_path(path: tuple) -> str:
+    """A blob's path of (field number, index) pairs as the schema names it: ``layer[3].blobs[0]``."""
+    return ".".join(f"{_PATH_NAMES.get(n, n)}[{i}]" for n, i in path)
+
+
+def strip_blobs(buf: bytes, spec: dict, top_fields: set | None = None) -> tuple[bytes, dict[tuple, BlobValues]]:
     """Remove packed value fields of every BlobProto under ``spec``.
 
     Returns the remaining message bytes (valid protobuf, parseable by the schema) and the values keyed by
     their path: a tuple of (field number, index among that field's occurrences) pairs ending at the blob.
-    The arrays are read-only views into ``buf``.
+    The arrays are read-only views into ``buf`` (one copy where a field came in a few pieces). A blob whose
+    values are (also) written one by one, not packed, is left whole to protobuf, which keeps the order of
+    mixed pieces as Caffe's C++ parser does; so is one whose values come in more than ``_MAX_PIECES`` packed
+    pieces (legal, and protobuf's C parser joins 200,000 of them faster than Python walks them). A known
+    BlobProto field of the wrong wire type (protobuf would set it aside, silently) is a WireError.
+    ``top_fields``, when given, receives the (field number, wire type) pairs of the message's own fields
+    (what the bytes look like: caffe_files checks the kind of message with them).
     """
     mv = memoryview(buf)
     values: dict[tuple, BlobValues] = {}
 
     def on_blob(path: tuple, start: int, end: int) -> bytes:
-        vals = BlobValues()
+        pieces: dict[int, list] = {}
         kept = []
-        for f in _fields(mv, start, end):
-            if f.number in _BLOB_ARRAYS and f.wire_type == 2:
-                dt = _DTYPES[f.number]
-                n = f.end - f.payload
-                if n % dt.itemsize:
-                    raise WireError(f"packed field of {n} bytes is not a whole number of values")
-                arr = np.frombuffer(buf, dtype=dt, count=n // dt.itemsize, offset=f.payload)
-                name = _BLOB_ARRAYS[f.number]
-                if name in vals.arrays:  # a packed field may legally come in several pieces
-                    arr = np.concatenate([vals.arrays[name], arr])
-                vals.arrays[name] = arr
+        unpacked = False
+        for number, wire_type, tag_start, payload, stop in _fields(mv, start, end):
+            if number in _BLOB_ARRAYS:
+                if wire_type == 2:
+                    if (stop - payload) % _DTYPES[number].itemsize:  # protobuf refuses such a packed field
+                        raise WireError(f"{describe_path(path)}: a packed {_BLOB_ARRAYS[number]} field of "
+                                        f"{stop - payload:,} bytes is not a whole number of "
+                                        f"{_DTYPES[number].itemsize}-byte values")
+                    # a packed field may legally come in several pieces: joined once at the end (linear time)
+                    parts = pieces.setdefault(number, [])
+                    if len(parts) == _MAX_PIECES:
+                        return bytes(mv[start:end])
+                    parts.append(mv[payload:stop])
+                    continue
+                if wire_type != _UNPACKED[number]:
+                    raise WireError(f"{describe_path(path)}: its {_BLOB_ARRAYS[number]} field has wire type "
+                                    f"{wire_type} ({_WIRE_NAMES.get(wire_type, '?')}), not "
+                                    f"{_DTYPES[number].itemsize * 8}-bit values")
+                unpacked = True
             else:
-                kept.append(mv[f.start:f.end])
-        if vals.arrays:
-            values[path] = vals
+                want = _BLOB_WIRE_TYPES.get(number)
+                if want is not None and wire_type != want:
+                    raise WireError(f"{describe_path(path)}: BlobProto field {number} has wire type {wire_type} "
+                                    f"({_WIRE_NAMES.get(wire_type, '?')}), the schema's is {want} "
+                                    f"({_WIRE_NAMES[want]})")
+            kept.append(mv[tag_start:stop])
+        if unpacked:  # values (also) written one by one: protobuf parses the blob, keeping the pieces' order
+            return bytes(mv[start:end])
+        if pieces:
+            values[path] = BlobValues({_BLOB_ARRAYS[n]: _join(n, parts) for n, parts in pieces.items()})
         return b"".join(kept)
 
-    out = _rewrite(mv, 0, len(mv), spec, (), on_blob)
+    out = _rewrite(mv, 0, len(mv), spec, (), on_blob, top_fields)
     return out, values
+
+
+def _join(number: int, parts: list) -> np.ndarray:
+    """The values of a packed field's pieces, in order: a zero-copy view of the file for one piece, else one
+    copy of them all."""
+    return np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), dtype=_DTYPES[number])
+
+
+def split_packed(buf: bytes, spec: dict, values_per_field: int) -> bytes:
+    """The same message with every packed value field of every blob under ``spec`` cut into consecutive packed
+    fields of at most ``values_per_field`` values: legal protobuf meaning the same values (protobuf joins the
+    pieces), as some writers produce. For tests and benchmarks of :func:`strip_blobs`."""
+    if values_per_field < 1:
+        raise ValueError("values_per_field must be at least 1")
+    mv = memoryview(buf)
+
+    def on_blob(path: tuple, start: int, end: int) -> bytes:
+        out = []
+        for number, wire_type, tag_start, payload, stop in _fields(mv, start, end):
+            if number not in _BLOB_ARRAYS or wire_type != 2:
+                out.append(mv[tag_start:stop])
+                continue
+            step = values_per_field * _DTYPES[number].itemsize
+            tag = _encode_varint(number << 3 | 2)
+            for k in range(payload, stop, step):
+                piece = mv[k:min(k + step, stop)]
+                out += [tag, _encode_varint(len(piece)), piece]
+        return b"".join(out)
+
+    return _rewrite(mv, 0, len(mv), spec, (), on_blob)
 
 
 def splice_blobs(buf: bytes, spec: dict, values: dict[tuple, BlobValues]) -> bytes:
@@ -147,7 +219,7 @@ def splice_blobs(buf: bytes, spec: dict, values: dict[tuple, BlobValues]) -> byt
 
     def on_blob(path: tuple, start: int, end: int) -> bytes:
         vals = values.get(path)
-        pieces = [(f.number, mv[f.start:f.end]) for f in _fields(mv, start, end)]
+        pieces = [(number, mv[tag_start:stop]) for number, _, tag_start, _, stop in _fields(mv, start, end)]
         if vals is not None:
             for name, arr in vals.arrays.items():
                 num = _NAME_TO_NUM[name]
@@ -160,26 +232,30 @@ def splice_blobs(buf: bytes, spec: dict, values: dict[tuple, BlobValues]) -> byt
     return _rewrite(mv, 0, len(mv), spec, (), on_blob)
 
 
-def _rewrite(mv: memoryview, start: int, end: int, spec: dict, path: tuple, on_blob) -> bytes:
-    """Copy a message, replacing the sub-messages that ``spec`` names (recursively) by their rewritten form."""
+def _rewrite(mv: memoryview, start: int, end: int, spec: dict, path: tuple, on_blob,
+             seen: set | None = None) -> bytes:
+    """Copy a message, replacing the sub-messages that ``spec`` names (recursively) by their rewritten form;
+    ``seen`` receives the (number, wire type) of the message's own fields."""
     pieces = []
     counts: dict[int, int] = {}
     last = start
-    for f in _fields(mv, start, end):
-        sub = spec.get(f.number)
-        if sub is None or f.wire_type != 2:
+    for number, wire_type, tag_start, payload, stop in _fields(mv, start, end):
+        if seen is not None:
+            seen.add((number, wire_type))
+        sub = spec.get(number)
+        if sub is None or wire_type != 2:
             continue
-        index = counts.get(f.number, 0)
-        counts[f.number] = index + 1
-        sub_path = path + ((f.number, index),)
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        sub_path = path + ((number, index),)
         if sub is BLOB:
-            body = on_blob(sub_path, f.payload, f.end)
+            body = on_blob(sub_path, payload, stop)
         else:
-            body = _rewrite(mv, f.payload, f.end, sub, sub_path, on_blob)
-        pieces.append(mv[last:f.start])
-        pieces.append(_encode_varint(f.number << 3 | 2))
+            body = _rewrite(mv, payload, stop, sub, sub_path, on_blob)
+        pieces.append(mv[last:tag_start])
+        pieces.append(_encode_varint(number << 3 | 2))
         pieces.append(_encode_varint(len(body)))
         pieces.append(body)
-        last = f.end
+        last = stop
     pieces.append(mv[last:end])
     return b"".join(pieces)

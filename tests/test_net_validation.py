@@ -39,7 +39,7 @@ CASES = {
                           "top 'c' would have the shape [1, 4, -2, -2]"),
     "pool_kernel_huge": ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
                          'pooling_param { pool: MAX kernel_size: 2147483647 } }\n', "layer 'p' (Pooling)",
-                         "a negative dimension"),
+                         "negative dimension in blob shape"),
     "pool_stride_0": ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
                       'pooling_param { pool: MAX kernel_size: 2 stride: 0 } }\n', "layer 'p'",
                       "stride [0, 0] must be nonzero"),

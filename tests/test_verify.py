@@ -109,8 +109,8 @@ def test_bad_inputs_are_one_line(tmp_path):
              ("--input", f"b={tmp_path / 'wrong.npy'}", "--shape", "b=1,3,6,5"): "an array of shape [1, 3, 6, 4] "
                                                                                  "for an input of shape [1, 3, 6, 5]",
              ("--input", f"a={tmp_path / 'text.npy'}"): "not an array of real numbers",
-             ("--input", f"a={tmp_path / 'pickled.npy'}"): "not a readable .npy array",
-             ("--input", f"a={tmp_path / 'short.npy'}"): "not a readable .npy array",
+             ("--input", f"a={tmp_path / 'pickled.npy'}"): "not a valid .npy file",
+             ("--input", f"a={tmp_path / 'short.npy'}"): "not a valid .npy file",
              ("--input", f"a={tmp_path / 'none.npy'}"): "no such file",
              ("--input", "random", "--input", "random"): "several --input values without a name"}
     for args, said in cases.items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sfport import caffe_files
+from sfport import caffe_files, sgd
+from sfport.data import resolve
 from sfport.errors import CaffeFileError
 from sfport.netstate import merged
 from sfport.protos import caffe_pb2
@@ -31,14 +32,6 @@ class Options:
     margin_grad: str | None = None
 
 
-def _resolve(path: str, base: Path | None) -> Path:
-    """Caffe resolves relative paths against the working directory; fall back to the solver's folder."""
-    p = Path(path)
-    if p.is_absolute() or p.exists() or base is None:
-        return p
-    return base / p if (base / p).exists() else p
-
-
 def net_states(sp: caffe_pb2.SolverParameter, train, tests) -> tuple:
     """(train NetState, [test NetState...]) as Solver::InitTrainNet / InitTestNets make them: TRAIN (TEST), merged
     with the net file's own ``state`` and then the solver's ``train_state`` (``test_state[i]``)."""
@@ -49,24 +42,48 @@ def net_states(sp: caffe_pb2.SolverParameter, train, tests) -> tuple:
     return train_state, test_states
 
 
+def read_solver(path, max_iter: int | None = None) -> tuple[caffe_pb2.SolverParameter, list[str]]:
+    """The solver prototxt as Caffe's ReadSolverParamsFromTextFileOrDie reads it (upgrade_proto.cpp: the solver
+    type upgrade, then UpgradeSnapshotPrefixProperty: no snapshot_prefix is the solver's name without its
+    extension, a folder is the folder / the solver's stem), ``max_iter`` (``--max-iter``) put in, then checked
+    by :func:`sfport.sgd.check_solver` before any net is built. Returns the parameter and the upgrade notes."""
+    solver = caffe_files.read_solver(path)
+    sp, notes = solver.param, list(solver.upgrades)
+    if not sp.HasField("snapshot_prefix"):
+        sp.snapshot_prefix = str(Path(path).with_suffix(""))
+        notes.append(f"snapshot_prefix was not specified and is set to {sp.snapshot_prefix}")
+    elif Path(sp.snapshot_prefix).is_dir():
+        sp.snapshot_prefix = str(Path(sp.snapshot_prefix) / Path(path).stem)
+        notes.append(f"snapshot_prefix was a directory and is replaced to {sp.snapshot_prefix}")
+    if max_iter is not None:
+        sp.max_iter = max_iter
+    sgd.check_solver(sp, path)
+    return sp, notes
+
+
 def nets_of(sp: caffe_pb2.SolverParameter, base: Path | None, solver_path) -> tuple:
-    """(train NetParameter, [test NetParameter...]) as Solver::InitTrainNet / InitTestNets pick them: exactly one
-    of net, net_param, train_net, train_net_param; test nets from test_net_param, test_net, or the train net once
-    per test_iter when the solver gives ``net``/``net_param``."""
+    """(train NetParameter, [test NetParameter...], [file of each: train, then the tests]) as
+    Solver::InitTrainNet / InitTestNets pick them: exactly one of net, net_param, train_net, train_net_param; test
+    nets from test_net_param, then test_net, then (a generic ``net`` / ``net_param``) the train net once for each
+    test_iter left (the counts are checked by :func:`sfport.sgd.check_solver`). A net given in the solver has the
+    solver's file."""
     given = [sp.HasField("net"), sp.HasField("net_param"), sp.HasField("train_net"), sp.HasField("train_net_param")]
     if sum(given) != 1:
         raise CaffeFileError(solver_path, "the solver needs exactly one of net, net_param, train_net, "
                                           "train_net_param")
-    if sp.HasField("train_net_param"):
-        train = sp.train_net_param
-    elif sp.HasField("net_param"):
-        train = sp.net_param
+    if sp.HasField("train_net_param") or sp.HasField("net_param"):
+        train = sp.train_net_param if sp.HasField("train_net_param") else sp.net_param
+        train_file = str(solver_path)
     else:
-        train = caffe_files.read_prototxt(_resolve(sp.train_net if sp.HasField("train_net") else sp.net, base)).net
-    tests = list(sp.test_net_param) + [caffe_files.read_prototxt(_resolve(t, base)).net for t in sp.test_net]
-    if not tests and len(sp.test_iter) and (sp.HasField("net") or sp.HasField("net_param")):
-        tests = [train] * len(sp.test_iter)
-    if tests and len(sp.test_iter) != len(tests):
-        raise CaffeFileError(solver_path, f"test_iter must be given once per test net ({len(tests)} nets, "
-                                          f"{len(sp.test_iter)} test_iter)")
-    return train, tests
+        train_file = str(resolve(sp.train_net if sp.HasField("train_net") else sp.net, base))
+        train = caffe_files.read_prototxt(train_file).net
+    tests = list(sp.test_net_param)
+    files = [str(solver_path)] * len(tests)
+    for t in sp.test_net:
+        files.append(str(resolve(t, base)))
+        tests.append(caffe_files.read_prototxt(files[-1]).net)
+    if sp.HasField("net") or sp.HasField("net_param"):
+        generic = max(len(sp.test_iter) - len(tests), 0)
+        tests += [train] * generic
+        files += [train_file] * generic
+    return train, tests, [train_file] + files

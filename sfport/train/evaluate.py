@@ -16,11 +16,12 @@ from sfport.train.log import CaffeLog, g6, net_outputs, output_line
 
 
 def build_test_net(net_param, i: int, train_net: Net, opts: Options, base: Path | None, seed: int,
-                   device: torch.device, log: CaffeLog, state=caffe_pb2.TEST) -> tuple[Net, Feeder]:
+                   device: torch.device, log: CaffeLog, state=caffe_pb2.TEST,
+                   net_path: str | None = None) -> tuple[Net, Feeder]:
     """Test net ``i`` in ``state`` (a NetState; TEST) on ``device``, its data cursor at the start, its trained
-    layers those of ``train_net``."""
-    feeder = Feeder(net_param, state, opts, base, seed + 1 + i, 1, 0, 1, log)
-    net = Net(caffe_files.CaffeModel.from_net(net_param, None), phase=state, input_shapes=feeder.inputs,
+    layers those of ``train_net``; ``net_path`` is the file it came from (for the errors)."""
+    feeder = Feeder(net_param, state, opts, base, seed + 1 + i, 1, 0, 1, log, net_path=net_path)
+    net = Net(caffe_files.CaffeModel.from_net(net_param, net_path), phase=state, input_shapes=feeder.inputs,
               inference=False)
     feeder.num_classes = num_classes(net)
     net.module.share_trained_layers_with(train_net.module)
@@ -40,9 +41,9 @@ def run_test_nets(test_nets: list[tuple[Net, Feeder]], sp: caffe_pb2.SolverParam
         net.module.eval()
         for _ in range(n):
             batch = {k: v.to(device) for k, v in feeder.next().items()}
-            with torch.no_grad():
+            with torch.no_grad(), feeder.blame():
                 blobs = net.module.run(batch, keep_all=False)
-            loss = net.module.loss(blobs)
+                loss = net.module.loss(blobs)
             total_loss += float(loss) if loss is not None else 0.0
             for name, vals, w in net_outputs(net, blobs):
                 for j, v in enumerate(vals):

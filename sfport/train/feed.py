@@ -3,11 +3,13 @@ DataLoader over the deterministic streams of sfport.data and sfport.db), or synt
 benchmarks."""
 from __future__ import annotations
 
+import contextlib
+import math
 from pathlib import Path
 
 import torch
 
-from sfport.data import ImageDataset, MicroBatches, check, loader
+from sfport.data import INT32_MAX, ImageDataset, MicroBatches, check, loader
 from sfport.db import DP, DatumDataset, HDF5Dataset, collate_tops
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
@@ -27,7 +29,22 @@ class Feeder:
     synthetic (random images, uniform labels) for benchmarks."""
 
     def __init__(self, net_param, state, opts: Options, base: Path | None, seed: int, world: int, rank: int,
-                 iter_size: int, log: CaffeLog):
+                 iter_size: int, log: CaffeLog, net_path: str | None = None):
+        """``net_path``: the file of ``net_param`` (the net prototxt, or the solver that holds it), named by the
+        errors about its data layer that name no other file."""
+        self.net_path = net_path
+        self._bad_seen: set = set()   # the bad list lines / records skipped (--skip-bad-images), each once
+        self._last: list[int] = []    # stream positions of the last micro-batch
+        self._reshaped = None         # (file, where, C x H x W) when the last batch is not of the set-up size
+        try:
+            self._setup(net_param, state, opts, base, seed, world, rank, iter_size, log)
+        except CaffeFileError as e:
+            if e.path is not None or net_path is None:
+                raise
+            raise CaffeFileError(net_path, e.message) from None
+
+    def _setup(self, net_param, state, opts: Options, base: Path | None, seed: int, world: int, rank: int,
+               iter_size: int, log: CaffeLog):
         state = NetState.of(state)
         phase = state.phase
         layers = data_layers(net_param, state)
@@ -37,7 +54,6 @@ class Feeder:
         self.synthetic = opts.synthetic_data
         self.world, self.rank, self.iter_size, self.opts = world, rank, iter_size, opts
         self.seed = seed
-        self.bad = 0
         if len(layers) != 1 or len(layers[0].top) < 1:
             raise CaffeFileError(None, f"sfport train needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
                                        f" net, found {len(layers)}")
@@ -58,6 +74,9 @@ class Feeder:
         else:
             raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport train reads ImageData "
                                        f"lists, Data (LMDB / LevelDB) and HDF5Data (or --synthetic-data)")
+        if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
+            raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
+                                       f"{self.batch}")
         if self.synthetic and layer.type == "HDF5Data":
             raise CaffeFileError(None, f"data layer '{layer.name}' is HDF5Data: --synthetic-data makes images "
                                        f"for ImageData, Data and Input layers")
@@ -105,6 +124,12 @@ class Feeder:
             self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
             if self.label_top:
                 self.inputs[self.label_top] = (self.batch,)
+        for top, shape in self.inputs.items():   # blob.cpp Blob::Reshape: CHECK_LE(count_, INT_MAX)
+            count = math.prod(int(d) for d in shape)
+            if count > INT32_MAX:
+                raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): the top '{top}' of "
+                                           f"{' x '.join(str(d) for d in shape)} is {count} values, more than a "
+                                           f"Caffe blob holds (INT_MAX)")
         self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
         self._it = None
 
@@ -130,19 +155,63 @@ class Feeder:
                                                     device=dev).float()
             return out
         if self.collate is collate_tops:
-            rows, _, error = next(self._it)
+            rows, self._last, error = next(self._it)
             if error is not None:
                 raise CaffeFileError(*error)
             return dict(zip(self.layer.top, rows))
         while True:
-            x, y, _, bad, _ = check(next(self._it))
-            self.bad += bad
+            x, y, positions, bad, _ = check(next(self._it))
+            if bad:
+                self._count_bad(positions, x is None)
             if x is not None:
                 break
+        self._last = positions
+        self._reshaped = None
+        if tuple(x.shape[1:]) != tuple(self.chw):
+            self._reshaped = self.dataset.describe(positions[0]) + (tuple(x.shape[1:]),)
         out = {self.data_top: x}
         if self.label_top:
             out[self.label_top] = y
         return out
+
+    @property
+    def bad(self) -> int:
+        """How many list lines (records) were skipped as unreadable (--skip-bad-images), each counted once."""
+        return len(self._bad_seen)
+
+    def _count_bad(self, positions: list[int], none_good: bool) -> None:
+        """The micro-batch of MicroBatches is ``range(g*B, (g+1)*B)``: its skipped items are those not among the
+        good ``positions`` (all of them when ``none_good``)."""
+        g = positions[0] // self.batch
+        skipped = set(range(g * self.batch, (g + 1) * self.batch)) - (set() if none_good else set(positions))
+        self._bad_seen.update(self.dataset.describe(p) for p in skipped)
+
+    @contextlib.contextmanager
+    def blame(self):
+        """Around a forward of the batch just read: a layer's complaint about its data (a ValueError: a label
+        outside the classes of the loss, ...) is one line naming the data and the batch; so is a batch of another
+        size than the one the net was set up for (the first image's) that the net cannot take (Caffe reshapes
+        the net to each batch, and a layer that cannot take the new size fails its CHECK)."""
+        try:
+            yield
+        except ValueError as e:
+            if self.dataset is None or not self._last:
+                raise
+            path, _ = self.dataset.describe(self._last[0])
+            where = ", ".join(self.dataset.describe(p)[1] for p in self._last[:3])
+            more = f" and {len(self._last) - 3} more" if len(self._last) > 3 else ""
+            raise CaffeFileError(path, f"the batch of {where}{more}: {_first_line(e)}") from None
+        except RuntimeError as e:
+            if self._reshaped is None:
+                raise
+            path, where, shape = self._reshaped
+            raise CaffeFileError(path, f"{where} is {'x'.join(map(str, shape))}, the net was set up for "
+                                       f"{'x'.join(map(str, self.chw))} (its first image) and cannot take it: "
+                                       f"{_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def num_classes(net) -> int | None:

@@ -74,6 +74,12 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
     with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). Bad input (GPU ids, --amp without
     a GPU, the files) raises :class:`~sfport.errors.CaffeFileError`; divergence raises
     :class:`~sfport.train.loop.TrainingStopped`."""
+    if workers is not None and workers < 0:
+        raise CaffeFileError(None, f"--workers {workers}: give 0 (read in this process) or more worker processes")
+    if seed is not None and not 0 <= seed < 2**63:   # torch.manual_seed and numpy's SeedSequence take these
+        raise CaffeFileError(None, f"--seed {seed}: give a seed from 0 to 2^63-1")
+    if max_iter is not None and max_iter < 0:
+        raise CaffeFileError(None, f"--max-iter {max_iter}: must not be negative")
     gpus = None
     device = "cpu"
     if gpu:

@@ -2,6 +2,7 @@
 Solver::Step and Solver::Test), and the progress bar the lines are written through."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +19,21 @@ class CaffeLog:
         self.enabled = enabled
         self.pid = os.getpid()
         self.bar = None
+        self._held: list[str] | None = None
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold the lines logged inside: written when it ends, dropped when it raises (so bad input found while a
+        run is set up is the one line of its error, not the end of a log)."""
+        self._held = []
+        try:
+            yield
+        except BaseException:
+            self._held = None
+            raise
+        lines, self._held = self._held, None
+        for line in lines:
+            self._write(line)
 
     def __call__(self, message: str, where: str = "solver.cpp:0", level: str = "I") -> None:
         if not self.enabled:
@@ -27,6 +43,12 @@ class CaffeLog:
         prefix = f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {time.strftime('%H:%M:%S', t)}.{int(now % 1 * 1e6):06d} " \
                  f"{self.pid} {where}] "
         line = prefix + message
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:

@@ -22,7 +22,8 @@ from sfport.errors import CaffeFileError
 from sfport.net import Net
 from sfport.protos import caffe_pb2
 from sfport.train import checkpoint
-from sfport.train.config import Options, net_states, nets_of
+from sfport.data import resolve
+from sfport.train.config import Options, net_states, nets_of, read_solver
 from sfport.train.evaluate import build_test_net, run_test_nets
 from sfport.train.feed import Feeder, num_classes
 from sfport.train.log import CaffeLog, g6, net_outputs, output_line, progress_bar
@@ -41,61 +42,79 @@ class Solver:
         self.opts = opts = opts or Options()
         self.rank, self.world = rank, world
         self.log = log or CaffeLog(enabled=(rank == 0))
-        self.path = solver_path
-        self.param = sp = caffe_files.read_solver(solver_path).param
-        if sp.type not in ("", "SGD"):
-            raise CaffeFileError(solver_path, f"solver type '{sp.type}' is not supported (sfport trains with SGD)")
-        if opts.max_iter is not None:
-            sp.max_iter = opts.max_iter
-        self.base = Path(solver_path).resolve().parent
-        self.device = torch.device(opts.device)
-        self.log("Initializing solver from parameters: \n" + caffe_files.net_to_text(sp).rstrip(), "solver.cpp:44")
-        self.seed = seed = opts.seed if opts.seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
-        train_param, test_params = nets_of(sp, self.base, solver_path)
-        train_state, test_states = net_states(sp, train_param, test_params)
-        self.log(f"Creating training net from net file: {sp.net or sp.train_net or '(in the solver)'}",
-                 "solver.cpp:87")
-        self.feeder = Feeder(train_param, train_state, opts, self.base, seed, world, rank, max(sp.iter_size, 1),
-                             self.log)
-        torch.manual_seed(seed)
-        self.net = Net(caffe_files.CaffeModel.from_net(train_param, None), phase=train_state,
-                       input_shapes=self.feeder.inputs, seed=seed)
-        self.feeder.num_classes = num_classes(self.net)
-        if opts.margin_grad:
-            for m in self.net.module.modules():
-                if hasattr(m, "grad_mode"):
-                    m.grad_mode = opts.margin_grad
-        self.module = self.net.module.to(self.device)
-        if opts.channels_last and self.device.type == "cuda":
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.state = sgd.SGDState(self.net.module.learnable_params())
-        self.losses: list[float] = []
-        self.smoothed_loss = 0.0
-        self.last_snapshot: str | None = None
-        self.trajectory: list[dict] = []   # per update: iter, lr, loss, smoothed_loss, current_step, clipping
-        self.weights_report: list[str] = []
-        for w in opts.weights:
-            self.load_weights(w)
-        if opts.snapshot:
-            self.restore(opts.snapshot)
-        self.test_nets = [build_test_net(tp, i, self.net, opts, self.base, seed, self.device, self.log, ts)
-                          for i, (tp, ts) in enumerate(zip(test_params, test_states))]
-        self.ddp = None
-        if world > 1:
-            self.ddp = DistributedDataParallel(self.net.module.blobs_module(), broadcast_buffers=False,
-                                               device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        torch.manual_seed(seed + 7 * rank)  # runtime randomness (dropout), per rank
-        self.log("Solver scaffolding done.", "solver.cpp:56")
+        # setup's log lines are written when it is done: bad input found on the way is its one error line
+        with self.log.held():
+            self.path = solver_path
+            sp, notes = read_solver(solver_path, opts.max_iter)   # checked before any net is built
+            self.param = sp
+            for note in notes:
+                self.log(note, "upgrade_proto.cpp:1113")
+            self.base = Path(solver_path).resolve().parent
+            self.device = torch.device(opts.device)
+            self.log("Initializing solver from parameters: \n" + caffe_files.net_to_text(sp).rstrip(), "solver.cpp:44")
+            if rank == 0:   # solver.cpp Solver::Init: CheckSnapshotWritePermissions, before InitTrainNet
+                checkpoint.check_outputs(solver_path, sp, sp.max_iter)
+            self.seed = seed = opts.seed if opts.seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
+            train_param, test_params, net_files = nets_of(sp, self.base, solver_path)
+            train_state, test_states = net_states(sp, train_param, test_params)
+            self.log(f"Creating training net from net file: {sp.net or sp.train_net or '(in the solver)'}",
+                     "solver.cpp:87")
+            self.feeder = Feeder(train_param, train_state, opts, self.base, seed, world, rank, sp.iter_size,
+                                 self.log, net_path=net_files[0])
+            torch.manual_seed(seed)
+            self.net = Net(caffe_files.CaffeModel.from_net(train_param, net_files[0]), phase=train_state,
+                           input_shapes=self.feeder.inputs, seed=seed)
+            self.feeder.num_classes = num_classes(self.net)
+            if opts.margin_grad:
+                for m in self.net.module.modules():
+                    if hasattr(m, "grad_mode"):
+                        m.grad_mode = opts.margin_grad
+            self.module = self.net.module.to(self.device)
+            if opts.channels_last and self.device.type == "cuda":
+                self.module = self.module.to(memory_format=torch.channels_last)
+            self.state = sgd.SGDState(self.net.module.learnable_params())
+            self.losses: list[float] = []
+            self.smoothed_loss = 0.0
+            self.last_snapshot: str | None = None
+            self.trajectory: list[dict] = []   # per update: iter, lr, loss, smoothed_loss, current_step, clipping
+            self.weights_report: list[str] = []
+            # caffe.cpp train: -weights, else (and never with -snapshot) the solver's own `weights` (Solver::InitTrainNet)
+            weights = opts.weights or ([] if opts.snapshot else [str(resolve(w, self.base)) for w in sp.weights])
+            for w in weights:
+                self.load_weights(w)
+            if opts.snapshot:
+                self.restore(opts.snapshot)
+            self.test_nets = [build_test_net(tp, i, self.net, opts, self.base, seed, self.device, self.log, ts, f)
+                              for i, (tp, ts, f) in enumerate(zip(test_params, test_states, net_files[1:]))]
+            self.ddp = None
+            if world > 1:
+                self.ddp = DistributedDataParallel(self.net.module.blobs_module(), broadcast_buffers=False,
+                                                   device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.manual_seed(seed + 7 * rank)  # runtime randomness (dropout), per rank
+            self.log("Solver scaffolding done.", "solver.cpp:56")
 
     def load_weights(self, path: str) -> None:
         """``-weights``: copy by layer name (several files, comma-separated, in order)."""
         for one in [s for s in str(path).split(",") if s]:
-            report = self.net.load_weights(caffe_files.read_caffemodel(one))
+            report = self.copy_weights(caffe_files.read_caffemodel(one))
             self.log(f"Finetuning from {one}", "caffe.cpp:155")
             for line in report.lines():
                 self.log(line, "net.cpp:0")
             self.weights_report += report.lines()
         self.state.reset_history()
+
+    def copy_weights(self, model: caffe_files.CaffeModel):
+        """Net::CopyTrainedLayersFrom (net.cpp): by layer name, every blob of the same shape or an error with both
+        shapes (:func:`sfport.model.match_weights`, checked before any blob is copied). Caffe ignores the layers
+        it does not find; weights that match no layer with parameters are never run silently: an error."""
+        report = self.net.load_weights(model)
+        if not report.copied and any(self.net.params.values()):
+            theirs = ", ".join(report.weights_without_layers[:5]) or "none"
+            ours = ", ".join(list(self.net.params)[:5])
+            raise CaffeFileError(model.path, f"no layer of the weights matches a layer with parameters of "
+                                             f"{self.net.path or 'the train net'} (weights for: {theirs}; the "
+                                             f"net's: {ours})")
+        return report
 
     # -- one update ------------------------------------------------------------------------------------------
     def _forward_backward(self, batch: dict, backward: bool = True, sync: bool = True):
@@ -165,7 +184,9 @@ class Solver:
             loss = 0.0
             blobs = None
             for i in range(k):
-                l, blobs = self._forward_backward(self.feeder.next(), True, sync=(i == k - 1))
+                batch = self.feeder.next()
+                with self.feeder.blame():
+                    l, blobs = self._forward_backward(batch, True, sync=(i == k - 1))
                 self._check_loss(l, blobs)
                 loss += l
             loss /= k
@@ -218,8 +239,9 @@ class Solver:
             self.snapshot()
         if sp.display and self.state.iter % sp.display == 0:
             self.feeder.start(self.state.iter)
-            with torch.no_grad():
-                loss, _ = self._forward_backward(self.feeder.next(), backward=False)
+            batch = self.feeder.next()
+            with torch.no_grad(), self.feeder.blame():
+                loss, _ = self._forward_backward(batch, backward=False)
             self._update_smoothed(loss, start_iter)
             self.log(f"Iteration {self.state.iter}, loss = {g6(self.smoothed_loss)}", "solver.cpp:310")
         if sp.test_interval and self.state.iter % sp.test_interval == 0:
