@@ -103,7 +103,11 @@ def _setup(layer, shape) -> _Setup:
 def conv_out(size: int, k: int, p: int, s: int, d: int) -> int:
     """ConvolutionLayer::compute_output_shape (and Im2colLayer::Reshape) in C++ integers: ``(input + 2 pad - (dilation (kernel - 1) + 1)) /
     stride + 1``, the division truncating toward zero (a kernel up to stride - 1 past the padded input still
-    gives one output, which reads zeros there, as im2col_cpu does)."""
+    gives one output, which reads zeros there, as im2col_cpu does). Sizes past Caffe's int arithmetic (a padded
+    input or a dilated kernel over INT_MAX, where Caffe's own computation overflows) are a ValueError."""
+    if size + 2 * p > 2 ** 31 - 1 or d * (k - 1) + 1 > 2 ** 31 - 1:
+        raise ValueError(f"the padded input ({size} + 2 x {p}) or the dilated kernel ({d} x ({k} - 1) + 1) is past "
+                         f"INT_MAX: Caffe's int arithmetic overflows there")
     return _c_div(size + 2 * p - (d * (k - 1) + 1), s) + 1
 
 

@@ -64,6 +64,9 @@ class Solver:
             torch.manual_seed(seed)
             self.net = Net(caffe_files.CaffeModel.from_net(train_param, net_files[0]), phase=train_state,
                            input_shapes=self.feeder.inputs, seed=seed)
+            if not self.net.module.loss_terms:   # Caffe would run it with loss 0: nothing learns
+                raise CaffeFileError(net_files[0], "the train net has no loss: no layer has a loss_weight (a loss "
+                                                   "layer such as SoftmaxWithLoss, or loss_weight on a top)")
             self.feeder.num_classes = num_classes(self.net)
             if opts.margin_grad:
                 for m in self.net.module.modules():
