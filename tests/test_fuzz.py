@@ -14,9 +14,7 @@ import fuzzcases
 
 N_CASES = 400
 PER_CASE_S = 30
-# `sfport train`'s half of issue 14 (solver checks, checkpoints, ImageData) has not landed: its cases run in
-# bench/fuzz.py (where they still break the promise) and join this test when it does.
-EXCLUDE = ("train",)
+EXCLUDE = ()   # commands whose cases are left out (fuzzcases.cases' exclude): none
 
 
 class _Slow(Exception):
