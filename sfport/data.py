@@ -217,6 +217,13 @@ class ImageDataset(torch.utils.data.Dataset):
         p = layer.image_data_param
         if not p.source:
             raise CaffeFileError(None, f"layer '{layer.name}' (ImageData): image_data_param.source is not set")
+        if bool(p.new_height) != bool(p.new_width):   # image_data_layer.cpp DataLayerSetUp CHECK
+            raise CaffeFileError(None, f"layer '{layer.name}' (ImageData): new_height {p.new_height} and new_width "
+                                       f"{p.new_width}: set both or neither (Caffe requires them together)")
+        resized = (3 if p.is_color else 1) * p.new_height * p.new_width
+        if resized > INT32_MAX:   # checked before the first resize allocates it (blob.cpp: count_ <= INT_MAX)
+            raise CaffeFileError(None, f"layer '{layer.name}' (ImageData): an image resized to {p.new_height} x "
+                                       f"{p.new_width} is {resized} values, more than a Caffe blob holds (INT_MAX)")
         base = Path(base_dir) if base_dir else None
         source = resolve(p.source, base)
         entries = read_list(source)
