@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 
 import fuzzcases  # noqa: E402
-from badinput import files_under  # noqa: E402
 
 
 def run_case(case, timeout: float):
@@ -36,19 +35,7 @@ def run_case(case, timeout: float):
     dt = time.perf_counter() - t0
     if p.returncode < 0:
         return case, f"killed by signal {-p.returncode}", dt
-    if p.returncode not in case.allowed:
-        return case, f"exit {p.returncode}: {(p.stderr or p.stdout)[-300:]}", dt
-    if "Traceback" in p.stderr:
-        return case, "a traceback: " + p.stderr.strip().splitlines()[-1], dt
-    if p.returncode == 2:
-        lines = p.stderr.splitlines()
-        if case.args[0] == "train" and lines and lines[-1].startswith("sfport: error: "):
-            lines = [l for l in lines if l.startswith("sfport: error: ")]
-        if len(lines) != 1 or not lines[0].startswith("sfport: error: "):
-            return case, f"not one error line: {p.stderr[-300:]!r}", dt
-        if case.out_dir is not None and files_under(case.out_dir):
-            return case, f"left behind: {sorted(files_under(case.out_dir))}", dt
-    return case, None, dt
+    return case, fuzzcases.broken(case, p.returncode, p.stderr, p.stderr + p.stdout), dt
 
 
 def main() -> int:

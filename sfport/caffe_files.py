@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from sfport.errors import CaffeFileError
-from sfport.files import atomic_write, check_readable_file, max_file_bytes, parse_size, set_max_file_bytes  # noqa: F401
+from sfport.files import atomic_write, check_readable_file, max_file_bytes
 from sfport.protos import caffe_pb2
 from sfport import upgrade, wire
 

@@ -69,11 +69,10 @@ def cli(ctx, debug, max_file_size):
     """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    if True:  # every invocation sets it (None: the default again), so one run's option never outlives it
-        try:
-            files.set_max_file_bytes(max_file_size or None)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--max-file-size") from None
+    try:  # set on every invocation (None: the default again), so one run's option never outlives it
+        files.set_max_file_bytes(max_file_size or None)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-file-size") from None
 
 
 def _fmt_shapes(shapes) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfport import caffe_files, images
+from sfport import caffe_files, files, images
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -47,7 +47,7 @@ def read_list_text(source, kind: str, a_kind: str) -> str:
     so nothing blocks), a file over the readers' size limit, bytes that are not UTF-8 or a NUL byte (a binary
     file; the line and column named) are one line naming the file."""
     try:
-        caffe_files.check_readable_file(source, kind)
+        files.check_readable_file(source, kind)
     except CaffeFileError as e:
         if e.message == "no such file":
             raise CaffeFileError(source, f"{kind} not found") from None

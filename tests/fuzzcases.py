@@ -64,6 +64,27 @@ class Case:
     env: dict = field(default_factory=dict)
 
 
+def broken(case: Case, exit_code: int, stderr: str, output: str) -> str | None:
+    """What breaks the promise in a finished run of ``case`` (None: it holds): an exit status not allowed, a
+    traceback, after exit 2 anything but one ``sfport: error:`` line on stderr (``train`` logs first, as Caffe
+    does: then the error must be its last line and the only one), or files left in the output folder."""
+    from badinput import files_under  # noqa: PLC0415 - the tests' helper; bench/fuzz.py puts tests/ on the path
+
+    if exit_code not in case.allowed:
+        return f"exit {exit_code}: {output[-400:]}"
+    if "Traceback" in output:
+        return "a traceback"
+    if exit_code == 2:
+        lines = stderr.splitlines()
+        if case.args[0] == "train" and lines and lines[-1].startswith("sfport: error: "):
+            lines = [l for l in lines if l.startswith("sfport: error: ")]
+        if len(lines) != 1 or not lines[0].startswith("sfport: error: "):
+            return f"not one error line: {stderr[-400:]!r}"
+        if case.out_dir is not None and files_under(case.out_dir):
+            return f"left behind: {sorted(files_under(case.out_dir))}"
+    return None
+
+
 # ---- byte-level mutations -------------------------------------------------------------------------------------
 
 def truncate(data: bytes, rng) -> bytes:

@@ -1,4 +1,29 @@
-"""Small one-layer nets (prototxt bodies after an Input 'data' of the given shape) for the converter tests."""
+"""Small one-layer nets (prototxt bodies after an Input 'data' of the given shape) for the converter tests, and
+one layer built straight from its converter with its autograd gradient."""
+import torch
+from google.protobuf import text_format
+
+from sfport import converters
+from sfport.protos import caffe_pb2
+
+
+def one_layer(type_, extra="", bottoms=((2, 3, 4, 5),), ntop=1, name="t"):
+    """(converter, LayerParameter, module) of one layer with bottoms of these shapes."""
+    lay = text_format.Parse(extra, caffe_pb2.LayerParameter(name=name, type=type_))
+    lay.bottom.extend(f"b{j}" for j in range(len(bottoms)))
+    lay.top.extend(f"t{j}" for j in range(ntop))
+    c = converters.get(type_)
+    return c, lay, c.build(lay, [tuple(b) for b in bottoms])
+
+
+def input_grad(mod, xs, top_diff, wrt=0, k=0):
+    """d(sum(top_k * top_diff))/d(xs[wrt]) by autograd, in float64 (``k``: the top of a layer with several)."""
+    xs = [torch.tensor(x, dtype=torch.float64) for x in xs]
+    xs[wrt].requires_grad_(True)
+    y = mod(*xs)
+    y = y[k] if isinstance(y, tuple) else y
+    return torch.autograd.grad(y, xs[wrt], torch.tensor(top_diff, dtype=torch.float64))[0].numpy()
+
 
 def layer(name, type_, bottoms, tops, extra=""):
     b = " ".join(f'bottom: "{x}"' for x in bottoms)

@@ -14,27 +14,10 @@ from sfport.errors import CaffeFileError
 from sfport.net import Net
 from sfport.protos import caffe_pb2
 
-from netcases import layer, prototxt
+from netcases import input_grad, layer, one_layer, prototxt
 from test_converters import assert_parity, build, out
 
 RNG = np.random.default_rng(7)
-
-
-def module(type_, extra="", bottoms=((2, 3, 4, 5),), ntop=1, name="t"):
-    """(converter, layer, module) of one layer built straight from its converter."""
-    lay = text_format.Parse(extra, caffe_pb2.LayerParameter(name=name, type=type_))
-    lay.bottom.extend(f"b{j}" for j in range(len(bottoms)))
-    lay.top.extend(f"t{j}" for j in range(ntop))
-    c = converters.get(type_)
-    return c, lay, c.build(lay, [tuple(b) for b in bottoms])
-
-
-def grad(mod, xs, top_diff, wrt=0):
-    """d(sum(top * top_diff))/d(xs[wrt]) by autograd, in float64."""
-    xs = [torch.tensor(x, dtype=torch.float64) for x in xs]
-    xs[wrt].requires_grad_(True)
-    y = mod(*xs)
-    return torch.autograd.grad(y, xs[wrt], torch.tensor(top_diff, dtype=torch.float64))[0].numpy()
 
 
 def fwd(mod, *xs):
@@ -103,25 +86,25 @@ def _clip_caffe(x, lo, hi):
 def test_clip_forward_backward_at_the_bounds():
     lo, hi = -0.5, 0.25
     x = np.array([-1, -0.5, -0.2, 0, 0.25, 0.3, 2, np.nan, np.inf, -np.inf])
-    _, _, m = module("Clip", f"clip_param {{ min: {lo} max: {hi} }}")
+    _, _, m = one_layer("Clip", f"clip_param {{ min: {lo} max: {hi} }}")
     np.testing.assert_array_equal(fwd(m, x), _clip_caffe(x, lo, hi))
     assert fwd(m, [np.nan])[0] == lo
     # Backward_cpu: top_diff * (x >= min && x <= max): the bounds themselves pass the gradient
     g = RNG.standard_normal(x.shape)
-    np.testing.assert_array_equal(grad(m, [x], g), g * ((x >= lo) & (x <= hi)))
+    np.testing.assert_array_equal(input_grad(m, [x], g), g * ((x >= lo) & (x <= hi)))
 
 
 def test_clip_min_above_max_gives_min():
-    _, _, m = module("Clip", "clip_param { min: 1 max: -1 }")
+    _, _, m = one_layer("Clip", "clip_param { min: 1 max: -1 }")
     x = RNG.uniform(-3, 3, (2, 3))
     np.testing.assert_array_equal(fwd(m, x), np.full(x.shape, 1.0))
-    np.testing.assert_array_equal(grad(m, [x], np.ones(x.shape)), 0)
+    np.testing.assert_array_equal(input_grad(m, [x], np.ones(x.shape)), 0)
 
 
 def test_clip_net_and_finite_differences(tmp_path):
     net, x, _ = build(tmp_path, (2, 3, 4, 4), layer("t", "Clip", ["data"], ["t"], "clip_param { min: -0.3 max: 0.6 }"))
     assert_parity(out(net), _clip_caffe(x.astype(np.float64), np.float32(-0.3), np.float32(0.6)))
-    _, _, m = module("Clip", "clip_param { min: -0.3 max: 0.6 }")
+    _, _, m = one_layer("Clip", "clip_param { min: -0.3 max: 0.6 }")
     xt = torch.tensor(RNG.uniform(-1, 1, (3, 7)))
     xt = torch.where((xt + 0.3).abs() < 1e-3, xt + 0.01, xt)
     xt = torch.where((xt - 0.6).abs() < 1e-3, xt + 0.01, xt).requires_grad_(True)   # away from the kinks
@@ -138,12 +121,12 @@ def test_clip_needs_min_and_max(tmp_path):
 @pytest.mark.parametrize("beta", [1.0, 2.5, -0.5])
 def test_swish_forward_and_caffe_backward(beta):
     x = RNG.uniform(-6, 6, (2, 3, 4))
-    _, _, m = module("Swish", f"swish_param {{ beta: {beta} }}")
+    _, _, m = one_layer("Swish", f"swish_param {{ beta: {beta} }}")
     s = 0.5 * np.tanh(0.5 * beta * x) + 0.5            # Caffe's sigmoid(): 0.5 * tanh(0.5 x) + 0.5
     y = x * s
     np.testing.assert_allclose(fwd(m, x), y, rtol=1e-12, atol=1e-14)
     g = RNG.standard_normal(x.shape)                   # Backward_cpu: top_diff * (beta y + s (1 - beta y))
-    np.testing.assert_allclose(grad(m, [x], g), g * (beta * y + s * (1 - beta * y)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(input_grad(m, [x], g), g * (beta * y + s * (1 - beta * y)), rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(m.double(), (torch.tensor(x, requires_grad=True),))
 
 
@@ -157,11 +140,11 @@ def test_swish_beta_in_a_net(tmp_path):
 
 def test_relu6_forward_backward_at_the_bounds():
     x = np.array([-2, -0.0, 0, 1e-3, 3, 6 - 1e-3, 6, 7, np.inf, -np.inf])
-    _, _, m = module("ReLU6")
+    _, _, m = one_layer("ReLU6")
     np.testing.assert_array_equal(fwd(m, x), np.minimum(np.maximum(x, 0), 6))
     assert np.isnan(fwd(m, [np.nan])[0])
     g = RNG.standard_normal(x.shape)                   # Backward_cpu: top_diff * (x > 0) * (x < 6)
-    np.testing.assert_array_equal(grad(m, [x], g), g * ((x > 0) & (x < 6)))
+    np.testing.assert_array_equal(input_grad(m, [x], g), g * ((x > 0) & (x < 6)))
 
 
 def test_relu6_rejects_a_negative_slope(tmp_path):
@@ -183,7 +166,7 @@ def test_embed_forward_weights_and_backward(tmp_path):
     assert tuple(y.shape) == (2, 3, 4)                 # Reshape: bottom shape + (num_output,)
     assert_parity(y.detach().numpy(), W[idx.astype(int)].astype(np.float64) + b)
     # Backward_cpu: caffe_axpy of each top row into weight row index (accumulating), bias += sum of top_diff
-    _, _, m = module("Embed", "embed_param { num_output: 4 input_dim: 5 }", [(2, 3)])
+    _, _, m = one_layer("Embed", "embed_param { num_output: 4 input_dim: 5 }", [(2, 3)])
     m = m.double()
     g = RNG.standard_normal((2, 3, 4))
     (m(torch.tensor(idx, dtype=torch.float64)) * torch.tensor(g)).sum().backward()
@@ -255,9 +238,9 @@ def test_tile_forward_backward(axis, tiles, tmp_path):
                                              f"tile_param {{ axis: {axis} tiles: {tiles} }}"))
     ax = axis % 4
     np.testing.assert_array_equal(out(net), _tile_caffe(x.astype(np.float64), ax, tiles))
-    _, _, m = module("Tile", f"tile_param {{ axis: {axis} tiles: {tiles} }}", [shape])
+    _, _, m = one_layer("Tile", f"tile_param {{ axis: {axis} tiles: {tiles} }}", [shape])
     g = RNG.standard_normal(out(net).shape)
-    np.testing.assert_allclose(grad(m, [x], g), _tile_caffe_backward(g, shape, ax, tiles), rtol=1e-12)
+    np.testing.assert_allclose(input_grad(m, [x], g), _tile_caffe_backward(g, shape, ax, tiles), rtol=1e-12)
     assert torch.autograd.gradcheck(m, (torch.tensor(x[:1, :2, :2, :3], dtype=torch.float64, requires_grad=True),))
 
 
@@ -297,11 +280,11 @@ def test_reduction_forward_backward(op, axis, coeff, tmp_path):
     ref, backward = _reduction_caffe(x, op, axis % 4, coeff)
     assert out(net).shape == shape[:axis % 4]           # Reshape: the axes before the reduced one
     assert_parity(out(net), ref)
-    _, _, m = module("Reduction", f"reduction_param {{ operation: {op} axis: {axis} coeff: {coeff} }}", [shape])
+    _, _, m = one_layer("Reduction", f"reduction_param {{ operation: {op} axis: {axis} coeff: {coeff} }}", [shape])
     g = RNG.standard_normal(ref.shape)
-    np.testing.assert_allclose(grad(m, [x], g), backward(g), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(input_grad(m, [x], g), backward(g), rtol=1e-10, atol=1e-12)
     xs = torch.tensor(RNG.uniform(0.1, 1, (2, 3, 2)) * RNG.choice([-1, 1], (2, 3, 2)), requires_grad=True)
-    _, _, m = module("Reduction", f"reduction_param {{ operation: {op} axis: {min(axis % 4, 2)} coeff: {coeff} }}",
+    _, _, m = one_layer("Reduction", f"reduction_param {{ operation: {op} axis: {min(axis % 4, 2)} coeff: {coeff} }}",
                      [(2, 3, 2)])
     assert torch.autograd.gradcheck(m, (xs,))
 
@@ -329,12 +312,12 @@ def test_batch_reindex_forward_backward(tmp_path):
     assert y.shape == (6, 3, 2)                            # Reshape: (permut count,) + data.shape[1:]
     np.testing.assert_array_equal(y, x[[3, 0, 0, 2, 3, 1]])
     # Backward_cpu: zero bottom_diff, then bot_diff[permut[n]] += top_diff[n]
-    _, _, m = module("BatchReindex", "", [(4, 3, 2), (6,)])
+    _, _, m = one_layer("BatchReindex", "", [(4, 3, 2), (6,)])
     g = RNG.standard_normal((6, 3, 2))
     ref = np.zeros((4, 3, 2))
     for n, k in enumerate([3, 0, 0, 2, 3, 1]):
         ref[k] += g[n]
-    np.testing.assert_allclose(grad(m, [x, permut], g), ref, rtol=1e-12)
+    np.testing.assert_allclose(input_grad(m, [x, permut], g), ref, rtol=1e-12)
     assert torch.autograd.gradcheck(lambda d: m(d, torch.tensor(permut, dtype=torch.float64)),
                                     (torch.tensor(x, dtype=torch.float64, requires_grad=True),))
 
@@ -369,7 +352,7 @@ def test_filter_forward_backward_and_shapes(tmp_path):
     np.testing.assert_array_equal(res["t"].detach().numpy(), x[keep])
     np.testing.assert_array_equal(res["u"].detach().numpy(), e[keep])
     # Backward_cpu: forwarded items get their top row's diff, the others zero
-    _, _, m = module("Filter", "", [(5, 3, 2), (5, 4), (5, 1)], ntop=2)
+    _, _, m = one_layer("Filter", "", [(5, 3, 2), (5, 4), (5, 1)], ntop=2)
     xs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, e)]
     t, u = m(*xs, torch.tensor(sel, dtype=torch.float64))
     gt, gu = RNG.standard_normal(t.shape), RNG.standard_normal(u.shape)
@@ -401,7 +384,7 @@ def test_filter_bad_shapes(inputs, tops, words, tmp_path):
 # ---- Parameter (parameter_layer.hpp) -------------------------------------------------------------------------
 
 def test_parameter_top_is_the_blob_and_learns():
-    c, lay, m = module("Parameter", "parameter_param { shape { dim: 2 dim: 3 } }", [])
+    c, lay, m = one_layer("Parameter", "parameter_param { shape { dim: 2 dim: 3 } }", [])
     assert c.top_shapes(lay, []) == [(2, 3)] and c.param_shapes(lay, []) == [(2, 3)]
     assert torch.all(m() == 0)                          # Caffe allocates the blob without a filler: zeros
     blob = RNG.standard_normal((2, 3)).astype(np.float32)
@@ -453,11 +436,11 @@ def _argmax_caffe(x, top_k, out_max_val, axis=None):
 
 
 def test_argmax_ties_take_the_larger_index_first():
-    _, _, m = module("ArgMax", "argmax_param { top_k: 3 out_max_val: true }", [(1, 5)])
+    _, _, m = one_layer("ArgMax", "argmax_param { top_k: 3 out_max_val: true }", [(1, 5)])
     y = fwd(m, [[1, 3, 3, 0, 3]])
     assert y.shape == (1, 2, 3)
     assert y[0, 0].tolist() == [4, 2, 1] and y[0, 1].tolist() == [3, 3, 3]
-    _, _, m = module("ArgMax", "argmax_param { top_k: 2 axis: 1 }", [(1, 4, 2)])
+    _, _, m = one_layer("ArgMax", "argmax_param { top_k: 2 axis: 1 }", [(1, 4, 2)])
     y = fwd(m, np.array([[[5, 1], [5, 1], [2, 1], [5, 0]]]))
     assert y[0].tolist() == [[3, 2], [1, 1]]
 
@@ -509,7 +492,7 @@ def test_shapes_infer_states_the_catalogue_tops():
 def test_argmax_tie_order_survives_trace_and_onnx(extra, shape, tmp_path):
     """TorchScript traces the stable sort; ONNX gets TopK (ties by lower index, per its specification) of the
     reversed axis - the same order as Caffe's."""
-    _, _, m = module("ArgMax", extra, [shape])
+    _, _, m = one_layer("ArgMax", extra, [shape])
     x = torch.tensor(RNG.integers(0, 2, shape), dtype=torch.float32)
     lay = text_format.Parse(extra, caffe_pb2.LayerParameter()).argmax_param
     ref = _argmax_caffe(x.double().numpy(), lay.top_k, lay.out_max_val, lay.axis if lay.HasField("axis") else None)

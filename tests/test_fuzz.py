@@ -3,12 +3,10 @@ exit 0 (harmless, or accepted as Caffe accepts it) or exit 2 with exactly one `s
 traceback, leaves nothing in its output folder after a failure, and finishes within a per-case time limit. A
 larger run, each case in its own process: bench/fuzz.py."""
 import signal
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from badinput import files_under, run
+from badinput import run
 from conftest import FIXTURES
 import fuzzcases
 
@@ -31,28 +29,15 @@ def workspace(tmp_path_factory):
 
 
 def check(case, result) -> str | None:
-    """What is wrong with the result of ``case`` (None: the promise holds)."""
+    """What is wrong with the in-process result of ``case`` (None: the promise holds)."""
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return f"exception {type(result.exception).__name__}: {result.exception}"
-    if result.exit_code not in case.allowed:
-        return f"exit {result.exit_code}: {result.output[-400:]}"
-    if "Traceback" in result.output:
-        return "a traceback"
-    if result.exit_code == 2:
-        lines = result.stderr.splitlines()
-        if case.args[0] == "train":  # Caffe's log comes first, on stderr; the error is its last line, and the only one
-            lines = [l for l in lines if l.startswith("sfport: error: ")] if lines and lines[-1].startswith(
-                "sfport: error: ") else lines
-        if len(lines) != 1 or not lines[0].startswith("sfport: error: "):
-            return f"not one error line: {result.stderr[-400:]!r}"
-        if case.out_dir is not None and files_under(case.out_dir):
-            return f"left behind: {sorted(files_under(case.out_dir))}"
-    return None
+    return fuzzcases.broken(case, result.exit_code, result.stderr, result.output)
 
 
 def test_fuzz_every_command(workspace, tmp_path):
     rng = np.random.default_rng(14)
-    problems, kinds = [], {}
+    problems, kinds, codes, messages = [], {}, {}, set()
     old = signal.signal(signal.SIGALRM, _alarm)
     try:
         for case in fuzzcases.cases(workspace, rng, N_CASES, tmp_path, EXCLUDE):
@@ -63,6 +48,9 @@ def test_fuzz_every_command(workspace, tmp_path):
                 signal.alarm(0)
             why = check(case, result)
             kinds[case.args[0]] = kinds.get(case.args[0], 0) + 1
+            codes[result.exit_code] = codes.get(result.exit_code, 0) + 1
+            if result.exit_code == 2:
+                messages.add(result.stderr.rsplit(": ", 1)[-1][:40])
             if why:
                 problems.append(f"{case.name}: {' '.join(map(str, case.args))}\n    {why}")
     finally:
@@ -71,6 +59,6 @@ def test_fuzz_every_command(workspace, tmp_path):
     print("fuzz cases by command:", dict(sorted(kinds.items())))
     assert set(kinds) >= {"inspect", "convert", "upgrade", "deploy", "eval", "compare", "embed", "verify",
                           "align"} - set(EXCLUDE), kinds
-    if problems:
-        Path("/tmp/sfport_fuzz_problems.txt").write_text("\n".join(problems) + "\n")
+    # not vacuous: harmless mutations run through (exit 0), and the refusals are many different ones
+    assert codes.get(0, 0) >= N_CASES // 10 and len(messages) >= 40, (codes, len(messages))
     assert not problems, f"{len(problems)} of {N_CASES} cases broke the promise:\n" + "\n".join(problems[:40])

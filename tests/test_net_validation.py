@@ -160,7 +160,7 @@ def test_conv_output_and_backward_as_caffe(tmp_path, extra, size, kernel, stride
     ref = _caffe_conv(x, w, b, stride, pad, kernel)
     xt = torch.tensor(x, requires_grad=True)
     y = net.module(data=xt)["c"]
-    assert tuple(y.shape) == (1, 2) + ref.shape[1:] == tuple(net.inputs and net.graph.layers[0].top_shapes[0])
+    assert tuple(y.shape) == (1, 2) + ref.shape[1:] == tuple(net.graph.layers[0].top_shapes[0])
     assert np.abs(y.detach().numpy()[0] - ref).max() < 1e-5
     y.sum().backward()   # stride 2^31-1 crashed PyTorch's backward with SIGFPE before
     # d(sum y)/dx: each output position's window of weights, summed over outputs (inside the input)
@@ -234,9 +234,8 @@ def test_a_definition_without_weights_is_not_converted(tmp_path):
 
 
 def test_weights_are_checked_before_the_net_is_allocated(tmp_path):
-    """num_output 400,000,000 on a 432-input InnerProduct would be 691 GB of float32 (under INT_MAX elements
-    per blob... no: 1.7e11 > INT_MAX, so use a layer of 2^31-1 / 432 outputs - 4,971,026 x 432 = 8.6 GB): the
-    weights file's [10, 432] blob is the "does not fit" error before any allocation."""
+    """An InnerProduct of (2^31 - 1) // 432 = 4,971,026 outputs on 432 inputs (a blob just under INT_MAX, 8.6 GB
+    of float32) with a weights file holding [10, 432]: the "does not fit" error comes before any allocation."""
     n = (2 ** 31 - 1) // 432
     p = tmp_path / "big.prototxt"
     p.write_text(HEAD + f'layer {{ name: "f" type: "InnerProduct" bottom: "data" top: "f" '

@@ -12,7 +12,7 @@ from sfport import caffe_files, converters, shapes, verify
 from sfport.net import Net
 from sfport.protos import caffe_pb2
 
-from netcases import layer, prototxt
+from netcases import input_grad, layer, one_layer, prototxt
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -43,25 +43,6 @@ def out(net, name="t", k=0):
     return net.layer_outputs[name][k].detach().numpy().astype(np.float64)
 
 
-def make(type_, extra, bottoms, ntop=1, name="t"):
-    """(converter, LayerParameter, module) of one layer with bottoms of these shapes."""
-    lp = text_format.Parse(extra, caffe_pb2.LayerParameter(name=name, type=type_))
-    lp.bottom.extend(f"b{j}" for j in range(len(bottoms)))
-    lp.top.extend(f"t{j}" for j in range(ntop))
-    c = converters.get(type_)
-    return c, lp, c.build(lp, [tuple(s) for s in bottoms])
-
-
-def grad_of(module, inputs, top_grad, k=0):
-    """d(sum(top_k * top_grad))/d(first input) by autograd, in float64."""
-    x = torch.tensor(inputs[0], dtype=torch.float64, requires_grad=True)
-    rest = [torch.tensor(a, dtype=torch.float64) for a in inputs[1:]]
-    y = module(x, *rest)
-    y = y[k] if isinstance(y, tuple) else y
-    (y * torch.tensor(top_grad, dtype=torch.float64)).sum().backward()
-    return x.grad.numpy()
-
-
 def rng(seed=0):
     return np.random.default_rng(seed)
 
@@ -87,14 +68,10 @@ def test_matches_opencv(case, tmp_path):
 
 # ---- Interp (DeepLab interp_layer.cpp, util/interp.cpp) ------------------------------------------------------
 
-def caffe_interp2(x, pad_beg, h_eff, w_eff, oh, ow):
-    """caffe_cpu_interp2<Dtype, false> on each plane of x (N, C, H, W): the input cropped at (-pad_beg, -pad_beg)
-    to h_eff x w_eff; ratios and source positions in float as the C++ computes them."""
-    n, c, H, W = x.shape
-    y0, x0 = -pad_beg, -pad_beg
-    top = np.zeros((n, c, oh, ow))
-    if (h_eff, w_eff) == (oh, ow):
-        return x[:, :, y0:y0 + h_eff, x0:x0 + w_eff].astype(np.float64)
+def _interp2_taps(h_eff, w_eff, oh, ow):
+    """The loops of caffe_cpu_interp2 and its backward (interp.cpp), which share them: per top position (h2, w2)
+    the four source taps (row, col, weight) relative to the crop's corner, ratios and positions in float as the
+    C++ computes them."""
     rh = np.float32(h_eff - 1) / np.float32(oh - 1) if oh > 1 else np.float32(0)
     rw = np.float32(w_eff - 1) / np.float32(ow - 1) if ow > 1 else np.float32(0)
     for h2 in range(oh):
@@ -109,42 +86,35 @@ def caffe_interp2(x, pad_beg, h_eff, w_eff, oh, ow):
             w1p = 1 if w1 < w_eff - 1 else 0
             m1 = float(w1r) - w1
             m0 = 1 - m1
-            a = x[:, :, y0 + h1, x0 + w1]
-            b = x[:, :, y0 + h1, x0 + w1 + w1p]
-            cc = x[:, :, y0 + h1 + h1p, x0 + w1]
-            d = x[:, :, y0 + h1 + h1p, x0 + w1 + w1p]
-            top[:, :, h2, w2] = l0 * (m0 * a + m1 * b) + l1 * (m0 * cc + m1 * d)
+            yield h2, w2, ((h1, w1, l0 * m0), (h1, w1 + w1p, l0 * m1), (h1 + h1p, w1, l1 * m0),
+                           (h1 + h1p, w1 + w1p, l1 * m1))
+
+
+def caffe_interp2(x, pad_beg, h_eff, w_eff, oh, ow):
+    """caffe_cpu_interp2<Dtype, false> on each plane of x (N, C, H, W): the input cropped at (-pad_beg, -pad_beg)
+    to h_eff x w_eff."""
+    n, c, H, W = x.shape
+    y0, x0 = -pad_beg, -pad_beg
+    if (h_eff, w_eff) == (oh, ow):
+        return x[:, :, y0:y0 + h_eff, x0:x0 + w_eff].astype(np.float64)
+    top = np.zeros((n, c, oh, ow))
+    for h2, w2, taps in _interp2_taps(h_eff, w_eff, oh, ow):
+        (a, wa), (b, wb), (cc, wc), (d, wd) = [(x[:, :, y0 + r, x0 + q], w) for r, q, w in taps]
+        top[:, :, h2, w2] = (wa * a + wb * b) + (wc * cc + wd * d)
     return top
 
 
 def caffe_interp2_backward(shape, top_diff, pad_beg, h_eff, w_eff):
     """caffe_cpu_interp2_backward<Dtype, false>: the bottom diff accumulated from the top diff."""
-    n, c, H, W = shape
     oh, ow = top_diff.shape[-2:]
     y0, x0 = -pad_beg, -pad_beg
     diff = np.zeros(shape)
     if (h_eff, w_eff) == (oh, ow):
         diff[:, :, y0:y0 + h_eff, x0:x0 + w_eff] += top_diff
         return diff
-    rh = np.float32(h_eff - 1) / np.float32(oh - 1) if oh > 1 else np.float32(0)
-    rw = np.float32(w_eff - 1) / np.float32(ow - 1) if ow > 1 else np.float32(0)
-    for h2 in range(oh):
-        h1r = np.float32(rh * np.float32(h2))
-        h1 = int(h1r)
-        h1p = 1 if h1 < h_eff - 1 else 0
-        l1 = float(h1r) - h1
-        l0 = 1 - l1
-        for w2 in range(ow):
-            w1r = np.float32(rw * np.float32(w2))
-            w1 = int(w1r)
-            w1p = 1 if w1 < w_eff - 1 else 0
-            m1 = float(w1r) - w1
-            m0 = 1 - m1
-            g = top_diff[:, :, h2, w2]
-            diff[:, :, y0 + h1, x0 + w1] += l0 * m0 * g
-            diff[:, :, y0 + h1, x0 + w1 + w1p] += l0 * m1 * g
-            diff[:, :, y0 + h1 + h1p, x0 + w1] += l1 * m0 * g
-            diff[:, :, y0 + h1 + h1p, x0 + w1 + w1p] += l1 * m1 * g
+    for h2, w2, taps in _interp2_taps(h_eff, w_eff, oh, ow):
+        for r, q, w in taps:
+            diff[:, :, y0 + r, x0 + q] += w * top_diff[:, :, h2, w2]
     return diff
 
 
@@ -182,10 +152,10 @@ def test_interp_matches_caffe_loops(case, tmp_path):
     extra, shape, (pad_beg, h_eff, w_eff, oh, ow) = INTERP[case]
     net, x, _, _ = build(tmp_path, shape, layer("t", "Interp", ["data"], ["t"], extra), name=case)
     assert_parity(out(net), caffe_interp2(x.astype(np.float64), pad_beg, h_eff, w_eff, oh, ow))
-    c, lp, m = make("Interp", extra, [shape])
+    c, lp, m = one_layer("Interp", extra, [shape])
     assert c.top_shapes(lp, [shape]) == [shape[:2] + (oh, ow)]
     g = rng(1).standard_normal((shape[0], shape[1], oh, ow))
-    assert_parity(grad_of(m, [x], g), caffe_interp2_backward(shape, g, pad_beg, h_eff, w_eff))
+    assert_parity(input_grad(m, [x], g), caffe_interp2_backward(shape, g, pad_beg, h_eff, w_eff))
 
 
 def test_interp_second_bottom_gives_the_size(tmp_path):
@@ -199,7 +169,7 @@ def test_interp_second_bottom_gives_the_size(tmp_path):
 
 
 def test_interp_gradcheck():
-    _, _, m = make("Interp", "interp_param { zoom_factor: 2 shrink_factor: 2 pad_beg: -1 }", [(1, 2, 6, 7)])
+    _, _, m = one_layer("Interp", "interp_param { zoom_factor: 2 shrink_factor: 2 pad_beg: -1 }", [(1, 2, 6, 7)])
     x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
 
@@ -235,7 +205,7 @@ def caffe_resize(inp, group_row, group_column, length):
 @pytest.mark.parametrize("shape,group", [((2, 6, 3, 4), 2), ((2, 6, 3, 4), 3), ((1, 12, 2, 2), 4),
                                          ((3, 5, 2, 2), 1), ((2, 8), 4), ((2, 6, 5), 3)])
 def test_shuffle_channel_matches_caffe_loops(shape, group):
-    c, lp, m = make("ShuffleChannel", f"shuffle_channel_param {{ group: {group} }}", [shape])
+    c, lp, m = one_layer("ShuffleChannel", f"shuffle_channel_param {{ group: {group} }}", [shape])
     x = rng().standard_normal(shape)
     legacy = tuple(shape) + (1,) * (4 - len(shape))  # Reshape(num, channels, height, width)
     assert c.top_shapes(lp, [shape]) == [legacy]
@@ -247,11 +217,11 @@ def test_shuffle_channel_matches_caffe_loops(shape, group):
     # Backward_cpu: Resize_cpu(top_diff) with group_row = C / group, group_column = group
     g = rng(2).standard_normal(legacy)
     ref_g = np.stack([caffe_resize(g[n].reshape(ch, sp), ch // group, group, sp) for n in range(shape[0])])
-    np.testing.assert_array_equal(grad_of(m, [x], g).reshape(ref_g.shape), ref_g)
+    np.testing.assert_array_equal(input_grad(m, [x], g).reshape(ref_g.shape), ref_g)
 
 
 def test_shuffle_channel_hand_computed():
-    _, _, m = make("ShuffleChannel", "shuffle_channel_param { group: 2 }", [(1, 6, 1, 1)])
+    _, _, m = one_layer("ShuffleChannel", "shuffle_channel_param { group: 2 }", [(1, 6, 1, 1)])
     y = m(torch.arange(6.0).reshape(1, 6, 1, 1))
     assert y.flatten().tolist() == [0, 3, 1, 4, 2, 5]
 
@@ -339,9 +309,9 @@ def test_pooling_mask_top_matches_caffe_loops(case, tmp_path):
     from sfport.converters.geometry import pooling_geometry
     kernel, stride, pad = pooling_geometry(lp.pooling_param)
     ceil = "FLOOR" not in text
-    _, _, m = make("Pooling", f"pooling_param {{ pool: MAX {text} }}", [(2, 2, h, w)], ntop=2)
+    _, _, m = one_layer("Pooling", f"pooling_param {{ pool: MAX {text} }}", [(2, 2, h, w)], ntop=2)
     g = rng(3).standard_normal(out(net).shape)
-    ours_g = grad_of(m, [x], g)
+    ours_g = input_grad(m, [x], g)
     for n in range(2):
         for c in range(2):
             top, mask, backward = caffe_pool(x[n, c].astype(np.float64), kernel, stride, pad, ceil=ceil)
@@ -352,18 +322,18 @@ def test_pooling_mask_top_matches_caffe_loops(case, tmp_path):
 
 def test_pooling_mask_first_max_wins_on_ties():
     """All values equal: every window's mask is its first (clipped) position in the scan order, row then column."""
-    _, _, m = make("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }", [(1, 1, 5, 5)], ntop=2)
+    _, _, m = one_layer("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }", [(1, 1, 5, 5)], ntop=2)
     y, mask = m(torch.ones(1, 1, 5, 5))
     assert y.flatten().tolist() == [1.0] * 9
     assert mask[0, 0].tolist() == [[0, 1, 3], [5, 6, 8], [15, 16, 18]]
-    _, _, m = make("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 2 }", [(1, 1, 3, 3)], ntop=2)
+    _, _, m = one_layer("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 2 }", [(1, 1, 3, 3)], ntop=2)
     _, mask = m(torch.ones(1, 1, 3, 3))
     _, ref, _ = caffe_pool(np.ones((3, 3)), (3, 3), (1, 1), (2, 2))
     np.testing.assert_array_equal(mask[0, 0].numpy(), ref)
 
 
 def test_global_max_pooling_mask():
-    _, _, m = make("Pooling", "pooling_param { pool: MAX global_pooling: true }", [(2, 3, 4, 5)], ntop=2)
+    _, _, m = one_layer("Pooling", "pooling_param { pool: MAX global_pooling: true }", [(2, 3, 4, 5)], ntop=2)
     x = torch.tensor(rng().standard_normal((2, 3, 4, 5)))
     x[0, 0] = 1.0  # a tie: the first position
     y, mask = m(x)
@@ -372,12 +342,12 @@ def test_global_max_pooling_mask():
 
 
 def test_pooling_mask_top_shapes_and_errors():
-    c, lp, _ = make("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", [(1, 2, 5, 5)], ntop=2)
+    c, lp, _ = one_layer("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", [(1, 2, 5, 5)], ntop=2)
     assert c.top_shapes(lp, [(1, 2, 5, 5)]) == [(1, 2, 3, 3)] * 2
     with pytest.raises(ValueError, match="layer 't': AVE pooling takes at most 1 top"):
-        make("Pooling", "pooling_param { pool: AVE kernel_size: 2 }", [(1, 2, 5, 5)], ntop=2)
+        one_layer("Pooling", "pooling_param { pool: AVE kernel_size: 2 }", [(1, 2, 5, 5)], ntop=2)
     with pytest.raises(ValueError, match="layer 't': MAX pooling takes at most 2 top"):
-        make("Pooling", "pooling_param { pool: MAX kernel_size: 2 }", [(1, 2, 5, 5)], ntop=3)
+        one_layer("Pooling", "pooling_param { pool: MAX kernel_size: 2 }", [(1, 2, 5, 5)], ntop=3)
     with pytest.raises(ValueError, match="layer 't': pooling stride \\[0, 0\\] must be nonzero"):
         c.top_shapes(text_format.Parse("pooling_param { kernel_size: 2 stride: 0 }",
                                        caffe_pb2.LayerParameter(name="t", type="Pooling")), [(1, 2, 5, 5)])
@@ -421,7 +391,7 @@ def test_unpool_after_pooling_hand_computed(tmp_path):
 def test_unpool_index_pattern_and_duplicates():
     """A given mask: values land at its flat indices; of two positions with one index the later wins, and
     Caffe's backward gives both the gradient of that place (not the derivative of the forward)."""
-    c, lp, m = make("Upsample", UNPOOL, [(1, 2, 2, 2), (1, 2, 2, 2)])
+    c, lp, m = one_layer("Upsample", UNPOOL, [(1, 2, 2, 2), (1, 2, 2, 2)])
     x = np.array([[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]], np.float64)
     mask = np.array([[[[15, 0], [6, 9]], [[3, 3], [12, 3]]]], np.float64)
     y = m(torch.tensor(x), torch.tensor(mask)).numpy()
@@ -430,7 +400,7 @@ def test_unpool_index_pattern_and_duplicates():
     assert y[0, 1].reshape(-1)[3] == 8 and y[0, 0].reshape(-1).tolist() == [
         2, 0, 0, 0, 0, 0, 3, 0, 0, 4, 0, 0, 0, 0, 0, 1]
     g = rng().standard_normal((1, 2, 4, 4))
-    ours = grad_of(m, [x, mask], g)
+    ours = input_grad(m, [x, mask], g)
     np.testing.assert_array_equal(ours, backward(g))
     assert ours[0, 1, 0, 0] == ours[0, 1, 0, 1] == ours[0, 1, 1, 1] == g[0, 1, 0, 3]
 
@@ -451,9 +421,9 @@ def test_unpool_after_pooling_matches_caffe_loops(shape, text, scale, tmp_path):
     oh, ow = p.shape[2] * scale[0], p.shape[3] * scale[1]
     ref, backward = caffe_unpool(p, mask, oh, ow)
     assert_parity(out(net), ref)
-    _, _, m = make("Upsample", up, [p.shape, p.shape])
+    _, _, m = one_layer("Upsample", up, [p.shape, p.shape])
     g = rng(5).standard_normal(ref.shape)
-    np.testing.assert_array_equal(grad_of(m, [p, mask], g), backward(g))
+    np.testing.assert_array_equal(input_grad(m, [p, mask], g), backward(g))
     x2 = torch.tensor(p, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: m(v, torch.tensor(mask)), (x2,))  # distinct indices: the derivative
 
@@ -489,13 +459,13 @@ def test_unpool_shape_inference():
 ])
 def test_unpool_bad_parameters(extra, msg):
     with pytest.raises(ValueError, match=f"layer 't': {msg}"):
-        make("Upsample", extra, [(1, 2, 3, 3), (1, 2, 3, 3)])
+        one_layer("Upsample", extra, [(1, 2, 3, 3), (1, 2, 3, 3)])
 
 
 def test_unpool_bad_mask():
     with pytest.raises(ValueError, match="layer 't': Upsample needs a 4-D data bottom and a mask of the same shape"):
-        make("Upsample", UNPOOL, [(1, 2, 3, 3), (1, 2, 3, 2)])
-    _, _, m = make("Upsample", UNPOOL, [(1, 1, 2, 2), (1, 1, 2, 2)])
+        one_layer("Upsample", UNPOOL, [(1, 2, 3, 3), (1, 2, 3, 2)])
+    _, _, m = one_layer("Upsample", UNPOOL, [(1, 1, 2, 2), (1, 1, 2, 2)])
     with pytest.raises(ValueError, match="layer 't': upsample top index 16 out of range"):
         m(torch.ones(1, 1, 2, 2), torch.tensor([[[[0.0, 1], [16, 2]]]]))
 
@@ -527,20 +497,20 @@ def yolo_upsample(x, scale):
 @pytest.mark.parametrize("scale", [1, 2, 3])
 def test_upsample_nearest_matches_yolo_loops(scale):
     x = rng().standard_normal((2, 3, 3, 4))
-    _, _, m = make("Upsample", f"upsample_param {{ scale: {scale} }}", [x.shape])
+    _, _, m = one_layer("Upsample", f"upsample_param {{ scale: {scale} }}", [x.shape])
     ref, backward = yolo_upsample(x, scale)
     np.testing.assert_array_equal(m(torch.tensor(x)).numpy(), ref)
     g = rng(1).standard_normal(ref.shape)
-    assert_parity(grad_of(m, [x], g), backward(g))
+    assert_parity(input_grad(m, [x], g), backward(g))
 
 
 def test_upsample_nearest_scale_hw():
-    c, lp, m = make("Upsample", "upsample_param { scale_h: 2 scale_w: 3 }", [(1, 2, 3, 4)])
+    c, lp, m = one_layer("Upsample", "upsample_param { scale_h: 2 scale_w: 3 }", [(1, 2, 3, 4)])
     assert c.top_shapes(lp, [(1, 2, 3, 4)]) == [(1, 2, 6, 12)]
     x = torch.randn(1, 2, 3, 4)
     np.testing.assert_array_equal(m(x).numpy(), x.numpy().repeat(2, axis=2).repeat(3, axis=3))
     with pytest.raises(ValueError, match="layer 't': upsample scale must be positive"):
-        make("Upsample", "upsample_param { scale: 0 }", [(1, 2, 3, 4)])
+        one_layer("Upsample", "upsample_param { scale: 0 }", [(1, 2, 3, 4)])
 
 
 # ---- SPP (BVLC spp_layer.cpp) --------------------------------------------------------------------------------
@@ -600,22 +570,22 @@ def test_spp_matches_caffe_loops(shape, levels, method, tmp_path):
     net, x, _, _ = build(tmp_path, shape, layer("t", "SPP", ["data"], ["t"], extra), name="spp")
     ref, backward = caffe_spp(x.astype(np.float64), levels, method == "AVE")
     assert_parity(out(net), ref)
-    c, lp, m = make("SPP", extra, [shape])
+    c, lp, m = one_layer("SPP", extra, [shape])
     assert c.top_shapes(lp, [shape]) == [ref.shape]
     g = rng(4).standard_normal(ref.shape)
-    assert_parity(grad_of(m, [x], g), backward(g))
+    assert_parity(input_grad(m, [x], g), backward(g))
 
 
 def test_spp_follows_the_input_size_and_gradchecks():
     """Reshape recomputes the levels for a new input size; the backward is the derivative (AVE, and MAX on
     distinct values)."""
-    _, _, m = make("SPP", "spp_param { pyramid_height: 3 }", [(1, 2, 8, 8)])
+    _, _, m = one_layer("SPP", "spp_param { pyramid_height: 3 }", [(1, 2, 8, 8)])
     for shape in [(1, 2, 8, 8), (2, 2, 11, 7)]:
         x = rng().standard_normal(shape)
         ref, _ = caffe_spp(x, 3, False)
         assert_parity(m(torch.tensor(x)).numpy(), ref)
     for pool in ["MAX", "AVE"]:
-        _, _, m = make("SPP", f"spp_param {{ pyramid_height: 3 pool: {pool} }}", [(1, 2, 7, 6)])
+        _, _, m = one_layer("SPP", f"spp_param {{ pyramid_height: 3 pool: {pool} }}", [(1, 2, 7, 6)])
         x = torch.tensor(rng(7).permutation(84).reshape(1, 2, 7, 6) / 10.0, requires_grad=True)
         assert torch.autograd.gradcheck(m, (x,))
 
@@ -689,13 +659,13 @@ IM2COL = {  # convolution_param, input shape, (kernel, pad, stride, dilation)
 @pytest.mark.parametrize("case", sorted(IM2COL))
 def test_im2col_matches_caffe_loops(case):
     extra, shape, geo = IM2COL[case]
-    c, lp, m = make("Im2col", f"convolution_param {{ {extra} }}", [shape])
+    c, lp, m = one_layer("Im2col", f"convolution_param {{ {extra} }}", [shape])
     x = rng().standard_normal(shape)
     ref, backward = caffe_im2col(x, *geo)
     assert c.top_shapes(lp, [shape]) == [ref.shape]
     np.testing.assert_array_equal(m(torch.tensor(x)).numpy(), ref)
     g = rng(1).standard_normal(ref.shape)
-    assert_parity(grad_of(m, [x], g), backward(g))
+    assert_parity(input_grad(m, [x], g), backward(g))
 
 
 def test_im2col_hand_computed(tmp_path):
@@ -718,7 +688,7 @@ def test_im2col_equals_convolution(tmp_path):
 
 
 def test_im2col_gradcheck():
-    _, _, m = make("Im2col", "convolution_param { kernel_size: 3 pad: 2 stride: 2 dilation: 2 }", [(1, 2, 6, 5)])
+    _, _, m = one_layer("Im2col", "convolution_param { kernel_size: 3 pad: 2 stride: 2 dilation: 2 }", [(1, 2, 6, 5)])
     x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,))
 
@@ -750,7 +720,7 @@ TRACED = [("Pooling", "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 2
 @pytest.mark.parametrize("type_,extra,ntop", TRACED, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(TRACED)])
 def test_trace_runs_at_another_size(type_, extra, ntop):
     """A TorchScript trace at one size gives the module's own result at another."""
-    _, _, m = make(type_, extra, [(1, 4, 7, 8)], ntop)
+    _, _, m = one_layer(type_, extra, [(1, 4, 7, 8)], ntop)
     traced = torch.jit.trace(m, (torch.randn(1, 4, 7, 8),), check_trace=False)
     x = torch.randn(2, 4, 9, 11)
     ours, theirs = m(x), traced(x)
@@ -760,8 +730,8 @@ def test_trace_runs_at_another_size(type_, extra, ntop):
 
 @pytest.mark.filterwarnings("ignore")
 def test_trace_of_pooling_and_unpooling_runs_at_another_size():
-    _, _, pool = make("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", [(1, 4, 6, 8)], ntop=2)
-    _, _, unpool = make("Upsample", UNPOOL, [(1, 4, 3, 4), (1, 4, 3, 4)])
+    _, _, pool = one_layer("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }", [(1, 4, 6, 8)], ntop=2)
+    _, _, unpool = one_layer("Upsample", UNPOOL, [(1, 4, 3, 4), (1, 4, 3, 4)])
 
     class Both(torch.nn.Module):
         def __init__(self):
