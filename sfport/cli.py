@@ -322,7 +322,9 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json)
               help="Largest error, relative to max|output|, an export may show against the eager net.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option("--static", is_flag=True, help="Export at the net's own input size only (no dynamic height/width).")
-def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, opset, static):
+@click.option("--optimize", is_flag=True, help="Convert the inference-optimized net: BatchNorm / Scale / Bias "
+                                               "folded into the layer before, Dropout, Split and Silence dropped.")
+def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, opset, static, optimize):
     """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
 
     The net converted is the inference form of the definition (--prototxt, or the one stored in the
@@ -336,6 +338,7 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     Examples:
       sfport convert det1.caffemodel --prototxt det1.prototxt -o det1.pt
       sfport convert sphereface_model.caffemodel -p sphereface_deploy.prototxt --format onnx
+      sfport convert mobilefacenet.caffemodel -p mobilefacenet.prototxt --optimize --format onnx
     """
     from sfport import export
     from sfport.net import load_net
@@ -346,6 +349,9 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     if not net.has_weights and net.params:
         raise CaffeFileError(model, "has no weights (a net definition alone: convert would write the fillers' "
                                     "random values); give the caffemodel, with this definition as -p")
+    if optimize:
+        net = net.optimized()
+        click.echo(net.optimization.summary(), err=True)
     try:
         result = export.save(net, output, fmt, tol, opset=opset, dynamic=False if static else None)
     except export.ExportMismatch as e:
@@ -400,7 +406,9 @@ def deploy(net_file, output, phase, stages, level, shapes):
               help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
-def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol, seed, as_json):
+@click.option("--optimize", is_flag=True, help="Check the inference-optimized net (as `convert --optimize` "
+                                               "writes it) at every blob it still computes.")
+def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol, seed, as_json, optimize):
     """Check sfport against an independent Caffe implementation, blob by blob.
 
     Runs both on the same input and prints every blob both expose: shape, max|ref|, max abs error, error
@@ -411,15 +419,18 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
       sfport verify det1.caffemodel --prototxt det1.prototxt --shape 1,3,217,173
       sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --input face.jpg --json
       sfport verify rfcn.caffemodel -p test.prototxt --input data=im.npy --input im_info=info.npy
+      sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --optimize
     """
     from sfport import verify as V
 
     result = V.run(model, prototxt, reference, list(input_), _parse_shapes(shapes), tol, seed,
-                   **_state(phase, stages, level))
+                   **_state(phase, stages, level), optimize=optimize)
     checks, failed, worst = result.checks, result.failed, result.worst
     if as_json:
         click.echo(result.as_json())
     else:
+        if result.optimized:
+            click.echo(result.optimized)
         click.echo(V.format_table(checks))
         if not checks:
             click.echo("no blob in common with the reference")

@@ -250,7 +250,8 @@ class Net:
     """
 
     def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None,
-                 seed: int | None = None, *, stages=(), level: int = 0, inference: bool | None = None):
+                 seed: int | None = None, *, stages=(), level: int = 0, inference: bool | None = None,
+                 optimize: bool = False):
         self.state = NetState.of(phase, level, stages)
         self.phase = self.state.phase
         state = None
@@ -337,6 +338,46 @@ class Net:
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
+        self.optimization = None   # what optimize=True folded and dropped (sfport.optimize.Optimized)
+        self.origin: dict[str, str] | None = None
+        if optimize:
+            self._optimize()
+
+    def _optimize(self) -> None:
+        """Become the inference-optimized form of this net (:mod:`sfport.optimize`): the folded definition
+        and weights, built as any net; ``origin`` maps each of its unique blobs to the unique blob of the
+        original net whose value it is (``original_final``: the original's Caffe name -> unique name)."""
+        from sfport import optimize as optimize_mod
+        if self.phase == caffe_pb2.TRAIN:
+            raise ValueError("optimize=True makes an inference net: it needs phase='test'")
+        opt = optimize_mod.optimize(self)
+        model = caffe_files.CaffeModel.from_net(opt.net, self.path)
+        for i, layer in enumerate(model.net.layer):
+            if opt.weights.get(layer.name):
+                model.set_blob_arrays(i, opt.weights[layer.name])
+        other = Net(model, phase="test", input_shapes=self.input_shapes or None, inference=False)
+        origin = dict(zip(other.graph.inputs, opt.inputs))
+        for gl in other.graph.layers:
+            for j, t in enumerate(gl.tops):
+                origin[t] = opt.origin[(gl.name, j)]
+        self.original_final = dict(self.graph.final)
+        self.original_layers = [(gl.name, list(gl.tops)) for gl in self.graph.layers]
+        self.definition, self.graph, self.module = other.definition, other.graph, other.module
+        self.optimization, self.origin = opt, origin
+
+    def optimized(self) -> "Net":
+        """A new Net, the inference-optimized form of this one (this one is unchanged)."""
+        import copy
+        other = copy.copy(self)
+        other._optimize()
+        return other
+
+    def original_blobs(self) -> dict[str, torch.Tensor]:
+        """After a forward of an optimized net: the values of the original net's unique blobs that it still
+        computes, by the original's unique names."""
+        if self.origin is None:
+            return dict(self.unique_blobs)
+        return {self.origin[u]: t for u, t in self.unique_blobs.items() if u in self.origin}
 
     # -- weights ---------------------------------------------------------------------------------------------
     def load_weights(self, weights: caffe_files.CaffeModel) -> model_mod.MergeReport:
@@ -441,14 +482,15 @@ class Net:
 
 
 def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test", *,
-             stages=(), level: int = 0, inference: bool = True) -> "Net":
+             stages=(), level: int = 0, inference: bool = True, optimize: bool = False) -> "Net":
     """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or a caffemodel's weights
     copied into the ``prototxt`` definition by layer name, in its inference form (any definition: deploy,
     train_val, train_test, a snapshot's stored net); the other arguments as for :class:`Net`."""
     if prototxt is not None:
         return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
-                   input_shapes=input_shapes, stages=stages, level=level, inference=inference)
-    return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference)
+                   input_shapes=input_shapes, stages=stages, level=level, inference=inference, optimize=optimize)
+    return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference,
+               optimize=optimize)
 
 
 def _load_pt(path):

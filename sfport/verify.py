@@ -293,6 +293,7 @@ class Verification:
     tolerance: float
     checks: list[BlobCheck]
     inputs: dict = None     # {input: {"shape": [...], "source": "random" | image | .npy}}
+    optimized: str | None = None   # what the optimized net folded and dropped (verify --optimize)
 
     @property
     def failed(self) -> list[BlobCheck]:
@@ -312,7 +313,7 @@ class Verification:
         failed, worst = self.failed, self.worst
         return as_json(self.checks, {"model": self.model, "reference": self.reference,
                                      "input_shape": list(self.input_shape), "inputs": self.inputs or {},
-                                     "tolerance": self.tolerance,
+                                     "tolerance": self.tolerance, "optimized": self.optimized,
                                      "passed": self.passed, "first_failure": failed[0].name if failed else None,
                                      "worst": worst.name if worst else None})
 
@@ -357,7 +358,7 @@ def reference_weights(net) -> caffe_files.CaffeModel:
 
 
 def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
-        seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0) -> Verification:
+        seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0, optimize: bool = False) -> Verification:
     """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
     form with ``shape`` (one shape for the first input, or {input: shape}; a ``.npy`` input gives its own), feed
     every input (``input``: one source for the first input or ``NAME=SOURCE`` values, see :func:`input_sources`;
@@ -365,20 +366,25 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     ``reference``: ``opencv`` (layer outputs, by layer name), ``caffe`` (pycaffe, by blob name) or a directory of
     ``.npy`` files (by blob name, then layer name). The references read the inference net sfport derived (fork
     types renamed) and its weights, written to a temporary folder; a reference that cannot load or run it is one
-    line saying so."""
+    line saying so. With ``optimize`` sfport's side is the inference-optimized net (:mod:`sfport.optimize`),
+    compared with the reference running the original net at every blob whose value the optimized net still
+    computes."""
     net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level)
     sources = input_sources(input, net.inputs)
     feeds = {}
     for k, (name, in_shape) in enumerate(net.inputs.items()):
         feeds[name] = make_input(in_shape, sources[name], seed + k)
     in_shape = next(iter(net.inputs.values()), ())
-    net.forward(**feeds)
+    ours_net = net.optimized() if optimize else net
+    ours_net.forward(**feeds)
+    values = ours_net.original_blobs()   # by the original net's unique blob names
     with tempfile.TemporaryDirectory() as tmp:
         prototxt_used = str(Path(tmp) / "deploy.prototxt")
         weights_used = str(Path(tmp) / "weights.caffemodel")
         caffe_files.write_prototxt(prototxt_used, reference_definition(net))
         caffe_files.write_caffemodel(weights_used, reference_weights(net))
-        layer_outputs = {n: outs[0].detach().numpy() for n, outs in net.layer_outputs.items() if outs}
+        layer_outputs = {gl.name: values[gl.tops[0]].detach().numpy() for gl in net.graph.layers
+                         if gl.tops and gl.tops[0] in values}
         if reference == "opencv":
             try:
                 ref = opencv_reference(prototxt_used, weights_used, feeds)
@@ -388,16 +394,17 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
                                             f"net: {_opencv_message(e)}; verify it with --reference caffe (a "
                                             f"Caffe built with its layers) or a directory of .npy blobs") from None
             ours = layer_outputs
-            order = list(net.layer_outputs)
+            order = [gl.name for gl in net.graph.layers]
             for gl in net.graph.layers:
                 if gl.param.type == "DetectionOutput" and gl.name in ref and gl.name in ours:
                     ref[gl.name] = _align_detections(ours[gl.name], ref[gl.name])
         else:
             ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \
                 else dir_reference(reference)
-            ours = {n: t.detach().numpy() for n, t in net.blobs.items()}
+            ours = {n: values[u].detach().numpy() for n, u in net.graph.final.items() if u in values}
             ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
             order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
-                                       + list(net.layer_outputs)))
+                                       + [gl.name for gl in net.graph.layers]))
     inputs = {n: {"shape": list(net.inputs[n]), "source": sources[n]} for n in net.inputs}
-    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol), inputs)
+    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol), inputs,
+                        ours_net.optimization.summary() if optimize else None)
