@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sfport.data import read_list_text
 from sfport.errors import CaffeFileError
 from sfport.files import atomic_write, check_output, write_files
 from sfport.images import read_image
 from sfport.mtcnn import MTCNN, nearest_centre
+from sfport.progress import Progress
 
 # Matlab 1-based [x, y] for a 96-wide x 112-high crop (face_align_demo.m)
 SPHEREFACE_1BASED = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
@@ -208,19 +208,20 @@ def image_files(root) -> list[str]:
 _DETECTORS = {}
 
 
-def _detector(model_dir) -> MTCNN:
-    """One MTCNN per folder and process (the workers of :func:`align_folder` each load their own, one thread)."""
-    if model_dir not in _DETECTORS:
+def _detector(model_dir, backend: str = "auto") -> MTCNN:
+    """One MTCNN per folder, backend and process (the workers of :func:`align_folder` each load their own, one
+    thread)."""
+    if (model_dir, backend) not in _DETECTORS:
         torch.set_num_threads(1)
-        _DETECTORS[model_dir] = MTCNN(model_dir)
-    return _DETECTORS[model_dir]
+        _DETECTORS[model_dir, backend] = MTCNN(model_dir, backend=backend)
+    return _DETECTORS[model_dir, backend]
 
 
 def _align_one(args):
     """Worker: detect (or look up) landmarks, align, write. Returns (rel, landmarks, box, error)."""
     import cv2
 
-    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir = args
+    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir, backend = args
     try:
         img = read_image(os.path.join(src_root, rel))
     except CaffeFileError as e:   # a bad image is listed in no_face.txt with the reason, as one without a face
@@ -231,7 +232,7 @@ def _align_one(args):
         if pts is None:
             return rel, None, None, "no landmarks in the list"
     else:
-        face = nearest_centre(_detector(mtcnn_dir).detect(img), img.shape)
+        face = nearest_centre(_detector(mtcnn_dir, backend).detect(img), img.shape)
         if face is None:
             return rel, None, None, "no face found"
         pts = face.landmarks
@@ -280,14 +281,17 @@ def crop_size(text) -> tuple[int, int]:
 
 
 def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=None, template: str = "sphereface",
-                 workers: int = 2, landmarks_one_based: bool = False, progress: bool = False) -> AlignSummary:
+                 workers: int = 2, landmarks_one_based: bool = False, progress=False, backend: str = "auto",
+                 log=None) -> AlignSummary:
     """``sfport align``: every image under ``input_dir`` aligned to the ``template`` (crop ``size`` (h, w) or
     'HxW' / 'H,W', default the template's) into the same tree under ``output_dir``, landmarks from the
     ``landmarks`` list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in
     ``workers`` processes. Writes ``landmarks.txt`` (path, 5 points, box and score when detected) and
     ``no_face.txt`` (path and reason of every image without a crop: no face, no landmarks in the list, or an
     image that cannot be read). The inputs and outputs are checked before any work (a bad landmark list is one
-    error naming its line); a failure on the way removes the crops and folders this run created."""
+    error naming its line); a failure on the way removes the crops and folders this run created. ``backend``:
+    the MTCNN nets' (:class:`sfport.backend.Runner`); ``progress`` and ``log``: :class:`sfport.progress.Progress`.
+    """
     if not os.path.isdir(input_dir):
         raise CaffeFileError(input_dir, "input folder not found" if not os.path.exists(input_dir)
                              else "the input is not a folder")
@@ -305,8 +309,9 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
     for p, what in lists.items():
         check_output(p, what)
     marks = read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
+    header = []
     if mtcnn_dir:
-        _detector(mtcnn_dir)  # fail early on a bad folder
+        header = [_detector(mtcnn_dir, backend).line]  # fail early on a bad folder
     files = image_files(input_dir)
     if not files:
         raise CaffeFileError(input_dir, "no images in the folder")
@@ -316,11 +321,11 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
         while not d.exists() and d not in new_dirs:
             new_dirs.add(d)
             d = d.parent
-    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir) for rel in files]
+    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir, backend) for rel in files]
     rows, missing = [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        with tqdm(total=len(jobs), desc="align", unit="img", disable=not progress) as bar:
+        with Progress(len(jobs), "align", "images", progress, log, header=header) as bar:
             for r in pool.map(_align_one, jobs, chunksize=8) if pool else map(_align_one, jobs):
                 bar.update(1)
                 (missing if r[3] else rows).append(r)

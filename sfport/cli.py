@@ -524,6 +524,12 @@ def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backe
 # align, eval, embed, compare
 # ------------------------------------------------------------------------------------------------------------
 
+def _log():
+    """The commands' log: glog-format lines on stderr, as `train` writes them (the backend line, progress)."""
+    from sfport.progress import CaffeLog
+    return CaffeLog()
+
+
 @cli.command()
 @click.argument("input_dir")
 @click.argument("output_dir")
@@ -535,14 +541,17 @@ def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backe
 @click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
               show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers):
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers, backend):
     """Align faces to the template: landmarks from a list or from MTCNN; mirrors the folder tree.
 
     Writes OUTPUT_DIR/landmarks.txt (path, 5 points, box and score when detected) and OUTPUT_DIR/no_face.txt."""
     from sfport.align import align_folder
 
     s = align_folder(input_dir, output_dir, landmarks=landmarks, mtcnn_dir=mtcnn_dir, size=size, template=template,
-                     workers=workers, landmarks_one_based=landmarks_base == "1", progress=sys.stderr.isatty())
+                     workers=workers, landmarks_one_based=landmarks_base == "1", progress=None, backend=backend,
+                     log=_log())
     click.echo(f"aligned {s.aligned} of {s.total} images to {output_dir} ({s.size[0]}x{s.size[1]}, {s.template}); "
                f"{s.missing} listed in no_face.txt")
 
@@ -566,8 +575,10 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
 def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, landmarks, landmarks_base, template,
-          protocol, features_file, list_file, report, plot, batch_size, workers, no_cache):
+          protocol, features_file, list_file, report, plot, batch_size, workers, no_cache, backend):
     """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
     from os.path import abspath
 
@@ -583,8 +594,8 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
         rep = lfw.evaluate_features(pairs, features_file, list_file, protocol)
     else:
         rep = lfw.evaluate_model(pairs, model, lfw_dir, prototxt, blob, protocol, landmarks, landmarks_base == "1",
-                                 template, batch_size, workers, cache=not no_cache, progress=sys.stderr.isatty(),
-                                 state=_model_state(phase, stages, level, shapes))
+                                 template, batch_size, workers, cache=not no_cache, progress=None,
+                                 state=_model_state(phase, stages, level, shapes), backend=backend, log=_log())
     click.echo(rep.table())
     outputs = {}
     if report:
@@ -615,14 +626,16 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
               help="Template of --landmarks alignment. Default: by the net's input size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
 def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file, root, output, flip, protocol,
-          landmarks, landmarks_base, template, batch_size, workers):
+          landmarks, landmarks_base, template, batch_size, workers, backend):
     """Features of aligned face images (or a list) -> .npy."""
     from sfport import features
 
     f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
-                       workers, progress=sys.stderr.isatty(), state=_model_state(phase, stages, level, shapes),
-                       template=template, landmarks_one_based=landmarks_base == "1")
+                       workers, progress=None, state=_model_state(phase, stages, level, shapes),
+                       template=template, landmarks_one_based=landmarks_base == "1", backend=backend, log=_log())
     click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
 
 
@@ -637,11 +650,14 @@ def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file
               help="Cosine above which the two faces are called the same person.")
 @click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
               show_default=True)
-def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold, protocol):
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold, protocol, backend):
     """Cosine similarity of two aligned face images (with their mirror images) and the same/different call."""
     from sfport import features
 
-    cos = features.compare(a, b, model, prototxt, blob, protocol, state=_model_state(phase, stages, level, shapes))
+    cos = features.compare(a, b, model, prototxt, blob, protocol, state=_model_state(phase, stages, level, shapes),
+                           backend=backend, log=_log())
     click.echo(f"cosine {cos:.4f}: {'same person' if cos > threshold else 'different people'} "
                f"(threshold {threshold:g})")
 

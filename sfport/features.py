@@ -24,19 +24,27 @@ import torch
 from sfport import align
 from sfport.errors import CaffeFileError
 from sfport.data import read_list_text
-from sfport.files import atomic_write, check_output, write_files
+from sfport.files import Staged, atomic_write, check_output, write_files
 from sfport.images import read_image
+from sfport.backend import Runner, check_backend, session
 from sfport.net import load_net
+from sfport.progress import Progress
 
 COLOR = {"sphereface": "bgr", "insightface": "rgb", "facenet": "rgb"}
 
 
 class Model:
-    """``Model(path, prototxt=None, blob=None)``: ``features(batch NCHW float32) -> (N, D)``; ``input_size`` (h, w)."""
+    """``Model(path, prototxt=None, blob=None, backend="auto")``: ``features(batch NCHW float32) -> (N, D)``;
+    ``input_size`` (h, w); ``backend`` the one that runs and ``backend_line`` why, in one line.
+
+    A caffemodel or converted ``.pt`` runs through :class:`sfport.backend.Runner` (its inference-optimized net cut
+    to the layers the feature blob is computed from, on onnxruntime unless ``backend`` is ``torch`` or it does
+    not export); an ``.onnx`` file runs on onnxruntime."""
 
     def __init__(self, path, prototxt=None, blob: str | None = None, device: str = "cpu", *, phase: str = "TEST",
-                 stages=(), level: int = 0, input_shapes=None):
+                 stages=(), level: int = 0, input_shapes=None, backend: str = "auto"):
         self.path = str(path)
+        check_backend(backend)
         # the NetState and shapes that select the net of a train/test definition (Net::FilterNet); in the digest
         self.state = {"phase": str(phase).upper(), "stages": list(stages), "level": int(level),
                       "input_shapes": input_shapes if isinstance(input_shapes, (dict, type(None)))
@@ -46,12 +54,12 @@ class Model:
             if not os.path.isfile(f):
                 raise CaffeFileError(f, "no such file")
         self.device = device
+        self.session = None
         if self.path.endswith(".onnx"):
-            import onnxruntime as ort
-            try:
-                self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001 - a bad file is bad input
-                raise CaffeFileError(self.path, f"onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+            if backend == "torch":
+                raise CaffeFileError(self.path, "an ONNX file runs on onnxruntime (--backend torch needs a "
+                                                "caffemodel or a converted .pt)")
+            self.session = session(self.path, self.path)
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
             self.input_size = _image_input(self.path, inp.name, inp.shape)
@@ -60,25 +68,26 @@ class Model:
                 raise CaffeFileError(self.path, f"no output '{blob}' (outputs: {', '.join(names)})")
             self.output = blob or names[0]
             self.net = None
-        else:
-            self.net = load_net(self.path, prototxt, input_shapes, phase, stages=stages, level=level)
-            self.net.module.eval().to(device)
-            names = list(self.net.inputs)
-            self.input_name = names[0]
-            self.input_size = _image_input(prototxt or self.path, self.input_name, self.net.inputs[self.input_name])
-            blobs = set(self.net.graph.caffe_name.values())
-            if blob and blob not in blobs:
-                raise CaffeFileError(self.path, f"no blob '{blob}' in the net")
-            self.output = blob or ("fc5" if "fc5" in blobs else self.net.outputs[-1])
-            _require_weights(self.net, self.path, prototxt, self.output)
+            self.backend, self.backend_line = "onnxruntime", f"backend: onnxruntime ({Path(self.path).name})"
+            return
+        net = load_net(self.path, prototxt, input_shapes, phase, stages=stages, level=level)
+        names = list(net.inputs)
+        self.input_name = names[0]
+        self.input_size = _image_input(prototxt or self.path, self.input_name, net.inputs[self.input_name])
+        blobs = set(net.graph.caffe_name.values())
+        if blob and blob not in blobs:
+            raise CaffeFileError(self.path, f"no blob '{blob}' in the net")
+        self.output = blob or ("fc5" if "fc5" in blobs else net.outputs[-1])
+        _require_weights(net, self.path, prototxt, self.output)
+        self.runner = Runner(net, [self.output], backend, device, self.path)
+        self.net = self.runner.net
+        self.backend, self.backend_line = self.runner.backend, self.runner.line
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         """The output blob of a batch, one row per image."""
         if self.net is None:
             return np.asarray(self.session.run([self.output], {self.input_name: x.numpy()})[0]).reshape(len(x), -1)
-        with torch.no_grad():
-            blobs = self.net.module.run({self.input_name: x.to(self.device)}, keep_all=True)
-        return blobs[self.net.graph.final[self.output]].float().cpu().numpy().reshape(len(x), -1)
+        return self.runner(x)[self.output].reshape(len(x), -1)
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -219,10 +228,14 @@ def default_cache_dir() -> Path:
 
 def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", landmarks: dict | None = None,
             landmarks_file=None, template: str | None = None, batch_size: int = 64, workers: int = 2,
-            cache_dir=None, progress: bool = False) -> Extracted:
-    """Features of ``paths`` (relative to ``root``) and of their mirror images, batched, cached."""
+            cache_dir=None, progress=False, sink=None, log=None) -> Extracted | None:
+    """Features of ``paths`` (relative to ``root``) and of their mirror images, batched, cached. Images are
+    read, aligned and preprocessed in DataLoader workers while the net runs on the batch before. ``sink``: a
+    callable ``(start row, features, mirror features)`` given each batch as it is produced (then nothing is
+    kept or cached and None is returned). ``progress``: see :class:`sfport.progress.Progress`; ``log`` a
+    CaffeLog-like callable for its lines."""
     cache = None
-    if cache_dir is not False:
+    if cache_dir is not False and sink is None:
         cache = Path(cache_dir or default_cache_dir()) / (cache_key(model, paths, root, protocol, landmarks_file,
                                                                     template) + ".npz")
         cached = _read_cache(cache, len(paths))
@@ -231,24 +244,25 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
     ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     feats, flips = [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(paths), desc="features", unit="img", leave=False)
-    for x, xf, err in dl:
-        if err:
-            raise CaffeFileError(None, err)
-        both = model.features(torch.cat([x, xf]))
-        if not np.isfinite(both).all():   # the images are finite: the weights are not
-            k = sum(map(len, feats)) + int(np.nonzero(~np.isfinite(both).all(axis=1))[0][0]) % len(x)
-            raise CaffeFileError(model.path, f"gives NaN or infinite features (for {paths[k]}): NaN or infinite "
-                                             f"weights?")
-        feats.append(both[:len(x)])
-        flips.append(both[len(x):])
-        if bar is not None:
+    done = 0
+    with Progress(len(paths), "features", "images", progress, log, header=[model.backend_line]) as bar:
+        for x, xf, err in dl:
+            if err:
+                raise CaffeFileError(None, err)
+            both = model.features(torch.cat([x, xf]))
+            if not np.isfinite(both).all():   # the images are finite: the weights are not
+                k = done + int(np.nonzero(~np.isfinite(both).all(axis=1))[0][0]) % len(x)
+                raise CaffeFileError(model.path, f"gives NaN or infinite features (for {paths[k]}): NaN or "
+                                                 f"infinite weights?")
+            if sink is not None:
+                sink(done, both[:len(x)], both[len(x):])
+            else:
+                feats.append(both[:len(x)])
+                flips.append(both[len(x):])
+            done += len(x)
             bar.update(len(x))
-    if bar is not None:
-        bar.close()
+    if sink is not None:
+        return None
     out = Extracted(list(paths), np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
                     np.concatenate(flips) if flips else np.zeros((0, 0), np.float32))
     if cache is not None:
@@ -291,14 +305,16 @@ def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarr
 
 def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
           flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
-          workers: int = 2, progress: bool = False, state: dict | None = None, template: str | None = None,
-          landmarks_one_based: bool = False) -> np.ndarray:
+          workers: int = 2, progress=False, state: dict | None = None, template: str | None = None,
+          landmarks_one_based: bool = False, backend: str = "auto", log=None) -> np.ndarray:
     """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
     line; relative to ``root``), aligned first from the ``landmarks`` list when given (to ``template``, default
     the one of the net's input size), joined with their mirror images' by ``flip`` (:func:`with_mirror`);
-    written as float32 ``output`` (.npy, row i = image i) and the image list beside it (.txt), both checked
-    before any work and written together (a failure leaves neither). ``state``: :class:`Model`'s phase /
-    stages / level / input_shapes, for a train or test definition. Returns the features written."""
+    written as float32 ``output`` (.npy, row i = image i; written as the batches are produced, to a temporary
+    file) and the image list beside it (.txt), both checked before any work and renamed together (a failure
+    leaves neither). ``state``: :class:`Model`'s phase / stages / level / input_shapes, for a train or test
+    definition; ``backend``: :class:`Model`'s; ``log``: a CaffeLog-like callable for the backend line and the
+    progress lines. Returns the features written (memory-mapped from the file)."""
     out = Path(output)
     names = out.with_suffix(".txt")
     if names == out:
@@ -315,22 +331,38 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
     if not os.path.isdir(root):
         raise CaffeFileError(root, "the image folder (--root) is not a folder" if os.path.exists(root)
                              else "the image folder (--root) not found")
-    m = Model(model, prototxt, blob, **(state or {}))
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
-    ex = extract(m, paths, root, protocol, marks, landmarks, template, batch_size, workers, cache_dir=False,
-                 progress=progress)
-    f = with_mirror(ex.features, ex.flipped, flip).astype(np.float32)
-    buf = _io.BytesIO()
-    np.save(buf, f)
-    write_files({out: buf.getvalue(), names: ("\n".join(paths) + "\n").encode()})
-    return f
+    staged = Staged(out, "the features output")
+    rows = {}
+
+    def sink(start, f, f_flip):
+        joined = with_mirror(f, f_flip, flip).astype(np.float32)
+        if "mm" not in rows:
+            rows["mm"] = np.lib.format.open_memmap(staged.tmp, mode="w+", dtype=np.float32,
+                                                   shape=(len(paths), joined.shape[1]))
+        rows["mm"][start:start + len(joined)] = joined
+
+    try:
+        extract(m, paths, root, protocol, marks, landmarks, template, batch_size, workers, cache_dir=False,
+                progress=progress, sink=sink, log=log)
+        rows["mm"].flush()
+        del rows["mm"]
+        write_files({out: staged, names: ("\n".join(paths) + "\n").encode()})
+    except BaseException:
+        staged.discard()
+        raise
+    return np.load(out, mmap_mode="r")
 
 
 def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str = "sphereface",
-            state: dict | None = None) -> float:
+            state: dict | None = None, backend: str = "auto", log=None) -> float:
     """``sfport compare``: the cosine of two aligned face images' features, each combined with its mirror
     image's as the ``protocol`` does (:func:`combine`)."""
-    ex = extract(Model(model, prototxt, blob, **(state or {})), [a, b], ".", protocol, cache_dir=False, workers=0)
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
+    ex = extract(m, [a, b], ".", protocol, cache_dir=False, workers=0)
+    if log is not None:
+        log(m.backend_line, "features.py:0")
     f = combine(ex.features, ex.flipped, protocol)
     norms = np.linalg.norm(f, axis=1, keepdims=True)
     for path, n in zip((a, b), norms[:, 0]):

@@ -224,14 +224,38 @@ def load_array(path: str | os.PathLike, what: str = "array", ndim: int | None = 
     return arr
 
 
+class Staged:
+    """A temporary file beside ``path`` (checked by :func:`check_output`) for output written as it is produced
+    (``.tmp`` is its name); :func:`write_files` renames it to ``path`` with the others, or ``discard()``."""
+
+    def __init__(self, path: str | os.PathLike, what: str = "output"):
+        self.path = check_output(path, what)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
 def write_files(contents: dict) -> None:
-    """Write several files together ({path: bytes}): each is checked (:func:`check_output`) and written to a
-    temporary name beside it first, then all are renamed; a failure on the way removes the temporary files and
-    any file already renamed, so the outputs are all new or none is there."""
+    """Write several files together ({path: bytes or a :class:`Staged` file already written}): each is checked
+    (:func:`check_output`) and written to a temporary name beside it first, then all are renamed; a failure on
+    the way removes the temporary files and any file already renamed, so the outputs are all new or none is
+    there."""
     targets = [(check_output(p), data) for p, data in contents.items()]
     temps, done = [], []
     try:
         for p, data in targets:
+            if isinstance(data, Staged):
+                temps.append(data.tmp)
+                with open(data.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                continue
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
             temps.append(tmp)

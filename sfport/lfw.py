@@ -235,22 +235,23 @@ def evaluate_features(pairs_file, features_file, list_file, protocol: str = "sph
 def evaluate_model(pairs_file, model, lfw_dir, prototxt=None, blob: str | None = None,
                    protocol: str = "sphereface", landmarks=None, landmarks_one_based: bool = False,
                    template: str | None = None, batch_size: int = 64, workers: int = 2, cache: bool = True,
-                   progress: bool = False, state: dict | None = None) -> Report:
+                   progress=False, state: dict | None = None, backend: str = "auto", log=None) -> Report:
     """``sfport eval --model M --lfw-dir D``: the pairs of ``pairs_file`` scored on the features of ``model``
     (:class:`sfport.features.Model`) and of the mirror images, from the crops under ``lfw_dir`` or from the
     originals aligned on the fly with the ``landmarks`` list; features cached unless ``cache`` is False.
-    ``state``: the phase / stages / level / input_shapes that select the net of a train or test definition."""
+    ``state``: the phase / stages / level / input_shapes that select the net of a train or test definition;
+    ``backend``, ``progress`` and ``log`` as for :func:`sfport.features.extract` and its Model."""
     pairs = read_pairs(pairs_file)
     if not model or not lfw_dir:
         raise CaffeFileError(None, "give --model and --lfw-dir (or --features and --list)")
     if not os.path.isdir(lfw_dir):
         raise CaffeFileError(lfw_dir, "the LFW folder (--lfw-dir) is not a folder" if os.path.exists(lfw_dir)
                              else "the LFW folder (--lfw-dir) not found")
-    m = Model(model, prototxt, blob, **(state or {}))
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
     needed = _needed(pairs)
     ex = extract(m, needed, lfw_dir, protocol, marks, landmarks, template, batch_size, workers,
-                 cache_dir=None if cache else False, progress=progress)
+                 cache_dir=None if cache else False, progress=progress, log=log)
     return _evaluate_pairs(pairs, dict(zip(needed, ex.features)), dict(zip(needed, ex.flipped)), protocol)
 
 

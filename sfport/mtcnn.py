@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from sfport.backend import Runner
 from sfport.errors import CaffeFileError
 from sfport.net import Net
 
@@ -92,27 +92,30 @@ class MTCNN:
     """``MTCNN(model_dir)`` with det1-det3 ``.prototxt``/``.caffemodel`` in it; ``detect(bgr_image)`` -> faces."""
 
     def __init__(self, model_dir, minsize: int = 20, factor: float = 0.85,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9), device: str = "cpu"):
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9), device: str = "cpu",
+                 backend: str = "auto"):
         d = Path(model_dir)
-        nets = []
-        for i, shape in ((1, (1, 3, 12, 12)), (2, (1, 3, 24, 24)), (3, (1, 3, 48, 48))):
+        runners = []
+        for i, shape, outputs in ((1, (1, 3, 12, 12), ["prob1", "conv4-2"]), (2, (1, 3, 24, 24), ["prob1", "conv5-2"]),
+                                  (3, (1, 3, 48, 48), ["prob1", "conv6-2", "conv6-3"])):
             proto, model = d / f"det{i}.prototxt", d / f"det{i}.caffemodel"
             for f in (proto, model):
                 if not f.is_file():
                     raise CaffeFileError(f, "MTCNN model file not found (the folder needs det1-det3 .prototxt and "
                                             ".caffemodel)")
             net = Net(proto, model, input_shapes=shape)
-            net.module.eval().to(device)
-            nets.append(net)
-        self.pnet, self.rnet, self.onet = nets
+            missing = [o for o in outputs if o not in net.graph.final]
+            if missing:
+                raise CaffeFileError(proto, f"no blob '{missing[0]}': not an MTCNN det{i} net")
+            runners.append(Runner(net, outputs, backend, device, str(model)))
+        self.pnet, self.rnet, self.onet = runners
+        self.backend = runners[0].backend
+        self.line = "MTCNN " + runners[0].line.split(";")[0]
         self.minsize, self.factor, self.thresholds, self.device = minsize, factor, thresholds, device
 
-    def _run(self, net, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, runner, batch: np.ndarray) -> dict[str, np.ndarray]:
         """batch: N x H x W x 3 (RGB, Matlab layout) -> outputs, fed transposed as matcaffe does."""
-        x = torch.from_numpy(np.ascontiguousarray(((batch - 127.5) * 0.0078125).transpose(0, 3, 2, 1)))
-        with torch.no_grad():
-            out = net.module(x.to(self.device))
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return runner(np.ascontiguousarray(((batch - 127.5) * 0.0078125).transpose(0, 3, 2, 1), dtype=np.float32))
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
         import cv2

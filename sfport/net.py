@@ -1,6 +1,7 @@
 """CaffeNet (the nn.Module that runs a NetGraph) and Net, a pycaffe-like handle around it."""
 from __future__ import annotations
 
+import copy
 import io as _io
 import os
 import re
@@ -15,6 +16,7 @@ from sfport import caffe_files, files, fillers, netstate, shapes
 from sfport import converters as conv_registry
 from sfport import deploy as deploy_mod
 from sfport import model as model_mod
+from sfport import optimize as optimize_mod
 from sfport.errors import CaffeFileError
 from sfport.graph import NetGraph, build_graph, input_names
 from sfport.netstate import NetState
@@ -343,19 +345,17 @@ class Net:
         if optimize:
             self._optimize()
 
-    def _optimize(self) -> None:
+    def _optimize(self, outputs=None) -> None:
         """Become the inference-optimized form of this net (:mod:`sfport.optimize`): the folded definition
         and weights, built as any net; ``origin`` maps each of its unique blobs to the unique blob of the
         original net whose value it is (``original_final``: the original's Caffe name -> unique name)."""
-        from sfport import optimize as optimize_mod
-        if self.phase == caffe_pb2.TRAIN:
-            raise ValueError("optimize=True makes an inference net: it needs phase='test'")
-        opt = optimize_mod.optimize(self)
+        opt = optimize_mod.optimize(self, outputs)
         model = caffe_files.CaffeModel.from_net(opt.net, self.path)
         for i, layer in enumerate(model.net.layer):
             if opt.weights.get(layer.name):
                 model.set_blob_arrays(i, opt.weights[layer.name])
-        other = Net(model, phase="test", input_shapes=self.input_shapes or None, inference=False)
+        other = Net(model, phase="train" if self.phase == caffe_pb2.TRAIN else "test",
+                    input_shapes=self.input_shapes or None, inference=False)
         origin = dict(zip(other.graph.inputs, opt.inputs))
         for gl in other.graph.layers:
             for j, t in enumerate(gl.tops):
@@ -365,11 +365,11 @@ class Net:
         self.definition, self.graph, self.module = other.definition, other.graph, other.module
         self.optimization, self.origin = opt, origin
 
-    def optimized(self) -> "Net":
-        """A new Net, the inference-optimized form of this one (this one is unchanged)."""
-        import copy
+    def optimized(self, outputs=None) -> "Net":
+        """A new Net, the inference-optimized form of this one (this one is unchanged); with ``outputs``
+        (Caffe blob names), only what computes them."""
         other = copy.copy(self)
-        other._optimize()
+        other._optimize(outputs)
         return other
 
     def original_blobs(self) -> dict[str, torch.Tensor]:

@@ -51,11 +51,13 @@ class Optimized:
     inputs: list
     folded: list = field(default_factory=list)
     dropped: list = field(default_factory=list)
+    pruned: list = field(default_factory=list)      # layers the requested outputs do not need
 
     def summary(self) -> str:
         n = sum(len(f) for _, f in self.folded)
+        pruned = f", {len(self.pruned)} not needed for the output" if self.pruned else ""
         return (f"optimized: {n} layer{'s' * (n != 1)} folded into {len(self.folded)}, {len(self.dropped)} "
-                f"dropped")
+                f"dropped{pruned}")
 
 
 def _affine_of(gl, module) -> tuple[np.ndarray, np.ndarray] | None:
@@ -105,15 +107,29 @@ def _fold_into(gl, module, a: np.ndarray, b: np.ndarray) -> list[np.ndarray] | N
     return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
 
 
-def optimize(net) -> Optimized:
-    """The optimized form of a built :class:`sfport.Net` (test phase) with its current weights."""
+def optimize(net, outputs=None) -> Optimized:
+    """The optimized form of a built :class:`sfport.Net` (test phase) with its current weights; with ``outputs``
+    (Caffe blob names) only the layers those blobs are computed from are kept."""
     graph, module = net.graph, net.module
     layers = graph.layers
+    alive = set(range(len(layers)))
+    if outputs is not None:
+        unknown = [o for o in outputs if o not in graph.final]
+        if unknown:
+            raise ValueError(f"no blob '{unknown[0]}' in the net")
+        needed = {graph.final[o] for o in outputs}
+        alive = set()
+        for k in range(len(layers) - 1, -1, -1):
+            if set(layers[k].tops) & needed:
+                alive.add(k)
+                needed.update(layers[k].bottoms)
+    pruned = set(range(len(layers))) - alive
     consumers: dict[str, int] = {}
-    for gl in layers:
-        for u in gl.bottoms:
+    for k in sorted(alive):
+        for u in layers[k].bottoms:
             consumers[u] = consumers.get(u, 0) + 1
-    kept_values = set(graph.outputs) | {t for t, _ in module.loss_terms}
+    kept_values = ({graph.final[o] for o in outputs} if outputs is not None
+                   else set(graph.outputs) | {t for t, _ in module.loss_terms})
     sharing = {owner for gl in layers for owner, _ in gl.shared.values()}
 
     def private(gl) -> bool:
@@ -123,12 +139,13 @@ def optimize(net) -> Optimized:
         return (len(gl.tops) == 1 and nxt.bottoms == gl.tops and consumers.get(gl.tops[0], 0) == 1
                 and gl.tops[0] not in kept_values)
 
-    # 1. chains: a head (or a first affine layer) and the affine layers right after it
+    # 1. chains: a head (or a first affine layer) and the affine layers right after it (pruned ones left out)
     plan: dict[int, tuple[list, np.ndarray, np.ndarray]] = {}   # position of head -> (folded layers, a, b)
-    gone: set[int] = set()
+    gone: set[int] = set(pruned)
+    order = sorted(alive)
     i = 0
-    while i < len(layers):
-        gl = layers[i]
+    while i < len(order):
+        gl = layers[order[i]]
         head = gl.type in HEADS and private(gl) and len(gl.tops) == 1
         first = _affine_of(gl, module.module_of(gl.name)) if gl.type in AFFINE and private(gl) else None
         if not head and first is None:
@@ -136,32 +153,37 @@ def optimize(net) -> Optimized:
             continue
         a, b = first if first is not None else (None, None)
         chain, j = [], i + 1
-        while j < len(layers) and feeds_only_next(layers[j - 1], layers[j]) and private(layers[j]):
-            step = _affine_of(layers[j], module.module_of(layers[j].name)) if layers[j].type in AFFINE else None
+        while j < len(order) and feeds_only_next(layers[order[j - 1]], layers[order[j]]) \
+                and private(layers[order[j]]):
+            nxt = layers[order[j]]
+            step = _affine_of(nxt, module.module_of(nxt.name)) if nxt.type in AFFINE else None
             if step is None:
                 break
             sa, sb = step
             a, b = (sa, sb) if a is None else (a * sa, b * sa + sb)
-            chain.append(j)
+            chain.append(order[j])
             j += 1
         if chain and head and _fold_into(gl, module.module_of(gl.name), a, b) is None:
             chain, j = [], i + 1
         if chain:
-            plan[i] = (chain, a, b)
+            plan[order[i]] = (chain, a, b)
             gone.update(chain)
         i = max(j, i + 1)
 
     # 2. identities and Silence
     drop: set[int] = set()
     training = module.training
-    for k, gl in enumerate(layers):
+    for k in order:
+        gl = layers[k]
         if gl.type == "Silence" and not gl.tops:
             drop.add(k)
         elif gl.type in IDENTITIES and not training and len(gl.bottoms) == 1 and gl.tops \
                 and not (set(gl.tops) & kept_values):
             drop.add(k)
 
-    return _write(net, plan, gone, drop, list(graph.inputs))
+    result = _write(net, plan, gone, drop, list(graph.inputs))
+    result.pruned = [layers[k].name for k in sorted(pruned)]
+    return result
 
 
 def _write(net, plan, gone, drop, inputs) -> Optimized:

@@ -560,7 +560,7 @@ def test_feature_commands_need_trained_weights(tmp_path, model):
         assert_bad_input(run(*args), where, what)
         assert files_under(tmp_path) == before
     r = run("compare", tmp_path / "1.jpg", tmp_path / "2.jpg", "-m", model / "sf4.caffemodel")
-    assert r.exit_code == 0 and r.output.startswith("cosine "), r.output
+    assert r.exit_code == 0 and r.stdout.startswith("cosine "), r.output
 
 
 def test_nan_weights_give_an_error_not_nan_features(tmp_path, model):

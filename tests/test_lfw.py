@@ -322,7 +322,7 @@ def test_eval_onnx_and_bad_input(small_lfw, tmp_path):
     r = CliRunner().invoke(cli, ["compare", str(small_lfw / "lfw/Person_Aa/Person_Aa_0002.jpg"),
                                  str(small_lfw / "lfw/Person_Aa/Person_Aa_0003.jpg"), "-m",
                                  str(small_lfw / "sf4.caffemodel")])
-    assert r.exit_code == 0 and r.output.startswith("cosine ")
+    assert r.exit_code == 0 and r.stdout.startswith("cosine ")
 
 
 def test_extract_aligns_originals_from_landmarks(tmp_path):
@@ -391,7 +391,7 @@ def test_eval_embed_compare_on_a_train_test_definition(small_lfw, tmp_path):
     assert r.exit_code == 0, r.output
     np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), np.load(tmp_path / "deploy.npy"))
     a, b = (str(small_lfw / f"lfw/Person_Aa/Person_Aa_000{k}.jpg") for k in (2, 3))
-    cos = [CliRunner().invoke(cli, ["compare", a, b, "-m", w, *extra]).output
+    cos = [CliRunner().invoke(cli, ["compare", a, b, "-m", w, *extra]).stdout
            for extra in ([], ["-p", str(tt), "--stage", "lfw"])]
     assert cos[0].startswith("cosine ") and cos[0] == cos[1]
     reports = []

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from google.protobuf import text_format
 
-from sfport import caffe_files, model, nets
+from sfport import caffe_files, model
 from sfport.net import Net
 from sfport.protos import caffe_pb2
 
@@ -157,10 +156,13 @@ def test_identities_and_silence_are_dropped_and_their_readers_rewired():
     assert sorted(b.optimization.dropped) == ["d2", "drop", "sil", "split"] and worst == 0.0
 
 
-def test_optimize_is_for_inference():
-    m = _net(layer("ip", "InnerProduct", ["data"], ["ip"], "inner_product_param { num_output: 2 }"), (2, 3))
-    with pytest.raises(ValueError, match="phase='test'"):
-        Net(m, phase="train", optimize=True)
+def test_a_train_phase_net_keeps_what_behaves_otherwise_in_training():
+    """TRAIN: BatchNorm uses the batch's statistics and Dropout drops; they stay, the Scale still folds."""
+    body = (layer("conv", "Convolution", ["data"], ["conv"], CONV) + layer("sc", "Scale", ["conv"], ["conv"], SCALE)
+            + layer("bn", "BatchNorm", ["conv"], ["conv"]) + layer("drop", "Dropout", ["conv"], ["conv"]))
+    b = Net(_net(body, (2, 3, 5, 5)), phase="train", optimize=True)
+    assert [gl.type for gl in b.graph.layers] == ["Convolution", "BatchNorm", "Dropout"]
+    assert b.module.training
 
 
 def test_the_optimized_net_saves_and_reloads_as_a_caffe_net(tmp_path):

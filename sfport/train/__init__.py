@@ -10,7 +10,8 @@ from sfport.train.checkpoint import CKPT_FORMAT
 from sfport.train.config import Options
 from sfport.train.feed import Feeder
 from sfport.train.launch import dist_env, launch, run, start
-from sfport.train.log import CaffeLog, g6, net_outputs
+from sfport.progress import CaffeLog
+from sfport.train.log import g6, net_outputs
 from sfport.train.loop import Solver, TrainingStopped
 
 __all__ = ["CKPT_FORMAT", "CaffeLog", "Feeder", "Options", "Solver", "TrainingStopped", "dist_env", "g6", "launch",

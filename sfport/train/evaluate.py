@@ -12,7 +12,8 @@ from sfport.net import Net
 from sfport.protos import caffe_pb2
 from sfport.train.config import Options
 from sfport.train.feed import Feeder, num_classes
-from sfport.train.log import CaffeLog, g6, net_outputs, output_line
+from sfport.progress import CaffeLog
+from sfport.train.log import g6, net_outputs, output_line
 
 
 def build_test_net(net_param, i: int, train_net: Net, opts: Options, base: Path | None, seed: int,

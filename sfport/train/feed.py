@@ -16,7 +16,7 @@ from sfport.protos import caffe_pb2
 from sfport.netstate import NetState
 from sfport.shapes import data_set_tops, is_data_layer, layer_included
 from sfport.train.config import Options
-from sfport.train.log import CaffeLog
+from sfport.progress import CaffeLog
 
 
 def data_layers(net, state) -> list:

@@ -1,58 +1,13 @@
-"""Caffe's log lines: glog's prefix, the C++ float format, a net's outputs as Caffe lists them (solver.cpp
-Solver::Step and Solver::Test), and the progress bar the lines are written through."""
+"""Training's log: the C++ float format, a net's outputs as Caffe lists them (solver.cpp Solver::Step and
+Solver::Test), and the progress bar the lines are written through (the glog lines: sfport.progress.CaffeLog)."""
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import time
 
 import numpy as np
 from tqdm import tqdm
 
-
-class CaffeLog:
-    """Caffe's log lines: ``I1125 21:15:37.311690 12345 solver.cpp:218] message`` on stderr (rank 0 only)."""
-
-    def __init__(self, stream=None, enabled: bool = True):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.pid = os.getpid()
-        self.bar = None
-        self._held: list[str] | None = None
-
-    @contextlib.contextmanager
-    def held(self):
-        """Hold the lines logged inside: written when it ends, dropped when it raises (so bad input found while a
-        run is set up is the one line of its error, not the end of a log)."""
-        self._held = []
-        try:
-            yield
-        except BaseException:
-            self._held = None
-            raise
-        lines, self._held = self._held, None
-        for line in lines:
-            self._write(line)
-
-    def __call__(self, message: str, where: str = "solver.cpp:0", level: str = "I") -> None:
-        if not self.enabled:
-            return
-        now = time.time()
-        t = time.localtime(now)
-        prefix = f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {time.strftime('%H:%M:%S', t)}.{int(now % 1 * 1e6):06d} " \
-                 f"{self.pid} {where}] "
-        line = prefix + message
-        if self._held is not None:
-            self._held.append(line)
-        else:
-            self._write(line)
-
-    def _write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
+from sfport.progress import CaffeLog
 
 
 def g6(v: float) -> str:

@@ -26,7 +26,8 @@ from sfport.data import resolve
 from sfport.train.config import Options, net_states, nets_of, read_solver
 from sfport.train.evaluate import build_test_net, run_test_nets
 from sfport.train.feed import Feeder, num_classes
-from sfport.train.log import CaffeLog, g6, net_outputs, output_line, progress_bar
+from sfport.progress import CaffeLog
+from sfport.train.log import g6, net_outputs, output_line, progress_bar
 
 
 class TrainingStopped(Exception):

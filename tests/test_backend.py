@@ -1,0 +1,147 @@
+"""The backend chosen for the user (sfport.backend.Runner, features.Model, MTCNN), progress lines in logs, and
+features streamed to the output: each against the plain eager net (checked against OpenCV and Caffe elsewhere)."""
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sfport import caffe_files, export
+from sfport.backend import Runner
+from sfport.features import Model
+from sfport.net import Net
+from sfport.progress import Progress
+
+import synthfaces
+from conftest import FIXTURES
+from test_optimize import BN, SCALE, _net
+from netcases import layer
+
+GLOG = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ [\w.]+:\d+\] ")
+
+
+@pytest.fixture(scope="module")
+def bn_face(tmp_path_factory):
+    """A 3 x 112 x 96 net with BatchNorm + Scale after each convolution and an fc5 feature blob followed by more
+    layers (which the features do not need), its caffemodel and prototxt; and 6 face images."""
+    d = tmp_path_factory.mktemp("bnface")
+    body = (layer("c1", "Convolution", ["data"], ["c1"], 'convolution_param { num_output: 8 kernel_size: 3 stride: 2 }')
+            + layer("bn1", "BatchNorm", ["c1"], ["c1"], BN) + layer("s1", "Scale", ["c1"], ["c1"], SCALE)
+            + layer("r1", "PReLU", ["c1"], ["c1"])
+            + layer("c2", "Convolution", ["c1"], ["c2"], 'convolution_param { num_output: 8 kernel_size: 3 stride: 2 '
+                                                       'bias_term: false }')
+            + layer("bn2", "BatchNorm", ["c2"], ["c2"], BN) + layer("s2", "Scale", ["c2"], ["c2"], SCALE)
+            + layer("fc5", "InnerProduct", ["c2"], ["fc5"], "inner_product_param { num_output: 16 }")
+            + layer("fc6", "InnerProduct", ["fc5"], ["fc6"], "inner_product_param { num_output: 4 }"))
+    m = _net(body, (1, 3, 112, 96))
+    caffe_files.write_caffemodel(d / "bn.caffemodel", m)
+    caffe_files.write_prototxt(d / "bn.prototxt", m.net)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        cv2.imwrite(str(d / f"f{k}.jpg"), synthfaces.render(synthfaces.identity(rng), rng))
+    return d
+
+
+def _plain_fc5(d, x):
+    net = Net(str(d / "bn.prototxt"), str(d / "bn.caffemodel"))
+    net.forward(data=x)
+    return net.blobs["fc5"].detach().numpy()
+
+
+def test_auto_runs_the_optimized_net_on_onnxruntime_and_only_what_the_blob_needs(bn_face):
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert m.backend == "onnxruntime" and m.output == "fc5"
+    assert m.backend_line.startswith("backend: onnxruntime (its ONNX export, checked against the eager net)")
+    assert "4 layers folded into 2" in m.backend_line and "1 not needed for the output" in m.backend_line
+    assert [gl.name for gl in m.net.graph.layers] == ["c1", "r1", "c2", "fc5"]
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 3, 112, 96)).astype(np.float32)
+    want = _plain_fc5(bn_face, x)
+    for backend in ("auto", "torch"):
+        got = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend=backend).features(torch.from_numpy(x))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+
+
+def test_a_net_that_does_not_export_runs_eagerly_and_says_why(bn_face, monkeypatch):
+    def refuse(net, *a, **k):
+        raise export.ExportMismatch("ONNX at 1x3x112x96: does not run (no kernel)")
+    monkeypatch.setattr(export, "onnx_bytes", refuse)
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert m.backend == "torch"
+    assert m.backend_line.startswith("backend: torch (the net does not export to ONNX: ONNX at 1x3x112x96: does not "
+                                     "run (no kernel))")
+    from sfport.errors import CaffeFileError
+    with pytest.raises(CaffeFileError, match="bn.caffemodel: does not run on onnxruntime: ONNX at"):
+        Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="onnxruntime")
+
+
+def test_runner_keeps_only_its_outputs(bn_face):
+    net = Net(str(bn_face / "bn.prototxt"), str(bn_face / "bn.caffemodel"))
+    r = Runner(net, ["fc5"], backend="torch")
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 3, 112, 96)).astype(np.float32)
+    with torch.no_grad():
+        blobs = r.net.module.run({"data": torch.from_numpy(x)})
+    assert list(blobs) == [r.net.graph.final["fc5"]]
+    np.testing.assert_allclose(r(x)["fc5"], _plain_fc5(bn_face, x), rtol=0, atol=1e-5)
+
+
+def test_mtcnn_backends_find_the_same_faces():
+    from sfport.mtcnn import MTCNN
+    img = cv2.imread(str(FIXTURES / "mtcnn" / "test1.jpg"))
+    faces = {b: MTCNN(FIXTURES / "mtcnn", backend=b).detect(img) for b in ("auto", "torch")}
+    assert MTCNN(FIXTURES / "mtcnn").backend == "onnxruntime" and len(faces["auto"]) >= 1
+    assert len(faces["auto"]) == len(faces["torch"])
+    for a, b in zip(faces["auto"], faces["torch"]):
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+        np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+
+
+def test_progress_lines_in_logs_are_glog_lines_with_rate_and_eta():
+    lines = []
+    with Progress(10, "features", "images", show="log", log=lambda m, w: lines.append((m, w)), every=0,
+                  header=["backend: x"]) as p:
+        for _ in range(5):
+            p.update(2)
+    assert lines[0] == ("backend: x", "features.py:0")
+    assert re.fullmatch(r"features: 2 / 10 images \(20\.0%\), [\d.]+ ima/s, ETA \d+s", lines[1][0])
+    assert re.fullmatch(r"features: 10 / 10 images \(100\.0%\), [\d.]+ ima/s, done in \d+s", lines[-1][0])
+    lines.clear()
+    with pytest.raises(RuntimeError):
+        with Progress(10, "features", show="log", log=lambda m, w: lines.append(m), header=["backend: x"]) as p:
+            raise RuntimeError("bad image")
+    assert lines == []     # a failure at once shows only its error
+
+
+def test_eval_and_embed_log_the_backend_and_progress_when_not_on_a_terminal(bn_face, tmp_path):
+    out = tmp_path / "f.npy"
+    r = subprocess.run([sys.executable, "-m", "sfport", "embed", *[str(bn_face / f"f{k}.jpg") for k in range(6)],
+                        "-m", str(bn_face / "bn.caffemodel"), "-p", str(bn_face / "bn.prototxt"), "-o", str(out),
+                        "--batch-size", "4", "--workers", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.splitlines()
+    assert all(GLOG.match(l) for l in err), err
+    assert "] backend: onnxruntime (its ONNX export, checked against the eager net)" in err[0]
+    assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ ima/s, done in", err[-1])
+    f = np.load(out)
+    assert f.shape == (6, 32) and f.dtype == np.float32
+    x = np.stack([cv2.imread(str(bn_face / f"f{k}.jpg")).astype(np.float32) for k in range(6)])
+    x = ((x - 127.5) / 128).transpose(0, 3, 1, 2)
+    want = np.concatenate([_plain_fc5(bn_face, x), _plain_fc5(bn_face, np.ascontiguousarray(x[..., ::-1]))], 1)
+    np.testing.assert_allclose(f, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    r = subprocess.run([sys.executable, "-m", "sfport", "embed", str(bn_face / "f0.jpg"), "-m",
+                        str(bn_face / "bn.caffemodel"), "-p", str(bn_face / "bn.prototxt"), "-o", str(out),
+                        "--backend", "torch"], capture_output=True, text=True)
+    assert r.returncode == 0 and "] backend: torch (--backend torch); optimized: 4 layers folded" in r.stderr
+
+
+def test_embed_leaves_nothing_when_an_image_fails_halfway(bn_face, tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths = [str(bn_face / f"f{k}.jpg") for k in range(5)] + [str(tmp_path / "bad.jpg")]
+    r = subprocess.run([sys.executable, "-m", "sfport", "embed", *paths, "-m", str(bn_face / "bn.caffemodel"), "-p",
+                        str(bn_face / "bn.prototxt"), "-o", str(tmp_path / "out" / "f.npy"), "--batch-size", "2",
+                        "--workers", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.jpg: unreadable or corrupt" in r.stderr
+    left = sorted(p.name for p in (tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+    assert left == []
