@@ -1,11 +1,11 @@
 """Load and forward speed on CPU: sfport (eager, TorchScript, ONNX export on onnxruntime) against OpenCV's
 Caffe importer, same weights, same inputs, one run.
 
-    python bench/bench_forward.py [--repeat 3] [--batches 1,64] [--threads N]
+    python bench/bench_forward.py [--repeat 5] [--rounds 3] [--batches 1,64] [--threads N]
 
 Models: SphereFace-20 deploy (112x96) with random weights written by sfport, and the MobileFaceNet fixture
-(112x112). Prints two markdown tables: load time (read + build) and forward throughput in images/s (best of
---repeat runs after a warm-up) of the default path of eval / embed / compare (sfport.backend.Runner: the
+(112x112). Prints two markdown tables: load time (read + build) and forward throughput in images/s (the best of
+--repeat runs after a warm-up, in --rounds processes of each path, interleaved) of the default path of eval / embed / compare (sfport.backend.Runner: the
 optimized net's ONNX export on onnxruntime), the optimized eager net, the plain eager net and TorchScript, with
 the ratios to OpenCV's Caffe importer (its defaults: fusion and Winograd on).
 """
@@ -34,20 +34,74 @@ def best_time(fn, repeat: int) -> float:
     return min(times)
 
 
+PATHS = ("opencv", "default", "optimized", "eager", "torchscript")
+
+
+def measure(path: str, proto: str, weights: str, batch: int, repeat: int, threads: int) -> float:
+    """Images/s of one forward path at one batch (best of ``repeat`` after a warm-up), its output checked
+    against OpenCV's. Run in a process of its own (see main), so that no other path's threads (onnxruntime's
+    spin for a while after each run) share the CPU with it."""
+    import cv2
+    import torch
+
+    from sfport import export, verify
+    from sfport.backend import Runner
+    from sfport.net import Net
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    net = Net(proto, weights)
+    (in_name, shape), = list(net.inputs.items())
+    out_name = net.outputs[0]
+    x = np.random.default_rng(0).uniform(-1, 1, (batch,) + tuple(shape[1:])).astype(np.float32)
+    xt = torch.from_numpy(x)
+    cvnet = cv2.dnn.readNetFromCaffe(proto, weights)
+    # OpenCV names outputs by layer: the last layer that writes the output blob (in-place layers included)
+    cv_out = next(gl.name for gl in net.graph.layers if net.graph.final[out_name] in gl.tops)
+    cvnet.setInput(x, in_name)
+    ref = cvnet.forward(cv_out)
+    if path == "opencv":
+        def fn():
+            cvnet.setInput(x, in_name)
+            return cvnet.forward(cv_out)
+    elif path in ("default", "optimized"):     # eval / embed / compare by default, and with --backend torch
+        runner = Runner(net, [out_name], backend="auto" if path == "default" else "torch")
+        assert runner.backend == ("onnxruntime" if path == "default" else "torch"), runner.line
+        fn = lambda: runner(x)[out_name]        # noqa: E731
+    else:
+        if path == "torchscript":
+            module = torch.jit.load(_io.BytesIO(export.torchscript_bytes(net)[0]))
+        else:
+            module = net.exportable().eval()
+
+        def fn():
+            with torch.inference_mode():
+                return module(xt)[0].numpy()
+    assert verify.relative_error(np.asarray(fn()).reshape(ref.shape), ref) <= 1e-4, f"{path}: outputs disagree"
+    return batch / best_time(fn, repeat)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="Processes per path and batch (the best counts).")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", type=pathlib.Path, default=HERE / "out")
+    ap.add_argument("--one", nargs=3, metavar=("PATH", "PROTOTXT", "WEIGHTS"), help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one:
+        print(measure(*args.one, args.batch, args.repeat, args.threads))
+        return 0
+
+    import subprocess
 
     import cv2
     import onnxruntime as ort
     import torch
 
-    from sfport import export, caffe_files, model, nets, verify
-    from sfport.backend import Runner
+    from sfport import caffe_files, model, nets
     from sfport.net import Net
 
     torch.set_num_threads(args.threads)
@@ -67,52 +121,21 @@ def main(argv=None) -> int:
         t_cv = best_time(lambda: cv2.dnn.readNetFromCaffe(str(proto), str(weights)), args.repeat)
         t_sf = best_time(lambda: Net(str(proto), str(weights)), args.repeat)
         load_rows.append((label, t_cv, t_sf))
-
-        net = Net(str(proto), str(weights))
-        module = net.exportable().eval()
-        (in_name, shape), = list(net.inputs.items())
-        out_name = net.outputs[0]
-        runner = Runner(net, [out_name])                      # the default path of eval / embed / compare
-        assert runner.backend == "onnxruntime", runner.line
-        opt_module = runner.net.exportable().eval()            # the optimized eager net
-        ts = torch.jit.load(_io.BytesIO(export.torchscript_bytes(net)[0]))
-        cvnet = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
-        # OpenCV names outputs by layer: the last layer that writes the output blob (in-place layers included)
-        cv_out = next(gl.name for gl in net.graph.layers if net.graph.final[out_name] in gl.tops)
         for b in batches:
-            x = np.random.default_rng(0).uniform(-1, 1, (b,) + tuple(shape[1:])).astype(np.float32)
-            xt = torch.from_numpy(x)
-
-            def eager():
-                with torch.inference_mode():
-                    return module(xt)
-
-            def optimized():
-                with torch.inference_mode():
-                    return opt_module(xt)
-
-            def torchscript():
-                with torch.inference_mode():
-                    return ts(xt)
-
-            def default():
-                return runner(x)
-
-            def opencv():
-                cvnet.setInput(x, in_name)
-                return cvnet.forward(cv_out)
-
-            ref = opencv()
-            for fn in (eager, optimized):
-                assert verify.relative_error(fn()[0].numpy().reshape(ref.shape), ref) <= 1e-4, "outputs disagree"
-            assert verify.relative_error(default()[out_name].reshape(ref.shape), ref) <= 1e-4, "outputs disagree"
-            times = {name: best_time(fn, args.repeat) for name, fn in
-                     (("opencv", opencv), ("default", default), ("optimized", optimized), ("eager", eager),
-                      ("torchscript", torchscript))}
-            fwd_rows.append((label, b, times))
+            ips = {}
+            for _ in range(args.rounds):    # rounds interleave the paths: a slow spell of the machine hits all
+                for path in PATHS:
+                    out = subprocess.run([sys.executable, __file__, "--one", path, str(proto), str(weights),
+                                          "--batch", str(b), "--repeat", str(args.repeat), "--threads",
+                                          str(args.threads)], capture_output=True, text=True)
+                    if out.returncode != 0:
+                        raise SystemExit(f"{label} batch {b} {path}: {out.stderr[-2000:]}")
+                    ips[path] = max(ips.get(path, 0.0), float(out.stdout.split()[-1]))
+            fwd_rows.append((label, b, ips))
 
     print(f"CPU: {os.cpu_count()} cores, {args.threads} threads; torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}, cv2 {cv2.__version__}; best of {args.repeat} after a warm-up")
+          f"onnxruntime {ort.__version__}, cv2 {cv2.__version__}; best of {args.repeat} runs after a warm-up in "
+          f"each of {args.rounds} processes per path, the paths interleaved")
     print()
     print("| model | OpenCV load (ms) | sfport load (ms) | sfport / OpenCV |")
     print("|---|---:|---:|---:|")
@@ -122,8 +145,7 @@ def main(argv=None) -> int:
     print("| model | batch | OpenCV (img/s) | sfport default (optimized, onnxruntime) | optimized eager | "
           "eager | TorchScript | default / OpenCV | optimized eager / OpenCV |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, b, t in fwd_rows:
-        ips = {k: b / v for k, v in t.items()}
+    for label, b, ips in fwd_rows:
         print(f"| {label} | {b} | {ips['opencv']:.1f} | {ips['default']:.1f} | {ips['optimized']:.1f} | "
               f"{ips['eager']:.1f} | {ips['torchscript']:.1f} | {ips['default'] / ips['opencv']:.2f}x | "
               f"{ips['optimized'] / ips['opencv']:.2f}x |")

@@ -79,6 +79,8 @@ class CaffeNet(nn.Module):
                         and spec.lr_mult == 0:
                     getattr(module, module.caffe_blobs[j]).requires_grad_(False)
         self.input_names = list(graph.inputs)
+        # 4-D inputs fed as channels_last (NHWC in memory): set by Net.optimized where it is faster
+        self.channels_last = False
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
         # (unique top name, weight) of every top that enters the loss, in Caffe's order
         self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
@@ -136,6 +138,10 @@ class CaffeNet(nn.Module):
                 blobs[name] = inputs[caffe]
             else:
                 raise KeyError(f"missing input '{caffe}'")
+        if self.channels_last and not conv_registry.in_export_form():
+            for name, t in blobs.items():
+                if t.dim() == 4:
+                    blobs[name] = t.contiguous(memory_format=torch.channels_last)
         remaining = {}
         if not keep_all:  # free a blob after its last consumer
             for gl in self.graph.layers:
@@ -363,6 +369,10 @@ class Net:
         self.original_final = dict(self.graph.final)
         self.original_layers = [(gl.name, list(gl.tops)) for gl in self.graph.layers]
         self.definition, self.graph, self.module = other.definition, other.graph, other.module
+        # NHWC where it is faster on the CPU: for grouped (depthwise) convolutions, 1.1-1.8x for MobileFaceNet;
+        # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)
+        self.module.channels_last = any(getattr(self.module.module_of(gl.name), "groups", 1) > 1
+                                        for gl in self.graph.layers if gl.type in optimize_mod.HEADS)
         self.optimization, self.origin = opt, origin
 
     def optimized(self, outputs=None) -> "Net":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 
 from sfport import caffe_files, model
@@ -59,6 +60,7 @@ def test_conv_bn_scale_in_place_folds_into_the_convolution():
             + layer("sc", "Scale", ["conv"], ["conv"], SCALE) + layer("relu", "ReLU", ["conv"], ["conv"]))
     a, b, worst, n = _compare(_net(body, (2, 3, 9, 7)), (2, 3, 9, 7))
     assert [gl.type for gl in b.graph.layers] == ["Convolution", "ReLU"]
+    assert not b.module.channels_last      # dense convolutions keep NCHW
     assert b.optimization.folded == [("conv", ["bn", "sc"])]
     assert worst < 1e-6 and n == 3      # data, the folded conv (= sc's top), relu
     assert b.definition.layer[1].convolution_param.bias_term
@@ -204,6 +206,14 @@ def test_mobilefacenet_folds_every_batchnorm():
     types = [gl.type for gl in b.graph.layers]
     assert "BatchNorm" not in types and "Scale" not in types
     assert sum(len(f) for _, f in b.optimization.folded) == 100
+    # grouped convolutions: the optimized net takes its input as channels_last, with the same values
+    assert b.module.channels_last
+    a = Net(str(mfn / "mxnet2caffe_mobilefacenet.prototxt"), str(mfn / "mxnet2caffe_mobilefacenet.caffemodel"))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
+    want = a.forward(data=x)["fc1"].detach().numpy()
+    got = b.forward(data=x)["fc1"]
+    assert b.unique_blobs[next(iter(b.graph.inputs))].is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "caffemodel"])
