@@ -4,7 +4,7 @@
   estimateAffinePartial2D + warpAffine, on 250x250 face photos;
 - detect + align with MTCNN (det1-det3 through sfport), per image;
 - feature extraction of SphereFace-20 (random weights, 112x96, with the mirror image, as evaluation.m):
-  ``sfport.features.extract`` (DataLoader, 2 workers, batch 64) against OpenCV's Caffe importer on the same
+  ``sfport.features.extract`` (DataLoader, 2 workers, batch 64; the default backend and --backend torch) against OpenCV's Caffe importer on the same
   images (blobFromImages, batch 64).
 
     python bench/bench_eval.py [--images 256]
@@ -70,20 +70,13 @@ def main(argv=None):
         sf20 = model.with_random_weights(caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20), None), seed=0)
         caffe_files.write_caffemodel(tmp / "sf20.caffemodel", sf20)
         caffe_files.write_prototxt(tmp / "sf20.prototxt", nets.sphereface_deploy(20))
-        mdl = Model(tmp / "sf20.caffemodel")
-        extract(mdl, paths[:64], tmp / "img", cache_dir=False, workers=2)  # warm-up
-        start = time.perf_counter()
-        extract(mdl, paths, tmp / "img", cache_dir=False, workers=2, batch_size=64)
-        rows.append(("SphereFace-20 features (+ mirror)", "sfport extract", len(paths) / (time.perf_counter() - start)))
-        from sfport.export import onnx_bytes
-        from sfport.net import Net
-        (tmp / "sf20.onnx").write_bytes(onnx_bytes(Net(tmp / "sf20.caffemodel"))[0])
-        onnx_model = Model(tmp / "sf20.onnx")
-        extract(onnx_model, paths[:64], tmp / "img", cache_dir=False, workers=2)
-        start = time.perf_counter()
-        extract(onnx_model, paths, tmp / "img", cache_dir=False, workers=2, batch_size=64)
-        rows.append(("SphereFace-20 features (+ mirror)", "sfport extract, ONNX export on onnxruntime",
-                     len(paths) / (time.perf_counter() - start)))
+        for backend, label in (("auto", "sfport extract, default (optimized net on onnxruntime)"),
+                               ("torch", "sfport extract, --backend torch (optimized eager)")):
+            mdl = Model(tmp / "sf20.caffemodel", backend=backend)
+            extract(mdl, paths[:64], tmp / "img", cache_dir=False, workers=2)  # warm-up
+            start = time.perf_counter()
+            extract(mdl, paths, tmp / "img", cache_dir=False, workers=2, batch_size=64)
+            rows.append(("SphereFace-20 features (+ mirror)", label, len(paths) / (time.perf_counter() - start)))
         net = cv2.dnn.readNetFromCaffe(str(tmp / "sf20.prototxt"), str(tmp / "sf20.caffemodel"))
         start = time.perf_counter()
         for b in range(0, len(paths), 64):

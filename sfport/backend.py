@@ -18,6 +18,31 @@ from sfport.errors import CaffeFileError
 BACKENDS = ("auto", "onnxruntime", "torch")
 
 
+_HEAP_BOUNDED = False
+
+
+def bound_heap_growth() -> None:
+    """Fix glibc's mmap threshold at 1 MiB (mallopt M_MMAP_THRESHOLD), once per process, so that batch-sized
+    buffers are mapped and unmapped rather than carved from the heap. glibc otherwise raises the threshold after
+    each large free, and the batches received from DataLoader workers then fragmented the heap: ``sfport eval``'s
+    main process grew from 0.76 to 1.7 GB over 13,233 images, and stays at 0.77 GB with the fixed threshold.
+    A no-op where the C library is not glibc."""
+    global _HEAP_BOUNDED
+    if _HEAP_BOUNDED:
+        return
+    _HEAP_BOUNDED = True
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is not None:
+        mallopt(-3, 1 << 20)     # M_MMAP_THRESHOLD (malloc.h)
+
+
 def session(model, path):
     """An onnxruntime session of an ONNX file or its bytes; a model it cannot load is one line naming ``path``."""
     import onnxruntime as ort
@@ -34,10 +59,12 @@ def check_backend(backend: str) -> str:
 
 
 class Runner:
-    """``Runner(net, outputs=None, backend="auto", device="cpu", path=None)``; ``runner(x)`` -> {output: array}
-    for a batch of the net's first input; ``backend`` the one that runs, ``line`` what and why."""
+    """``Runner(net, outputs=None, backend="auto", device="cpu", path=None, any_size=False)``; ``runner(x)`` ->
+    {output: array} for a batch of the net's first input (any batch; any height and width too with
+    ``any_size``, where the net allows); ``backend`` the one that runs, ``line`` what and why."""
 
-    def __init__(self, net, outputs=None, backend: str = "auto", device: str = "cpu", path=None):
+    def __init__(self, net, outputs=None, backend: str = "auto", device: str = "cpu", path=None,
+                 any_size: bool = False):
         check_backend(backend)
         self.net = net.optimized(list(outputs) if outputs is not None else None)
         self.net.module.eval().to(device)
@@ -48,7 +75,9 @@ class Runner:
         self.backend, why = "torch", "--backend torch"
         if backend != "torch" and device == "cpu":
             try:
-                data, _ = export.onnx_bytes(self.net)
+                # at the net's own input size unless the caller feeds others (MTCNN's pyramid): the export is
+                # then checked there only, not rebuilt and run at a second size
+                data, _ = export.onnx_bytes(self.net, dynamic=None if any_size else False)
             except Exception as e:  # noqa: BLE001 - any failure to export or check: the eager net runs
                 if backend == "onnxruntime":
                     raise CaffeFileError(path or net.path, f"does not run on onnxruntime: "
@@ -64,7 +93,10 @@ class Runner:
     def __call__(self, x) -> dict[str, np.ndarray]:
         if self.session is not None:
             x = x.numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x, dtype=np.float32)
-            return dict(zip(self.outputs, self.session.run(self.outputs, {self.input: x})))
+            # copies: onnxruntime's arrays are views that keep its whole output buffer (and arena chunk) alive,
+            # which grew eval's memory with the number of images
+            return {o: np.array(v, copy=True) for o, v in zip(self.outputs, self.session.run(self.outputs,
+                                                                                              {self.input: x}))}
         x = torch.as_tensor(x)
         with torch.no_grad():
             blobs = self.net.module.run({self.input: x.to(self.device)})

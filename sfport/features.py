@@ -26,7 +26,7 @@ from sfport.errors import CaffeFileError
 from sfport.data import read_list_text
 from sfport.files import Staged, atomic_write, check_output, write_files
 from sfport.images import read_image
-from sfport.backend import Runner, check_backend, session
+from sfport.backend import Runner, bound_heap_growth, check_backend, session
 from sfport.net import load_net
 from sfport.progress import Progress
 
@@ -86,7 +86,8 @@ class Model:
     def features(self, x: torch.Tensor) -> np.ndarray:
         """The output blob of a batch, one row per image."""
         if self.net is None:
-            return np.asarray(self.session.run([self.output], {self.input_name: x.numpy()})[0]).reshape(len(x), -1)
+            out = self.session.run([self.output], {self.input_name: x.numpy()})[0]
+            return np.array(out, copy=True).reshape(len(x), -1)   # a copy: see backend.Runner
         return self.runner(x)[self.output].reshape(len(x), -1)
 
     def digest(self) -> str:
@@ -241,6 +242,7 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
         cached = _read_cache(cache, len(paths))
         if cached is not None:
             return Extracted(list(paths), *cached)
+    bound_heap_growth()
     ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     feats, flips = [], []

@@ -107,7 +107,7 @@ class MTCNN:
             missing = [o for o in outputs if o not in net.graph.final]
             if missing:
                 raise CaffeFileError(proto, f"no blob '{missing[0]}': not an MTCNN det{i} net")
-            runners.append(Runner(net, outputs, backend, device, str(model)))
+            runners.append(Runner(net, outputs, backend, device, str(model), any_size=i == 1))  # P-Net: a pyramid
         self.pnet, self.rnet, self.onet = runners
         self.backend = runners[0].backend
         self.line = "MTCNN " + runners[0].line.split(";")[0]
