@@ -24,6 +24,10 @@ class ReLU(NoBlobs):
     def forward(self, x):
         return F.relu(x) if self.slope == 0 else F.leaky_relu(x, self.slope)
 
+    def forward_(self, x):
+        """In place on ``x`` (the optimized net's, where nothing else reads x)."""
+        return F.relu_(x) if self.slope == 0 else F.leaky_relu_(x, self.slope)
+
 
 class ELU(NoBlobs):
     """Caffe ELULayer: x for x > 0, alpha * (exp(x) - 1) otherwise."""

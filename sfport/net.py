@@ -81,6 +81,8 @@ class CaffeNet(nn.Module):
         self.input_names = list(graph.inputs)
         # 4-D inputs fed as channels_last (NHWC in memory): set by Net.optimized where it is faster
         self.channels_last = False
+        # layers run in place on their bottom when nothing else needs it (no autograd, blobs freed): Net.optimized
+        self.in_place: set[str] = set()
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
         # (unique top name, weight) of every top that enters the loss, in Caffe's order
         self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
@@ -148,8 +150,14 @@ class CaffeNet(nn.Module):
                 for b in gl.bottoms:
                     remaining[b] = remaining.get(b, 0) + 1
         outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms}
+        in_place = bool(self.in_place) and not keep_all and not torch.is_grad_enabled() \
+            and not conv_registry.in_export_form()
         for gl in self.graph.layers:
-            out = self.layers[self.keys[gl.name]](*[blobs[b] for b in gl.bottoms])
+            module = self.layers[self.keys[gl.name]]
+            if in_place and gl.name in self.in_place:   # its bottom is read by it alone and freed after it
+                out = module.forward_(blobs[gl.bottoms[0]])
+            else:
+                out = module(*[blobs[b] for b in gl.bottoms])
             if isinstance(out, torch.Tensor):
                 out = (out,)
             for name, t in zip(gl.tops, out):
@@ -373,6 +381,7 @@ class Net:
         # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)
         self.module.channels_last = any(getattr(self.module.module_of(gl.name), "groups", 1) > 1
                                         for gl in self.graph.layers if gl.type in optimize_mod.HEADS)
+        self.module.in_place = optimize_mod.in_place_layers(self.graph, self.module)
         self.optimization, self.origin = opt, origin
 
     def optimized(self, outputs=None) -> "Net":

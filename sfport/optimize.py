@@ -36,6 +36,8 @@ from sfport.protos import caffe_pb2
 HEADS = ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution", "InnerProduct")
 AFFINE = ("BatchNorm", "Scale", "Bias")
 IDENTITIES = ("Dropout", "Split")
+# layers whose top is a new tensor, never a view of a blob another layer still reads
+FRESH = HEADS + AFFINE + ("Pooling",)
 
 
 @dataclass
@@ -264,3 +266,17 @@ def _write(net, plan, gone, drop, inputs) -> Optimized:
             origin[(new.name, j)] = u
     return Optimized(out, weights, origin, list(inputs), folded, dropped)
 
+
+
+def in_place_layers(graph, module) -> set[str]:
+    """The layers of an optimized net that may overwrite their bottom (``module.forward_``): one bottom, produced
+    by a layer whose top is a fresh tensor (FRESH), read by this layer alone, and neither an input nor an output."""
+    readers: dict[str, int] = {}
+    for gl in graph.layers:
+        for u in gl.bottoms:
+            readers[u] = readers.get(u, 0) + 1
+    fresh = {t for gl in graph.layers if gl.type in FRESH for t in gl.tops}
+    kept = set(graph.outputs) | {t for t, _ in module.loss_terms}
+    return {gl.name for gl in graph.layers
+            if hasattr(module.module_of(gl.name), "forward_") and len(gl.bottoms) == 1
+            and gl.bottoms[0] in fresh and readers[gl.bottoms[0]] == 1 and gl.bottoms[0] not in kept}

@@ -145,3 +145,27 @@ def test_embed_leaves_nothing_when_an_image_fails_halfway(bn_face, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.jpg: unreadable or corrupt" in r.stderr
     left = sorted(p.name for p in (tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
     assert left == []
+
+
+def test_relus_run_in_place_where_nothing_else_reads_their_bottom():
+    """UltraFace: every ReLU follows a convolution read by it alone; in place they give exactly what the
+    out-of-place ReLUs give, and the plain net's outputs within the tolerance."""
+    net = Net(str(FIXTURES / "ultraface/slim-320.prototxt"), str(FIXTURES / "ultraface/slim-320.caffemodel"))
+    r = Runner(net, None, backend="torch")
+    relus = [gl.name for gl in r.net.graph.layers if gl.type == "ReLU"]
+    assert r.net.module.in_place == set(relus) and len(relus) == 34
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 3, 240, 320)).astype(np.float32)
+    fast = r(x)
+    r.net.module.in_place = set()
+    slow = r(x)
+    want = net.forward(input=x)
+    for k in ("boxes", "scores"):
+        np.testing.assert_array_equal(fast[k], slow[k])
+        ref = want[k].detach().numpy()
+        np.testing.assert_allclose(fast[k], ref, rtol=0, atol=1e-5 * max(1, np.abs(ref).max()))
+    # a blob read by two layers (or an input, or an output) is never overwritten
+    body = (layer("ip", "InnerProduct", ["data"], ["ip"], "inner_product_param { num_output: 4 }")
+            + layer("r1", "ReLU", ["ip"], ["r1"]) + layer("t", "TanH", ["ip"], ["t"])
+            + layer("r2", "ReLU", ["data"], ["r2"]))
+    b = Net(_net(body, (2, 3)), optimize=True)
+    assert b.module.in_place == set()

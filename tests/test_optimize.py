@@ -229,3 +229,15 @@ def test_convert_optimize_writes_checked_exports(tmp_path, fmt):
         assert not [l for l in again.net.layer if l.type in ("BatchNorm", "Scale")]
     else:
         assert "checked against the eager net" in r.stdout
+
+
+@pytest.mark.parametrize("weights, proto", [
+    ("mtcnn/det1.caffemodel", "mtcnn/det1.prototxt"),
+    ("mtcnn/det4.caffemodel", "mtcnn/det4.prototxt"),
+    ("ultraface/slim-320.caffemodel", "ultraface/slim-320.prototxt"),
+    ("lenet/lenet_iter_10000.caffemodel", "lenet/lenet.prototxt"),
+])
+def test_every_fixture_models_optimized_onnx_export_passes_its_check(tmp_path, weights, proto):
+    r = _cli("convert", FIX / weights, "-p", FIX / proto, "--optimize", "--format", "onnx", "-o", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("optimized: ") and "checked against the eager net: ONNX" in r.stdout
