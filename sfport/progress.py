@@ -75,6 +75,7 @@ class Progress:
     def __init__(self, total: int, desc: str, unit: str = "images", show=None, log=None, every: float = 5.0,
                  where: str | None = None, header=()):
         self.total, self.desc, self.unit, self.every = int(total), desc, unit, float(every)
+        self.short = {"images": "img", "iterations": "it"}.get(unit, unit)
         self.where = where or f"{desc}.py:0"
         if show is None:
             show = True if sys.stderr.isatty() else "log"
@@ -84,7 +85,7 @@ class Progress:
         if show == "log":
             self.log = log if log is not None else CaffeLog()
         elif show:
-            self.bar = tqdm(total=self.total, desc=desc, unit=unit[:3], leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, desc=desc, unit=self.short, leave=False, dynamic_ncols=True)
             for text in self.header:
                 self.bar.write(text, file=sys.stderr)
         self.done = 0
@@ -104,7 +105,7 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = f", ETA {_duration(left)}" if self.done < self.total and rate > 0 else \
             ("" if self.done < self.total else f", done in {_duration(elapsed)}")
-        return f"{self.desc}: {self.done} / {self.total} {self.unit}{pct}, {rate:.1f} {self.unit[:3]}/s{eta}"
+        return f"{self.desc}: {self.done} / {self.total} {self.unit}{pct}, {rate:.1f} {self.short}/s{eta}"
 
     def update(self, n: int = 1) -> None:
         self.done += int(n)

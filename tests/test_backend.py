@@ -105,8 +105,8 @@ def test_progress_lines_in_logs_are_glog_lines_with_rate_and_eta():
         for _ in range(5):
             p.update(2)
     assert lines[0] == ("backend: x", "features.py:0")
-    assert re.fullmatch(r"features: 2 / 10 images \(20\.0%\), [\d.]+ ima/s, ETA \d+s", lines[1][0])
-    assert re.fullmatch(r"features: 10 / 10 images \(100\.0%\), [\d.]+ ima/s, done in \d+s", lines[-1][0])
+    assert re.fullmatch(r"features: 2 / 10 images \(20\.0%\), [\d.]+ img/s, ETA \d+s", lines[1][0])
+    assert re.fullmatch(r"features: 10 / 10 images \(100\.0%\), [\d.]+ img/s, done in \d+s", lines[-1][0])
     lines.clear()
     with pytest.raises(RuntimeError):
         with Progress(10, "features", show="log", log=lambda m, w: lines.append(m), header=["backend: x"]) as p:
@@ -123,7 +123,7 @@ def test_eval_and_embed_log_the_backend_and_progress_when_not_on_a_terminal(bn_f
     err = r.stderr.splitlines()
     assert all(GLOG.match(l) for l in err), err
     assert "] backend: onnxruntime (its ONNX export, checked against the eager net)" in err[0]
-    assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ ima/s, done in", err[-1])
+    assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ img/s, done in", err[-1])
     f = np.load(out)
     assert f.shape == (6, 32) and f.dtype == np.float32
     x = np.stack([cv2.imread(str(bn_face / f"f{k}.jpg")).astype(np.float32) for k in range(6)])
