@@ -93,8 +93,8 @@ class Runner:
     def __call__(self, x) -> dict[str, np.ndarray]:
         if self.session is not None:
             x = x.numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x, dtype=np.float32)
-            # copies: onnxruntime's arrays are views that keep its whole output buffer (and arena chunk) alive,
-            # which grew eval's memory with the number of images
+            # copies: onnxruntime's arrays are views of its output buffers, which a kept feature row would keep
+            # alive
             return {o: np.array(v, copy=True) for o, v in zip(self.outputs, self.session.run(self.outputs,
                                                                                               {self.input: x}))}
         x = torch.as_tensor(x)
