@@ -52,6 +52,13 @@ def session(model, path):
         raise CaffeFileError(path, f"onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
 
 
+def run_session(sess, outputs: list[str], input_name: str, x) -> dict[str, np.ndarray]:
+    """{output: array} of an onnxruntime session on one input batch (a tensor or an array). The arrays are
+    copies: onnxruntime's are views of its output buffers, which a kept feature row would keep alive."""
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x, dtype=np.float32)
+    return {o: np.array(v, copy=True) for o, v in zip(outputs, sess.run(outputs, {input_name: x}))}
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise CaffeFileError(None, f"backend '{backend}': one of {', '.join(BACKENDS)}")
@@ -92,11 +99,7 @@ class Runner:
 
     def __call__(self, x) -> dict[str, np.ndarray]:
         if self.session is not None:
-            x = x.numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x, dtype=np.float32)
-            # copies: onnxruntime's arrays are views of its output buffers, which a kept feature row would keep
-            # alive
-            return {o: np.array(v, copy=True) for o, v in zip(self.outputs, self.session.run(self.outputs,
-                                                                                              {self.input: x}))}
+            return run_session(self.session, self.outputs, self.input, x)
         x = torch.as_tensor(x)
         with torch.no_grad():
             blobs = self.net.module.run({self.input: x.to(self.device)})

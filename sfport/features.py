@@ -26,7 +26,7 @@ from sfport.errors import CaffeFileError
 from sfport.data import read_list_text
 from sfport.files import Staged, atomic_write, check_output, write_files
 from sfport.images import read_image
-from sfport.backend import Runner, bound_heap_growth, check_backend, session
+from sfport.backend import Runner, bound_heap_growth, check_backend, run_session, session
 from sfport.net import load_net
 from sfport.progress import Progress
 
@@ -86,8 +86,7 @@ class Model:
     def features(self, x: torch.Tensor) -> np.ndarray:
         """The output blob of a batch, one row per image."""
         if self.net is None:
-            out = self.session.run([self.output], {self.input_name: x.numpy()})[0]
-            return np.array(out, copy=True).reshape(len(x), -1)   # a copy: see backend.Runner
+            return run_session(self.session, [self.output], self.input_name, x)[self.output].reshape(len(x), -1)
         return self.runner(x)[self.output].reshape(len(x), -1)
 
     def digest(self) -> str:

@@ -362,7 +362,7 @@ class Net:
     def _optimize(self, outputs=None) -> None:
         """Become the inference-optimized form of this net (:mod:`sfport.optimize`): the folded definition
         and weights, built as any net; ``origin`` maps each of its unique blobs to the unique blob of the
-        original net whose value it is (``original_final``: the original's Caffe name -> unique name)."""
+        original net whose value it is."""
         opt = optimize_mod.optimize(self, outputs)
         model = caffe_files.CaffeModel.from_net(opt.net, self.path)
         for i, layer in enumerate(model.net.layer):
@@ -374,8 +374,6 @@ class Net:
         for gl in other.graph.layers:
             for j, t in enumerate(gl.tops):
                 origin[t] = opt.origin[(gl.name, j)]
-        self.original_final = dict(self.graph.final)
-        self.original_layers = [(gl.name, list(gl.tops)) for gl in self.graph.layers]
         self.definition, self.graph, self.module = other.definition, other.graph, other.module
         # NHWC where it is faster on the CPU: for grouped (depthwise) convolutions, 1.1-1.8x for MobileFaceNet;
         # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)

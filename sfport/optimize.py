@@ -142,7 +142,7 @@ def optimize(net, outputs=None) -> Optimized:
                 and gl.tops[0] not in kept_values)
 
     # 1. chains: a head (or a first affine layer) and the affine layers right after it (pruned ones left out)
-    plan: dict[int, tuple[list, np.ndarray, np.ndarray]] = {}   # position of head -> (folded layers, a, b)
+    plan: dict[int, tuple[list, list]] = {}   # position of head -> (folded layers, its new blobs)
     gone: set[int] = set(pruned)
     order = sorted(alive)
     i = 0
@@ -165,10 +165,14 @@ def optimize(net, outputs=None) -> Optimized:
             a, b = (sa, sb) if a is None else (a * sa, b * sa + sb)
             chain.append(order[j])
             j += 1
-        if chain and head and _fold_into(gl, module.module_of(gl.name), a, b) is None:
+        arrays = None
+        if chain:   # a head's weights with the chain folded in; after anything else, one Scale's blobs
+            arrays = _fold_into(gl, module.module_of(gl.name), a, b) if head else \
+                [a.astype(np.float32), b.astype(np.float32)]
+        if arrays is None:
             chain, j = [], i + 1
-        if chain:
-            plan[order[i]] = (chain, a, b)
+        else:
+            plan[order[i]] = (chain, arrays)
             gone.update(chain)
         i = max(j, i + 1)
 
@@ -183,12 +187,10 @@ def optimize(net, outputs=None) -> Optimized:
                 and not (set(gl.tops) & kept_values):
             drop.add(k)
 
-    result = _write(net, plan, gone, drop, list(graph.inputs))
-    result.pruned = [layers[k].name for k in sorted(pruned)]
-    return result
+    return _write(net, plan, gone, drop, list(graph.inputs), [layers[k].name for k in sorted(pruned)])
 
 
-def _write(net, plan, gone, drop, inputs) -> Optimized:
+def _write(net, plan, gone, drop, inputs, pruned) -> Optimized:
     """The optimized NetParameter and its weights."""
     graph, module = net.graph, net.module
     layers = graph.layers
@@ -214,9 +216,8 @@ def _write(net, plan, gone, drop, inputs) -> Optimized:
         if shapes.is_data_layer(layer):
             new = out.layer.add()
             new.CopyFrom(layer)
-            for j, top in enumerate(layer.top):
-                u = next(data_tops)
-                origin[(layer.name, j)] = u
+            for j in range(len(layer.top)):
+                origin[(layer.name, j)] = next(data_tops)
             continue
         k = by_index.get(i)
         if k is None:
@@ -234,13 +235,12 @@ def _write(net, plan, gone, drop, inputs) -> Optimized:
         arrays = conv_registry.get(gl.type, gl.name).save(module.module_of(gl.name))
         tops = list(gl.tops)
         if k in plan:
-            chain, a, b = plan[k]
+            chain, arrays = plan[k]
             last = layers[chain[-1]]
             tops = [last.tops[0]]
             new.top[0] = graph.caffe_name[last.tops[0]]
             folded.append((gl.name, [layers[c].name for c in chain]))
             if gl.type in HEADS:
-                arrays = _fold_into(gl, module.module_of(gl.name), a, b)
                 if gl.type == "InnerProduct":
                     new.inner_product_param.bias_term = True
                 else:
@@ -253,7 +253,6 @@ def _write(net, plan, gone, drop, inputs) -> Optimized:
                 new.scale_param.axis = 1
                 new.scale_param.num_axes = 1
                 new.scale_param.bias_term = True
-                arrays = [a.astype(np.float32), b.astype(np.float32)]
             del new.param[:]
             for spec in layer.param[:2]:
                 if spec.HasField("lr_mult") or spec.HasField("decay_mult"):
@@ -264,7 +263,7 @@ def _write(net, plan, gone, drop, inputs) -> Optimized:
         weights[new.name] = arrays
         for j, u in enumerate(tops):
             origin[(new.name, j)] = u
-    return Optimized(out, weights, origin, list(inputs), folded, dropped)
+    return Optimized(out, weights, origin, list(inputs), folded, dropped, list(pruned))
 
 
 

@@ -32,3 +32,15 @@ def files_under(folder) -> set:
         for n in dirs + files:
             out.add(os.path.relpath(os.path.join(root, n), folder))
     return out
+
+
+def full_disk_on(call: int, real):
+    """A stand-in for a writer ``real(path, ...)`` whose ``call``-th call fails as a full disk would (ENOSPC,
+    naming its path); ``.calls`` lists the paths it was given."""
+    def write(path, *rest):
+        write.calls.append(path)
+        if len(write.calls) == call:
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, *rest)
+    write.calls = []
+    return write

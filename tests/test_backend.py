@@ -87,17 +87,6 @@ def test_runner_keeps_only_its_outputs(bn_face):
     np.testing.assert_allclose(r(x)["fc5"], _plain_fc5(bn_face, x), rtol=0, atol=1e-5)
 
 
-def test_mtcnn_backends_find_the_same_faces():
-    from sfport.mtcnn import MTCNN
-    img = cv2.imread(str(FIXTURES / "mtcnn" / "test1.jpg"))
-    faces = {b: MTCNN(FIXTURES / "mtcnn", backend=b).detect(img) for b in ("auto", "torch")}
-    assert MTCNN(FIXTURES / "mtcnn").backend == "onnxruntime" and len(faces["auto"]) >= 1
-    assert len(faces["auto"]) == len(faces["torch"])
-    for a, b in zip(faces["auto"], faces["torch"]):
-        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
-        np.testing.assert_allclose(a.box, b.box, atol=1e-3)
-
-
 def test_progress_lines_in_logs_are_glog_lines_with_rate_and_eta():
     lines = []
     with Progress(10, "features", "images", show="log", log=lambda m, w: lines.append((m, w)), every=0,

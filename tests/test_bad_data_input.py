@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from badinput import assert_bad_input, files_under, run
+from badinput import assert_bad_input, files_under, full_disk_on, run
 from sfport import align, data, files, images, lfw
 from sfport.errors import CaffeFileError
 
@@ -432,15 +432,7 @@ def test_eval_outputs_are_checked_before_work(tmp_path):
 def test_write_files_leaves_all_or_none(tmp_path, monkeypatch):
     (tmp_path / "old.txt").write_text("old")
     real = os.replace
-    calls = []
-
-    def failing(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device", str(dst))
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing)
+    monkeypatch.setattr(os, "replace", full_disk_on(2, real))
     with pytest.raises(OSError):
         files.write_files({tmp_path / "a.npy": b"1", tmp_path / "a.txt": b"2"})
     assert files_under(tmp_path) == {"old.txt"}
@@ -480,15 +472,7 @@ def test_align_output_folder(tmp_path, photos, monkeypatch):
         assert_bad_input(run("align", src, out, "--landmarks", marks, "--workers", "0"), out, what)
         assert files_under(tmp_path) == before
     # a failure half-way (here the disk, on the second crop) leaves no crops and no output folders behind
-    real = files.atomic_write
-    written = []
-
-    def full_disk(path, data):
-        written.append(path)
-        if len(written) == 2:
-            raise OSError(28, "No space left on device", str(path))
-        real(path, data)
-
+    full_disk = full_disk_on(2, files.atomic_write)
     (src / "b").mkdir()
     (src / "b" / "good2.jpg").write_bytes(jpeg(face(7)))
     with open(marks, "a") as f:
@@ -497,7 +481,7 @@ def test_align_output_folder(tmp_path, photos, monkeypatch):
     before = files_under(tmp_path)
     assert_bad_input(run("align", src, tmp_path / "new" / "out", "--landmarks", marks, "--workers", "0"),
                      "good2.jpg", "no space left on device")
-    assert len(written) == 2 and files_under(tmp_path) == before
+    assert len(full_disk.calls) == 2 and files_under(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------------------------

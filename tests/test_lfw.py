@@ -180,10 +180,14 @@ def test_templates():
 # MTCNN and real faces
 # ---------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def mtcnn():
+@pytest.fixture(scope="module", params=["auto", "torch"])
+def mtcnn(request):
+    """MTCNN on each backend (auto: its nets' ONNX exports on onnxruntime), each checked against the same
+    independent expectations below."""
     from sfport.mtcnn import MTCNN
-    return MTCNN(FIXTURES / "mtcnn")
+    det = MTCNN(FIXTURES / "mtcnn", backend=request.param)
+    assert det.backend == ("onnxruntime" if request.param == "auto" else "torch")
+    return det
 
 
 @pytest.mark.parametrize("image,count", [("mtcnn/test1.jpg", 2), ("mtcnn/test2.jpg", 1), ("ultraface/2.jpg", 4)])
