@@ -5,13 +5,17 @@ cv2.estimateAffinePartial2D, cv2.warpAffine, cv2.dnn's Caffe importer on the ima
 batches, and the same protocol on the features), each in its own process, in one run.
 
     python bench/bench_lfw_pipeline.py [--images 1000] [--model sf20|mfn|sf4] [--batch-sizes 64,256]
-                                       [--skip-opencv] [--data DIR]
+                                       [--skip-opencv] [--data DIR] [--rounds 2] [--no-memory]
 
 The photos are synthetic faces at LFW's size (250 x 250 JPEG; a face rendered by tests/synthfaces.py, scaled and
 placed, with its five landmarks listed as lfw_landmark.txt lists them) in LFW's layout, with a pairs.txt of 10
-folds of at least LFW's 300 + 300 pairs that uses every photo. Peak memory is sampled every 50 ms as the proportional set size (PSS, so pages
-the DataLoader workers share with their parent count once) of the process and all its children; the main
-largest process's peak RSS (getrusage of the waited-for children) is printed too. Prints one markdown table.
+folds of at least LFW's 300 + 300 pairs that uses every photo.
+
+Times are the best of --rounds runs of each pipeline, interleaved, with nothing watching them. Memory comes from
+one more run of each, sampled every 50 ms as the proportional set size (PSS, so pages the DataLoader workers share
+with their parent count once) of the process and all its children, and the largest process's peak RSS (getrusage
+of the waited-for children); the sampling slowed the runs it watched (sfport's three processes more than OpenCV's
+one), so it is kept out of the timed runs. Prints one markdown table.
 """
 from __future__ import annotations
 
@@ -121,12 +125,22 @@ def _tree_pss_kb(pid: int) -> int:
     return total
 
 
-def measured(cmd: list[str]) -> tuple[float, int, int, str]:
-    """(seconds, peak PSS of the process tree in MB, the main process's peak RSS in MB, stdout) of a command."""
+def timed(cmd: list[str]) -> tuple[float, str]:
+    """(seconds, stdout) of a command run with nothing watching it."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start, proc.stdout
+
+
+def measured(cmd: list[str]) -> tuple[int, int]:
+    """(peak PSS of the process tree in MB, the main process's peak RSS in MB) of a command. Sampling
+    /proc/PID/smaps_rollup takes each process's mmap lock, which slows the process that is sampled (the more
+    so, the more processes its tree has), so the times come from runs of their own (:func:`timed`)."""
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "sys.stderr.write('\\nMAXRSS %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
                "sys.exit(r.returncode)")
-    start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     peak = [0]
@@ -139,12 +153,11 @@ def measured(cmd: list[str]) -> tuple[float, int, int, str]:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     out, err = proc.communicate()
-    seconds = time.perf_counter() - start
     t.join()
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
     maxrss = int(err.rsplit("MAXRSS", 1)[1].split()[0])
-    return seconds, peak[0] // 1024, maxrss // 1024, out
+    return peak[0] // 1024, maxrss // 1024
 
 
 def opencv_pipeline(args) -> None:
@@ -189,6 +202,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=["sf20", "mfn", "sf4"], default="sf20")
     ap.add_argument("--batch-sizes", default="64")
     ap.add_argument("--skip-opencv", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2, help="Timed runs of each pipeline, interleaved (the best counts).")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="Skip the runs that sample memory (one more run of each pipeline).")
     ap.add_argument("--data", type=pathlib.Path, help="Folder to keep the photos in (reused when it has them).")
     ap.add_argument("--opencv-worker", action="store_true", help=argparse.SUPPRESS)
     for a in ("--lfw-dir", "--pairs", "--landmarks", "--prototxt", "--caffemodel", "--template"):
@@ -206,25 +222,34 @@ def main(argv=None) -> int:
         print(f"wrote {args.images} photos in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     caffemodel, prototxt, template = write_model(args.model, data)
     n_images = sum(1 for _ in (data / "lfw").rglob("*.jpg"))
-    rows = []
+    runs = {}    # name -> (command, read the accuracy from its report or its stdout)
     for b in [int(v) for v in args.batch_sizes.split(",")]:
+        report = data / f"report{b}.json"
         cmd = [sys.executable, "-m", "sfport", "eval", "-m", caffemodel, "-p", prototxt, "--lfw-dir", str(data / "lfw"),
                "--pairs", str(data / "pairs.txt"), "--landmarks", str(data / "landmarks.txt"), "--template", template,
-               "--no-cache", "--batch-size", str(b), "--report", str(data / f"report{b}.json")]
-        sec, pss, rss, _ = measured(cmd)
-        acc = json.loads((data / f"report{b}.json").read_text()).get("accuracy")
-        rows.append((f"sfport eval (batch {b})", sec, pss, rss, acc))
+               "--no-cache", "--batch-size", str(b), "--report", str(report)]
+        runs[f"sfport eval (batch {b})"] = (cmd, lambda out, report=report: json.loads(report.read_text()).get("accuracy"))
     if not args.skip_opencv:
         cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--opencv-worker", "--lfw-dir", str(data / "lfw"),
                "--pairs", str(data / "pairs.txt"), "--landmarks", str(data / "landmarks.txt"), "--prototxt", prototxt,
                "--caffemodel", caffemodel, "--template", template, "--batch", "64"]
-        sec, pss, rss, out = measured(cmd)
-        rows.append(("hand-written OpenCV (batch 64)", sec, pss, rss, json.loads(out.splitlines()[-1])["accuracy"]))
+        runs["hand-written OpenCV (batch 64)"] = (cmd, lambda out: json.loads(out.splitlines()[-1])["accuracy"])
+    best, acc = {}, {}
+    for _ in range(args.rounds):         # interleaved: a slow spell of the machine hits every pipeline
+        for name, (cmd, accuracy) in runs.items():
+            sec, out = timed(cmd)
+            best[name] = min(best.get(name, sec), sec)
+            acc[name] = accuracy(out)
+    memory = {name: measured(cmd) for name, (cmd, _) in runs.items()} if args.memory else {}
+    rows = [(name, best[name], *memory.get(name, ("-", "-")), acc[name]) for name in runs]
     import cv2
     import onnxruntime
     import torch
     print(f"{n_images} photos (250x250), model {args.model}; {os.cpu_count()} cores; torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}, cv2 {cv2.__version__}")
+    print()
+    print(f"seconds: the best of {args.rounds} unwatched runs of each, interleaved; memory: "
+          + ("one more run of each, sampled every 50 ms" if args.memory else "not measured (--no-memory)"))
     print()
     ref = rows[-1][1] if not args.skip_opencv else None
     print("| pipeline | seconds | images/s | vs OpenCV | peak PSS, all processes (MB) | "

@@ -6,11 +6,13 @@ import sys
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from sfport import caffe_files, export
-from sfport.backend import Runner
+from sfport.backend import Runner, for_onnxruntime, run_session, session
 from sfport.features import Model
 from sfport.net import Net
 from sfport.progress import Progress
@@ -75,6 +77,95 @@ def test_a_net_that_does_not_export_runs_eagerly_and_says_why(bn_face, monkeypat
     from sfport.errors import CaffeFileError
     with pytest.raises(CaffeFileError, match="bn.caffemodel: does not run on onnxruntime: ONNX at"):
         Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="onnxruntime")
+
+
+def _prelu_model(slope_shape, after_conv: bool = False):
+    """x (2, 16, 6, 5) [-> Conv 3x3 pad 1 -> c] -> PRelu -> y -> Relu -> z; the slopes negative, 0, > 1."""
+    rng = np.random.default_rng(5)
+    slope = np.resize(np.array([0.25, -0.5, 1.5, 0.0, 0.1], np.float32), int(np.prod(slope_shape))).reshape(slope_shape)
+    shape = [2, 16, 6, 5]
+    nodes, inits, src = [], [numpy_helper.from_array(slope, "a")], "x"
+    if after_conv:
+        inits += [numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w"),
+                  numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b")]
+        nodes.append(helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]))
+        src = "c"
+    nodes += [helper.make_node("PRelu", [src, "a"], ["y"], name="p"), helper.make_node("Relu", ["y"], ["z"], name="q")]
+    outs = [helper.make_tensor_value_info(v, TensorProto.FLOAT, shape) for v in ("y", "z", "c")[:3 if after_conv else 2]]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), slope
+
+
+def _wide_input():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 16, 6, 5)) * 10.0 ** rng.integers(-30, 30, (2, 16, 6, 5))).astype(np.float32)
+    x[0, :, 0, :2] = 0.0
+    return x
+
+
+def _caffe_prelu(x, slope):
+    # prelu_layer.cpp PReLULayer::Forward_cpu: max(x, 0) + slope_data[c] * min(x, 0), in float
+    return np.maximum(x, np.float32(0)) + np.broadcast_to(slope.reshape(-1, 1, 1), (16, 1, 1)) * np.minimum(x, np.float32(0))
+
+
+@pytest.mark.parametrize("slope_shape", [(16, 1, 1), (1,)])
+def test_onnxruntime_prelu_not_after_a_conv_is_rewritten_to_caffes_bits(slope_shape):
+    data, slope = _prelu_model(slope_shape)
+    rewritten = for_onnxruntime(data)
+    assert [n.op_type for n in onnx.load_from_string(rewritten).graph.node] == ["Relu", "Sub", "Mul", "Add", "Relu"]
+    x = _wide_input()
+    caffe = _caffe_prelu(x, slope)
+    got = run_session(session(rewritten, "m.onnx"), ["y", "z"], "x", x)
+    assert np.array_equal(got["y"], caffe) and np.array_equal(got["z"], np.maximum(caffe, 0))
+    assert np.array_equal(got["y"], run_session(session(data, "m.onnx"), ["y"], "x", x)["y"])
+
+
+def test_onnxruntime_prelu_after_a_conv_is_rewritten_as_batchnorms_to_caffes_values():
+    data, slope = _prelu_model((16, 1, 1), after_conv=True)
+    rewritten = for_onnxruntime(data)
+    ops = [n.op_type for n in onnx.load_from_string(rewritten).graph.node]
+    assert ops == ["Conv", "Relu", "BatchNormalization", "BatchNormalization", "Add", "Add", "Relu"]
+    assert "a" not in {i.name for i in onnx.load_from_string(rewritten).graph.initializer}
+    x = np.random.default_rng(4).standard_normal((2, 16, 6, 5)).astype(np.float32)
+    got = run_session(session(rewritten, "m.onnx"), ["y", "z", "c"], "x", x)
+    caffe = _caffe_prelu(got["c"], slope)
+    assert (got["c"] < 0).sum() > 100 and (got["c"] > 0).sum() > 100
+    # the bracket a*x + (-a)*x is 0, or the rounding residual of a*x where a kernel fuses it as a multiply-add
+    np.testing.assert_allclose(got["y"], caffe, rtol=2 ** -22, atol=0)
+    np.testing.assert_array_equal(got["z"], np.maximum(got["y"], 0))
+
+
+def test_the_runner_hands_onnxruntime_the_rewritten_net_and_checks_it(bn_face, monkeypatch):
+    from sfport import backend
+    seen = []
+    real_session = backend.session
+    monkeypatch.setattr(backend, "session", lambda m, p: seen.append(m) or real_session(m, p))
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32)
+    want = _plain_fc5(bn_face, x)
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert len(seen) == 1 and "BatchNormalization" in [n.op_type for n in onnx.load_from_string(seen[0]).graph.node]
+    np.testing.assert_allclose(m.features(torch.from_numpy(x)), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+
+    def wrong(data):       # a rewrite that is not PReLU: the check refuses it and the export runs as it is
+        model = onnx.load_from_string(data)
+        for n in model.graph.node:
+            if n.op_type == "PRelu":
+                n.op_type = "Relu"
+                del n.input[1:]
+        return model.SerializeToString()
+    seen.clear()
+    monkeypatch.setattr(backend, "for_onnxruntime", wrong)
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert len(seen) == 2 and "PRelu" in [n.op_type for n in onnx.load_from_string(seen[1]).graph.node]
+    np.testing.assert_allclose(m.features(torch.from_numpy(x)), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+
+
+def test_a_model_without_prelu_is_not_rewritten():
+    data, _ = _prelu_model((16, 1, 1))
+    m = onnx.load_from_string(data)
+    m.graph.node[0].op_type = "Mul"
+    data = m.SerializeToString()
+    assert for_onnxruntime(data) is data
 
 
 def test_runner_keeps_only_its_outputs(bn_face):
