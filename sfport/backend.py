@@ -75,34 +75,31 @@ def for_onnxruntime(data: bytes) -> bytes:
             nodes.append(n)
             continue
         (x, a), (y,) = n.input, n.output
-        r = _fresh(f"{y}_prelu_relu", taken)
+        r, term = _fresh(f"{y}_prelu_relu", taken), _fresh(f"{y}_prelu_term", taken)   # y = r + term
+        nodes.append(helper.make_node("Relu", [x], [r], name=r))
         slope, conv = constants.get(a), conv_of.get(x)
         per_channel = None
         if slope is not None and conv is not None and conv.input[1] in constants:
             w = constants[conv.input[1]].dims      # Conv weight (M, C/group, k...): its output is (N, M, ...)
             if list(slope.dims) == [w[0]] + [1] * (len(w) - 2):
                 per_channel = onnx.numpy_helper.to_array(slope).reshape(-1).astype(np.float32)
-        if per_channel is None:
-            neg, scaled = _fresh(f"{y}_prelu_min", taken), _fresh(f"{y}_prelu_scaled", taken)
-            nodes += [helper.make_node("Relu", [x], [r], name=r),
-                      helper.make_node("Sub", [x, r], [neg], name=neg),
-                      helper.make_node("Mul", [neg, a], [scaled], name=scaled),
-                      helper.make_node("Add", [r, scaled], [y], name=f"{n.name or y}_prelu")]
-            continue
-        c = len(per_channel)
-        consts = {}
-        for part, v in (("a", per_channel), ("minus_a", -per_channel), ("zeros", np.zeros(c, np.float32)),
-                        ("ones", np.ones(c, np.float32))):
-            consts[part] = _fresh(f"{y}_prelu_{part}", taken)
-            graph.initializer.append(onnx.numpy_helper.from_array(v, consts[part]))
-        ax, ar, bracket = (_fresh(f"{y}_prelu_{part}", taken) for part in ("ax", "ar", "bracket"))
-        nodes += [helper.make_node("Relu", [x], [r], name=r),
-                  helper.make_node("BatchNormalization", [x, consts["a"], consts["zeros"], consts["zeros"],
-                                                          consts["ones"]], [ax], name=ax, epsilon=0.0),
-                  helper.make_node("BatchNormalization", [r, consts["minus_a"], consts["zeros"], consts["zeros"],
-                                                          consts["ones"]], [ar], name=ar, epsilon=0.0),
-                  helper.make_node("Add", [ax, ar], [bracket], name=bracket),
-                  helper.make_node("Add", [r, bracket], [y], name=f"{n.name or y}_prelu")]
+        if per_channel is None:         # term = a * (x - r)
+            neg = _fresh(f"{y}_prelu_min", taken)
+            nodes += [helper.make_node("Sub", [x, r], [neg], name=neg),
+                      helper.make_node("Mul", [neg, a], [term], name=term)]
+        else:                           # term = a * x + (-a) * r, each product a BatchNormalization
+            zeros, ones = np.zeros_like(per_channel), np.ones_like(per_channel)
+            products = []
+            for part, src, scale in (("ax", x, per_channel), ("ar", r, -per_channel)):
+                names = [_fresh(f"{y}_prelu_{part}_{k}", taken) for k in ("scale", "zeros", "ones")]
+                graph.initializer.extend(onnx.numpy_helper.from_array(v, nm)
+                                         for v, nm in zip((scale, zeros, ones), names))
+                out = _fresh(f"{y}_prelu_{part}", taken)
+                nodes.append(helper.make_node("BatchNormalization", [src, names[0], names[1], names[1], names[2]],
+                                              [out], name=out, epsilon=0.0))
+                products.append(out)
+            nodes.append(helper.make_node("Add", products, [term], name=term))
+        nodes.append(helper.make_node("Add", [r, term], [y], name=f"{n.name or y}_prelu"))
     del graph.node[:]
     graph.node.extend(nodes)
     used = {v for node in graph.node for v in node.input}
@@ -185,8 +182,7 @@ class Runner:
         if fast is data:
             return session(data, path)
         sess = session(fast, path)
-        shape = tuple(self.net.inputs[self.input])
-        x = np.random.default_rng(0).uniform(-1, 1, (1,) + shape[1:]).astype(np.float32)
+        x = export._inputs({self.input: self.net.inputs[self.input]}, 1, 0)[0].numpy()
         got, want = run_session(sess, self.outputs, self.input, x), self._eager(x)
         if all(relative_error(got[o].reshape(want[o].shape), want[o]) <= 1e-5 for o in self.outputs):
             return sess
