@@ -482,6 +482,13 @@ class Solver:
     upgrades: list[str] = field(default_factory=list)
 
 
+def is_solver_prototxt(path: str | os.PathLike) -> bool:
+    """Is ``path`` a text solver prototxt (it parses as a SolverParameter and not as a NetParameter)?"""
+    data = read_bytes(path)
+    return sniff(data) == TEXT and not _parses_as(data, caffe_pb2.NetParameter()) and \
+        _parses_as(data, caffe_pb2.SolverParameter())
+
+
 def read_solver(path: str | os.PathLike) -> Solver:
     """A text solver prototxt, upgraded as Caffe's UpgradeSolverAsNeeded does."""
     data = read_bytes(path)

@@ -14,9 +14,10 @@ import sys
 
 import click
 
+from sfport.commands import faces, solver
+from sfport.commands.options import parse_shapes, state_kwargs, state_options
 from sfport.errors import CaffeFileError
 from sfport import files
-from sfport.files import atomic_write
 
 EXIT_BAD_INPUT = 2
 
@@ -184,72 +185,16 @@ def upgrade(source, output):
     click.echo(f"wrote {output}")
 
 
-def _parse_shape(text: str | None):
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not N,C,H,W") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise click.BadParameter(f"'{text}' is not a list of positive sizes")
-    return dims
-
-
-def _parse_shapes(values) -> dict | tuple | None:
-    """Repeated ``--shape``: ``N,C,H,W`` (the first input) or ``NAME=N,C,H,W`` (an input by name)."""
-    values = [v for v in (values or ()) if v]
-    if not values:
-        return None
-    named, bare = {}, []
-    for v in values:
-        name, sep, dims = v.rpartition("=")
-        if sep:
-            if not name:
-                raise click.BadParameter(f"'{v}' has no input name before '='", param_hint="--shape")
-            named[name] = _parse_shape(dims)
-        else:
-            bare.append(_parse_shape(v))
-    if bare and (named or len(bare) > 1):
-        raise click.BadParameter("with several inputs, name each: --shape data=N,C,H,W --shape im_info=1,3",
-                                 param_hint="--shape")
-    return bare[0] if bare else named
-
-
-def _state_options(default_phase: str = "TEST"):
-    """--phase, --stage (repeatable), --level and --shape (repeatable): Caffe's NetState and the input shapes."""
-    def decorate(f):
-        f = click.option("--shape", "shapes", multiple=True,
-                         help="Input shape N,C,H,W (the first input) or NAME=N,C,H,W (repeatable), where the "
-                              "definition does not fix it.")(f)
-        f = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(f)
-        f = click.option("--stage", "stages", multiple=True,
-                         help="NetState stage (repeatable), as `caffe ... -stage`.")(f)
-        f = click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
-                         default=default_phase, show_default=True,
-                         help="Which layers of a train/test definition (include/exclude rules).")(f)
-        return f
-    return decorate
-
-
-def _state(phase, stages, level) -> dict:
-    return {"phase": phase.upper(), "stages": tuple(stages), "level": level}
-
-
-def _model_state(phase, stages, level, shapes) -> dict:
-    """The keyword arguments of :class:`sfport.features.Model`: the NetState and the input shapes."""
-    return {**_state(phase, stages, level), "input_shapes": _parse_shapes(shapes)}
-
-
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--prototxt", "-p", help="Net definition (text) to merge the MODEL's weights into, by layer name.")
-@_state_options()
+@state_options()
 @click.option("--splits", is_flag=True, help="Show the Split layers Caffe inserted (folded into their producers "
                                              "by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of the table.")
+@click.option("--plot", help="For a solver prototxt: write its learning-rate schedule as a PNG.")
 @click.pass_context
-def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json):
+def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json, plot):
     """Show the layers of a Caffe model as Caffe would log them: name, type, bottoms -> tops, each top's shape,
     parameter shapes, parameter count.
 
@@ -277,12 +222,17 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json)
     if model is not None and prototxt is None and model.lower().endswith(".solverstate"):
         _inspect_solverstate(caffe_files.read_solverstate(model), as_json)
         return
+    if model is not None and prototxt is None and caffe_files.is_solver_prototxt(model):
+        solver.inspect_solver(model, as_json=as_json, plot=plot)
+        return
+    if plot:
+        raise click.BadParameter("draws a solver's lr schedule: give a solver prototxt", param_hint="--plot")
     asked = any(ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)
                 for p in ("phase", "stages", "level"))
     # unasked, a definition is shown in TEST (the default) and a caffemodel's stored net as it was stored
-    s = _state(phase, stages, level)
+    s = state_kwargs(phase, stages, level)
     state = NetState.of(s["phase"], s["level"], s["stages"]) if asked else None
-    shown = model_mod.inspect(model, prototxt, state=state, input_shapes=_parse_shapes(shapes), splits=splits)
+    shown = model_mod.inspect(model, prototxt, state=state, input_shapes=parse_shapes(shapes), splits=splits)
     if as_json:
         click.echo(json.dumps(shown.as_dict(), indent=2))
         return
@@ -317,7 +267,7 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json)
 @click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension).")
 @click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]), default="pt",
               show_default=True)
-@_state_options()
+@state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="Largest error, relative to max|output|, an export may show against the eager net.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
@@ -345,7 +295,7 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
 
     output = output or export.default_output(model, fmt)
     files.check_output(output)
-    net = load_net(model, prototxt, _parse_shapes(shapes), **_state(phase, stages, level))
+    net = load_net(model, prototxt, parse_shapes(shapes), **state_kwargs(phase, stages, level))
     if not net.has_weights and net.params:
         raise CaffeFileError(model, "has no weights (a net definition alone: convert would write the fillers' "
                                     "random values); give the caffemodel, with this definition as -p")
@@ -366,7 +316,7 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
 @cli.command()
 @click.argument("net_file", metavar="NET")
 @click.option("--output", "-o", required=True, help="The deploy prototxt to write.")
-@_state_options()
+@state_options()
 def deploy(net_file, output, phase, stages, level, shapes):
     """Write the deploy (inference) form of a net definition: the deploy.prototxt users write by hand.
 
@@ -383,7 +333,7 @@ def deploy(net_file, output, phase, stages, level, shapes):
     """
     from sfport import caffe_files, deploy as deploy_mod
 
-    net = deploy_mod.deploy_net(net_file, input_shapes=_parse_shapes(shapes), **_state(phase, stages, level))
+    net = deploy_mod.deploy_net(net_file, input_shapes=parse_shapes(shapes), **state_kwargs(phase, stages, level))
     caffe_files.write_prototxt(output, net)
     inputs = ", ".join(f"{l.top[j]} [{','.join(map(str, s.dim))}]" for l in net.layer if l.type == "Input"
                        for j, s in enumerate(l.input_param.shape) if j < len(l.top))
@@ -401,7 +351,7 @@ def deploy(net_file, output, phase, stages, level, shapes):
 @click.option("--input", "input_", multiple=True,
               help="SOURCE for the first input or NAME=SOURCE (repeatable); a source is an image file, a .npy "
                    "array of the input's shape (it gives the shape) or 'random' (the default).")
-@_state_options()
+@state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="A blob fails when max|ours - ref| > tol * max(1, max|ref|).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
@@ -423,8 +373,8 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
     """
     from sfport import verify as V
 
-    result = V.run(model, prototxt, reference, list(input_), _parse_shapes(shapes), tol, seed,
-                   **_state(phase, stages, level), optimize=optimize)
+    result = V.run(model, prototxt, reference, list(input_), parse_shapes(shapes), tol, seed,
+                   **state_kwargs(phase, stages, level), optimize=optimize)
     checks, failed, worst = result.checks, result.failed, result.worst
     if as_json:
         click.echo(result.as_json())
@@ -442,49 +392,6 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
                        f"(rel err {worst.rel_err:.3e}, cosine {worst.cosine:.8f})")
     if not result.passed:
         raise SystemExit(1)
-
-
-@cli.command()
-@click.argument("solver")
-@click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
-@click.option("--snapshot", help="Resume: an sfport .pt checkpoint (exact) or a Caffe .solverstate.")
-@click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
-                            "Default: the CPU (or what torchrun sets up).")
-@click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
-@click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
-@click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
-@click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
-@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16).")
-@click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
-@click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
-@click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")
-@click.option("--shape", help="C,H,W of the synthetic images when the prototxt does not fix them.")
-@click.option("--max-iter", type=int, help="Override the solver's max_iter.")
-@click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
-def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
-          synthetic_data, shape, max_iter, margin_grad, progress):
-    """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
-
-    Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
-    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
-    from sfport import train as tr
-
-    data_shape = None
-    if shape:   # the synthetic images' C,H,W: three positive sizes
-        dims = shape.replace("x", ",").split(",")
-        if len(dims) != 3 or not all(d.strip().isdigit() and int(d) > 0 for d in dims):
-            raise CaffeFileError(None, f"--shape {shape}: give the synthetic images' C,H,W (three positive sizes)")
-        data_shape = tuple(int(d) for d in dims)
-    try:
-        tr.start(solver, gpu=gpu, weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot,
-                 data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
-                 skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
-                 data_shape=data_shape, max_iter=max_iter, progress=progress,
-                 margin_grad=margin_grad)
-    except tr.TrainingStopped as e:
-        click.echo(f"sfport: stopped: {e}", err=True)
-        sys.exit(3)
 
 
 @cli.command("convert-imageset")
@@ -520,146 +427,8 @@ def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backe
     click.echo(f"wrote {counts['written']} of {counts['images']} images to {db_name} ({backend}){skipped}")
 
 
-# ------------------------------------------------------------------------------------------------------------
-# align, eval, embed, compare
-# ------------------------------------------------------------------------------------------------------------
-
-def _log():
-    """The commands' log: glog-format lines on stderr, as `train` writes them (the backend line, progress)."""
-    from sfport.progress import CaffeLog
-    return CaffeLog()
-
-
-@cli.command()
-@click.argument("input_dir")
-@click.argument("output_dir")
-@click.option("--landmarks", help="Landmark list (relative path, then x1 y1 .. x5 y5); default: MTCNN (--mtcnn).")
-@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True,
-              help="Index base of the list's coordinates (1 for Matlab output).")
-@click.option("--mtcnn", "mtcnn_dir", help="Folder with MTCNN det1-det3 .prototxt/.caffemodel.")
-@click.option("--size", default=None, help="Crop HxW or H,W (default: the template's, 112x96 or 112x112).")
-@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
-              show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
-def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, template, workers, backend):
-    """Align faces to the template: landmarks from a list or from MTCNN; mirrors the folder tree.
-
-    Writes OUTPUT_DIR/landmarks.txt (path, 5 points, box and score when detected) and OUTPUT_DIR/no_face.txt."""
-    from sfport.align import align_folder
-
-    s = align_folder(input_dir, output_dir, landmarks=landmarks, mtcnn_dir=mtcnn_dir, size=size, template=template,
-                     workers=workers, landmarks_one_based=landmarks_base == "1", progress=None, backend=backend,
-                     log=_log())
-    click.echo(f"aligned {s.aligned} of {s.total} images to {output_dir} ({s.size[0]}x{s.size[1]}, {s.template}); "
-               f"{s.missing} listed in no_face.txt")
-
-
-@cli.command(name="eval")
-@click.option("--model", "-m", help="caffemodel (+ --prototxt), sfport .pt or .onnx.")
-@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
-@click.option("--blob", help="Feature blob (default fc5, else the last output).")
-@_state_options()
-@click.option("--lfw-dir", help="LFW root (name/name_0001.jpg): aligned crops, or originals with --landmarks.")
-@click.option("--pairs", required=True, help="LFW pairs.txt.")
-@click.option("--landmarks", help="Landmark list to align the originals on the fly.")
-@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True)
-@click.option("--template", type=click.Choice(["sphereface", "arcface112"]), help="Default: by the net's input.")
-@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
-              show_default=True)
-@click.option("--features", "features_file", help="Precomputed features .npy (row i = image on line i of --list).")
-@click.option("--list", "list_file", help="Image list for --features (paths relative to the LFW root).")
-@click.option("--report", help="Write a JSON report.")
-@click.option("--plot", help="Write the ROC curve as a PNG.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
-def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, landmarks, landmarks_base, template,
-          protocol, features_file, list_file, report, plot, batch_size, workers, no_cache, backend):
-    """LFW verification, by default exactly as SphereFace's evaluation.m (10 folds, mean-subtracted cosine)."""
-    from os.path import abspath
-
-    from sfport import lfw
-    from sfport.files import check_output, write_files
-
-    if report and plot and abspath(report) == abspath(plot):
-        raise CaffeFileError(report, "--report and --plot name the same file")
-    for path, what in ((report, "the report"), (plot, "the ROC plot")):
-        if path:
-            check_output(path, what)   # before any work
-    if features_file:
-        rep = lfw.evaluate_features(pairs, features_file, list_file, protocol)
-    else:
-        rep = lfw.evaluate_model(pairs, model, lfw_dir, prototxt, blob, protocol, landmarks, landmarks_base == "1",
-                                 template, batch_size, workers, cache=not no_cache, progress=None,
-                                 state=_model_state(phase, stages, level, shapes), backend=backend, log=_log())
-    click.echo(rep.table())
-    outputs = {}
-    if report:
-        outputs[report] = (json.dumps(rep.as_dict(), indent=2) + "\n").encode()
-    if plot:
-        outputs[plot] = lfw.roc_png({protocol: rep})
-    write_files(outputs)   # both or neither
-    for path in outputs:
-        click.echo(f"wrote {path}")
-
-
-@cli.command()
-@click.argument("images", nargs=-1)
-@click.option("--model", "-m", required=True)
-@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
-@click.option("--blob", help="Feature blob (default fc5, else the last output).")
-@_state_options()
-@click.option("--list", "list_file", help="A file of image paths (relative to --root).")
-@click.option("--root", default=".", show_default=True)
-@click.option("--output", "-o", required=True, help="Features .npy (row i = image i); a .txt list beside it.")
-@click.option("--flip", type=click.Choice(["none", "concat", "sum"]), default="concat", show_default=True,
-              help="Add the mirror image's feature (concat: SphereFace, sum: insightface).")
-@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
-              show_default=True, help="Preprocessing.")
-@click.option("--landmarks", help="Align from this landmark list first.")
-@click.option("--landmarks-base", type=click.Choice(["0", "1"]), default="0", show_default=True)
-@click.option("--template", type=click.Choice(["sphereface", "arcface112"]),
-              help="Template of --landmarks alignment. Default: by the net's input size.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
-def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file, root, output, flip, protocol,
-          landmarks, landmarks_base, template, batch_size, workers, backend):
-    """Features of aligned face images (or a list) -> .npy."""
-    from sfport import features
-
-    f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
-                       workers, progress=None, state=_model_state(phase, stages, level, shapes),
-                       template=template, landmarks_one_based=landmarks_base == "1", backend=backend, log=_log())
-    click.echo(f"wrote {output}: {f.shape[0]} x {f.shape[1]}")
-
-
-@cli.command()
-@click.argument("a")
-@click.argument("b")
-@click.option("--model", "-m", required=True)
-@click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
-@click.option("--blob", help="Feature blob (default fc5, else the last output).")
-@_state_options()
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Cosine above which the two faces are called the same person.")
-@click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
-              show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
-def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold, protocol, backend):
-    """Cosine similarity of two aligned face images (with their mirror images) and the same/different call."""
-    from sfport import features
-
-    cos = features.compare(a, b, model, prototxt, blob, protocol, state=_model_state(phase, stages, level, shapes),
-                           backend=backend, log=_log())
-    click.echo(f"cosine {cos:.4f}: {'same person' if cos > threshold else 'different people'} "
-               f"(threshold {threshold:g})")
+for _command in (solver.train, faces.align, faces.eval_, faces.embed, faces.compare):
+    cli.add_command(_command)
 
 
 def main(argv=None) -> int:

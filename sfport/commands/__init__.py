@@ -1,0 +1,1 @@
+"""The commands of the ``sfport`` command line that live outside sfport/cli.py (which registers them)."""

@@ -1,0 +1,57 @@
+"""The solver commands: train (and, for a solver prototxt, what inspect shows)."""
+# The torch-based library modules are imported inside the commands, for start-up time (see sfport/cli.py).
+from __future__ import annotations
+
+import sys
+
+import click
+
+from sfport.errors import CaffeFileError
+
+
+@click.command()
+@click.argument("solver")
+@click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
+@click.option("--snapshot", help="Resume: an sfport .pt checkpoint (exact) or a Caffe .solverstate.")
+@click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
+                            "Default: the CPU (or what torchrun sets up).")
+@click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
+@click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
+@click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
+@click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
+@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16).")
+@click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
+@click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
+@click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")
+@click.option("--shape", help="C,H,W of the synthetic images when the prototxt does not fix them.")
+@click.option("--max-iter", type=int, help="Override the solver's max_iter.")
+@click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
+          synthetic_data, shape, max_iter, margin_grad, progress):
+    """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
+
+    Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
+    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
+    from sfport import train as tr
+
+    data_shape = None
+    if shape:   # the synthetic images' C,H,W: three positive sizes
+        dims = shape.replace("x", ",").split(",")
+        if len(dims) != 3 or not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+            raise CaffeFileError(None, f"--shape {shape}: give the synthetic images' C,H,W (three positive sizes)")
+        data_shape = tuple(int(d) for d in dims)
+    try:
+        tr.start(solver, gpu=gpu, weights=[w for w in (weights or "").split(",") if w], snapshot=snapshot,
+                 data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
+                 skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
+                 data_shape=data_shape, max_iter=max_iter, progress=progress,
+                 margin_grad=margin_grad)
+    except tr.TrainingStopped as e:
+        click.echo(f"sfport: stopped: {e}", err=True)
+        sys.exit(3)
+
+
+def inspect_solver(path: str, as_json: bool = False, plot: str | None = None) -> None:
+    """`sfport inspect SOLVER`: the solver's settings, the nets it trains, its lr schedule, the effective batch."""
+    raise CaffeFileError(path, "is a solver prototxt, not a net definition")
