@@ -463,7 +463,11 @@ def net_to_text(net) -> str:
 
 
 def write_prototxt(path: str | os.PathLike, net) -> None:
-    """Write a net definition as a text prototxt (atomically); blob values are never written to text."""
+    """Write a net definition as a text prototxt (atomically); blob values are never written to text. A solver
+    is written by :func:`write_solver`."""
+    if not isinstance(net, caffe_pb2.NetParameter):
+        other = "; write_solver writes a SolverParameter" if isinstance(net, caffe_pb2.SolverParameter) else ""
+        raise TypeError(f"write_prototxt writes a NetParameter, not a {type(net).__name__}{other}")
     definition = caffe_pb2.NetParameter()
     definition.CopyFrom(net)
     for layer in definition.layer:
@@ -480,6 +484,14 @@ class Solver:
     path: str | None
     param: caffe_pb2.SolverParameter
     upgrades: list[str] = field(default_factory=list)
+
+
+def write_solver(path: str | os.PathLike, solver) -> None:
+    """Write a SolverParameter (or a :class:`Solver`'s) as a text solver prototxt, atomically."""
+    param = solver.param if isinstance(solver, Solver) else solver
+    if not isinstance(param, caffe_pb2.SolverParameter):
+        raise TypeError(f"write_solver writes a SolverParameter, not a {type(param).__name__}")
+    atomic_write(path, text_format.MessageToString(param).encode())
 
 
 def is_solver_prototxt(path: str | os.PathLike) -> bool:

@@ -261,12 +261,15 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--prototxt", "-p", help="Net definition (deploy, train_val or train_test); default: the net stored "
                                        "in the caffemodel.")
-@click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension).")
-@click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]), default="pt",
-              show_default=True)
+@click.option("--output", "-o", help="Output file (default: MODEL's name with the format's extension; without "
+                                     "MODEL, sphereface20 and it).")
+@click.option("--format", "fmt", type=click.Choice(["pt", "torchscript", "onnx", "caffemodel"]),
+              help="Output format  [default: pt; onnx without MODEL]")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Without MODEL: the seed of the built-in net's filler weights.")
 @state_options()
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="Largest error, relative to max|output|, an export may show against the eager net.")
@@ -274,7 +277,7 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
 @click.option("--static", is_flag=True, help="Export at the net's own input size only (no dynamic height/width).")
 @click.option("--optimize", is_flag=True, help="Convert the inference-optimized net: BatchNorm / Scale / Bias "
                                                "folded into the layer before, Dropout, Split and Silence dropped.")
-def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, opset, static, optimize):
+def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, tol, opset, static, optimize):
     """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
 
     The net converted is the inference form of the definition (--prototxt, or the one stored in the
@@ -282,10 +285,12 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     --shape), their label tops, the loss and accuracy layers go (see `sfport deploy`). pt is sfport's
     self-contained file (net definition + state_dict, loadable with torch.load(weights_only=True) and
     sfport.Net). TorchScript and ONNX are checked against the eager net (ONNX on onnxruntime) before they are
-    written; a mismatch writes nothing and exits 1.
+    written; a mismatch writes nothing and exits 1. Without MODEL: the built-in SphereFace-20 deploy net with
+    its fillers' weights (seed --seed), as ONNX to sphereface20.onnx - a demonstration, not a face model.
 
     \b
     Examples:
+      sfport convert
       sfport convert det1.caffemodel --prototxt det1.prototxt -o det1.pt
       sfport convert sphereface_model.caffemodel -p sphereface_deploy.prototxt --format onnx
       sfport convert mobilefacenet.caffemodel -p mobilefacenet.prototxt --optimize --format onnx
@@ -293,10 +298,16 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     from sfport import export
     from sfport.net import load_net
 
-    output = output or export.default_output(model, fmt)
+    builtin = model is None and prototxt is None
+    if model is None and not builtin:
+        raise click.UsageError("give the MODEL (a caffemodel) whose weights go into --prototxt")
+    fmt = fmt or ("onnx" if builtin else "pt")
+    output = output or export.default_output("sphereface20" if builtin else model, fmt)
     files.check_output(output)
-    net = load_net(model, prototxt, parse_shapes(shapes), **state_kwargs(phase, stages, level))
-    if not net.has_weights and net.params:
+    net = load_net(model, prototxt, parse_shapes(shapes), **state_kwargs(phase, stages, level), seed=seed)
+    if builtin:
+        click.echo(f"{net.path}: the SphereFace-20 deploy net, weights from its fillers (seed {seed})", err=True)
+    elif not net.has_weights and net.params:
         raise CaffeFileError(model, "has no weights (a net definition alone: convert would write the fillers' "
                                     "random values); give the caffemodel, with this definition as -p")
     if optimize:
@@ -307,7 +318,7 @@ def convert(model, prototxt, output, fmt, phase, stages, level, shapes, tol, ops
     except export.ExportMismatch as e:
         click.echo(f"sfport: error: {output}: not written: {e}", err=True)
         raise SystemExit(1)
-    if net.report and net.report.layers_without_weights:
+    if net.report and net.report.layers_without_weights and not net.report.no_weights:
         click.echo("warning: layers without weights: " + ", ".join(net.report.layers_without_weights), err=True)
     checked = "" if result is None else f"; checked against the eager net: {result.summary()}"
     click.echo(f"wrote {output}: {fmt}, inputs {net.inputs}, outputs {net.outputs}{checked}")
@@ -342,7 +353,7 @@ def deploy(net_file, output, phase, stages, level, shapes):
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("--prototxt", "-p", help="Net definition (deploy, train_val or train_test); default: the net stored "
                                        "in the caffemodel.")
 @click.option("--reference", default="opencv", show_default=True,
@@ -363,9 +374,11 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
 
     Runs both on the same input and prints every blob both expose: shape, max|ref|, max abs error, error
     relative to max(1, max|ref|), cosine. Names the first blob that diverges and exits 1 when any fails.
+    Without MODEL: the built-in SphereFace-20 deploy net, its weights drawn by its fillers from --seed.
 
     \b
     Examples:
+      sfport verify
       sfport verify det1.caffemodel --prototxt det1.prototxt --shape 1,3,217,173
       sfport verify mobilefacenet.caffemodel -p mobilefacenet.prototxt --input face.jpg --json
       sfport verify rfcn.caffemodel -p test.prototxt --input data=im.npy --input im_info=info.npy
@@ -379,6 +392,10 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
     if as_json:
         click.echo(result.as_json())
     else:
+        if model is None and prototxt is None:
+            click.echo(f"{result.model}: the SphereFace-20 deploy net, weights from its fillers (seed {seed}), "
+                       f"input {'x'.join(map(str, result.input_shape))} random (seed {seed}); against "
+                       f"{result.reference}")
         if result.optimized:
             click.echo(result.optimized)
         click.echo(V.format_table(checks))

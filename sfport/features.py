@@ -122,8 +122,6 @@ def _require_weights(net, path: str, prototxt, output: str) -> None:
         raise CaffeFileError(path, "has no weights (a net definition alone): eval, embed and compare need a trained "
                                    "model, a .caffemodel (with --prototxt for its definition) or a converted .pt")
     report = net.report
-    if report is None:   # a converted .pt: its state_dict holds every parameter
-        return
     needed, layers = {net.graph.final[output]}, set()
     for gl in reversed(net.graph.layers):   # the layers the feature blob is computed from
         if any(t in needed for t in gl.tops):

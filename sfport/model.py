@@ -29,14 +29,19 @@ class MergeReport:
     weights_without_layers: list[str] = field(default_factory=list)   # in the weights, not in the definition
     mismatches: list[str] = field(default_factory=list)               # "layer 'x' blob 0: weights [..], net [..]"
     filled: dict[str, list[str]] = field(default_factory=dict)        # layer -> filler per blob (left to fillers)
+    no_weights: bool = False    # no weights were given at all (a definition alone): every layer from its filler
 
     def as_dict(self) -> dict:
-        return {"copied": self.copied, "layers_without_weights": self.layers_without_weights,
+        return {"no_weights": self.no_weights, "copied": self.copied,
+                "layers_without_weights": self.layers_without_weights,
                 "weights_without_layers": self.weights_without_layers, "mismatches": self.mismatches,
                 "filled": self.filled}
 
     def lines(self) -> list[str]:
         """What was copied, left to fillers and ignored, as log lines."""
+        if self.no_weights:
+            return [f"No weights given: all {len(self.layers_without_weights)} layers with parameters initialised "
+                    f"by their fillers"]
         out = [f"Copied weights of {len(self.copied)} layers"]
         for name in self.layers_without_weights:
             how = self.filled.get(name)
@@ -272,7 +277,6 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
     return out
 
 
-BUILT_IN = "built-in:sphereface_deploy(20)"
 
 
 @dataclass
@@ -376,7 +380,8 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
     Caffe inserted are folded into their producers unless ``splits``."""
     report = None
     if model is None and prototxt is None:
-        source, read = BUILT_IN, CaffeModel.from_net(nets.sphereface_deploy(20), BUILT_IN)
+        read = nets.builtin_model()
+        source = read.path
     elif prototxt is not None:
         read = caffe_files.read_prototxt(prototxt)
         source = prototxt if model is None else f"{model} + {prototxt}"

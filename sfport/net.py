@@ -12,7 +12,7 @@ from torch import nn
 
 from google.protobuf import text_format
 
-from sfport import caffe_files, files, fillers, netstate, shapes
+from sfport import caffe_files, files, fillers, nets, netstate, shapes
 from sfport import converters as conv_registry
 from sfport import deploy as deploy_mod
 from sfport import model as model_mod
@@ -271,7 +271,7 @@ class Net:
         self.state = NetState.of(phase, level, stages)
         self.phase = self.state.phase
         state = None
-        self.report = None
+        self.report: model_mod.MergeReport | None = None   # set below: what weights the net got, and from where
         stored = False     # a definition Caffe (or sfport) stored, already reduced to one state
         if isinstance(model, caffe_files.CaffeModel):
             definition = model
@@ -347,8 +347,12 @@ class Net:
                                                         f"{_names(weight_model.weight_layers())}; the net's: "
                                                         f"{_names(self.params)})")
             self.module.fill(self.report.layers_without_weights, generator)
-        else:
-            self.module.fill(None, generator)
+        else:   # no weights: a report that says so (every layer with parameters left to its filler)
+            filled = self.module.fill(None, generator)
+            self.report = model_mod.MergeReport(layers_without_weights=list(self.params), filled=filled,
+                                                no_weights=True)
+        if state is not None:   # a converted .pt: its state_dict holds every parameter
+            self.report = model_mod.MergeReport(copied=list(self.params))
         # trained weights: a converted .pt's, or a caffemodel's copied into at least one layer (else fillers')
         self.has_weights = state is not None or bool(self.report and self.report.copied)
         self.blobs: dict[str, torch.Tensor] = {}
@@ -499,10 +503,15 @@ class Net:
 
 
 def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test", *,
-             stages=(), level: int = 0, inference: bool = True, optimize: bool = False) -> "Net":
+             stages=(), level: int = 0, inference: bool = True, optimize: bool = False, seed: int = 0) -> "Net":
     """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or a caffemodel's weights
     copied into the ``prototxt`` definition by layer name, in its inference form (any definition: deploy,
-    train_val, train_test, a snapshot's stored net); the other arguments as for :class:`Net`."""
+    train_val, train_test, a snapshot's stored net); the other arguments as for :class:`Net`. Without either,
+    the built-in SphereFace-20 deploy net (:func:`sfport.nets.builtin_model`) with its fillers' weights drawn
+    from ``seed``: what ``sfport verify`` and ``sfport convert`` show the toolkit on."""
+    if model is None and prototxt is None:
+        return Net(nets.builtin_model(), phase=phase, input_shapes=input_shapes, seed=seed, stages=stages,
+                   level=level, inference=inference, optimize=optimize)
     if prototxt is not None:
         return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
                    input_shapes=input_shapes, stages=stages, level=level, inference=inference, optimize=optimize)

@@ -8,10 +8,11 @@ stride-2 conv (xavier, bias lr_mult 2 decay_mult 0) + PReLU followed by residual
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from sfport.caffe_files import net_to_text
+from sfport.caffe_files import CaffeModel, net_to_text
 from sfport.files import atomic_write
 from sfport.protos import caffe_pb2
 
@@ -194,6 +195,25 @@ def write_project_prototxts(directory) -> list[str]:
     return written
 
 
-if __name__ == "__main__":
-    for path in write_project_prototxts(sys.argv[1] if len(sys.argv) > 1 else "prototxt"):
+BUILT_IN = "built-in:sphereface_deploy(20)"
+
+
+def builtin_model() -> CaffeModel:
+    """The commands' built-in default net (``sfport inspect``, ``verify``, ``convert`` without a model): the
+    SphereFace-20 deploy net, without weights."""
+    return CaffeModel.from_net(sphereface_deploy(20), BUILT_IN)
+
+
+def main(argv=None) -> int:
+    """``python -m sfport.nets [DIR]``: write the project's nets and solvers (``prototxt/``) into DIR."""
+    parser = argparse.ArgumentParser(prog="python -m sfport.nets",
+                                     description="Write the project's nets and solvers (prototxt/) into DIRECTORY.")
+    parser.add_argument("directory", nargs="?", default="prototxt", help="where to write them (default: prototxt)")
+    args = parser.parse_args(argv)
+    for path in write_project_prototxts(args.directory):
         print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

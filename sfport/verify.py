@@ -368,8 +368,10 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     types renamed) and its weights, written to a temporary folder; a reference that cannot load or run it is one
     line saying so. With ``optimize`` sfport's side is the inference-optimized net (:mod:`sfport.optimize`),
     compared with the reference running the original net at every blob whose value the optimized net still
-    computes."""
-    net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level)
+    computes. Without ``model`` and ``prototxt``: the built-in SphereFace-20 deploy net, its weights drawn by its
+    fillers from ``seed`` (:func:`sfport.net.load_net`)."""
+    net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level, seed=seed)
+    model = net.path if model is None and prototxt is None else model   # the built-in net
     sources = input_sources(input, net.inputs)
     feeds = {}
     for k, (name, in_shape) in enumerate(net.inputs.items()):
