@@ -217,47 +217,72 @@ def _detector(model_dir, backend: str = "auto") -> MTCNN:
     return _DETECTORS[model_dir, backend]
 
 
+def crop_name(rel: str, ext: str | None = None, face: int | None = None) -> str:
+    """The relative path of a photo's crop: the photo's, its extension replaced by ``ext`` when given, and
+    ``_faceK`` added for face K (1-based) of :func:`align_folder`'s ``all_faces``."""
+    stem, own = os.path.splitext(rel)
+    return f"{stem}{'' if face is None else f'_face{face}'}{'.' + ext if ext else own or '.jpg'}"
+
+
+def _by_centre(faces: list, shape) -> list:
+    """The faces ordered by :func:`sfport.mtcnn.nearest_centre`: the nearest the image centre first."""
+    order, rest = [], list(faces)
+    while rest:
+        order.append(nearest_centre(rest, shape))
+        rest = [f for f in rest if f is not order[-1]]
+    return order
+
+
 def _align_one(args):
-    """Worker: detect (or look up) landmarks, align, write. Returns (rel, landmarks, box, error)."""
+    """Worker: detect (or look up) landmarks, align, write. Returns (rel, [(crop path, landmarks, box)], error)."""
     import cv2
 
-    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir, backend = args
+    rel, src_root, dst_root, tmpl_name, size, landmarks, mtcnn_dir, backend, all_faces, ext = args
     try:
         img = read_image(os.path.join(src_root, rel))
     except CaffeFileError as e:   # a bad image is listed in no_face.txt with the reason, as one without a face
-        return rel, None, None, e.message
-    box = None
+        return rel, [], e.message
     if landmarks is not None:
         pts = landmarks.get(rel)
         if pts is None:
-            return rel, None, None, "no landmarks in the list"
+            return rel, [], "no landmarks in the list"
+        faces = [(pts, None)]
     else:
-        face = nearest_centre(_detector(mtcnn_dir, backend).detect(img), img.shape)
-        if face is None:
-            return rel, None, None, "no face found"
-        pts = face.landmarks
-        box = np.r_[face.box, face.score]
-    try:
-        crop = align(img, pts, template(tmpl_name, size))
-    except ValueError as e:
-        return rel, None, None, str(e)
-    out = os.path.join(dst_root, rel)
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    ok, buf = cv2.imencode(os.path.splitext(out)[1] or ".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    if not ok:
-        return rel, None, None, "cannot encode the crop"
-    atomic_write(out, buf.tobytes())
-    return rel, pts, box, None
+        found = _by_centre(_detector(mtcnn_dir, backend).detect(img), img.shape)
+        if not found:
+            return rel, [], "no face found"
+        faces = [(f.landmarks, np.r_[f.box, f.score]) for f in (found if all_faces else found[:1])]
+    tmpl, crops, rows = template(tmpl_name, size), [], []
+    for k, (pts, box) in enumerate(faces, 1):
+        try:
+            crops.append((k, pts, box, align(img, pts, tmpl)))
+        except ValueError as e:   # landmarks that fit no similarity: that face has no crop
+            error = str(e)
+    if not crops:
+        return rel, [], error
+    for k, pts, box, crop in crops:
+        name = crop_name(rel, ext, k if all_faces else None)
+        out = os.path.join(dst_root, name)
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        suffix = os.path.splitext(out)[1]
+        jpeg = suffix.lower() in (".jpg", ".jpeg")
+        ok, buf = cv2.imencode(suffix, crop, [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else [])
+        if not ok:
+            return rel, [], "cannot encode the crop"
+        atomic_write(out, buf.tobytes())
+        rows.append((name if all_faces else rel, pts, box))
+    return rel, rows, None
 
 
 @dataclass
 class AlignSummary:
     """What :func:`align_folder` did."""
-    aligned: int            # crops written
+    aligned: int            # images with a crop
     total: int              # images in the input folder
     missing: int            # listed in no_face.txt
     size: tuple[int, int]   # (height, width) of the crops
     template: str
+    faces: int = 0          # crops written (more than ``aligned`` with all_faces)
 
 
 # the largest crop side --size takes (warpAffine allocates the whole crop)
@@ -282,7 +307,7 @@ def crop_size(text) -> tuple[int, int]:
 
 def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=None, template: str = "sphereface",
                  workers: int = 2, landmarks_one_based: bool = False, progress=False, backend: str = "auto",
-                 log=None) -> AlignSummary:
+                 log=None, all_faces: bool = False, ext: str | None = None) -> AlignSummary:
     """``sfport align``: every image under ``input_dir`` aligned to the ``template`` (crop ``size`` (h, w) or
     'HxW' / 'H,W', default the template's) into the same tree under ``output_dir``, landmarks from the
     ``landmarks`` list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in
@@ -291,12 +316,21 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
     image that cannot be read). The inputs and outputs are checked before any work (a bad landmark list is one
     error naming its line); a failure on the way removes the crops and folders this run created. ``backend``:
     the MTCNN nets' (:class:`sfport.backend.Runner`); ``progress`` and ``log``: :class:`sfport.progress.Progress`.
+
+    ``ext`` ('jpg', JPEG quality 95, or 'png', lossless): the crops' format, default each photo's own extension.
+    ``all_faces`` (MTCNN only): a crop of every face found, ``PHOTO_face1.EXT`` (nearest the centre),
+    ``PHOTO_face2.EXT``, ... (:func:`crop_name`); landmarks.txt then names each crop (its points are in the
+    photo), where otherwise it names the photo, a landmark list for the originals (:func:`read_landmarks`).
     """
     if not os.path.isdir(input_dir):
         raise CaffeFileError(input_dir, "input folder not found" if not os.path.exists(input_dir)
                              else "the input is not a folder")
     if landmarks is None and mtcnn_dir is None:
         raise CaffeFileError(None, "give --landmarks FILE or --mtcnn DIR (the MTCNN det1-det3 models)")
+    if all_faces and landmarks is not None:
+        raise CaffeFileError(landmarks, "--all-faces needs --mtcnn: a landmark list holds one face per image")
+    if ext not in (None, "jpg", "png"):
+        raise CaffeFileError(None, f"--ext {ext}: the crops are written as jpg or png")
     if template not in TEMPLATES:
         raise CaffeFileError(None, f"unknown template '{template}' (sfport has {', '.join(TEMPLATES)})")
     hw = crop_size(size) if size is not None else TEMPLATES[template].size
@@ -315,33 +349,52 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
     files = image_files(input_dir)
     if not files:
         raise CaffeFileError(input_dir, "no images in the folder")
-    existed = {rel for rel in files if os.path.lexists(out / rel)}
+    if ext:   # two photos that differ only in extension would give the same crop
+        seen = {}
+        for rel in files:
+            other = seen.setdefault(crop_name(rel, ext), rel)
+            if other != rel:
+                raise CaffeFileError(input_dir, f"{other} and {rel} would both be written as {crop_name(rel, ext)} "
+                                                f"(--ext {ext})")
+    existed = {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs}
+    stems = {os.path.splitext(rel)[0] for rel in files}
+    singles = {crop_name(rel, ext) for rel in files}
+
+    def made_here(name: str) -> bool:
+        """A crop this run may have written (removed again when it fails)."""
+        face = re.fullmatch(r"(.*)_face\d+\.[^./]+", name)
+        return name not in existed and (face is not None and face[1] in stems if all_faces else name in singles)
+
     new_dirs = set()
     for d in {out} | {(out / rel).parent for rel in files}:
         while not d.exists() and d not in new_dirs:
             new_dirs.add(d)
             d = d.parent
-    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir, backend) for rel in files]
+    jobs = [(rel, input_dir, output_dir, template, hw, marks, mtcnn_dir, backend, all_faces, ext) for rel in files]
     rows, missing = [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         with Progress(len(jobs), "align", "images", progress, log, header=header) as bar:
             for r in pool.map(_align_one, jobs, chunksize=8) if pool else map(_align_one, jobs):
                 bar.update(1)
-                (missing if r[3] else rows).append(r)
+                if r[2]:
+                    missing.append(r)
+                else:
+                    rows.append(r)
         if pool:
             pool.shutdown()
-        write_files({out / "landmarks.txt": _landmark_text([(r[0], r[1], r[2]) for r in rows]),
-                     out / "no_face.txt": "".join(f"{r[0]}\t{r[3]}\n" for r in missing).encode()})
+        write_files({out / "landmarks.txt": _landmark_text([row for r in rows for row in r[1]]),
+                     out / "no_face.txt": "".join(f"{r[0]}\t{r[2]}\n" for r in missing).encode()})
     except BaseException:   # leave nothing half-done: the crops and folders of this run go
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
-        for rel in files:
-            if rel not in existed:
-                with contextlib.suppress(OSError):
-                    os.unlink(out / rel)
+        for d, _, fs in os.walk(out):
+            for f in fs:
+                if made_here(os.path.relpath(os.path.join(d, f), out)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(d, f))
         for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
-    return AlignSummary(len(rows), len(files), len(missing), hw, template)
+    return AlignSummary(len(rows), len(files), len(missing), hw, template, sum(len(r[1]) for r in rows))

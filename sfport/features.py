@@ -7,7 +7,8 @@ checked first), aligned from landmarks when given (``sfport.align``), preprocess
 per-image whitening), and run in batches through a DataLoader with workers; each image also gives the
 feature of its mirror image. Results are cached on disk, keyed by the model's bytes, the settings and the
 images' paths, sizes and times. :func:`combine` joins an image's feature with its mirror image's as a protocol
-does; :func:`embed` and :func:`compare` are ``sfport embed`` and ``sfport compare``.
+does; :func:`embed` and :func:`compare` are ``sfport embed`` and ``sfport compare``. Features are written as
+``.npy`` + an image list, or as a MAT-file (:func:`mat_bytes`; read back by :func:`read_mat` and its checks).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from sfport import align
 from sfport.errors import CaffeFileError
 from sfport.data import read_list_text
-from sfport.files import Staged, atomic_write, check_output, write_files
+from sfport.files import Staged, atomic_write, check_output, check_readable_file, write_files
 from sfport.images import read_image
 from sfport.backend import Runner, bound_heap_growth, check_backend, run_session, session
 from sfport.net import load_net
@@ -302,6 +303,97 @@ def combine(f: np.ndarray, f_flip: np.ndarray | None, protocol: str) -> np.ndarr
     return with_mirror(f, f_flip, "sum" if protocol == "insightface" else "concat")
 
 
+# the variables of a features MAT-file (embed -o x.mat): row i of `features` is the image named by `images`{i}
+MAT_FEATURES, MAT_IMAGES = "features", "images"
+
+
+def mat_bytes(features: np.ndarray, images: list[str]) -> bytes:
+    """A MAT-file (v5, scipy.io.savemat) of ``features`` (N x D, as given: row i = image i, as the ``.npy``) and
+    ``images`` (an N x 1 cell array of the image paths), as bytes."""
+    import scipy.io
+
+    buf = _io.BytesIO()
+    names = np.empty((len(images), 1), dtype=object)
+    names[:, 0] = list(images)
+    scipy.io.savemat(buf, {MAT_FEATURES: np.asarray(features), MAT_IMAGES: names})
+    return buf.getvalue()
+
+
+def read_mat(path, what: str = "features MAT-file") -> dict:
+    """The variables of a MAT-file (v4 to v7) read by ``scipy.io.loadmat``, which builds arrays, cells, structs
+    and strings only: nothing in the file runs. A missing, empty or unreadable file, a v7.3 (HDF5) file or
+    anything else than a MAT-file is one line naming it."""
+    import scipy.io
+
+    if check_readable_file(path, what) == 0:
+        raise CaffeFileError(path, f"empty file, not a MAT-file ({what})")
+    try:
+        doc = scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
+    except NotImplementedError:   # scipy: "Please use HDF reader for matlab v7.3 files"
+        raise CaffeFileError(path, "a MATLAB v7.3 (HDF5) MAT-file: save it with save(..., '-v7'); scipy.io.loadmat "
+                                   "reads v4 to v7") from None
+    except Exception as e:  # noqa: BLE001 - scipy's reader fails in many ways on a file that is not a MAT-file
+        text = str(e).strip().splitlines()
+        raise CaffeFileError(path, f"not a MAT-file ({what}): {text[0][:200] if text else type(e).__name__}") \
+            from None
+    return {k: v for k, v in doc.items() if not k.startswith("__")}
+
+
+def mat_kind(v) -> str:
+    """What a loaded MAT variable is, in Matlab's words (for errors)."""
+    if not isinstance(v, np.ndarray):
+        return "a sparse matrix" if hasattr(v, "tocsr") else f"a {type(v).__name__}"
+    dims = "x".join(map(str, v.shape))
+    if v.dtype.names:
+        return f"a {dims} struct"
+    if v.dtype.kind == "O":
+        return f"a {dims} cell"
+    if v.dtype.kind == "U":
+        return f"a {dims} char array"
+    return f"a {dims} {v.dtype} matrix"
+
+
+def mat_matrix(path, name: str, v, rows: int | None = None, rows_are: str = "rows") -> np.ndarray:
+    """MAT variable ``name`` checked to be a finite 2-D float (single or double) matrix with columns, and with
+    ``rows`` of its ``rows_are`` ('rows' or 'columns') when given; one line naming the file and variable."""
+    if not (isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 2 and v.size):
+        raise CaffeFileError(path, f"variable '{name}' must be a 2-D float (single or double) matrix, not "
+                                   f"{mat_kind(v)}")
+    n = v.shape[0] if rows_are == "rows" else v.shape[1]
+    if rows is not None and n != rows:
+        raise CaffeFileError(path, f"variable '{name}' has {n} {rows_are} ({mat_kind(v)[2:]}) for {rows} "
+                                   f"{'images' if rows_are == 'rows' else 'pairs'}")
+    if not np.isfinite(v).all():
+        bad = np.argwhere(~np.isfinite(v))[0] + 1
+        raise CaffeFileError(path, f"variable '{name}' holds a NaN or infinite value at ({bad[0]}, {bad[1]})")
+    return v
+
+
+def mat_vector(path, name: str, v) -> np.ndarray:
+    """MAT value ``name`` checked to be a non-empty float vector (a column, as Matlab stores a feature, or a row)."""
+    if not (isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim <= 2 and v.size and min(v.shape) == 1):
+        raise CaffeFileError(path, f"'{name}' must be a float feature vector (a column), not {mat_kind(v)}")
+    return v.reshape(-1)
+
+
+def mat_string(path, name: str, v) -> str:
+    """MAT value ``name`` checked to be one string (a char row)."""
+    if not (isinstance(v, np.ndarray) and v.dtype.kind == "U" and v.size <= 1):
+        raise CaffeFileError(path, f"'{name}' must be a string, not {mat_kind(v)}")
+    return str(v.reshape(-1)[0]) if v.size else ""
+
+
+def mat_strings(path, name: str, v) -> list[str]:
+    """MAT variable ``name`` as a list of strings: a cell array of char rows (what :func:`mat_bytes` writes) or a
+    char matrix (one string per row, Matlab's blank padding removed)."""
+    if isinstance(v, np.ndarray) and v.dtype.kind == "U" and v.ndim <= 2:
+        return [str(x).rstrip(" ") for x in v.reshape(-1)]
+    if isinstance(v, np.ndarray) and v.dtype.kind == "O" and v.dtype.names is None:
+        return [mat_string(path, f"{name}{{{k + 1}}}", x) for k, x in enumerate(v.reshape(-1, order="F"))]
+    raise CaffeFileError(path, f"variable '{name}' must be a cell array of image paths (or a char matrix), not "
+                               f"{mat_kind(v)}")
+
+
 def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
           flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
           workers: int = 2, progress=False, state: dict | None = None, template: str | None = None,
@@ -309,18 +401,21 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
     """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
     line; relative to ``root``), aligned first from the ``landmarks`` list when given (to ``template``, default
     the one of the net's input size), joined with their mirror images' by ``flip`` (:func:`with_mirror`);
-    written as float32 ``output`` (.npy, row i = image i; written as the batches are produced, to a temporary
-    file) and the image list beside it (.txt), both checked before any work and renamed together (a failure
-    leaves neither). ``state``: :class:`Model`'s phase / stages / level / input_shapes, for a train or test
+    written as float32 ``output``: a ``.npy`` (row i = image i; written as the batches are produced, to a
+    temporary file) and the image list beside it (.txt), both checked before any work and renamed together (a
+    failure leaves neither); or a ``.mat`` (:func:`mat_bytes`: ``features`` and ``images`` in one file, written
+    at the end). ``state``: :class:`Model`'s phase / stages / level / input_shapes, for a train or test
     definition; ``backend``: :class:`Model`'s; ``log``: a CaffeLog-like callable for the backend line and the
-    progress lines. Returns the features written (memory-mapped from the file)."""
+    progress lines. Returns the features written (memory-mapped from a ``.npy``)."""
     out = Path(output)
-    names = out.with_suffix(".txt")
+    as_mat = out.suffix.lower() == ".mat"
+    names = None if as_mat else out.with_suffix(".txt")
     if names == out:
         raise CaffeFileError(output, "the features (.npy) and their image list (.txt beside them) would be the same "
-                                     "file: give a .npy output")
+                                     "file: give a .npy (or .mat) output")
     check_output(out, "the features output")
-    check_output(names, "the image list output")
+    if names is not None:
+        check_output(names, "the image list output")
     paths = list(images)
     if list_file:
         text = read_list_text(list_file, "image list", "an image list")
@@ -332,24 +427,29 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
                              else "the image folder (--root) not found")
     m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
-    staged = Staged(out, "the features output")
+    staged = None if as_mat else Staged(out, "the features output")
     rows = {}
 
     def sink(start, f, f_flip):
         joined = with_mirror(f, f_flip, flip).astype(np.float32)
         if "mm" not in rows:
-            rows["mm"] = np.lib.format.open_memmap(staged.tmp, mode="w+", dtype=np.float32,
-                                                   shape=(len(paths), joined.shape[1]))
+            shape = (len(paths), joined.shape[1])
+            rows["mm"] = np.empty(shape, np.float32) if as_mat else \
+                np.lib.format.open_memmap(staged.tmp, mode="w+", dtype=np.float32, shape=shape)
         rows["mm"][start:start + len(joined)] = joined
 
     try:
         extract(m, paths, root, protocol, marks, landmarks, template, batch_size, workers, cache_dir=False,
                 progress=progress, sink=sink, log=log)
+        if as_mat:
+            write_files({out: mat_bytes(rows["mm"], paths)})
+            return rows["mm"]
         rows["mm"].flush()
         del rows["mm"]
         write_files({out: staged, names: ("\n".join(paths) + "\n").encode()})
     except BaseException:
-        staged.discard()
+        if staged is not None:
+            staged.discard()
         raise
     return np.load(out, mmap_mode="r")
 

@@ -426,7 +426,7 @@ def test_eval_outputs_are_checked_before_work(tmp_path):
     r = run(*common, "--report", tmp_path / "r.json", "--plot", tmp_path / "roc.png")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "r.json").read_text())["protocol"] == "sphereface"
-    assert cv2.imread(str(tmp_path / "roc.png")).shape == (480, 640, 3)
+    assert cv2.imread(str(tmp_path / "roc.png")).ndim == 3   # matplotlib's figure: tests/test_roc_plot.py
 
 
 def test_write_files_leaves_all_or_none(tmp_path, monkeypatch):
