@@ -266,7 +266,7 @@ class Net:
     """
 
     def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None,
-                 seed: int | None = None, *, stages=(), level: int = 0, inference: bool | None = None,
+                 seed: int | None = None, *, stages=(), level: int | None = None, inference: bool | None = None,
                  optimize: bool = False):
         self.state = NetState.of(phase, level, stages)
         self.phase = self.state.phase

@@ -88,6 +88,19 @@ def test_solver_states_merge_as_init_train_net_and_init_test_nets():
                            NetState(caffe_pb2.TEST, 1, ("test-on-test",))]
 
 
+def test_a_net_built_from_a_solvers_state_keeps_its_level_and_stages():
+    """Solver::InitTestNets builds the test net with the merged test_state, level included: a Net given that
+    NetState as its phase keeps the level (a layer with min_level 2 is in) unless a level is given."""
+    net = _net('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } } '
+               'layer { name: "deep" type: "ReLU" bottom: "x" top: "y" include { phase: TEST min_level: 2 } } '
+               'layer { name: "staged" type: "ReLU" bottom: "x" top: "z" include { stage: "s" } }')
+    model = sfport.CaffeModel.from_net(net, "n.prototxt")
+    state = NetState(caffe_pb2.TEST, 2, ("s",))
+    assert [ly.name for ly in sfport.Net(model, phase=state).definition.layer] == ["x", "deep", "staged"]
+    assert [ly.name for ly in sfport.Net(model, phase=state, level=1).definition.layer] == ["x", "staged"]
+    assert [ly.name for ly in sfport.Net(model, phase="test").definition.layer] == ["x"]
+
+
 # -- data layers become inputs ------------------------------------------------------------------------------
 
 TAIL = """

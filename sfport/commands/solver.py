@@ -27,12 +27,33 @@ from sfport.errors import CaffeFileError
 @click.option("--max-iter", type=int, help="Override the solver's max_iter.")
 @click.option("--margin-grad", type=click.Choice(["caffe", "true"]), help="MarginInnerProduct backward.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--plot", help="Draw the training curves (loss, smoothed loss, test outputs, lr) from the log to this "
+                             ".png/.svg/.pdf, rewritten at each snapshot and at the end.")
 def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
-          synthetic_data, shape, max_iter, margin_grad, progress):
+          synthetic_data, shape, max_iter, margin_grad, progress, plot):
     """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
 
     Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
-    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly."""
+    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly. The log starts with the device
+    ('Use CPU.' / 'Using GPUs 0, 1'); a solver with solver_mode GPU (Caffe's default) run without --gpu
+    trains on the CPU, with a warning saying so.
+
+    Paths: a relative path in the solver and its nets (net, train_net, test_net, weights, snapshot_prefix, the
+    data layers' source, root_folder and mean_file) and --weights / --snapshot is taken from the current
+    directory if it exists there (as caffe opens it, run from the repository root), else from the solver's
+    folder (snapshot_prefix: by its folder). Each resolved path is logged once ('Resolved net: X -> /abs/X').
+
+    --plot draws the curves of this run's log; for a saved Caffe log: python -m sfport.train.curves LOG OUT.
+    --synthetic-data needs --shape C,H,W when the net does not fix its input (3,112,96 for SphereFace).
+
+    \b
+    Examples:
+      sfport train prototxt/sfplus_m4_solver.prototxt --weights sphereface_model.caffemodel --gpu 0
+      sfport train prototxt/sphereface20_solver.prototxt --snapshot result/sphereface20_iter_16000.pt --gpu 0
+      sfport train prototxt/sphereface20_solver.prototxt --gpu 0,1,2,3 --plot curves.png
+      sfport train prototxt/sphereface20_solver.prototxt --synthetic-data --shape 3,112,96 --max-iter 100
+      python -m sfport.train.curves caffe.log curves.png
+    """
     from sfport import train as tr
 
     data_shape = None
@@ -46,12 +67,25 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
                  data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
                  skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
                  data_shape=data_shape, max_iter=max_iter, progress=progress,
-                 margin_grad=margin_grad)
+                 margin_grad=margin_grad, plot=plot)
     except tr.TrainingStopped as e:
         click.echo(f"sfport: stopped: {e}", err=True)
         sys.exit(3)
 
 
 def inspect_solver(path: str, as_json: bool = False, plot: str | None = None) -> None:
-    """`sfport inspect SOLVER`: the solver's settings, the nets it trains, its lr schedule, the effective batch."""
-    raise CaffeFileError(path, "is a solver prototxt, not a net definition")
+    """`sfport inspect SOLVER`: the solver's settings, the nets it trains, its lr schedule, the effective batch
+    (sfport.solverinfo); ``plot``: the lr schedule drawn to that .png/.svg/.pdf."""
+    import json
+
+    from sfport import plots, solverinfo
+
+    if plot:
+        plots.plot_format(plot)
+    info = solverinfo.solver_info(path)
+    click.echo(json.dumps(info, indent=2) if as_json else solverinfo.format_info(info))
+    if plot:
+        from sfport.train.config import read_solver
+        plots.save(solverinfo.lr_figure(read_solver(path)[0], title=f"{path}: lr_policy "
+                                        f"{info['lr_schedule']['policy']}"), plot)
+        click.echo(f"wrote {plot}", err=as_json)

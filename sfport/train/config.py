@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sfport import caffe_files, sgd
-from sfport.data import resolve
 from sfport.errors import CaffeFileError
 from sfport.netstate import merged
 from sfport.protos import caffe_pb2
+from sfport.train.paths import existing
 
 
 @dataclass
@@ -30,6 +30,25 @@ class Options:
     progress: bool | None = None      # None: a bar when stderr is a terminal
     channels_last: bool = False
     margin_grad: str | None = None
+    gpus: tuple = ()                  # the --gpu ids (for the log's "Using GPUs" line)
+    plot: str | None = None           # --plot: the training curves' figure, rewritten at each snapshot and the end
+
+
+def gpu_ids(gpu: str) -> list[int]:
+    """caffe.cpp get_gpus: ``--gpu`` as device ids ('0', '0,1') or 'all' (every CUDA device), checked against
+    the devices this machine has (one line when it has none, or the ids are not numbers or not there)."""
+    import torch   # the rest of this module reads files only
+
+    if not torch.cuda.is_available():
+        raise CaffeFileError(None, f"--gpu {gpu}: no CUDA device is available on this machine")
+    count = torch.cuda.device_count()
+    try:
+        ids = list(range(count)) if gpu == "all" else [int(g) for g in gpu.split(",")]
+    except ValueError:
+        raise CaffeFileError(None, f"--gpu {gpu}: give GPU ids like 0 or 0,1, or 'all'") from None
+    if not ids or any(not 0 <= g < count for g in ids):
+        raise CaffeFileError(None, f"--gpu {gpu}: this machine has GPUs 0 to {count - 1}")
+    return ids
 
 
 def net_states(sp: caffe_pb2.SolverParameter, train, tests) -> tuple:
@@ -66,7 +85,7 @@ def nets_of(sp: caffe_pb2.SolverParameter, base: Path | None, solver_path) -> tu
     Solver::InitTrainNet / InitTestNets pick them: exactly one of net, net_param, train_net, train_net_param; test
     nets from test_net_param, then test_net, then (a generic ``net`` / ``net_param``) the train net once for each
     test_iter left (the counts are checked by :func:`sfport.sgd.check_solver`). A net given in the solver has the
-    solver's file."""
+    solver's file; a net file is found by :func:`sfport.train.paths.resolve_path` (``base``: the solver's folder)."""
     given = [sp.HasField("net"), sp.HasField("net_param"), sp.HasField("train_net"), sp.HasField("train_net_param")]
     if sum(given) != 1:
         raise CaffeFileError(solver_path, "the solver needs exactly one of net, net_param, train_net, "
@@ -75,12 +94,13 @@ def nets_of(sp: caffe_pb2.SolverParameter, base: Path | None, solver_path) -> tu
         train = sp.train_net_param if sp.HasField("train_net_param") else sp.net_param
         train_file = str(solver_path)
     else:
-        train_file = str(resolve(sp.train_net if sp.HasField("train_net") else sp.net, base))
+        kind = "train_net" if sp.HasField("train_net") else "net"
+        train_file = str(existing(getattr(sp, kind), base, kind, solver_path))
         train = caffe_files.read_prototxt(train_file).net
     tests = list(sp.test_net_param)
     files = [str(solver_path)] * len(tests)
     for t in sp.test_net:
-        files.append(str(resolve(t, base)))
+        files.append(str(existing(t, base, "test_net", solver_path)))
         tests.append(caffe_files.read_prototxt(files[-1]).net)
     if sp.HasField("net") or sp.HasField("net_param"):
         generic = max(len(sp.test_iter) - len(tests), 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sfport import caffe_files
@@ -36,8 +37,9 @@ def run_test_nets(test_nets: list[tuple[Net, Feeder]], sp: caffe_pb2.SolverParam
     """Solver::TestAll at iteration ``it``: every test net over its ``test_iter`` batches, and the log lines."""
     for i, (net, feeder) in enumerate(test_nets):
         log(f"Iteration {it}, Testing net (#{i})", "solver.cpp:330")
-        scores: dict[tuple, float] = {}
-        total_loss = 0.0
+        # solver.cpp Solver::Test: the scores and the loss are summed and divided in Dtype (float32)
+        scores: dict[tuple, np.float32] = {}
+        total_loss = np.float32(0)
         n = sp.test_iter[i]
         net.module.eval()
         for _ in range(n):
@@ -45,11 +47,11 @@ def run_test_nets(test_nets: list[tuple[Net, Feeder]], sp: caffe_pb2.SolverParam
             with torch.no_grad(), feeder.blame():
                 blobs = net.module.run(batch, keep_all=False)
                 loss = net.module.loss(blobs)
-            total_loss += float(loss) if loss is not None else 0.0
+            total_loss += np.float32(float(loss) if loss is not None else 0.0)
             for name, vals, w in net_outputs(net, blobs):
                 for j, v in enumerate(vals):
-                    scores[(name, j, w)] = scores.get((name, j, w), 0.0) + float(v)
+                    scores[(name, j, w)] = scores.get((name, j, w), np.float32(0)) + np.float32(v)
         if sp.test_compute_loss:
-            log(f"Test loss: {g6(total_loss / n)}", "solver.cpp:394")
+            log(f"Test loss: {g6(float(total_loss / np.float32(n)))}", "solver.cpp:394")
         for idx, ((name, _, w), total) in enumerate(scores.items()):
-            log(output_line("Test", idx, name, total / n, w), "solver.cpp:397")
+            log(output_line("Test", idx, name, float(total / np.float32(n)), w), "solver.cpp:397")

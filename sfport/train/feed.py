@@ -55,7 +55,7 @@ class Feeder:
         self.world, self.rank, self.iter_size, self.opts = world, rank, iter_size, opts
         self.seed = seed
         if len(layers) != 1 or len(layers[0].top) < 1:
-            raise CaffeFileError(None, f"sfport train needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
+            raise CaffeFileError(None, f"sfport needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
                                        f" net, found {len(layers)}")
         layer = layers[0]
         sources = {"ImageData": "image_data_param", "Data": "data_param", "HDF5Data": "hdf5_data_param"}
@@ -72,7 +72,7 @@ class Feeder:
             shape = tuple(layer.input_param.shape[0].dim) if len(layer.input_param.shape) else ()
             self.batch = shape[0] if shape else 1
         else:
-            raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport train reads ImageData "
+            raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport reads ImageData "
                                        f"lists, Data (LMDB / LevelDB) and HDF5Data (or --synthetic-data)")
         if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
             raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
@@ -90,8 +90,9 @@ class Feeder:
             if layer.type == "Input" and len(layer.input_param.shape):
                 chw = tuple(layer.input_param.shape[0].dim[1:])
             if not chw:
-                raise CaffeFileError(None, f"data layer '{layer.name}': give the image size for synthetic data "
-                                           f"(new_height/new_width in the prototxt or --shape C,H,W)")
+                raise CaffeFileError(None, f"data layer '{layer.name}': --synthetic-data needs the image size: "
+                                           f"--shape C,H,W (--shape 3,112,96 for SphereFace's 112x96 faces), or "
+                                           f"new_height/new_width or crop_size in the prototxt")
             self.chw = tuple(chw)
         elif layer.type == "Data":   # data_layer.cpp, db_lmdb.cpp / db_leveldb.cpp
             self.dataset = DatumDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,

@@ -9,8 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sfport import files, plots
 from sfport.errors import CaffeFileError
-from sfport.train.config import Options
+from sfport.train.config import Options, gpu_ids
 from sfport.train.loop import Solver
 
 
@@ -68,10 +69,11 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
           data_root: str | None = None, source: str | None = None, seed: int | None = None, amp: bool = False,
           workers: int | None = None, skip_bad_images: bool = False, keep_going: bool = False,
           synthetic_data: bool = False, data_shape: tuple | None = None, max_iter: int | None = None,
-          progress: bool | None = None, margin_grad: str | None = None) -> None:
+          progress: bool | None = None, margin_grad: str | None = None, plot: str | None = None) -> None:
     """``sfport train`` (caffe.cpp train): resolve ``gpu`` ('0', '0,1', 'all'; None: the CPU, or CUDA when
     torchrun set up several processes) and ``workers`` (None: the CPU count, at most 16), then :func:`launch`
-    with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). Bad input (GPU ids, --amp without
+    with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). ``plot``: the training curves'
+    figure (png, svg, pdf; checked before training). Bad input (GPU ids, --amp without
     a GPU, the files) raises :class:`~sfport.errors.CaffeFileError`; divergence raises
     :class:`~sfport.train.loop.TrainingStopped`."""
     if workers is not None and workers < 0:
@@ -80,18 +82,14 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
         raise CaffeFileError(None, f"--seed {seed}: give a seed from 0 to 2^63-1")
     if max_iter is not None and max_iter < 0:
         raise CaffeFileError(None, f"--max-iter {max_iter}: must not be negative")
+    if plot:   # before any work: the format, matplotlib, a writable place
+        plots.plot_format(plot)
+        plots.pyplot()
+        files.check_output(plot, "plot")
     gpus = None
     device = "cpu"
     if gpu:
-        if not torch.cuda.is_available():
-            raise CaffeFileError(None, f"--gpu {gpu}: no CUDA device is available on this machine")
-        count = torch.cuda.device_count()
-        try:
-            gpus = list(range(count)) if gpu == "all" else [int(g) for g in gpu.split(",")]
-        except ValueError:
-            raise CaffeFileError(None, f"--gpu {gpu}: give GPU ids like 0 or 0,1, or 'all'") from None
-        if not gpus or any(not 0 <= g < count for g in gpus):
-            raise CaffeFileError(None, f"--gpu {gpu}: this machine has GPUs 0 to {count - 1}")
+        gpus = gpu_ids(gpu)
         device = f"cuda:{gpus[0]}"
         torch.backends.cudnn.benchmark = True
     elif dist_env() is not None and torch.cuda.is_available():
@@ -102,5 +100,6 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
                    device=device, amp=amp, workers=min(16, os.cpu_count() or 2) if workers is None else workers,
                    skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
                    data_shape=tuple(data_shape) if data_shape else None, max_iter=max_iter, progress=progress,
-                   channels_last=device.startswith("cuda"), margin_grad=margin_grad)
+                   channels_last=device.startswith("cuda"), margin_grad=margin_grad, gpus=tuple(gpus or ()),
+                   plot=plot)
     launch(solver_path, opts, gpus)

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sfport.progress import CaffeLog
+from sfport.train.curves import KEYWORDS
 
 
 def g6(v: float) -> str:
@@ -25,8 +26,23 @@ def net_outputs(net, blobs) -> list[tuple[str, np.ndarray, float]]:
 
 def output_line(kind: str, n: int, name: str, value: float, weight: float) -> str:
     """Solver::Step's / Solver::Test's ``    Train net output #n: name = v (* w = w*v loss)``."""
-    extra = f" (* {g6(weight)} = {g6(weight * value)} loss)" if weight else ""
+    # the product in Dtype (float32), as solver.cpp computes loss_weight * score
+    extra = f" (* {g6(weight)} = {g6(float(np.float32(weight) * np.float32(value)))} loss)" if weight else ""
     return f"    {kind} net output #{n}: {name} = {g6(value)}{extra}"
+
+
+class RecordingLog(CaffeLog):
+    """A :class:`CaffeLog` that also keeps the lines the training curves are drawn from
+    (:data:`sfport.train.curves.KEYWORDS`: the iteration, output and test-loss lines), for ``train --plot``."""
+
+    def __init__(self, stream=None, enabled: bool = True):
+        super().__init__(stream, enabled)
+        self.lines: list[str] = []
+
+    def _write(self, line: str) -> None:
+        if any(k in line for k in KEYWORDS):
+            self.lines.append(line)
+        super()._write(line)
 
 
 def progress_bar(log: CaffeLog, total: int, initial: int, show: bool | None):

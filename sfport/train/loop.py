@@ -21,13 +21,13 @@ from sfport.converters.loss import LOSS_CAP
 from sfport.errors import CaffeFileError
 from sfport.net import Net
 from sfport.protos import caffe_pb2
-from sfport.train import checkpoint
-from sfport.data import resolve
+from sfport.train import checkpoint, curves
 from sfport.train.config import Options, net_states, nets_of, read_solver
 from sfport.train.evaluate import build_test_net, run_test_nets
 from sfport.train.feed import Feeder, num_classes
 from sfport.progress import CaffeLog
-from sfport.train.log import g6, net_outputs, output_line, progress_bar
+from sfport.train.log import RecordingLog, g6, net_outputs, output_line, progress_bar
+from sfport.train.paths import PathLog
 
 
 class TrainingStopped(Exception):
@@ -42,7 +42,7 @@ class Solver:
                  log: CaffeLog | None = None):
         self.opts = opts = opts or Options()
         self.rank, self.world = rank, world
-        self.log = log or CaffeLog(enabled=(rank == 0))
+        self.log = log or (RecordingLog if opts.plot else CaffeLog)(enabled=(rank == 0))
         # setup's log lines are written when it is done: bad input found on the way is its one error line
         with self.log.held():
             self.path = solver_path
@@ -52,16 +52,28 @@ class Solver:
                 self.log(note, "upgrade_proto.cpp:1113")
             self.base = Path(solver_path).resolve().parent
             self.device = torch.device(opts.device)
+            self.log_device()
             self.log("Initializing solver from parameters: \n" + caffe_files.net_to_text(sp).rstrip(), "solver.cpp:44")
+            paths = PathLog(self.log, self.base)   # sfport.train.paths: one rule, each path logged once
+            sp.snapshot_prefix = paths("snapshot_prefix", sp.snapshot_prefix, output=True)
+            if opts.plot and not sp.display:
+                self.log(f"--plot {opts.plot}: display is 0, so the log has no loss lines to draw", "solver.cpp:0",
+                         "W")
             if rank == 0:   # solver.cpp Solver::Init: CheckSnapshotWritePermissions, before InitTrainNet
                 checkpoint.check_outputs(solver_path, sp, sp.max_iter)
             self.seed = seed = opts.seed if opts.seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
             train_param, test_params, net_files = nets_of(sp, self.base, solver_path)
+            for kind in ("net", "train_net"):
+                if sp.HasField(kind):
+                    paths.note(kind, getattr(sp, kind), net_files[0])
+            for t, f in zip(sp.test_net, net_files[1 + len(sp.test_net_param):]):
+                paths.note("test_net", t, f)
             train_state, test_states = net_states(sp, train_param, test_params)
             self.log(f"Creating training net from net file: {sp.net or sp.train_net or '(in the solver)'}",
                      "solver.cpp:87")
             self.feeder = Feeder(train_param, train_state, opts, self.base, seed, world, rank, sp.iter_size,
                                  self.log, net_path=net_files[0])
+            paths.data(self.feeder, opts.data_root)
             torch.manual_seed(seed)
             self.net = Net(caffe_files.CaffeModel.from_net(train_param, net_files[0]), phase=train_state,
                            input_shapes=self.feeder.inputs, seed=seed)
@@ -83,19 +95,46 @@ class Solver:
             self.trajectory: list[dict] = []   # per update: iter, lr, loss, smoothed_loss, current_step, clipping
             self.weights_report: list[str] = []
             # caffe.cpp train: -weights, else (and never with -snapshot) the solver's own `weights` (Solver::InitTrainNet)
-            weights = opts.weights or ([] if opts.snapshot else [str(resolve(w, self.base)) for w in sp.weights])
+            weights = opts.weights or ([] if opts.snapshot else sp.weights)
             for w in weights:
-                self.load_weights(w)
+                self.load_weights(paths("weights", w))
             if opts.snapshot:
-                self.restore(opts.snapshot)
+                self.restore(paths("snapshot", opts.snapshot))
             self.test_nets = [build_test_net(tp, i, self.net, opts, self.base, seed, self.device, self.log, ts, f)
                               for i, (tp, ts, f) in enumerate(zip(test_params, test_states, net_files[1:]))]
+            for _, feeder in self.test_nets:
+                paths.data(feeder)
             self.ddp = None
             if world > 1:
                 self.ddp = DistributedDataParallel(self.net.module.blobs_module(), broadcast_buffers=False,
                                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
             torch.manual_seed(seed + 7 * rank)  # runtime randomness (dropout), per rank
             self.log("Solver scaffolding done.", "solver.cpp:56")
+
+    def log_device(self) -> None:
+        """caffe.cpp train's device line (``Use CPU.`` / ``Using GPUs 0, 1``), and a warning when the solver asks
+        for the GPU (solver_mode GPU, Caffe's default, which caffe obeys when -gpu is not given) and this run is on
+        the CPU because no --gpu was given."""
+        sp = self.param
+        if self.device.type == "cpu":
+            self.log("Use CPU.", "caffe.cpp:211")
+        else:
+            gpus = self.opts.gpus or (self.device.index or 0,)
+            self.log(f"Using GPUs {', '.join(str(g) for g in gpus)}", "caffe.cpp:226")
+        if sp.solver_mode == caffe_pb2.SolverParameter.GPU and self.device.type == "cpu" and not self.opts.gpus:
+            mode = "solver_mode is GPU" + ("" if sp.HasField("solver_mode") else " (Caffe's default)")
+            self.log(f"{mode}, where caffe would train on GPU {sp.device_id}, but no --gpu was given: this run "
+                     f"trains on the CPU; use --gpu {sp.device_id} to train on the GPU", "caffe.cpp:0", "W")
+
+    def write_curves(self) -> None:
+        """``--plot``: the training curves (:mod:`sfport.train.curves`) of this run's log so far, rewritten whole
+        (rank 0; a figure that cannot be written is a warning, the training goes on)."""
+        if not self.opts.plot or self.rank != 0 or not isinstance(self.log, RecordingLog):
+            return
+        try:
+            curves.plot_text("\n".join(self.log.lines), self.opts.plot, self.path)
+        except (CaffeFileError, OSError) as e:
+            self.log(f"--plot {self.opts.plot}: not written: {e}", "solver.cpp:0", "W")
 
     def load_weights(self, path: str) -> None:
         """``-weights``: copy by layer name (several files, comma-separated, in order)."""
@@ -254,6 +293,7 @@ class Solver:
             self.log(f"Skipped {self.feeder.bad} unreadable images (--skip-bad-images)", "image_data_layer.cpp:0",
                      "W")
         self.log("Optimization Done.", "solver.cpp:315")
+        self.write_curves()
 
     def test_all(self) -> None:
         """Solver::TestAll (see :func:`sfport.train.evaluate.run_test_nets`)."""
@@ -263,6 +303,7 @@ class Solver:
         """Solver::Snapshot (see :func:`sfport.train.checkpoint.snapshot`); returns the files' common prefix."""
         base = checkpoint.snapshot(self)
         self.last_snapshot = base + ".pt"
+        self.write_curves()
         return base
 
     def restore(self, path: str) -> None:
