@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from sfport.commands import faces, solver
+from sfport.commands import draw, faces, score, solver, timing
 from sfport.commands.options import parse_shapes, state_kwargs, state_options
 from sfport.errors import CaffeFileError
 from sfport import files
@@ -444,7 +444,8 @@ def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backe
     click.echo(f"wrote {counts['written']} of {counts['images']} images to {db_name} ({backend}){skipped}")
 
 
-for _command in (solver.train, faces.align, faces.eval_, faces.embed, faces.compare):
+for _command in (solver.train, faces.align, faces.eval_, faces.embed, faces.compare, timing.command, score.command,
+                 draw.command):
     cli.add_command(_command)
 
 
