@@ -69,9 +69,11 @@ def test_inspect_without_arguments_shows_builtin_sphereface20():
     assert "SpherefaceNet-20" in r.stdout and "22,670,656 parameters" in r.stdout
 
 
-def test_solver_prototxt_shown_as_such(tmp_path):
+def test_solver_whose_net_is_not_found_is_one_line(tmp_path, monkeypatch):
+    """inspect SOLVER (tests/test_inspect_solver.py) away from the folder the solver's net path is relative to."""
+    monkeypatch.chdir(tmp_path)
     r = run("inspect", FIXTURES.parent / "upstream/sphereface/train/code/sphereface_solver.prototxt")
-    assert_bad_input(r, "sphereface_solver.prototxt", "is a solver prototxt")
+    assert_bad_input(r, "sphereface_solver.prototxt", "net 'code/sphereface_model.prototxt' not found")
 
 
 @pytest.mark.parametrize("case", ["empty", "truncated", "random", "prototxt_as_caffemodel", "caffemodel_as_prototxt",
