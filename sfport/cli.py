@@ -433,7 +433,14 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
 def convert_imageset(root_folder, list_file, db_name, gray, shuffle, seed, backend, resize_width, resize_height,
                      check_size, encoded, encode_type, skip_bad_images):
     """Caffe's convert_imageset: ROOTFOLDER/ + the LISTFILE's `path label` lines -> an LMDB / LevelDB of Datum
-    records (keys %08d_path), for a Data layer. Written under a temporary name, then renamed."""
+    records (keys %08d_path), for a Data layer. Written under a temporary name, then renamed.
+
+    \b
+    Examples:
+      sfport convert-imageset data/CASIA-WebFace-112X96/ data/CASIA-WebFace-112X96.txt casia_lmdb --shuffle
+      sfport convert-imageset mnist/ train.txt mnist_train_lmdb --gray --backend leveldb
+      sfport convert-imageset faces/ list.txt faces_lmdb --resize_width 96 --resize_height 112 --encoded
+    """
     from sfport import db
 
     counts = db.convert_imageset(root_folder, list_file, db_name, gray=gray, shuffle=shuffle, seed=seed,
