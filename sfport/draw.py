@@ -20,9 +20,8 @@ import contextlib
 import errno
 import io
 import os
-from pathlib import Path
 
-from sfport import caffe_files, deploy
+from sfport import caffe_files, deploy, files
 from sfport.errors import CaffeFileError
 from sfport.files import atomic_write, check_output
 from sfport.netstate import NetState, filter_net, stored_phase, without_rules
@@ -50,11 +49,7 @@ def pydot():
 
 def output_format(path: str | os.PathLike) -> str:
     """The format a drawing's file name asks for (png, svg, pdf or dot); a one-line error for anything else."""
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext not in FORMATS:
-        raise CaffeFileError(path, f"a drawing is written as {', '.join('.' + f for f in FORMATS)}, not "
-                                   f"'{Path(path).suffix or 'no extension'}'")
-    return ext
+    return files.output_format(path, FORMATS, "drawing")
 
 
 def get_edge_label(layer) -> str:

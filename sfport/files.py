@@ -112,6 +112,15 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def output_format(path: str | os.PathLike, formats: tuple, what: str) -> str:
+    """The format an output's extension names, one of ``formats``; else one line: "a WHAT is written as ..."."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in formats:
+        raise CaffeFileError(path, f"a {what} is written as {', '.join('.' + f for f in formats)}, not "
+                                   f"'{Path(path).suffix or 'no extension'}'")
+    return ext
+
+
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Fail early, before any work, when ``path`` cannot be written: it is a folder, a folder on its way is a
     file, or the nearest existing folder is not writable (probed with a temporary file, so read-only mounts and

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 
 from sfport.errors import CaffeFileError
+from sfport import files
 from sfport.files import atomic_write
 
 FORMATS = ("png", "svg", "pdf")
@@ -28,11 +28,7 @@ def pyplot():
 
 def plot_format(path: str | os.PathLike) -> str:
     """The figure format a path's extension names (png, svg or pdf); a one-line error for anything else."""
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext not in FORMATS:
-        raise CaffeFileError(path, f"a plot is written as {', '.join('.' + f for f in FORMATS)}, not "
-                                   f"'{Path(path).suffix or 'no extension'}'")
-    return ext
+    return files.output_format(path, FORMATS, "plot")
 
 
 def figure_bytes(fig, fmt: str = "png", dpi: int = 120) -> bytes:

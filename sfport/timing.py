@@ -32,6 +32,7 @@ import torch
 
 from sfport import converters
 from sfport.train.feed import num_classes
+from sfport.train.log import g6   # C++'s ostream << double: %.6g
 
 
 @dataclass
@@ -71,11 +72,6 @@ class TimingReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
-def _num(x: float) -> str:
-    """A number as C++'s ``ostream << double`` writes it (default precision 6: printf's %g)."""
-    return f"{x:g}"
-
-
 def head_lines(iterations: int) -> list[str]:
     """caffe.cpp time(): the lines before the timed loop."""
     return ["*** Benchmark begins ***", f"Testing for {iterations} iterations."]
@@ -83,7 +79,7 @@ def head_lines(iterations: int) -> list[str]:
 
 def iteration_line(k: int, ms: float, backward: bool = True) -> str:
     """caffe.cpp time(): "Iteration: k forward-backward time: X ms." (``forward time`` without a backward)."""
-    return f"Iteration: {k} {'forward-backward' if backward else 'forward'} time: {_num(ms)} ms."
+    return f"Iteration: {k} {'forward-backward' if backward else 'forward'} time: {g6(ms)} ms."
 
 
 def summary_lines(report: TimingReport) -> list[str]:
@@ -91,20 +87,20 @@ def summary_lines(report: TimingReport) -> list[str]:
     n = report.iterations
     lines = ["Average time per layer: "]
     for l in report.layers:
-        lines.append(f"{l.name:>10}\tforward: {_num(sum(l.forward_ms) / n)} ms.")
+        lines.append(f"{l.name:>10}\tforward: {g6(sum(l.forward_ms) / n)} ms.")
         if report.backward:
-            lines.append(f"{l.name:>10}\tbackward: {_num(sum(l.backward_ms) / n)} ms.")
-    lines.append(f"Average Forward pass: {_num(sum(report.forward_ms) / n)} ms.")
+            lines.append(f"{l.name:>10}\tbackward: {g6(sum(l.backward_ms) / n)} ms.")
+    lines.append(f"Average Forward pass: {g6(sum(report.forward_ms) / n)} ms.")
     if report.backward:
-        lines.append(f"Average Backward pass: {_num(sum(report.backward_ms) / n)} ms.")
-        lines.append(f"Average Forward-Backward: {_num(report.total_ms / n)} ms.")
-    lines += [f"Total Time: {_num(report.total_ms)} ms.", "*** Benchmark ends ***"]
+        lines.append(f"Average Backward pass: {g6(sum(report.backward_ms) / n)} ms.")
+        lines.append(f"Average Forward-Backward: {g6(report.total_ms / n)} ms.")
+    lines += [f"Total Time: {g6(report.total_ms)} ms.", "*** Benchmark ends ***"]
     return lines
 
 
 def report_lines(report: TimingReport) -> list[str]:
     """All of ``caffe time``'s lines for ``report`` (without glog's prefixes), warm-up included."""
-    warm = ["Performing Forward", f"Initial loss: {_num(report.initial_loss)}"]
+    warm = ["Performing Forward", f"Initial loss: {g6(report.initial_loss)}"]
     warm += ["Performing Backward"] if report.backward else []
     return (list(report.notes) + warm + head_lines(report.iterations)
             + [iteration_line(k + 1, ms, report.backward) for k, ms in enumerate(report.iteration_ms)]
@@ -261,7 +257,7 @@ def time_net(net, iterations: int = 50, backward: bool = True, *, seed: int = 0,
     say("Performing Forward")
     run.forward()
     initial_loss = run.loss()
-    say(f"Initial loss: {_num(initial_loss)}")
+    say(f"Initial loss: {g6(initial_loss)}")
     if backward:
         say("Performing Backward")
         run.backward_pass()

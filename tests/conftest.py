@@ -21,6 +21,27 @@ HAVE_SHARED = FIXTURES.is_dir()
 NO_SHARED = (f"shared test data not found at {SHARED}: set SFPORT_SHARED to the folder with fixtures/, upstream/ "
              "and golden/")
 
+
+
+def lenet_solver(net: str, snapshot_prefix: str) -> str:
+    """BVLC Caffe's examples/mnist/lenet_solver.prototxt, with its net and snapshot_prefix paths given."""
+    return f"""net: "{net}"
+test_iter: 100
+test_interval: 500
+base_lr: 0.01
+momentum: 0.9
+weight_decay: 0.0005
+lr_policy: "inv"
+gamma: 0.0001
+power: 0.75
+display: 100
+max_iter: 10000
+snapshot: 5000
+snapshot_prefix: "{snapshot_prefix}"
+solver_mode: GPU
+"""
+
+
 # deploy prototxt -> caffemodel of the fixture models
 MODEL_PAIRS = [
     ("mtcnn/det1.prototxt", "mtcnn/det1.caffemodel"),

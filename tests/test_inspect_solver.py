@@ -14,26 +14,11 @@ from sfport import sgd, solverinfo
 from sfport.cli import cli
 from sfport.train.config import read_solver
 
-from conftest import GOLDEN, UPSTREAM
+from conftest import GOLDEN, UPSTREAM, lenet_solver
 
 SPHEREFACE = UPSTREAM / "sphereface/train"
 LENET_NET = Path(__file__).parent / "nets/lenet_train_test.prototxt"
-# Caffe's examples/mnist/lenet_solver.prototxt (the net's path made absolute)
-LENET_SOLVER = f"""net: "{LENET_NET}"
-test_iter: 100
-test_interval: 500
-base_lr: 0.01
-momentum: 0.9
-weight_decay: 0.0005
-lr_policy: "inv"
-gamma: 0.0001
-power: 0.75
-display: 100
-max_iter: 10000
-snapshot: 5000
-snapshot_prefix: "examples/mnist/lenet"
-solver_mode: GPU
-"""
+LENET_SOLVER = lenet_solver(LENET_NET, "examples/mnist/lenet")   # the net's path made absolute
 
 
 def inspect(*args):

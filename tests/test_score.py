@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FIXTURES
+from conftest import FIXTURES, lenet_solver
 from sfport import score as score_mod
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
@@ -276,21 +276,7 @@ layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" param { lr_mul
 layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" include { phase: TEST } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 """   # BVLC caffe examples/mnist/lenet_train_test.prototxt
-LENET_SOLVER = """net: "lenet_train_test.prototxt"
-test_iter: 100
-test_interval: 500
-base_lr: 0.01
-momentum: 0.9
-weight_decay: 0.0005
-lr_policy: "inv"
-gamma: 0.0001
-power: 0.75
-display: 100
-max_iter: 10000
-snapshot: 5000
-snapshot_prefix: "lenet"
-solver_mode: GPU
-"""   # BVLC caffe examples/mnist/lenet_solver.prototxt (snapshot_prefix: here)
+LENET_SOLVER = lenet_solver("lenet_train_test.prototxt", "lenet")   # snapshot_prefix: here
 LENET_WEIGHTS = FIXTURES / "lenet" / "lenet_iter_10000.caffemodel"
 
 
