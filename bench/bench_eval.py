@@ -4,7 +4,7 @@
   estimateAffinePartial2D + warpAffine, on 250x250 face photos;
 - detect + align with MTCNN (det1-det3 through sfport), per image;
 - feature extraction of SphereFace-20 (random weights, 112x96, with the mirror image, as evaluation.m):
-  ``sfport.features.extract`` (DataLoader, 2 workers, batch 64; the default backend and --backend torch) against OpenCV's Caffe importer on the same
+  ``sfport.face.features.extract`` (DataLoader, 2 workers, batch 64; the default backend and --backend torch) against OpenCV's Caffe importer on the same
   images (blobFromImages, batch 64).
 
     python bench/bench_eval.py [--images 256]
@@ -31,10 +31,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=256)
     args = ap.parse_args(argv)
-    from sfport import align as al
-    from sfport import caffe_files, model, nets
-    from sfport.features import Model, extract
-    from sfport.mtcnn import MTCNN, nearest_centre
+    from sfport.face import align as al
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
+    from sfport.face.features import Model, extract
+    from sfport.face.mtcnn import MTCNN, nearest_centre
 
     photos = [cv2.imread(str(FIXTURES / "lfw" / f"Anthony_Hopkins_000{i}.jpg")) for i in (1, 2)]
     marks = al.read_landmarks(FIXTURES / "lfw" / "lfw_landmark.txt")
@@ -67,9 +68,9 @@ def main(argv=None):
         import synthfaces
         synthfaces.write_dataset(tmp / "img", 16, max(1, n // 16), seed=0)
         paths = [l.split()[0] for l in (tmp / "img" / "list.txt").read_text().splitlines()]
-        sf20 = model.with_random_weights(caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20), None), seed=0)
+        sf20 = weight_match.with_random_weights(caffe_files.CaffeModel.from_net(builtin.sphereface_deploy(20), None), seed=0)
         caffe_files.write_caffemodel(tmp / "sf20.caffemodel", sf20)
-        caffe_files.write_prototxt(tmp / "sf20.prototxt", nets.sphereface_deploy(20))
+        caffe_files.write_prototxt(tmp / "sf20.prototxt", builtin.sphereface_deploy(20))
         for backend, label in (("auto", "sfport extract, default (optimized net on onnxruntime)"),
                                ("torch", "sfport extract, --backend torch (optimized eager)")):
             mdl = Model(tmp / "sf20.caffemodel", backend=backend)

@@ -5,7 +5,7 @@ Caffe importer, same weights, same inputs, one run.
 
 Models: SphereFace-20 deploy (112x96) with random weights written by sfport, and the MobileFaceNet fixture
 (112x112). Prints two markdown tables: load time (read + build) and forward throughput in images/s (the best of
---repeat runs after a warm-up, in --rounds processes of each path, interleaved) of the default path of eval / embed / compare (sfport.backend.Runner: the
+--repeat runs after a warm-up, in --rounds processes of each path, interleaved) of the default path of eval / embed / compare (sfport.runtime.backend.Runner: the
 optimized net's ONNX export on onnxruntime), the optimized eager net, the plain eager net and TorchScript, with
 the ratios to OpenCV's Caffe importer (its defaults: fusion and Winograd on).
 """
@@ -44,9 +44,9 @@ def measure(path: str, proto: str, weights: str, batch: int, repeat: int, thread
     import cv2
     import torch
 
-    from sfport import export, verify
-    from sfport.backend import Runner
-    from sfport.net import Net
+    from sfport.runtime import export, verify
+    from sfport.runtime.backend import Runner
+    from sfport.runtime.net import Net
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -101,16 +101,17 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from sfport import caffe_files, model, nets
-    from sfport.net import Net
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
+    from sfport.runtime.net import Net
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     sf_proto, sf_model = args.out / "sphereface20_deploy.prototxt", args.out / "sphereface20_random.caffemodel"
-    definition = caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20))
+    definition = caffe_files.CaffeModel.from_net(builtin.sphereface_deploy(20))
     caffe_files.write_prototxt(sf_proto, definition.net)
-    caffe_files.write_caffemodel(sf_model, model.with_random_weights(definition, seed=0))
+    caffe_files.write_caffemodel(sf_model, weight_match.with_random_weights(definition, seed=0))
     mfn = SHARED / "fixtures/mobilefacenet_insightface"
     models = [("SphereFace-20", sf_proto, sf_model),
               ("MobileFaceNet", mfn / "mxnet2caffe_mobilefacenet.prototxt", mfn / "mxnet2caffe_mobilefacenet.caffemodel")]

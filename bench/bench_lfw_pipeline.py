@@ -43,7 +43,7 @@ def make_photos(root: pathlib.Path, n: int, seed: int = 0) -> None:
     """``root/lfw/<name>/<name>_NNNN.jpg`` (n photos, 4 per person), ``root/landmarks.txt``, ``root/pairs.txt``."""
     import cv2
     import synthfaces
-    from sfport import align as al
+    from sfport.face import align as al
 
     rng = np.random.default_rng(seed)
     tmpl = al.template("sphereface").points
@@ -96,16 +96,17 @@ def make_photos(root: pathlib.Path, n: int, seed: int = 0) -> None:
 
 def write_model(kind: str, out: pathlib.Path) -> tuple[str, str, str]:
     """(caffemodel, prototxt, template) of the benchmark's model."""
-    from sfport import caffe_files, model, nets
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
     if kind == "mfn":
         mfn = SHARED / "fixtures/mobilefacenet_insightface"
         return (str(mfn / "mxnet2caffe_mobilefacenet.caffemodel"), str(mfn / "mxnet2caffe_mobilefacenet.prototxt"),
                 "arcface112")
     depth = {"sf20": 20, "sf4": 4}[kind]
-    net = nets.sphereface_deploy(depth)
+    net = builtin.sphereface_deploy(depth)
     caffe_files.write_prototxt(out / f"{kind}.prototxt", net)
     caffe_files.write_caffemodel(out / f"{kind}.caffemodel",
-                                 model.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=0))
+                                 weight_match.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=0))
     return str(out / f"{kind}.caffemodel"), str(out / f"{kind}.prototxt"), "sphereface"
 
 
@@ -163,8 +164,8 @@ def measured(cmd: list[str]) -> tuple[int, int]:
 def opencv_pipeline(args) -> None:
     """The hand-written pipeline (run in its own process by main): prints the accuracy as JSON."""
     import cv2
-    from sfport import align as al
-    from sfport import lfw
+    from sfport.face import align as al
+    from sfport.face import lfw
 
     t = al.template(args.template)
     h, w = t.size

@@ -26,19 +26,20 @@ import numpy as np
 
 
 def build(out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    from sfport import caffe_files, model, nets
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
 
     out.mkdir(parents=True, exist_ok=True)
     prototxt, caffemodel = out / "sphereface20_deploy.prototxt", out / "sphereface20_random.caffemodel"
-    definition = caffe_files.CaffeModel.from_net(nets.sphereface_deploy(20))
+    definition = caffe_files.CaffeModel.from_net(builtin.sphereface_deploy(20))
     caffe_files.write_prototxt(prototxt, definition.net)
-    caffe_files.write_caffemodel(caffemodel, model.with_random_weights(definition, seed=0))
+    caffe_files.write_caffemodel(caffemodel, weight_match.with_random_weights(definition, seed=0))
     return prototxt, caffemodel
 
 
 def build_pieces(caffemodel: pathlib.Path, pieces: int = 200_000) -> tuple[pathlib.Path, int]:
     """The caffemodel with its blobs' values cut into about ``pieces`` packed fields; (path, pieces made)."""
-    from sfport import caffe_files, wire
+    from sfport.formats import caffe_files, wire
 
     data = caffemodel.read_bytes()
     sizes = [v.size for row in caffe_files.read_caffemodel(caffemodel).values for b in row for v in b.arrays.values()]
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import cv2
-    from sfport import caffe_files, model
-    from sfport.protos import caffe_pb2
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match
+    from sfport.proto import caffe_pb2
 
     prototxt, caffemodel = build(args.out)
     size_mb = caffemodel.stat().st_size / 1e6
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         return cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
 
     def sfport_read():
-        merged, _ = model.merge(caffe_files.read_prototxt(prototxt), caffe_files.read_caffemodel(caffemodel))
+        merged, _ = weight_match.merge(caffe_files.read_prototxt(prototxt), caffe_files.read_caffemodel(caffemodel))
         return merged
 
     def sfport_copy():

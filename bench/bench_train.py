@@ -1,7 +1,7 @@
 """Training throughput on this machine: sfport's Caffe solver against a plain PyTorch loop, in the same run.
 
 For each net, both sides train the same sfport module (built from the prototxt) on the same in-memory batches:
-``sfport`` runs ``sfport.train.Solver.step`` (Caffe's update with its bookkeeping: lr policy, iter_size,
+``sfport`` runs ``sfport.solver.Solver.step`` (Caffe's update with its bookkeeping: lr policy, iter_size,
 smoothed loss, divergence checks); ``torch loop`` runs forward, backward and ``torch.optim.SGD.step``. A third
 column times the ImageData pipeline alone (OpenCV decode + transform, 2 DataLoader workers) on a synthetic JPEG set.
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from sfport import nets as builder
-from sfport import train as tr
-from sfport.caffe_files import net_to_text
-from sfport.data import ImageDataset, MicroBatches, Transform, loader, read_list
+from sfport.netdef import builtin as builder
+from sfport import solver as tr
+from sfport.formats.caffe_files import net_to_text
+from sfport.data.imagedata import ImageDataset, MicroBatches, Transform, loader, read_list
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SFPORT_SHARED", ROOT.parent / "shared"))

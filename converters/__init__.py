@@ -5,8 +5,8 @@ A converter is the whole of sfport's knowledge of its Caffe type: the shapes of 
 LayerSetUp allocates them), the torch module (``build``), the fillers and random values of its blobs, how Caffe
 blobs are loaded into the module and saved back, and its role in a net (``loss``: a Caffe LossLayer whose
 first top has loss_weight 1 by default; ``training_only``: dropped with the losses from a deploy form). Shape
-inference (:mod:`sfport.shapes`), random weights and merging (:mod:`sfport.model`), the net
-(:mod:`sfport.net`) and the graph (:mod:`sfport.graph`) ask the registry; none of them switches on type names.
+inference (:mod:`sfport.netdef.shapes`), random weights and merging (:mod:`sfport.netdef.weight_match`), the net
+(:mod:`sfport.runtime.net`) and the graph (:mod:`sfport.netdef.graph`) ask the registry; none of them switches on type names.
 Modules keep their parameters in Caffe's layout and order (``module.caffe_blobs`` names them), so loading and
 saving are plain copies and a round trip is exact.
 

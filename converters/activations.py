@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import NoBlobs, SameShape, register
-from sfport.fillers import constant
+from sfport.converters.fillers import constant
 
 
 class ReLU(NoBlobs):
@@ -108,16 +108,24 @@ class Threshold(NoBlobs):
 
 
 class Dropout(NoBlobs):
-    """Caffe DropoutLayer: identity at test time; when training, x * mask / (1 - ratio)."""
+    """Caffe DropoutLayer: identity at test time; when training, x * mask / (1 - ratio). With py-faster-rcnn's
+    ``scale_train: false`` (caffe-fast-rcnn dropout_layer.cpp Forward_cpu) the training output is x * mask and
+    the test output x * (1 / scale_), where ``scale_ = 1. / (1. - threshold_)`` is a float and the factor
+    ``1. / scale_`` is rounded to float by caffe_scal."""
 
-    def __init__(self, ratio: float):
+    def __init__(self, ratio: float, scale_train: bool = True):
         super().__init__()
         self.ratio = ratio
+        self.scale_train = scale_train
+        scale = np.float32(1.0 / (1.0 - float(np.float32(ratio))))
+        self.test_factor = float(np.float32(1.0 / float(scale)))
 
     def forward(self, x):
         if self.training and self.ratio > 0:
             keep = (torch.rand_like(x) >= self.ratio).to(x.dtype)
-            return x * keep / (1.0 - self.ratio)
+            return x * keep / (1.0 - self.ratio) if self.scale_train else x * keep
+        if not self.training and not self.scale_train:
+            return x * self.test_factor
         return x
 
 
@@ -191,7 +199,7 @@ _BUILD = {
     "Log": lambda l: Log(_log_base(l.log_param.base), l.log_param.scale, l.log_param.shift),
     "BNLL": lambda l: BNLL(),
     "Threshold": lambda l: Threshold(l.threshold_param.threshold),
-    "Dropout": lambda l: Dropout(l.dropout_param.dropout_ratio),
+    "Dropout": lambda l: Dropout(l.dropout_param.dropout_ratio, l.dropout_param.scale_train),
 }
 
 

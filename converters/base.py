@@ -101,7 +101,7 @@ class Converter:
 
     def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
         """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
-        (:func:`sfport.model.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
+        (:func:`sfport.netdef.weight_match.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
         params = self.params(module)
         if len(arrays) != len(params):
             raise ValueError(f"{len(arrays)} blobs for the layer's {len(params)} parameters")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SameShape, register
-from sfport.fillers import constant
+from sfport.converters.fillers import constant
 from .geometry import canonical_axis
 
 

@@ -1,15 +1,67 @@
 """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly.
 
+The package, by concern (ARCHITECTURE.md has one row per module):
+
+- :mod:`sfport.formats`: Caffe's files and sfport's own, read and written safely (no torch needed);
+- :mod:`sfport.netdef`: a net definition and its transformations (NetState filtering, wiring, shapes, the graph,
+  the deploy and optimized forms, weight matching, inspection, the built-in nets, drawing);
+- :mod:`sfport.converters` (the top-level ``converters/``): the layer library, one converter per Caffe type;
+- :mod:`sfport.runtime`: the net as a ``torch.nn.Module`` and pycaffe's ``Net``, export, inference backends,
+  blob-by-blob verification;
+- :mod:`sfport.data`: data layers' readers and pycaffe's ``caffe.io``;
+- :mod:`sfport.solver`: Caffe's solver and the verbs of ``caffe.cpp`` (train, test, time);
+- :mod:`sfport.face`: the face application (alignment, MTCNN, features, the LFW protocol);
+- :mod:`sfport.report`: what is shown while working (glog lines, progress, plots);
+- :mod:`sfport.commands` and :mod:`sfport.cli`: the command line;
+- :mod:`sfport.proto` (the top-level ``protos/``): the Caffe schema and its bindings, as pycaffe's ``caffe.proto``.
+
 Reading and writing Caffe files needs only protobuf and numpy; torch is imported by the parts that run nets or
-infer shapes (the layer registry).
+infer shapes (the layer registry). Public entry points keep short names: ``sfport.Net``, ``sfport.io`` (pycaffe's
+``caffe.io``), ``sfport.draw``, ``sfport.verify``, ``sfport.export`` are the modules of their rooms, importable
+under either name (``import sfport.io`` and ``import sfport.data.caffe_io`` give the same module object).
 """
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 from sfport.errors import CaffeFileError
-from sfport.caffe_files import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver, read_solverstate,
-                       write_caffemodel, write_prototxt, write_solverstate)
+from sfport.formats.caffe_files import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver,
+                                        read_solverstate, write_caffemodel, write_prototxt, write_solverstate)
 
 __version__ = "0.1.0"
+
+# public short names -> the module of its room (imported on first use: reading files needs no torch)
+PUBLIC_MODULES = {"sfport.io": "sfport.data.caffe_io", "sfport.draw": "sfport.netdef.draw",
+                  "sfport.verify": "sfport.runtime.verify", "sfport.export": "sfport.runtime.export"}
+# public names -> (module, attribute), imported on first use
+PUBLIC_NAMES = {"Net": ("sfport.runtime.net", "Net"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
+                "merge": ("sfport.netdef.weight_match", "merge"),
+                "summarize": ("sfport.netdef.inspection", "summarize")}
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Loads a public short name as the very module of its room (one module object under two names)."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def create_module(self, spec):
+        return importlib.import_module(self.target)
+
+    def exec_module(self, module):
+        pass   # the room's module ran when it was imported
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in PUBLIC_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(PUBLIC_MODULES[fullname]))
+
+
+if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+    sys.meta_path.append(_AliasFinder())
 
 
 def __getattr__(name):
@@ -17,20 +69,15 @@ def __getattr__(name):
     shapes) are imported on first use: reading files does not need torch. So are pycaffe's ``caffe.io`` as
     ``sfport.io`` (and its ``Transformer`` as ``sfport.Transformer``) and ``caffe.proto`` as ``sfport.proto``
     (``sfport.proto.caffe_pb2``), which need no torch either: ``import sfport as caffe`` ports such scripts."""
-    if name in ("io", "proto"):
+    if f"sfport.{name}" in PUBLIC_MODULES or name == "proto":
         # import_module, not ``from sfport import io``: that form asks this very __getattr__ first.
-        return importlib.import_module("sfport.io" if name == "io" else "sfport.protos")
-    if name == "Transformer":
-        from sfport.io import Transformer
-        return Transformer
-    if name == "Net":
-        from sfport.net import Net
-        return Net
-    if name in ("merge", "summarize"):
-        from sfport import model
-        return getattr(model, name)
+        return importlib.import_module(f"sfport.{name}")
+    if name in PUBLIC_NAMES:
+        module, attr = PUBLIC_NAMES[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'sfport' has no attribute {name!r}")
 
-__all__ = ["CaffeFileError", "CaffeModel", "Net", "Transformer", "io", "merge", "proto", "read_caffemodel",
-           "read_net", "read_prototxt", "read_solver", "read_solverstate", "summarize", "write_caffemodel",
-           "write_prototxt", "write_solverstate", "__version__"]
+
+__all__ = ["CaffeFileError", "CaffeModel", "Net", "Transformer", "draw", "export", "io", "merge", "proto",
+           "read_caffemodel", "read_net", "read_prototxt", "read_solver", "read_solverstate", "summarize", "verify",
+           "write_caffemodel", "write_prototxt", "write_solverstate", "__version__"]

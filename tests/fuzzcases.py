@@ -188,7 +188,7 @@ class Workspace:
     def __init__(self, root: Path, fixtures: Path):
         import cv2
 
-        from sfport.net import Net
+        from sfport.runtime.net import Net
 
         self.root, self.fixtures = root, fixtures
         root.mkdir(parents=True, exist_ok=True)
@@ -394,7 +394,7 @@ def _pt_case(ws, rng, d, i):
     import torch
 
     out = _out(d)
-    from sfport.net import Net
+    from sfport.runtime.net import Net
     net = Net(str(ws.face_prototxt), weights=str(ws.face_model))
     good = d / "good.pt"
     net.save(good)

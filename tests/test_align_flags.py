@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from sfport import align as al
+from sfport.face import align as al
 from sfport.cli import cli
 
 from conftest import FIXTURES

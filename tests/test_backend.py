@@ -1,4 +1,4 @@
-"""The backend chosen for the user (sfport.backend.Runner, features.Model, MTCNN), progress lines in logs, and
+"""The backend chosen for the user (sfport.runtime.backend.Runner, features.Model, MTCNN), progress lines in logs, and
 features streamed to the output: each against the plain eager net (checked against OpenCV and Caffe elsewhere)."""
 import re
 import subprocess
@@ -11,11 +11,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from sfport import caffe_files, export
-from sfport.backend import Runner, for_onnxruntime, run_session, session
-from sfport.features import Model
-from sfport.net import Net
-from sfport.progress import Progress
+from sfport.formats import caffe_files
+from sfport.runtime import export
+from sfport.runtime.backend import Runner, for_onnxruntime, run_session, session
+from sfport.face.features import Model
+from sfport.runtime.net import Net
+from sfport.report.progress import Progress
 
 import synthfaces
 from conftest import FIXTURES
@@ -136,7 +137,7 @@ def test_onnxruntime_prelu_after_a_conv_is_rewritten_as_batchnorms_to_caffes_val
 
 
 def test_the_runner_hands_onnxruntime_the_rewritten_net_and_checks_it(bn_face, monkeypatch):
-    from sfport import backend
+    from sfport.runtime import backend
     seen = []
     real_session = backend.session
     monkeypatch.setattr(backend, "session", lambda m, p: seen.append(m) or real_session(m, p))

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from badinput import assert_bad_input, files_under, full_disk_on, run
-from sfport import align, data, files, images, lfw
+from sfport.face import align, lfw
+from sfport.data import imagedata, images
+from sfport.formats import disk
 from sfport.errors import CaffeFileError
 
 LANDMARKS = [30.3, 51.7, 65.5, 51.5, 48.0, 71.7, 33.5, 92.4, 62.7, 92.2]   # the SphereFace template: a 96x112 face
@@ -38,11 +40,12 @@ def jpeg(img) -> bytes:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """sf4 with random weights (a trained model as far as the commands can tell) and its bare definition."""
-    from sfport import caffe_files, model as model_mod, nets
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
     d = tmp_path_factory.mktemp("model")
-    net = nets.sphereface_deploy(4)
+    net = builtin.sphereface_deploy(4)
     caffe_files.write_caffemodel(d / "sf4.caffemodel",
-                                 model_mod.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1))
+                                 weight_match.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1))
     caffe_files.write_prototxt(d / "sf4.prototxt", net)
     return d
 
@@ -193,12 +196,12 @@ def test_image_data_skips_or_names_an_oversized_image(tmp_path):
     (tmp_path / "huge.png").write_bytes(png_header(100000, 100000))
     (tmp_path / "ok.jpg").write_bytes(jpeg(face()))
     (tmp_path / "l.txt").write_text("ok.jpg 0\nhuge.png 1\n")
-    ds = data.ImageDataset(data.read_list(tmp_path / "l.txt"), tmp_path, data.Transform(),
+    ds = imagedata.ImageDataset(imagedata.read_list(tmp_path / "l.txt"), tmp_path, imagedata.Transform(),
                            list_path=str(tmp_path / "l.txt"))
     with pytest.raises(CaffeFileError, match=r"l.txt: line 2: image '.*huge.png' is too large: its PNG header"):
-        data.check(data.collate([ds[0], ds[1]]))
+        imagedata.check(imagedata.collate([ds[0], ds[1]]))
     ds.skip_bad = True
-    batch = data.check(data.collate([ds[0], ds[1]]))
+    batch = imagedata.check(imagedata.collate([ds[0], ds[1]]))
     assert batch[0].shape[0] == 1 and batch[3] == 1
 
 
@@ -217,11 +220,11 @@ def test_a_list_must_be_a_utf8_regular_file(tmp_path):
               "none.txt": "image list not found"}
     for name, what in expect.items():
         with pytest.raises(CaffeFileError) as e:
-            data.read_list(tmp_path / name)
+            imagedata.read_list(tmp_path / name)
         assert str(e.value) == f"{tmp_path / name}: {what}"
     with pytest.raises(CaffeFileError, match=r"is a directory, not an image list$"):
-        data.read_list(tmp_path)
-    assert data.read_list(tmp_path / "bom.txt")[0].path == "a.jpg"
+        imagedata.read_list(tmp_path)
+    assert imagedata.read_list(tmp_path / "bom.txt")[0].path == "a.jpg"
 
 
 def test_every_list_option_refuses_a_folder_and_bad_bytes(tmp_path, model):
@@ -380,14 +383,14 @@ def test_eval_features_arrays(tmp_path):
 def test_load_array_keeps_what_numpy_reads(tmp_path):
     a = np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4))
     np.save(tmp_path / "f.npy", a)
-    got = files.load_array(tmp_path / "f.npy", "reference blob")
+    got = disk.load_array(tmp_path / "f.npy", "reference blob")
     np.testing.assert_array_equal(got, a)
     with open(tmp_path / "v2.npy", "wb") as f:
         np.lib.format.write_array(f, a, version=(2, 0))
-    np.testing.assert_array_equal(files.load_array(tmp_path / "v2.npy"), a)
+    np.testing.assert_array_equal(disk.load_array(tmp_path / "v2.npy"), a)
     (tmp_path / "d").mkdir()
     with pytest.raises(CaffeFileError, match=r"d: is a directory"):
-        files.load_array(tmp_path / "d")
+        disk.load_array(tmp_path / "d")
 
 
 def test_eval_list_duplicates_must_agree(tmp_path):
@@ -434,10 +437,10 @@ def test_write_files_leaves_all_or_none(tmp_path, monkeypatch):
     real = os.replace
     monkeypatch.setattr(os, "replace", full_disk_on(2, real))
     with pytest.raises(OSError):
-        files.write_files({tmp_path / "a.npy": b"1", tmp_path / "a.txt": b"2"})
+        disk.write_files({tmp_path / "a.npy": b"1", tmp_path / "a.txt": b"2"})
     assert files_under(tmp_path) == {"old.txt"}
     monkeypatch.setattr(os, "replace", real)
-    files.write_files({tmp_path / "a.npy": b"1", tmp_path / "a.txt": b"2"})
+    disk.write_files({tmp_path / "a.npy": b"1", tmp_path / "a.txt": b"2"})
     assert (tmp_path / "a.npy").read_bytes() == b"1" and (tmp_path / "a.txt").read_bytes() == b"2"
 
 
@@ -472,7 +475,7 @@ def test_align_output_folder(tmp_path, photos, monkeypatch):
         assert_bad_input(run("align", src, out, "--landmarks", marks, "--workers", "0"), out, what)
         assert files_under(tmp_path) == before
     # a failure half-way (here the disk, on the second crop) leaves no crops and no output folders behind
-    full_disk = full_disk_on(2, files.atomic_write)
+    full_disk = full_disk_on(2, disk.atomic_write)
     (src / "b").mkdir()
     (src / "b" / "good2.jpg").write_bytes(jpeg(face(7)))
     with open(marks, "a") as f:
@@ -503,10 +506,11 @@ def test_align_size_forms(tmp_path, photos):
 
 
 def test_landmarks_for_a_net_of_no_template_size_need_template(tmp_path):
-    from sfport import caffe_files, model as model_mod, nets
-    net = nets.sphereface_deploy(4, 64, 64)
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
+    net = builtin.sphereface_deploy(4, 64, 64)
     caffe_files.write_caffemodel(tmp_path / "m.caffemodel",
-                                 model_mod.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1))
+                                 weight_match.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1))
     (tmp_path / "x.jpg").write_bytes(jpeg(face(0, (120, 100))))
     (tmp_path / "m.txt").write_text(landmark_line("x.jpg", LANDMARKS))
     args = ["embed", "x.jpg", "--root", tmp_path, "-m", tmp_path / "m.caffemodel", "--landmarks", tmp_path / "m.txt",
@@ -523,10 +527,11 @@ def test_landmarks_for_a_net_of_no_template_size_need_template(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 def test_feature_commands_need_trained_weights(tmp_path, model):
-    from sfport import caffe_files, nets
+    from sfport.formats import caffe_files
+    from sfport.netdef import builtin
     for n in (1, 2):
         (tmp_path / f"{n}.jpg").write_bytes(jpeg(face(n)))
-    renamed = nets.sphereface_deploy(4)
+    renamed = builtin.sphereface_deploy(4)
     next(l for l in renamed.layer if l.name == "conv1_1").name = "conv1_1_new"
     caffe_files.write_prototxt(tmp_path / "renamed.prototxt", renamed)
     bare = model / "sf4.prototxt"
@@ -548,7 +553,7 @@ def test_feature_commands_need_trained_weights(tmp_path, model):
 
 
 def test_nan_weights_give_an_error_not_nan_features(tmp_path, model):
-    from sfport import caffe_files
+    from sfport.formats import caffe_files
     m = caffe_files.read_caffemodel(model / "sf4.caffemodel")
     i = next(k for k, l in enumerate(m.net.layer) if l.name == "fc5")
     arrays = m.blob_arrays(i)
@@ -562,7 +567,7 @@ def test_nan_weights_give_an_error_not_nan_features(tmp_path, model):
 
 
 def test_a_broken_feature_cache_is_rebuilt(tmp_path, model, monkeypatch):
-    from sfport import features
+    from sfport.face import features
     monkeypatch.setenv("SFPORT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "x.jpg").write_bytes(jpeg(face()))
     m = features.Model(model / "sf4.caffemodel")

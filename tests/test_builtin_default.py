@@ -1,6 +1,6 @@
 """The commands' built-in default (the SphereFace-20 deploy net with its fillers' weights: `sfport verify` and
 `sfport convert` without a model) and small contracts of the library a Caffe user meets first: what a Net
-without weights reports, `python -m sfport.nets --help`, write_prototxt / write_solver."""
+without weights reports, `python -m sfport.netdef.builtin --help`, write_prototxt / write_solver."""
 import os
 import re
 import subprocess
@@ -13,16 +13,17 @@ import torch
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from sfport import caffe_files, nets
+from sfport.formats import caffe_files
+from sfport.netdef import builtin
 from sfport.cli import cli
-from sfport.net import Net, load_net
-from sfport.protos import caffe_pb2
+from sfport.runtime.net import Net, load_net
+from sfport.proto import caffe_pb2
 
 from conftest import ROOT
 
 
 def _sf20_layer_names():
-    return [l.name for l in nets.sphereface_deploy(20).layer if l.type != "Input"]
+    return [l.name for l in builtin.sphereface_deploy(20).layer if l.type != "Input"]
 
 
 def test_verify_without_a_model_checks_the_builtin_sphereface20_against_opencv():
@@ -49,7 +50,7 @@ def test_verify_without_a_model_uses_the_seed_for_weights_and_input():
     assert a.exit_code == 0 and b.exit_code == 0
     import json
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
-    assert ja["model"] == nets.BUILT_IN and ja["passed"] and jb["passed"]
+    assert ja["model"] == builtin.BUILT_IN and ja["passed"] and jb["passed"]
     assert ja["blobs"][-1]["max_ref"] != jb["blobs"][-1]["max_ref"]
 
 
@@ -75,19 +76,19 @@ def test_convert_without_a_model_writes_a_checked_sphereface20_onnx(tmp_path, mo
 
 def test_convert_with_only_a_prototxt_asks_for_the_model(tmp_path):
     p = tmp_path / "d.prototxt"
-    caffe_files.write_prototxt(p, nets.sphereface_deploy(4))
+    caffe_files.write_prototxt(p, builtin.sphereface_deploy(4))
     r = CliRunner().invoke(cli, ["convert", "-p", str(p)])
     assert r.exit_code == 2 and "give the MODEL" in r.output and not list(tmp_path.glob("*.onnx"))
 
 
 def test_a_net_without_weights_reports_it(tmp_path):
     p = tmp_path / "d.prototxt"
-    caffe_files.write_prototxt(p, nets.sphereface_deploy(4))
+    caffe_files.write_prototxt(p, builtin.sphereface_deploy(4))
     net = Net(str(p))
     rep = net.report
     assert rep is not None and rep.no_weights and not net.has_weights and rep.copied == []
     assert rep.layers_without_weights == list(net.params) and len(rep.layers_without_weights) == 9
-    # the fillers the deploy net states (sfport.nets: xavier + constant 0 conv/fc, PReLU's default 0.25)
+    # the fillers the deploy net states (sfport.netdef.builtin: xavier + constant 0 conv/fc, PReLU's default 0.25)
     assert rep.filled["conv1_1"] == ["xavier", "constant 0"] and rep.filled["relu1_1"] == ["constant 0.25"]
     assert rep.lines() == ["No weights given: all 9 layers with parameters initialised by their fillers"]
     assert rep.as_dict()["no_weights"] is True
@@ -100,15 +101,15 @@ def test_a_net_without_weights_reports_it(tmp_path):
 
 def test_python_m_sfport_nets_help_prints_usage_and_writes_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "sfport.nets", "--help"], cwd=tmp_path, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "sfport.netdef.builtin", "--help"], cwd=tmp_path, capture_output=True,
                        text=True, env=env)
-    assert p.returncode == 0 and p.stdout.startswith("usage: python -m sfport.nets")
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m sfport.netdef.builtin")
     assert list(tmp_path.iterdir()) == []
-    p = subprocess.run([sys.executable, "-m", "sfport.nets", "out"], cwd=tmp_path, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sfport.netdef.builtin", "out"], cwd=tmp_path, capture_output=True, text=True,
                        env=env)
     assert p.returncode == 0
     written = sorted(f.name for f in (tmp_path / "out").iterdir())
-    assert written == sorted(nets.project_prototxts()) and p.stdout.count("wrote ") == len(written)
+    assert written == sorted(builtin.project_prototxts()) and p.stdout.count("wrote ") == len(written)
 
 
 def test_write_prototxt_refuses_a_solver_and_write_solver_round_trips(tmp_path):

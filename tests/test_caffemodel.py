@@ -8,10 +8,11 @@ import pytest
 
 from google.protobuf import text_format
 
-from sfport import caffe_files, model as model_mod
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match
 from sfport.errors import CaffeFileError
-from sfport.net import Net
-from sfport.protos import caffe_pb2
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
 
 from conftest import FIXTURES, GOLDEN, MODEL_PAIRS, all_caffemodels
 
@@ -94,7 +95,7 @@ def test_merge_deploy_with_training_snapshot():
     """det1.caffemodel is a training snapshot: its data/loss layers have no place in the deploy net."""
     definition = caffe_files.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
     weights = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
-    merged, report = model_mod.merge(definition, weights)
+    merged, report = weight_match.merge(definition, weights)
     assert report.copied == ["conv1", "PReLU1", "conv2", "PReLU2", "conv3", "PReLU3", "conv4-1", "conv4-2"]
     assert report.layers_without_weights == [] and report.weights_without_layers == []
     assert [l.name for l in merged.net.layer][:2] == ["input", "conv1"]
@@ -105,7 +106,7 @@ def test_merge_reports_missing_and_unused_layers(tmp_path):
     definition = caffe_files.read_prototxt(FIXTURES / "mtcnn/det1.prototxt")
     definition.net.layer[1].name = "conv1_renamed"
     weights = caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel")
-    merged, report = model_mod.merge(definition, weights)
+    merged, report = weight_match.merge(definition, weights)
     assert report.layers_without_weights == ["conv1_renamed"]
     assert report.weights_without_layers == ["conv1"]
 
@@ -114,7 +115,7 @@ def test_merge_shape_mismatch_names_both_shapes(tmp_path):
     p = tmp_path / "det1_wide.prototxt"
     p.write_text((FIXTURES / "mtcnn/det1.prototxt").read_text().replace("num_output: 16", "num_output: 17"))
     with pytest.raises(CaffeFileError) as e:
-        model_mod.merge(caffe_files.read_prototxt(p), caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel"))
+        weight_match.merge(caffe_files.read_prototxt(p), caffe_files.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel"))
     msg = str(e.value)
     assert "layer 'conv2' (Convolution) blob 0: weights have shape [16, 10, 3, 3], the net needs [17, 10, 3, 3]" in msg
     assert str(p) in msg and "det1.caffemodel" in msg and "(and" in msg  # conv2 bias, PReLU2, conv3 follow
@@ -131,13 +132,13 @@ def test_legacy_4d_blob_shapes_match_like_caffe(tmp_path):
     caffe_files.write_caffemodel(legacy, src)
     weights = caffe_files.read_caffemodel(legacy)
     assert weights.params["ip2"][0].shape == (1, 1, 10, 500)
-    merged, report = model_mod.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), weights)
+    merged, report = weight_match.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), weights)
     assert "ip2" in report.copied and not report.mismatches
     blob.num = 2
     blob.height = 5
     caffe_files.write_caffemodel(legacy, src)
     with pytest.raises(CaffeFileError, match=r"blob 0: weights have shape \[2, 1, 5, 500\], the net needs \[10, 500\]"):
-        model_mod.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), caffe_files.read_caffemodel(legacy))
+        weight_match.merge(caffe_files.read_prototxt(FIXTURES / "lenet/lenet.prototxt"), caffe_files.read_caffemodel(legacy))
 
 
 TINY_IP = """name: "ip"
@@ -162,7 +163,7 @@ def test_transposed_weight_of_the_same_size_is_refused_by_every_copy(how, tmp_pa
     definition = caffe_files.read_prototxt(tmp_path / "ip.prototxt")
     good = _tiny_ip_weights((3, 4), tmp_path / "good.caffemodel")
     bad = _tiny_ip_weights((4, 3), tmp_path / "bad.caffemodel")
-    copy = (lambda w: Net(definition, weights=w)) if how == "net" else (lambda w: model_mod.merge(definition, w))
+    copy = (lambda w: Net(definition, weights=w)) if how == "net" else (lambda w: weight_match.merge(definition, w))
     copy(good)
     with pytest.raises(CaffeFileError) as e:
         copy(bad)

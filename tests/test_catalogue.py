@@ -9,10 +9,13 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from sfport import caffe_files, converters, shapes, verify
+from sfport import converters
+from sfport.formats import caffe_files
+from sfport.netdef import shapes
+from sfport.runtime import verify
 from sfport.errors import CaffeFileError
-from sfport.net import Net
-from sfport.protos import caffe_pb2
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
 
 from netcases import input_grad, layer, one_layer, prototxt
 from test_converters import assert_parity, build, out

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from sfport import caffe_files, model, verify
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match
+from sfport.runtime import verify
 from sfport.converters import UnknownLayerType
 from sfport.errors import CaffeFileError
-from sfport.net import Net
+from sfport.runtime.net import Net
 
-from netcases import OPENCV_CASES, layer, prototxt
+from netcases import OPENCV_CASES, layer, one_layer, prototxt
 
 
 def build(tmp_path, shape, body, seed=3, weights=None, name="case"):
@@ -22,7 +24,7 @@ def build(tmp_path, shape, body, seed=3, weights=None, name="case"):
     p = tmp_path / f"{name}.prototxt"
     p.write_text(prototxt(shape, body, name))
     definition = caffe_files.read_prototxt(p)
-    m = model.with_random_weights(definition, seed=seed)
+    m = weight_match.with_random_weights(definition, seed=seed)
     for i, lay in enumerate(m.net.layer):
         if weights and lay.name in weights:
             m.set_blob_arrays(i, weights[lay.name])
@@ -318,8 +320,8 @@ def test_custom_layer_registered_from_outside(tmp_path):
     (tmp_path / "toy.prototxt").write_text(prototxt((1, 3, 2, 2), layer("t", "TimesK", ["data"], ["t"])))
     code = textwrap.dedent(f"""
         import numpy as np
-        from sfport import caffe_files
-        from sfport.net import Net
+        from sfport.formats import caffe_files
+        from sfport.runtime.net import Net
         net = Net({str(tmp_path / 'toy.prototxt')!r})
         net.params["t"][0].data[:] = __import__("torch").tensor([1.0, 2.0, 3.0])
         y = net.forward(data=np.ones((1, 3, 2, 2), np.float32))["t"]
@@ -332,3 +334,24 @@ def test_custom_layer_registered_from_outside(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[1.0, 2.0, 3.0]"
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.3, 0.1])
+def test_dropout_scale_train_false_scales_at_test(ratio):
+    """py-faster-rcnn's `scale_train: false` (caffe-fast-rcnn dropout_layer.cpp): the test output is
+    x * float(1. / scale_), scale_ = float(1. / (1. - threshold_)), threshold_ the float ratio; when training the
+    kept values pass unscaled. The default (true) stays the identity at test time."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    _, _, mod = one_layer("Dropout", f"dropout_param {{ dropout_ratio: {ratio} scale_train: false }}")
+    mod.eval()
+    threshold = np.float32(ratio)
+    scale = np.float32(1.0 / (1.0 - np.float64(threshold)))
+    want = x * np.float32(1.0 / np.float64(scale))
+    np.testing.assert_array_equal(mod(torch.from_numpy(x)).numpy(), want)
+    assert not np.array_equal(want, x)
+    mod.train()
+    y = mod(torch.from_numpy(x)).numpy()
+    assert set(np.unique(y[y != x])) <= {0.0} and np.any(y == 0) and np.any(y == x)
+    _, _, plain = one_layer("Dropout", f"dropout_param {{ dropout_ratio: {ratio} }}")
+    plain.eval()
+    np.testing.assert_array_equal(plain(torch.from_numpy(x)).numpy(), x)

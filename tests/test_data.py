@@ -3,11 +3,11 @@ shuffling, transform_param (crop, mirror, mean file / values, scale), is_color, 
 import numpy as np
 import pytest
 
-from sfport.data import (ImageDataset, MicroBatches, Transform, check, collate, loader, read_list,
+from sfport.data.imagedata import (ImageDataset, MicroBatches, Transform, check, collate, loader, read_list,
                          read_mean_file)
 from sfport.errors import CaffeFileError
-from sfport.caffe_files import read_prototxt
-from sfport.protos import caffe_pb2
+from sfport.formats.caffe_files import read_prototxt
+from sfport.proto import caffe_pb2
 
 from conftest import GOLDEN
 

@@ -1,4 +1,4 @@
-"""Caffe's training databases (sfport.db): a Data layer on an LMDB / LevelDB written by `sfport convert-imageset`
+"""Caffe's training databases (sfport.data.db): a Data layer on an LMDB / LevelDB written by `sfport convert-imageset`
 gives batches bit-identical to ImageData on the same images; HDF5Data gives the arrays the test wrote; both feed
 `sfport train` to the same weights as ImageData."""
 import sys
@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 import sfport
-from sfport import data, db
+from sfport.data import imagedata, db
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
-from sfport.shapes import data_set_tops
+from sfport.proto import caffe_pb2
+from sfport.netdef.shapes import data_set_tops
 
 lmdb = pytest.importorskip("lmdb")
 h5py = pytest.importorskip("h5py")
@@ -49,8 +49,8 @@ def convert(root, listfile, dbpath, *flags):
     return r
 
 
-def batches(dataset, batch, count, collate=data.collate):
-    it = iter(data.loader(dataset, data.MicroBatches(batch, stop_update=count), 0, False, collate))
+def batches(dataset, batch, count, collate=imagedata.collate):
+    it = iter(imagedata.loader(dataset, imagedata.MicroBatches(batch, stop_update=count), 0, False, collate))
     return [next(it) for _ in range(count)]
 
 
@@ -62,7 +62,7 @@ def image_data(listfile, root, is_color=True, tp=TRANSFORM % MEAN3, train=True, 
     lp = layer(f'name: "d" type: "ImageData" top: "data" top: "label" {tp} '
                f'image_data_param {{ source: "{listfile}" root_folder: "{root}/" batch_size: 4 '
                f'is_color: {"true" if is_color else "false"} {resize} }}')
-    return data.ImageDataset.from_layer(lp, train=train, seed=seed)
+    return imagedata.ImageDataset.from_layer(lp, train=train, seed=seed)
 
 
 def data_layer(dbpath, backend, tp=TRANSFORM % MEAN3, batch=4):
@@ -192,7 +192,7 @@ def test_bad_records_name_file_and_key(tmp_path):
     ds.shape()
     with pytest.raises(CaffeFileError, match=r"/b: record 'k1' gives a \[1, 5, 4\] sample, the first record "
                                              r"\[1, 4, 4\]$"):
-        data.check(batches(ds, 2, 1)[0])
+        imagedata.check(batches(ds, 2, 1)[0])
     bad = caffe_pb2.Datum(channels=1, height=4, width=4, data=b"123").SerializeToString()
     _lmdb_with(tmp_path / "c", {b"k0": bad})
     with pytest.raises(CaffeFileError, match=r"record 'k0': a 1x4x4 Datum holds 3 values, not 16"):
@@ -403,7 +403,7 @@ def test_train_on_lmdb_and_hdf5_equals_image_data(golden_copy):
     # HDF5: the ImageData samples, transformed, written as arrays
     lp = caffe_pb2.NetParameter()
     text_format.Parse(net, lp)
-    ds = data.ImageDataset.from_layer(lp.layer[0], train=True, seed=0)
+    ds = imagedata.ImageDataset.from_layer(lp.layer[0], train=True, seed=0)
     xs = np.stack([ds[i][0].numpy() for i in range(len(ds))])
     ys = np.array([ds[i][1] for i in range(len(ds))], np.float32)
     with h5py.File("a.h5", "w") as f:
@@ -428,6 +428,6 @@ def test_worker_processes_read_the_same_batches(tmp_path):
     listfile = make_images(tmp_path)
     convert(tmp_path, listfile, tmp_path / "db")
     ds = db.DatumDataset.from_layer(data_layer(tmp_path / "db", "lmdb"), seed=2)
-    it = iter(data.loader(ds, data.MicroBatches(3, stop_update=4), 2, False))
+    it = iter(imagedata.loader(ds, imagedata.MicroBatches(3, stop_update=4), 2, False))
     for (x, y, p, _, e), (x0, y0, p0, _, e0) in zip(it, batches(ds, 3, 4)):
         assert e is None and p == p0 and torch.equal(x, x0) and torch.equal(y, y0)

@@ -11,10 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sfport import caffe_files, export, model, verify
+from sfport.formats import caffe_files
+from sfport.runtime import export, verify
+from sfport.netdef import weight_match
 from sfport.converters import pooling
-from sfport.net import Net
-from sfport.verify import relative_error
+from sfport.runtime.net import Net
+from sfport.runtime.verify import relative_error
 
 from netcases import layer, prototxt
 
@@ -127,7 +129,7 @@ def _bn_net(tmp_path, pool, shape=(1, 3, 13, 15), name="bnpool"):
             + layer("sc", "Scale", ["bn"], ["sc"], "scale_param { bias_term: true }"))
     p, w = tmp_path / f"{name}.prototxt", tmp_path / f"{name}.caffemodel"
     p.write_text(prototxt(shape, body, name))
-    caffe_files.write_caffemodel(w, model.with_random_weights(caffe_files.read_prototxt(p), seed=7))
+    caffe_files.write_caffemodel(w, weight_match.with_random_weights(caffe_files.read_prototxt(p), seed=7))
     return Net(str(p), str(w)), p, w
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from sfport import caffe_files, files, wire
+from sfport.formats import caffe_files, disk, wire
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from badinput import assert_bad_input, files_under, run
 from conftest import FIXTURES
@@ -29,7 +29,7 @@ INT_MAX = 2 ** 31 - 1
 
 
 # --------------------------------------------------------------------------------------------------------
-# Protobuf wire format, written here independently of sfport.wire
+# Protobuf wire format, written here independently of sfport.formats.wire
 # --------------------------------------------------------------------------------------------------------
 
 def varint(v: int) -> bytes:
@@ -77,9 +77,9 @@ def deadline(seconds: int):
 
 @pytest.fixture
 def limit():
-    """files.set_max_file_bytes, put back to the environment's limit afterwards."""
-    yield files.set_max_file_bytes
-    files.set_max_file_bytes(None)
+    """disk.set_max_file_bytes, put back to the environment's limit afterwards."""
+    yield disk.set_max_file_bytes
+    disk.set_max_file_bytes(None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -171,32 +171,32 @@ def test_devices_fifos_and_folders_are_refused_without_reading(tmp_path):
 
 
 def test_files_over_the_size_limit_are_refused(tmp_path, limit):
-    assert files.max_file_bytes() == 2 ** 31 - 1   # io.cpp kProtoReadBytesLimit = INT_MAX
+    assert disk.max_file_bytes() == 2 ** 31 - 1   # io.cpp kProtoReadBytesLimit = INT_MAX
     size = DET1.stat().st_size
     assert run("--max-file-size", size, "inspect", DET1).exit_code == 0    # at the limit: read
     assert_bad_input(run("--max-file-size", size - 1, "inspect", DET1), DET1,
                      f"is 28,163 bytes, over the 28,162-byte limit for one input file")
     assert_bad_input(run("--max-file-size", "27k", "inspect", DET1), DET1, "over the 27,648-byte limit")
     limit("1k")
-    assert files.max_file_bytes() == 1024
+    assert disk.max_file_bytes() == 1024
     for bad in (0, -5, True, 1.5, "1.5G", "-1", "", "lots"):
         with pytest.raises(ValueError):
             limit(bad)
 
 
 def test_the_limit_comes_from_the_environment(monkeypatch, limit):
-    assert [files.parse_size(t) for t in ("123", "64k", "500M", "4G", "4GiB", "2 mb")] == \
+    assert [disk.parse_size(t) for t in ("123", "64k", "500M", "4G", "4GiB", "2 mb")] == \
         [123, 65536, 500 * 2 ** 20, 4 * 2 ** 30, 4 * 2 ** 30, 2 * 2 ** 20]
     monkeypatch.setenv("SFPORT_MAX_FILE_BYTES", "20k")
     limit(None)  # None: the environment's limit again (what the CLI sets without its option)
-    assert files.max_file_bytes() == 20 * 1024
+    assert disk.max_file_bytes() == 20 * 1024
     assert_bad_input(run("inspect", DET1), DET1, "over the 20,480-byte limit")
     monkeypatch.setenv("SFPORT_MAX_FILE_BYTES", "a lot")
     limit(None)
     assert_bad_input(run("inspect", DET1), "$SFPORT_MAX_FILE_BYTES", "'a lot' is not a size in bytes")
     monkeypatch.delenv("SFPORT_MAX_FILE_BYTES")
     limit(None)
-    assert files.max_file_bytes() == 2 ** 31 - 1
+    assert disk.max_file_bytes() == 2 ** 31 - 1
 
 
 # --------------------------------------------------------------------------------------------------------

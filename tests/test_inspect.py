@@ -10,9 +10,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from sfport import model as model_mod
+from sfport.netdef import inspection
 from sfport.cli import cli
-from sfport.netstate import NetState
+from sfport.netdef.netstate import NetState
 # Only the tests that ask for the `shared` fixture need the shared data (conftest skips them without it).
 DET1 = "fixtures/mtcnn/det1.caffemodel"
 LENET_WEIGHTS = "fixtures/lenet/lenet_iter_10000.caffemodel"
@@ -216,10 +216,10 @@ def test_state_in_json_and_python_api(tmp_path):
     assert doc["state"] == {"phase": "TRAIN", "level": 2, "stages": ["a"], "stored": False}
     fc = next(l for l in doc["layers"] if l["name"] == "fc")
     assert fc["top_shapes"] == [[8, 3]] and fc["param_shapes"] == [[3, 4], [3]]   # the TRAIN input: batch 8
-    shown = model_mod.inspect(str(p), state=NetState.of("TEST", 0, ["test-on-train"]), input_shapes=(5, 4))
+    shown = inspection.inspect(str(p), state=NetState.of("TEST", 0, ["test-on-train"]), input_shapes=(5, 4))
     assert [r.name for r in shown.rows] == ["data_test", "fc", "test_only", "on_train_set", "not_deploy", "upto0"]
     assert shown.rows[1].top_shapes == [(5, 3)]
-    assert model_mod.inspect(str(p), state="TRAIN").rows[0].name == "data_train"
+    assert inspection.inspect(str(p), state="TRAIN").rows[0].name == "data_train"
     # the file's own state stages count, as Net::Net adds the stages to those of the NetParameter
     q = tmp_path / "staged.prototxt"
     q.write_text('state { stage: "a" stage: "b" }\n' + RULES_NET)

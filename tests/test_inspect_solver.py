@@ -1,4 +1,4 @@
-"""`sfport inspect SOLVER`: settings, nets, the lr schedule (sfport.sgd's rates against Caffe's formulas written
+"""`sfport inspect SOLVER`: settings, nets, the lr schedule (sfport.solver.sgd's rates against Caffe's formulas written
 out here and Caffe's own log), the effective batch, the lr plot."""
 import json
 import math
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sfport import sgd, solverinfo
+from sfport.solver import sgd, solverinfo
 from sfport.cli import cli
-from sfport.train.config import read_solver
+from sfport.solver.config import read_solver
 
 from conftest import GOLDEN, UPSTREAM, lenet_solver
 

@@ -1,4 +1,4 @@
-"""sfport.io against pycaffe's caffe.io (BVLC Caffe python/caffe/io.py): the Transformer's order of operations
+"""sfport.data.caffe_io against pycaffe's caffe.io (BVLC Caffe python/caffe/io.py): the Transformer's order of operations
 written out here as a numpy reference, load_image's values by img_as_float's formula on PNGs written here,
 resize_image by skimage's interpolation written pixel by pixel, oversample by slicing, and proto round trips."""
 import math
@@ -9,9 +9,9 @@ import pytest
 import scipy.ndimage
 
 import sfport
-from sfport import io as sio
+from sfport.data import caffe_io as sio
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 RNG = np.random.default_rng(7)
 
@@ -135,7 +135,7 @@ def test_set_mean_accepts_what_fits():
 
 def test_sfport_exposes_pycaffes_io_names():
     assert sfport.Transformer is sio.Transformer
-    assert sfport.io.load_image is sio.load_image
+    assert sfport.data.caffe_io.load_image is sio.load_image
     assert sfport.proto.caffe_pb2 is caffe_pb2
     assert {"Transformer", "io", "proto"} <= set(sfport.__all__)
 

@@ -5,10 +5,11 @@ fork types sfport reads. A Python layer's code lives in the user's module: its e
 import pytest
 from google.protobuf import text_format
 
-from sfport import converters, shapes
+from sfport import converters
+from sfport.netdef import shapes
 from sfport.converters import UnknownLayerType
-from sfport.protos import caffe_pb2
-from sfport.upgrade import V1_TYPE_NAMES
+from sfport.proto import caffe_pb2
+from sfport.formats.upgrade import V1_TYPE_NAMES
 
 # BVLC master's registered layer types (Recurrent is abstract: RNN and LSTM register, it does not)
 BVLC_TYPES = """AbsVal Accuracy ArgMax BatchNorm BatchReindex Bias BNLL Clip Concat ContrastiveLoss Convolution Crop

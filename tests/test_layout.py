@@ -6,7 +6,7 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.protos": ROOT / "protos"}
+PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.proto": ROOT / "protos"}
 LAZY_ALLOWED = {"sfport", "sfport.cli"}  # and the command modules under sfport.commands
 
 
@@ -17,7 +17,7 @@ def _modules() -> dict[str, pathlib.Path]:
             if f.is_symlink():
                 continue
             out[pkg if f.name == "__init__.py" else f"{pkg}.{f.stem}"] = f
-    for f in (ROOT / "sfport").iterdir():  # subpackages of sfport (e.g. sfport/train/)
+    for f in (ROOT / "sfport").iterdir():  # subpackages of sfport (e.g. sfport/solver/)
         if f.is_dir() and (f / "__init__.py").exists():
             for g in f.glob("*.py"):
                 base = f"sfport.{f.name}"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sfport import align as al
-from sfport import lfw
+from sfport.face import align as al
+from sfport.face import lfw
 from sfport.cli import cli
 
 from conftest import FIXTURES
@@ -184,7 +184,7 @@ def test_templates():
 def mtcnn(request):
     """MTCNN on each backend (auto: its nets' ONNX exports on onnxruntime), each checked against the same
     independent expectations below."""
-    from sfport.mtcnn import MTCNN
+    from sfport.face.mtcnn import MTCNN
     det = MTCNN(FIXTURES / "mtcnn", backend=request.param)
     assert det.backend == ("onnxruntime" if request.param == "auto" else "torch")
     return det
@@ -198,7 +198,7 @@ def test_mtcnn_finds_the_faces(mtcnn, image, count):
 
 @pytest.mark.parametrize("n", ["0001", "0002"])
 def test_mtcnn_landmarks_match_lfw_landmark_txt(mtcnn, n):
-    from sfport.mtcnn import nearest_centre
+    from sfport.face.mtcnn import nearest_centre
     img = cv2.imread(str(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg"))
     face = nearest_centre(mtcnn.detect(img), img.shape)
     ref = al.read_landmarks(LANDMARKS)[f"Anthony_Hopkins/Anthony_Hopkins_{n}.jpg"]
@@ -207,7 +207,7 @@ def test_mtcnn_landmarks_match_lfw_landmark_txt(mtcnn, n):
 
 
 def mobilefacenet_feature(img_bgr):
-    from sfport.net import Net
+    from sfport.runtime.net import Net
     net = Net(MFN / "mxnet2caffe_mobilefacenet.prototxt", MFN / "mxnet2caffe_mobilefacenet.caffemodel")
     x = (img_bgr[:, :, ::-1].astype(np.float32) - 127.5) * 0.0078125
     out = net.forward(data=x.transpose(2, 0, 1)[None].copy())
@@ -272,9 +272,10 @@ def small_lfw(tmp_path_factory):
             a, b = people[(fold + k) % 12], people[(fold + k + 5) % 12]
             lines.append(f"{a}\t{1 + k}\t{b}\t{2 + k % 3}")
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
-    from sfport import caffe_files, model, nets
-    net = nets.sphereface_deploy(4)
-    m = model.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1)
+    from sfport.formats import caffe_files
+    from sfport.netdef import weight_match, builtin
+    net = builtin.sphereface_deploy(4)
+    m = weight_match.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=1)
     caffe_files.write_caffemodel(root / "sf4.caffemodel", m)
     return root
 
@@ -332,7 +333,7 @@ def test_eval_onnx_and_bad_input(small_lfw, tmp_path):
 
 def test_extract_aligns_originals_from_landmarks(tmp_path):
     """The eval path for raw LFW photos: --landmarks aligns on the fly (here MobileFaceNet, 112x112 template)."""
-    from sfport.features import Model, extract
+    from sfport.face.features import Model, extract
     (tmp_path / "Anthony_Hopkins").mkdir()
     for n in ("0001", "0002"):
         shutil.copy(FIXTURES / "lfw" / f"Anthony_Hopkins_{n}.jpg", tmp_path / "Anthony_Hopkins")
@@ -351,9 +352,10 @@ def _sf4_train_test(path):
     """sf4 as a train/test definition (written from net.cpp's rules): a TRAIN ImageData and a TEST one gated by
     stage 'lfw' whose tops are 'faces' / 'ids' (not data/label), MarginInnerProduct + loss, Accuracy in TEST."""
     from google.protobuf import text_format
-    from sfport import caffe_files, nets
-    from sfport.protos import caffe_pb2
-    deploy = nets.sphereface_deploy(4)
+    from sfport.formats import caffe_files
+    from sfport.netdef import builtin
+    from sfport.proto import caffe_pb2
+    deploy = builtin.sphereface_deploy(4)
     net = caffe_pb2.NetParameter()
     text_format.Parse('layer { name: "train" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '
                       'image_data_param { source: "train.txt" batch_size: 8 shuffle: true } } '

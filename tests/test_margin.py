@@ -8,8 +8,8 @@ import torch
 
 import sfport
 from sfport.converters import margin as mg
-from sfport.caffe_files import read_prototxt
-from sfport.protos import caffe_pb2
+from sfport.formats.caffe_files import read_prototxt
+from sfport.proto import caffe_pb2
 
 from conftest import GOLDEN, UPSTREAM
 
@@ -194,14 +194,14 @@ def test_true_gradient_through_the_layer_setting():
     from google.protobuf import text_format
     text = (MARGIN / "margin_quadruple.prototxt").read_text().replace("iteration: 40", 'iteration: 40\n    margin_grad: "true"')
     text_format.Parse(text, net)
-    n = sfport.Net(sfport.caffe_files.CaffeModel.from_net(net, None), phase="train")
+    n = sfport.Net(sfport.formats.caffe_files.CaffeModel.from_net(net, None), phase="train")
     mod = n.module.module_of("fc6")
     assert mod.grad_mode == "true"
     bad = text.replace('margin_grad: "true"', 'margin_grad: "exact"')
     net2 = caffe_pb2.NetParameter()
     text_format.Parse(bad, net2)
     with pytest.raises(sfport.errors.CaffeFileError, match="margin_grad must be one of caffe, true"):
-        sfport.Net(sfport.caffe_files.CaffeModel.from_net(net2, None), phase="train")
+        sfport.Net(sfport.formats.caffe_files.CaffeModel.from_net(net2, None), phase="train")
 
 
 # ---------------------------------------------------------------------------------------------------------

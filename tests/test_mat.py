@@ -9,7 +9,7 @@ import numpy as np
 import scipy.io
 from click.testing import CliRunner
 
-from sfport import lfw
+from sfport.face import lfw
 from sfport.cli import cli
 
 from test_lfw import reference_evaluation, small_lfw  # noqa: F401 - small_lfw is a fixture

@@ -10,9 +10,9 @@ import torch
 
 from badinput import assert_bad_input, files_under, run
 from conftest import FIXTURES
-from sfport import caffe_files
+from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.net import Net
+from sfport.runtime.net import Net
 
 HEAD = ('name: "t"\nlayer { name: "data" type: "Input" top: "data" '
         'input_param { shape { dim: 1 dim: 3 dim: 12 dim: 12 } } }\n')

@@ -10,11 +10,11 @@ import pytest
 from google.protobuf import text_format
 
 import sfport
-from sfport import deploy, netstate
+from sfport.netdef import deploy, netstate
 from sfport.errors import CaffeFileError
-from sfport.netstate import NetState
-from sfport.protos import caffe_pb2
-from sfport.train.config import net_states
+from sfport.netdef.netstate import NetState
+from sfport.proto import caffe_pb2
+from sfport.solver.config import net_states
 
 RULES = """
 name: "rules"
@@ -218,7 +218,7 @@ def test_a_shape_for_a_blob_that_is_not_an_input_is_refused():
 
 def test_net_runs_the_inference_form_and_the_full_test_net_on_request():
     net = _net(DATA_LAYERS["MemoryData"][0] + TAIL % ("m", "y", "y"))
-    model = sfport.model.with_random_weights(sfport.CaffeModel.from_net(net))
+    model = sfport.netdef.weight_match.with_random_weights(sfport.CaffeModel.from_net(net))
     inference = sfport.Net(model, inference=True)
     full = sfport.Net(model)   # pycaffe's caffe.Net(file, TEST): the loss and the accuracy too
     assert inference.outputs == ["ip"] and list(inference.inputs) == ["m"]

@@ -1,4 +1,4 @@
-"""The inference-optimized net (sfport.optimize, Net(..., optimize=True)): the same values at every blob it still
+"""The inference-optimized net (sfport.netdef.optimize, Net(..., optimize=True)): the same values at every blob it still
 computes as the unoptimized net (itself checked against OpenCV and Caffe elsewhere) and as OpenCV's Caffe
 importer running the original net; what folds and what must not."""
 import os
@@ -11,9 +11,10 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from sfport import caffe_files, model
-from sfport.net import Net
-from sfport.protos import caffe_pb2
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
 
 from netcases import layer
 
@@ -25,7 +26,7 @@ def _net(body: str, shape, seed=0, transform=None) -> caffe_files.CaffeModel:
     text = f'name: "t" layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ ' \
            f'{" ".join(f"dim: {d}" for d in shape)} }} }} }} ' + body
     net = text_format.Parse(text, caffe_pb2.NetParameter())
-    m = model.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=seed)
+    m = weight_match.with_random_weights(caffe_files.CaffeModel.from_net(net, None), seed=seed)
     if transform:
         transform(m)
     return m

@@ -7,7 +7,7 @@ from conftest import ROOT
 
 CHECK = """
 import importlib.util, json
-names = ["sfport", "sfport.cli", "sfport.protos", "sfport.protos.caffe_pb2", "cli", "protos", "converters",
+names = ["sfport", "sfport.cli", "sfport.proto", "sfport.proto.caffe_pb2", "cli", "protos", "converters",
          "prototxt", "tests", "bench"]
 print(json.dumps({n: importlib.util.find_spec(n.split(".")[0]) is not None and
                   importlib.util.find_spec(n) is not None for n in names}))
@@ -18,13 +18,13 @@ def test_only_sfport_is_importable(tmp_path):
     out = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, check=True)
     import json
     found = json.loads(out.stdout)
-    assert found["sfport"] and found["sfport.cli"] and found["sfport.protos.caffe_pb2"]
+    assert found["sfport"] and found["sfport.cli"] and found["sfport.proto.caffe_pb2"]
     assert not any(found[n] for n in ("cli", "protos", "converters", "prototxt", "tests", "bench")), found
 
 
 def test_reading_needs_no_torch(tmp_path, shared):
     """Reading and inspecting Caffe files works without importing torch (fast start, light installs)."""
-    code = ("import sys, sfport.cli; from sfport import caffe_files; "
+    code = ("import sys, sfport.cli; from sfport.formats import caffe_files; "
             f"caffe_files.read_caffemodel({str(shared / 'fixtures/mtcnn/det1.caffemodel')!r}); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)

@@ -10,8 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from sfport.cli import cli
-from sfport import export, caffe_files, model, verify
-from sfport.net import Net
+from sfport.runtime import export, verify
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match
+from sfport.runtime.net import Net
 
 from conftest import FIXTURES, MODEL_PAIRS
 
@@ -67,7 +69,7 @@ SPHEREFACE = ["sphereface_prototxt/zuoqing1988/sphereface04_deploy.prototxt",
 def test_sphereface_nets_with_random_weights_match_opencv(prototxt, tmp_path):
     p = FIXTURES / prototxt
     w = tmp_path / "random.caffemodel"
-    caffe_files.write_caffemodel(w, model.with_random_weights(caffe_files.read_prototxt(p), seed=1))
+    caffe_files.write_caffemodel(w, weight_match.with_random_weights(caffe_files.read_prototxt(p), seed=1))
     net = Net(str(p), str(w))
     checks = opencv_parity(net, p, w, verify.make_input((1, 3, 112, 96), "random", 0), "data")
     by_depth = [f"{c.name}:{c.rel_err:.1e}" for c in checks if c.name.startswith(("res", "fc5"))]

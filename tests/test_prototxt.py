@@ -1,9 +1,9 @@
 """Acceptance 1: every prototxt of the fixtures, upstream and golden folders parses; spot values hold."""
 import pytest
 
-from sfport import caffe_files
+from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from conftest import FIXTURES, GOLDEN, UPSTREAM, all_prototxts
 

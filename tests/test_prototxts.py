@@ -1,10 +1,10 @@
-"""prototxt/: the project's ready-to-run SphereFace nets and solvers, built by sfport.nets, against the authors'."""
+"""prototxt/: the project's ready-to-run SphereFace nets and solvers, built by sfport.netdef.builtin, against the authors'."""
 import numpy as np
 import pytest
 
-from sfport import nets, shapes
-from sfport.caffe_files import read_prototxt, read_solver
-from sfport.protos import caffe_pb2
+from sfport.netdef import builtin, shapes
+from sfport.formats.caffe_files import read_prototxt, read_solver
+from sfport.proto import caffe_pb2
 
 from conftest import ROOT, UPSTREAM
 
@@ -29,7 +29,7 @@ TYPED = ["convolution_param", "inner_product_param", "margin_inner_product_param
 
 
 def test_committed_files_are_the_builders_output(tmp_path):
-    written = nets.write_project_prototxts(tmp_path)
+    written = builtin.write_project_prototxts(tmp_path)
     assert len(written) == 11
     for path in written:
         name = path.rsplit("/", 1)[-1]
@@ -59,9 +59,9 @@ def test_train_nets_equal_upstream(ours, theirs):
 
 
 def test_depth_is_a_parameter():
-    compare_nets(nets.sphereface_train(64), read_prototxt(UPSTREAM / "sphereface/train/model_lib/Sphereface-64/"
+    compare_nets(builtin.sphereface_train(64), read_prototxt(UPSTREAM / "sphereface/train/model_lib/Sphereface-64/"
                                                                      "sphereface_64_model.prototxt").net)
-    narrow = nets.sphereface_train(4, channels=(8, 16, 32, 64), num_classes=30, feature_dim=64)
+    narrow = builtin.sphereface_train(4, channels=(8, 16, 32, 64), num_classes=30, feature_dim=64)
     conv = [l.convolution_param.num_output for l in narrow.layer if l.type == "Convolution"]
     assert conv == [8, 16, 32, 64]
 

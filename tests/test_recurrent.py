@@ -11,10 +11,12 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from sfport import caffe_files, converters, model, shapes
+from sfport import converters
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match, shapes
 from sfport.errors import CaffeFileError
-from sfport.net import Net
-from sfport.protos import caffe_pb2
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
 
 from netcases import layer
 
@@ -110,7 +112,7 @@ def build(tmp_path, inputs: dict, body: str, seed=3, weights=None, name="rec", s
     return (net, caffemodel path)."""
     p = tmp_path / f"{name}.prototxt"
     p.write_text(net_text(inputs, body, name))
-    m = model.with_random_weights(caffe_files.read_prototxt(p), seed=seed)
+    m = weight_match.with_random_weights(caffe_files.read_prototxt(p), seed=seed)
     for i, lay in enumerate(m.net.layer):
         if weights and lay.name in weights:
             m.set_blob_arrays(i, weights[lay.name])

@@ -8,9 +8,12 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from sfport import caffe_files, converters, shapes, verify
-from sfport.net import Net
-from sfport.protos import caffe_pb2
+from sfport import converters
+from sfport.formats import caffe_files
+from sfport.netdef import shapes
+from sfport.runtime import verify
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
 
 from netcases import input_grad, layer, one_layer, prototxt
 
@@ -21,8 +24,8 @@ def build(tmp_path, shape, body, name="case", x=None):
     """Write the one-input net, run it on x (default: random), return (net, x, prototxt path, caffemodel path)."""
     p = tmp_path / f"{name}.prototxt"
     p.write_text(prototxt(shape, body, name))
-    from sfport import model
-    m = model.with_random_weights(caffe_files.read_prototxt(p), seed=0)
+    from sfport.netdef import weight_match
+    m = weight_match.with_random_weights(caffe_files.read_prototxt(p), seed=0)
     w = tmp_path / f"{name}.caffemodel"
     caffe_files.write_caffemodel(w, m)
     net = Net(str(p), str(w))

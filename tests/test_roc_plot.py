@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sfport import lfw, plots
+from sfport.face import lfw
+from sfport.report import plots
 from sfport.cli import cli
 
 from test_mat import image_features, write_pairs

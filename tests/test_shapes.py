@@ -3,9 +3,10 @@ built-in SphereFace nets are the authors' deploy prototxts."""
 import cv2
 import pytest
 
-from sfport import caffe_files, model, nets, shapes
+from sfport.formats import caffe_files
+from sfport.netdef import weight_match, builtin, shapes
 from sfport.converters import geometry
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from conftest import FIXTURES
 
@@ -32,7 +33,7 @@ def test_top_and_param_shapes_match_opencv(prototxt, shape, tmp_path):
     del dims.dim[:]
     dims.dim.extend(shape)
     caffe_files.write_prototxt(tmp_path / "n.prototxt", m.net)
-    caffe_files.write_caffemodel(tmp_path / "w.caffemodel", model.with_random_weights(m))
+    caffe_files.write_caffemodel(tmp_path / "w.caffemodel", weight_match.with_random_weights(m))
     net = cv2.dnn.readNetFromCaffe(str(tmp_path / "n.prototxt"), str(tmp_path / "w.caffemodel"))
     ids, _, outs = net.getLayersShapes(list(shape))
     names = net.getLayerNames()
@@ -55,12 +56,12 @@ def test_pooling_output_size_hand_computed(size, kernel, pad, stride, ceil, expe
 @pytest.mark.parametrize("depth,path", [(20, "sphereface_deploy.prototxt"), (64, "sphereface_64_deploy.prototxt")])
 def test_builtin_sphereface_equals_authors_deploy(depth, path):
     authors = caffe_files.read_prototxt(FIXTURES / "sphereface_prototxt/wy1iu" / path).net
-    assert nets.sphereface_deploy(depth) == authors
+    assert builtin.sphereface_deploy(depth) == authors
 
 
 def test_sphereface20_parameter_count():
     """The authors' SphereFace-20 deploy prototxt: fc5 is 512 x 21504; the whole deploy net has 22.67 M parameters (the ~90 MB caffemodel)."""
-    params = [p for ls in shapes.infer(nets.sphereface_deploy(20)) for p in ls.params]
+    params = [p for ls in shapes.infer(builtin.sphereface_deploy(20)) for p in ls.params]
     assert (512, 21504) in params
     assert sum(__import__("math").prod(p) for p in params) == 22_670_656
 

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport import sgd
-from sfport import train as tr
+from sfport.solver import sgd
+from sfport import solver as tr
 from sfport.cli import cli
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from conftest import GOLDEN
 
@@ -157,7 +157,7 @@ def test_sgd_state_steps_and_round_trips(tmp_path):
             other.load_state_dict(st.state_dict())
         else:
             f = st.to_solverstate("x.caffemodel")
-            sfport.caffe_files.write_solverstate(tmp_path / "x.solverstate", f.state, f.history)
+            sfport.formats.caffe_files.write_solverstate(tmp_path / "x.solverstate", f.state, f.history)
             other.load_solverstate(sfport.read_solverstate(tmp_path / "x.solverstate"))
         assert (other.iter, other.current_step) == (3, 1)
         for a, b in zip(other.blobs, st.blobs):

@@ -1,4 +1,4 @@
-"""The one rule a solver's and its nets' relative paths follow (sfport.train.paths): the current directory when
+"""The one rule a solver's and its nets' relative paths follow (sfport.solver.paths): the current directory when
 the path exists there (as caffe opens it), else the solver's folder; each resolved path logged once."""
 import re
 import shutil

@@ -12,12 +12,15 @@ import torch
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from sfport import caffe_files, converters, export, model, verify
+from sfport import converters
+from sfport.formats import caffe_files
+from sfport.runtime import export, verify
+from sfport.netdef import weight_match
 from sfport.cli import cli
 from sfport.converters import ssd
 from sfport.errors import CaffeFileError
-from sfport.net import Net, load_net
-from sfport.protos import caffe_pb2
+from sfport.runtime.net import Net, load_net
+from sfport.proto import caffe_pb2
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def ssd_dir(fixture_dir):
 def _ssd_weights(definition, seed, conf_scale):
     """Seeded random weights; the class-confidence heads scaled so softmax scores pass the 0.25 threshold (with
     plain random weights every score is near 1/21 and nothing is detected)."""
-    m = model.with_random_weights(definition, seed=seed)
+    m = weight_match.with_random_weights(definition, seed=seed)
     for i, layer in enumerate(m.net.layer):
         if layer.name.endswith("_mbox_conf"):
             w, b = m.blob_arrays(i)
@@ -71,7 +74,7 @@ def test_mobilenet_ssd_without_detections_verifies_through_the_cli(ssd_dir, tmp_
     zeros are the same outcome."""
     p = ssd_dir / "MobileNetSSD_deploy.prototxt"
     w = tmp_path / "plain.caffemodel"
-    caffe_files.write_caffemodel(w, model.with_random_weights(caffe_files.read_prototxt(p), seed=4))
+    caffe_files.write_caffemodel(w, weight_match.with_random_weights(caffe_files.read_prototxt(p), seed=4))
     r = CliRunner().invoke(cli, ["verify", str(w), "-p", str(p), "--json"])
     assert r.exit_code == 0, r.output
     import json
@@ -255,7 +258,7 @@ def test_prior_boxes_match_opencv(text, tmp_path):
         'layer { name: "f" type: "Pooling" bottom: "data" top: "f" pooling_param { pool: MAX kernel_size: 8 '
         'stride: 8 } }\n'
         f'layer {{ name: "pb" type: "PriorBox" bottom: "f" bottom: "data" top: "pb" {text} }}\n')
-    from sfport.net import Net as _Net
+    from sfport.runtime.net import Net as _Net
     # the reference reads the definition as verify writes it for OpenCV (the fork's defaults spelled out)
     definition = verify.reference_definition(_Net(str(tmp_path / "pb.prototxt")))
     caffe_files.write_prototxt(tmp_path / "ref.prototxt", definition)

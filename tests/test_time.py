@@ -1,4 +1,4 @@
-"""`sfport time` (sfport.timing): Caffe's `caffe time`. The lines are checked against regexes written from the
+"""`sfport time` (sfport.solver.timing): Caffe's `caffe time`. The lines are checked against regexes written from the
 stream statements of BVLC caffe tools/caffe.cpp time(); the accounting (per-layer sums within the passes, the
 averages of the total), the number of iterations actually run (a counting layer), and the gradients the
 layer-by-layer backward accumulates (against plain autograd of the same loss) are checked too. No assertion is
@@ -11,10 +11,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from sfport import converters, timing
+from sfport import converters
+from sfport.solver import timing
 from sfport.cli import cli
 from sfport.converters import base as converters_base
-from sfport.net import Net
+from sfport.runtime.net import Net
 
 from conftest import FIXTURES, ROOT
 

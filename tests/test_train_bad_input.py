@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from badinput import assert_bad_input, files_under, run
-from sfport import caffe_files
-from sfport import train as tr
+from sfport.formats import caffe_files
+from sfport import solver as tr
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 cv2 = pytest.importorskip("cv2")
 
@@ -479,7 +479,7 @@ def test_convert_imageset_checks_before_reading(work):
 
 # ---------------------------------------------------------------------------------------------------------------
 # 7. convolutions past Caffe's int arithmetic (the stride+pad case needs the net-definition checks of
-#    sfport/shapes.py being added alongside: until they land it is killed by SIGFPE in the convolution backward)
+#    sfport/netdef/shapes.py being added alongside: until they land it is killed by SIGFPE in the convolution backward)
 # ---------------------------------------------------------------------------------------------------------------
 
 HUGE_CONVS = {"stride": "kernel_size: 3 stride: 2147483647",                 # one output pixel, as Caffe computes

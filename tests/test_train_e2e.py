@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport import nets
+from sfport.netdef import builtin
 from sfport.cli import cli
-from sfport.data import read_list
-from sfport.caffe_files import net_to_text, write_prototxt
+from sfport.data.imagedata import read_list
+from sfport.formats.caffe_files import net_to_text, write_prototxt
 
 import synthfaces
 
@@ -56,8 +56,8 @@ def faces(tmp_path_factory):
 def test_sphereface_then_sphereface_plus(faces, monkeypatch):
     monkeypatch.chdir(faces)
     assert len(list((faces / "data").glob("id_*/*.jpg"))) == 600
-    write_prototxt("sf.prototxt", nets.sphereface_train(4, 4, source="data/list.txt", lambda_gamma=1.0, **NARROW))
-    sp = nets.solver("sf.prototxt", 0.01, 0.1, (180, 230), 250, 50, "runs/sf/x")
+    write_prototxt("sf.prototxt", builtin.sphereface_train(4, 4, source="data/list.txt", lambda_gamma=1.0, **NARROW))
+    sp = builtin.solver("sf.prototxt", 0.01, 0.1, (180, 230), 250, 50, "runs/sf/x")
     sp.solver_mode = 0
     (faces / "sf_solver.prototxt").write_text(net_to_text(sp))
     r = CliRunner().invoke(cli, ["train", "sf_solver.prototxt", "--workers", "2", "--seed", "3"])
@@ -70,10 +70,10 @@ def test_sphereface_then_sphereface_plus(faces, monkeypatch):
     assert auc >= 0.9 and nn >= 0.8
 
     # SphereFace+ finetune from that caffemodel: InterClass (AMONG, alpha 10 from the first forward) on fc6_w
-    plus = nets.sphereface_train(4, 4, source="data/list.txt", lambda_gamma=0.12, iteration=2000,
+    plus = builtin.sphereface_train(4, 4, source="data/list.txt", lambda_gamma=0.12, iteration=2000,
                                  interclass_alpha=10.0, **NARROW)
     write_prototxt("plus.prototxt", plus)
-    sp = nets.solver("plus.prototxt", 0.001, 0.1, (40,), 50, 10, "runs/plus/x")
+    sp = builtin.solver("plus.prototxt", 0.001, 0.1, (40,), 50, 10, "runs/plus/x")
     sp.solver_mode = 0
     (faces / "plus_solver.prototxt").write_text(net_to_text(sp))
     r = CliRunner().invoke(cli, ["train", "plus_solver.prototxt", "--weights", str(snap), "--workers", "2"])

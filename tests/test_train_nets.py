@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import sfport
-from sfport import caffe_files
+from sfport.formats import caffe_files
 from sfport.converters.loss import Accuracy, SoftmaxWithLoss
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from conftest import GOLDEN, UPSTREAM
 
@@ -106,7 +106,7 @@ def test_accuracy_top_k_ignore_and_per_class():
 
 
 def test_loss_weights_follow_caffe():
-    from sfport.graph import loss_weights
+    from sfport.netdef.graph import loss_weights
     l = caffe_pb2.LayerParameter(type="SoftmaxWithLoss", top=["loss", "prob"])
     assert loss_weights(l) == [1.0, 0.0]
     assert loss_weights(caffe_pb2.LayerParameter(type="InterClass", top=["d"])) == [1.0]
@@ -187,7 +187,7 @@ def fc6_param(net):
 def test_deploy_weights_and_snapshots_load_into_the_train_net(tmp_path):
     """A released deploy caffemodel (no fc6) loads by layer name, fc6 left to its filler (and reported); a full
     training snapshot (with fc6) loads completely, fc6 included."""
-    deploy = sfport.model.with_random_weights(caffe_files.read_prototxt(SF20_DEPLOY), seed=3)
+    deploy = sfport.netdef.weight_match.with_random_weights(caffe_files.read_prototxt(SF20_DEPLOY), seed=3)
     caffe_files.write_caffemodel(tmp_path / "released.caffemodel", deploy)
     shapes = {"data": (2, 3, 112, 96)}
     net = sfport.Net(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "released.caffemodel", phase="train",

@@ -1,4 +1,4 @@
-"""Training curves (sfport.train.curves, `train --plot`) from Caffe's log lines, and the device lines of the log."""
+"""Training curves (sfport.solver.curves, `train --plot`) from Caffe's log lines, and the device lines of the log."""
 import re
 import subprocess
 import sys
@@ -7,10 +7,10 @@ import matplotlib.image
 import pytest
 from click.testing import CliRunner
 
-from sfport import sgd
+from sfport.solver import sgd
 from sfport.cli import cli
-from sfport.train import curves
-from sfport.train.config import read_solver
+from sfport.solver import curves
+from sfport.solver.config import read_solver
 
 from conftest import GOLDEN
 
@@ -78,14 +78,14 @@ def test_curves_command_line(tmp_path):
     log = tmp_path / "caffe.log"
     log.write_text(CAFFE_LOG)
     out = tmp_path / "c.png"
-    p = subprocess.run([sys.executable, "-m", "sfport.train.curves", str(log), str(out)], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "sfport.solver.curves", str(log), str(out)], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert matplotlib.image.imread(out).ndim == 3   # a PNG matplotlib reads back
-    h = subprocess.run([sys.executable, "-m", "sfport.train.curves", "--help"], capture_output=True, text=True)
-    assert "Caffe training log" in h.stdout and "Example: python -m sfport.train.curves caffe.log" in h.stdout
+    h = subprocess.run([sys.executable, "-m", "sfport.solver.curves", "--help"], capture_output=True, text=True)
+    assert "Caffe training log" in h.stdout and "Example: python -m sfport.solver.curves caffe.log" in h.stdout
     (tmp_path / "empty.log").write_text("nothing here\n")
-    p = subprocess.run([sys.executable, "-m", "sfport.train.curves", str(tmp_path / "empty.log"), str(out)],
+    p = subprocess.run([sys.executable, "-m", "sfport.solver.curves", str(tmp_path / "empty.log"), str(out)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("sfport: error: ") and "no training lines" in p.stderr
 

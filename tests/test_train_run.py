@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport import train as tr
+from sfport import solver as tr
 from sfport.cli import cli
 
 from conftest import GOLDEN
@@ -169,7 +169,7 @@ def test_bad_checkpoints_are_one_line_errors(golden_copy):
 
 
 def test_start_checks_the_device_request(golden_copy):
-    """sfport.train.start: --gpu on a machine without CUDA, bad GPU ids and --amp on the CPU are input errors."""
+    """sfport.solver.start: --gpu on a machine without CUDA, bad GPU ids and --amp on the CPU are input errors."""
     write_solver(golden_copy / "s.prototxt", max_iter=1, snapshot_prefix="runs/g/x")
     if torch.cuda.is_available():
         with pytest.raises(sfport.CaffeFileError, match="give GPU ids like 0 or 0,1"):

@@ -11,9 +11,10 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport import caffe_files, deploy
+from sfport.formats import caffe_files
+from sfport.netdef import deploy
 from sfport.cli import cli
-from sfport.model import with_random_weights
+from sfport.netdef.weight_match import with_random_weights
 from tests.conftest import FIXTURES, UPSTREAM
 
 NETS = pathlib.Path(__file__).parent / "nets"

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sfport import caffe_files
+from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.protos import caffe_pb2
+from sfport.proto import caffe_pb2
 
 from conftest import FIXTURES
 
-# Written here from the V1 enum of caffe.proto, independently of sfport.upgrade's table.
+# Written here from the V1 enum of caffe.proto, independently of sfport.formats.upgrade's table.
 V1_ENUM = {"Data": "DATA", "Convolution": "CONVOLUTION", "Pooling": "POOLING", "InnerProduct": "INNER_PRODUCT",
            "ReLU": "RELU", "SoftmaxWithLoss": "SOFTMAX_LOSS", "Accuracy": "ACCURACY", "Softmax": "SOFTMAX"}
 V1_PARAMS = ["convolution_param", "pooling_param", "inner_product_param", "relu_param", "softmax_param",

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 import sfport
-from sfport import caffe_files
+from sfport.formats import caffe_files
 from sfport.cli import cli
-from sfport.model import with_random_weights
-from sfport.protos import caffe_pb2
+from sfport.netdef.weight_match import with_random_weights
+from sfport.proto import caffe_pb2
 from tests.conftest import FIXTURES
 
 NETS = pathlib.Path(__file__).parent / "nets"
@@ -146,7 +146,7 @@ def test_every_shared_prototxt_verifies_or_is_one_line(shared, tmp_path):
             args = ["verify", str(w), "-p", str(path)]
         except CaffeFileError:
             try:   # a training net whose data layer leaves the shape open: random weights at a given shape
-                from sfport.net import load_net
+                from sfport.runtime.net import load_net
                 inference = load_net(str(path), input_shapes=(1, 3, 112, 96)).definition
                 caffe_files.write_caffemodel(w, with_random_weights(caffe_files.CaffeModel.from_net(inference, None),
                                                                     seed=k))
@@ -167,9 +167,11 @@ def test_every_shared_prototxt_verifies_or_is_one_line(shared, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("sfport: error: "), (path, r.stderr)
         outcome["error"].append(path.name)
     # every deploy net and every SphereFace training net passes; the errors are the solvers, the SSD nets
-    # (fields of the SSD fork the schema lacks) and the margin nets OpenCV cannot run
+    # (fields of the SSD fork the schema lacks), the margin nets OpenCV cannot run and the two-stage detectors
+    # (their ROIPooling, PSROIPooling and Python ProposalLayer have no converter yet: one line naming the layer)
     assert all(n in outcome["passed"] for n in ("sphereface_deploy.prototxt", "sphereface_model.prototxt",
                                                 "sphereface_64_model.prototxt", "sfplus_model.prototxt",
                                                 "det1.prototxt", "slim-320.prototxt", "lenet.prototxt")), outcome
     assert len(outcome["passed"]) >= 23 and all("solver" in n or "SSD" in n or n.startswith(("margin", "inter"))
-                                                 for n in outcome["error"]), outcome
+                                                 or n.startswith(("faster_rcnn", "rfcn")) for n in outcome["error"]), \
+        outcome

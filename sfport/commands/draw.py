@@ -1,4 +1,4 @@
-"""`sfport draw`: Caffe's python/draw_net.py, a net's graph through pydot and Graphviz (sfport.draw)."""
+"""`sfport draw`: Caffe's python/draw_net.py, a net's graph through pydot and Graphviz (sfport.netdef.draw)."""
 from __future__ import annotations
 
 import click
@@ -34,7 +34,7 @@ def command(net_file, output, output_opt, rankdir, phase, stages, level, display
       sfport draw MobileNetSSD_train.prototxt -o ssd.svg --rankdir TB --phase TRAIN
       sfport draw det1.caffemodel -o det1.dot
     """
-    from sfport import draw
+    from sfport.netdef import draw
 
     if output and output_opt and output != output_opt:
         raise click.UsageError(f"two outputs: '{output}' and -o '{output_opt}'; give one")

@@ -45,7 +45,7 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
       sfport align lfw lfw-112x112 --landmarks lfw_landmark.txt --template arcface112
       sfport align photos crops --mtcnn models/mtcnn --all-faces --ext png
     """
-    from sfport.align import align_folder
+    from sfport.face.align import align_folder
 
     s = align_folder(input_dir, output_dir, landmarks=landmarks, mtcnn_dir=mtcnn_dir, size=size, template=template,
                      workers=workers, landmarks_one_based=landmarks_base == "1", progress=None, backend=backend,
@@ -106,8 +106,9 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
     """
     from os.path import abspath
 
-    from sfport import lfw, plots
-    from sfport.files import check_output, write_files
+    from sfport.face import lfw
+    from sfport.report import plots
+    from sfport.formats.disk import check_output, write_files
 
     if report and plot and abspath(report) == abspath(plot):
         raise CaffeFileError(report, "--report and --plot name the same file")
@@ -182,7 +183,7 @@ def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file
           -p sphereface_deploy.prototxt -o features.mat
       sfport embed a.jpg b.jpg -m mobilefacenet.onnx --protocol insightface --flip sum -o ab.npy
     """
-    from sfport import features
+    from sfport.face import features
 
     f = features.embed(images, model, output, prototxt, blob, list_file, root, flip, protocol, landmarks, batch_size,
                        workers, progress=None, state=model_state(phase, stages, level, shapes),
@@ -217,7 +218,7 @@ def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold
       sfport compare a.jpg b.jpg -m mobilefacenet.caffemodel -p mobilefacenet.prototxt --protocol insightface \\
           --threshold 0.3
     """
-    from sfport import features
+    from sfport.face import features
 
     cos = features.compare(a, b, model, prototxt, blob, protocol, state=model_state(phase, stages, level, shapes),
                            backend=backend, log=caffe_log())

@@ -58,11 +58,11 @@ def state_kwargs(phase, stages, level) -> dict:
 
 
 def model_state(phase, stages, level, shapes) -> dict:
-    """The keyword arguments of :class:`sfport.features.Model`: the NetState and the input shapes."""
+    """The keyword arguments of :class:`sfport.face.features.Model`: the NetState and the input shapes."""
     return {**state_kwargs(phase, stages, level), "input_shapes": parse_shapes(shapes)}
 
 
 def caffe_log():
     """The commands' log: glog-format lines on stderr, as `train` writes them (the backend line, progress)."""
-    from sfport.progress import CaffeLog
+    from sfport.report.progress import CaffeLog
     return CaffeLog()

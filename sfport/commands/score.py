@@ -44,7 +44,7 @@ def command(model, weights, iterations, phase, stages, level, test_net, gpu, dat
       sfport test lenet_solver.prototxt --weights lenet_iter_10000.caffemodel --gpu 0
       sfport test train_val.prototxt -w model.caffemodel --stage test-on-val --data-root /data --json
     """
-    from sfport import score as score_mod
+    from sfport.solver import score as score_mod
 
     log = caffe_log()
 

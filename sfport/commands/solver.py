@@ -43,7 +43,7 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
     directory if it exists there (as caffe opens it, run from the repository root), else from the solver's
     folder (snapshot_prefix: by its folder). Each resolved path is logged once ('Resolved net: X -> /abs/X').
 
-    --plot draws the curves of this run's log; for a saved Caffe log: python -m sfport.train.curves LOG OUT.
+    --plot draws the curves of this run's log; for a saved Caffe log: python -m sfport.solver.curves LOG OUT.
     --synthetic-data needs --shape C,H,W when the net does not fix its input (3,112,96 for SphereFace).
 
     \b
@@ -52,9 +52,9 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
       sfport train prototxt/sphereface20_solver.prototxt --snapshot result/sphereface20_iter_16000.pt --gpu 0
       sfport train prototxt/sphereface20_solver.prototxt --gpu 0,1,2,3 --plot curves.png
       sfport train prototxt/sphereface20_solver.prototxt --synthetic-data --shape 3,112,96 --max-iter 100
-      python -m sfport.train.curves caffe.log curves.png
+      python -m sfport.solver.curves caffe.log curves.png
     """
-    from sfport import train as tr
+    from sfport import solver as tr
 
     data_shape = None
     if shape:   # the synthetic images' C,H,W: three positive sizes
@@ -75,17 +75,18 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
 
 def inspect_solver(path: str, as_json: bool = False, plot: str | None = None) -> None:
     """`sfport inspect SOLVER`: the solver's settings, the nets it trains, its lr schedule, the effective batch
-    (sfport.solverinfo); ``plot``: the lr schedule drawn to that .png/.svg/.pdf."""
+    (sfport.solver.solverinfo); ``plot``: the lr schedule drawn to that .png/.svg/.pdf."""
     import json
 
-    from sfport import plots, solverinfo
+    from sfport.report import plots
+    from sfport.solver import solverinfo
 
     if plot:
         plots.plot_format(plot)
     info = solverinfo.solver_info(path)
     click.echo(json.dumps(info, indent=2) if as_json else solverinfo.format_info(info))
     if plot:
-        from sfport.train.config import read_solver
+        from sfport.solver.config import read_solver
         plots.save(solverinfo.lr_figure(read_solver(path)[0], title=f"{path}: lr_policy "
                                         f"{info['lr_schedule']['policy']}"), plot)
         click.echo(f"wrote {plot}", err=as_json)

@@ -1,4 +1,4 @@
-"""`sfport time`: Caffe's `caffe time`, the layer-by-layer benchmark of a net (sfport.timing)."""
+"""`sfport time`: Caffe's `caffe time`, the layer-by-layer benchmark of a net (sfport.solver.timing)."""
 from __future__ import annotations
 
 import click
@@ -37,9 +37,9 @@ def command(net_file, weights, iterations, phase, stages, level, shapes, backwar
     """
     import torch
 
-    from sfport import timing
+    from sfport.solver import timing
     from sfport.errors import CaffeFileError
-    from sfport.net import Net
+    from sfport.runtime.net import Net
 
     device = "cpu"
     if gpu is not None:

@@ -1,0 +1,225 @@
+"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB) or HDF5Data layer (a
+DataLoader over the deterministic streams of sfport.data.imagedata and sfport.data.db), or synthetic images and labels for
+benchmarks."""
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+
+from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, loader
+from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
+from sfport.errors import CaffeFileError
+from sfport.proto import caffe_pb2
+from sfport.netdef.netstate import NetState
+from sfport.netdef.shapes import data_set_tops, is_data_layer, layer_included
+from sfport.solver.config import Options
+from sfport.report.progress import CaffeLog
+
+
+def data_layers(net, state) -> list:
+    """The data layers of ``net`` active in ``state`` (a NetState or a phase)."""
+    return [l for l in net.layer if is_data_layer(l) and layer_included(l, state)]
+
+
+class Feeder:
+    """Micro-batches for one net: from its ImageData layer (a DataLoader over the deterministic stream) or
+    synthetic (random images, uniform labels) for benchmarks."""
+
+    def __init__(self, net_param, state, opts: Options, base: Path | None, seed: int, world: int, rank: int,
+                 iter_size: int, log: CaffeLog, net_path: str | None = None):
+        """``net_path``: the file of ``net_param`` (the net prototxt, or the solver that holds it), named by the
+        errors about its data layer that name no other file."""
+        self.net_path = net_path
+        self._bad_seen: set = set()   # the bad list lines / records skipped (--skip-bad-images), each once
+        self._last: list[int] = []    # stream positions of the last micro-batch
+        self._reshaped = None         # (file, where, C x H x W) when the last batch is not of the set-up size
+        try:
+            self._setup(net_param, state, opts, base, seed, world, rank, iter_size, log)
+        except CaffeFileError as e:
+            if e.path is not None or net_path is None:
+                raise
+            raise CaffeFileError(net_path, e.message) from None
+
+    def _setup(self, net_param, state, opts: Options, base: Path | None, seed: int, world: int, rank: int,
+               iter_size: int, log: CaffeLog):
+        state = NetState.of(state)
+        phase = state.phase
+        layers = data_layers(net_param, state)
+        self.inputs: dict[str, tuple] = {}
+        self.layer = None
+        self.dataset = None
+        self.synthetic = opts.synthetic_data
+        self.world, self.rank, self.iter_size, self.opts = world, rank, iter_size, opts
+        self.seed = seed
+        if len(layers) != 1 or len(layers[0].top) < 1:
+            raise CaffeFileError(None, f"sfport needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
+                                       f" net, found {len(layers)}")
+        layer = layers[0]
+        sources = {"ImageData": "image_data_param", "Data": "data_param", "HDF5Data": "hdf5_data_param"}
+        if opts.source and phase == caffe_pb2.TRAIN and layer.type in sources:
+            layer = type(layer)()
+            layer.CopyFrom(layers[0])
+            getattr(layer, sources[layer.type]).source = opts.source
+        self.layer = layer
+        self.workers = opts.workers
+        self.collate = None
+        if layer.type in sources:
+            self.batch = getattr(layer, sources[layer.type]).batch_size
+        elif layer.type == "Input" and opts.synthetic_data:
+            shape = tuple(layer.input_param.shape[0].dim) if len(layer.input_param.shape) else ()
+            self.batch = shape[0] if shape else 1
+        else:
+            raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport reads ImageData "
+                                       f"lists, Data (LMDB / LevelDB) and HDF5Data (or --synthetic-data)")
+        if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
+            raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
+                                       f"{self.batch}")
+        if self.synthetic and layer.type == "HDF5Data":
+            raise CaffeFileError(None, f"data layer '{layer.name}' is HDF5Data: --synthetic-data makes images "
+                                       f"for ImageData, Data and Input layers")
+        self.data_top, self.label_top = layer.top[0], (layer.top[1] if len(layer.top) > 1 else None)
+        if self.synthetic:
+            p = layer.image_data_param
+            tp = layer.transform_param
+            h = tp.crop_size or p.new_height
+            w = tp.crop_size or p.new_width
+            chw = (3 if p.is_color else 1, h, w) if (h and w) else opts.data_shape
+            if layer.type == "Input" and len(layer.input_param.shape):
+                chw = tuple(layer.input_param.shape[0].dim[1:])
+            if not chw:
+                raise CaffeFileError(None, f"data layer '{layer.name}': --synthetic-data needs the image size: "
+                                           f"--shape C,H,W (--shape 3,112,96 for SphereFace's 112x96 faces), or "
+                                           f"new_height/new_width or crop_size in the prototxt")
+            self.chw = tuple(chw)
+        elif layer.type == "Data":   # data_layer.cpp, db_lmdb.cpp / db_leveldb.cpp
+            self.dataset = DatumDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                   base_dir=base, skip_bad=opts.skip_bad_images)
+            backend = "lmdb" if layer.data_param.backend == DP.LMDB else "leveldb"
+            log(f"Opened {backend} {self.dataset.records.path}", f"db_{backend}.cpp:22")
+            if layer.data_param.backend == DP.LEVELDB and self.workers:
+                self.workers = 0   # a LevelDB is opened by one process at a time: read it in this one
+            self.chw = tuple(data_set_tops(layer, self.dataset.first_shape())[0][1:])
+            if tuple(self.dataset.shape()) != self.chw:
+                raise CaffeFileError(self.dataset.records.path, f"the first record gives {list(self.dataset.shape())}"
+                                                                f", not {list(self.chw)}")
+            log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "data_layer.cpp:41")
+        elif layer.type == "HDF5Data":   # hdf5_data_layer.cpp
+            log(f"Loading list of HDF5 filenames from: {layer.hdf5_data_param.source}", "hdf5_data_layer.cpp:81")
+            self.dataset = HDF5Dataset.from_layer(layer, seed=seed, base_dir=base)
+            log(f"Number of HDF5 files: {len(self.dataset.files)}", "hdf5_data_layer.cpp:94")
+            self.collate = collate_tops
+            for t, shape in zip(layer.top, data_set_tops(layer, self.dataset.top_shapes())):
+                self.inputs[t] = shape
+            self.chw = tuple(self.inputs[layer.top[0]][1:])
+        else:
+            self.dataset = ImageDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                   data_root=opts.data_root, base_dir=base,
+                                                   skip_bad=opts.skip_bad_images)
+            log(f"A total of {len(self.dataset)} images.", "image_data_layer.cpp:63")
+            self.chw = self.dataset.shape()
+            log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "image_data_layer.cpp:90")
+        if layer.type != "HDF5Data" or self.synthetic:
+            self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
+            if self.label_top:
+                self.inputs[self.label_top] = (self.batch,)
+        for top, shape in self.inputs.items():   # blob.cpp Blob::Reshape: CHECK_LE(count_, INT_MAX)
+            count = math.prod(int(d) for d in shape)
+            if count > INT32_MAX:
+                raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): the top '{top}' of "
+                                           f"{' x '.join(str(d) for d in shape)} is {count} values, more than a "
+                                           f"Caffe blob holds (INT_MAX)")
+        self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
+        self._it = None
+
+    def start(self, first_update: int, stop_update: int | None = None, pin: bool = False):
+        if self.synthetic:
+            self._next_synthetic = first_update * self.iter_size
+            return
+        sampler = MicroBatches(self.batch, self.world, self.rank, self.iter_size, first_update, stop_update)
+        if self.collate is not None:
+            self._it = iter(loader(self.dataset, sampler, self.workers, pin, self.collate))
+        else:
+            self._it = iter(loader(self.dataset, sampler, self.workers, pin))
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.synthetic:  # made on the training device: no host-to-device copy in benchmarks
+            dev = torch.device(self.opts.device)
+            g = torch.Generator(device=dev).manual_seed(self.seed * 1000003 + self._next_synthetic * 31 + self.rank)
+            self._next_synthetic += 1
+            x = torch.randn((self.batch,) + tuple(self.chw), generator=g, device=dev)
+            out = {self.data_top: x}
+            if self.label_top:
+                out[self.label_top] = torch.randint(0, max(self.num_classes or 1, 1), (self.batch,), generator=g,
+                                                    device=dev).float()
+            return out
+        if self.collate is collate_tops:
+            rows, self._last, error = next(self._it)
+            if error is not None:
+                raise CaffeFileError(*error)
+            return dict(zip(self.layer.top, rows))
+        while True:
+            x, y, positions, bad, _ = check(next(self._it))
+            if bad:
+                self._count_bad(positions, x is None)
+            if x is not None:
+                break
+        self._last = positions
+        self._reshaped = None
+        if tuple(x.shape[1:]) != tuple(self.chw):
+            self._reshaped = self.dataset.describe(positions[0]) + (tuple(x.shape[1:]),)
+        out = {self.data_top: x}
+        if self.label_top:
+            out[self.label_top] = y
+        return out
+
+    @property
+    def bad(self) -> int:
+        """How many list lines (records) were skipped as unreadable (--skip-bad-images), each counted once."""
+        return len(self._bad_seen)
+
+    def _count_bad(self, positions: list[int], none_good: bool) -> None:
+        """The micro-batch of MicroBatches is ``range(g*B, (g+1)*B)``: its skipped items are those not among the
+        good ``positions`` (all of them when ``none_good``)."""
+        g = positions[0] // self.batch
+        skipped = set(range(g * self.batch, (g + 1) * self.batch)) - (set() if none_good else set(positions))
+        self._bad_seen.update(self.dataset.describe(p) for p in skipped)
+
+    @contextlib.contextmanager
+    def blame(self):
+        """Around a forward of the batch just read: a layer's complaint about its data (a ValueError: a label
+        outside the classes of the loss, ...) is one line naming the data and the batch; so is a batch of another
+        size than the one the net was set up for (the first image's) that the net cannot take (Caffe reshapes
+        the net to each batch, and a layer that cannot take the new size fails its CHECK)."""
+        try:
+            yield
+        except ValueError as e:
+            if self.dataset is None or not self._last:
+                raise
+            path, _ = self.dataset.describe(self._last[0])
+            where = ", ".join(self.dataset.describe(p)[1] for p in self._last[:3])
+            more = f" and {len(self._last) - 3} more" if len(self._last) > 3 else ""
+            raise CaffeFileError(path, f"the batch of {where}{more}: {_first_line(e)}") from None
+        except RuntimeError as e:
+            if self._reshaped is None:
+                raise
+            path, where, shape = self._reshaped
+            raise CaffeFileError(path, f"{where} is {'x'.join(map(str, shape))}, the net was set up for "
+                                       f"{'x'.join(map(str, self.chw))} (its first image) and cannot take it: "
+                                       f"{_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def num_classes(net) -> int | None:
+    """Scores width of the first SoftmaxWithLoss (labels for synthetic data)."""
+    for gl in net.graph.layers:
+        if gl.type in ("SoftmaxWithLoss", "MarginInnerProduct", "Accuracy"):
+            shape = gl.top_shapes[0] if gl.type == "MarginInnerProduct" else gl.bottom_shapes[0]
+            if shape and len(shape) >= 2:
+                return int(shape[1])
+    return None

@@ -1,0 +1,287 @@
+"""What ``sfport inspect`` prints: a net definition, or one merged with weights, summarized per layer (shapes,
+parameters, phase, Caffe's inserted splits folded), with what the shapes could not say."""
+
+import math
+from dataclasses import dataclass, field
+
+from google.protobuf import unknown_fields
+
+from sfport import converters
+from sfport.formats import caffe_files
+from sfport.netdef import deploy, builtin, shapes
+from sfport.errors import CaffeFileError
+from sfport.formats.caffe_files import CaffeModel, blob_shape
+from sfport.netdef import netstate
+from sfport.netdef.netstate import NetState, filter_net, stored_phase
+from sfport.proto import caffe_pb2
+
+from sfport.netdef.weight_match import MergeReport, as_text, merge
+
+
+@dataclass
+class LayerRow:
+    index: int                    # position in the (filtered) net: the order Caffe creates the layers in
+    name: str
+    type: str
+    bottoms: list[str]            # as shown: a bottom read through a folded Split names the producer's blob
+    tops: list[str]
+    blob_shapes: list[list[int]]  # parameter blob shapes: stored, or inferred (``inferred``)
+    params: int
+    phase: str = ""
+    inferred: bool = False        # blob shapes inferred from the definition, not read from weights
+    top_shapes: list | None = None    # per top: its shape (Caffe's "Top shape" line) or None when unknown
+    split: bool = False           # a Split layer Caffe inserted (insert_splits.cpp)
+
+    def as_dict(self) -> dict:
+        tops = [None if s is None else list(s) for s in (self.top_shapes or [None] * len(self.tops))]
+        return {"index": self.index, "name": self.name, "type": self.type, "bottoms": self.bottoms,
+                "tops": self.tops, "top_shapes": tops, "param_shapes": self.blob_shapes,
+                "param_shapes_inferred": self.inferred, "blob_shapes": self.blob_shapes, "params": self.params,
+                "phase": self.phase, "shapes_inferred": self.inferred, "inserted_split": self.split}
+
+
+def _phase_label(layer) -> str:
+    parts = []
+    for kind, rules in (("include", layer.include), ("exclude", layer.exclude)):
+        for r in rules:
+            if r.HasField("phase"):
+                parts.append(f"{kind} {caffe_pb2.Phase.Name(r.phase)}")
+    return ", ".join(parts)
+
+
+def unknown_field_notes(net) -> list[str]:
+    """Fields present in the file that the schema does not know, per layer: the sign of a file from another
+    Caffe fork (BVLC master's swish_param and clip_param, for example, reuse the fork's numbers 147 and 148)."""
+    notes = []
+
+    def walk(msg, where: str):
+        found = sorted({f.field_number for f in unknown_fields.UnknownFieldSet(msg)})
+        if found:
+            notes.append(f"{where}: unknown field number{'s' if len(found) > 1 else ''} "
+                         + ", ".join(map(str, found)))
+        for fd, value in msg.ListFields():
+            if fd.message_type is None or fd.name == "blobs":
+                continue
+            for i, sub in enumerate(value if fd.is_repeated else [value]):
+                walk(sub, f"{where}.{fd.name}" + (f"[{i}]" if fd.is_repeated else ""))
+
+    for layer in net.layer:
+        walk(layer, f"layer '{as_text(layer.name)}'")
+    return notes
+
+
+def summarize(model: CaffeModel, infer_missing: bool = True) -> list[LayerRow]:
+    """One row per layer of ``model.net`` (every layer, whatever its rules): name, type, connections, top
+    shapes, parameter blob shapes (stored, or inferred for a layer without blobs when ``infer_missing``) and
+    parameter count."""
+    return _rows(model, model.net, shape_walk(model.net, {}, model.path), infer_missing)
+
+
+@dataclass
+class WalkedShapes:
+    """Top and parameter shapes of a net already reduced to one state, walked as Caffe's Net::Init does."""
+    layers: list                                          # shapes.LayerShapes per layer of the net
+    unknown_inputs: list = field(default_factory=list)    # (top, layer name, layer type, stated shape or None)
+    stuck: list = field(default_factory=list)             # (layer name, type): bottoms known, tops not inferred
+
+
+def shape_walk(net, given: dict, path=None) -> WalkedShapes:
+    """:func:`sfport.netdef.shapes.infer` over every layer of ``net`` (a net already filtered to one state), with the
+    shapes ``given`` by name taking the place of what a data or Input layer states (as ``sfport deploy`` and
+    pycaffe's reshape do); a label top takes the batch size of its data (:func:`sfport.netdef.shapes.data_tops`)."""
+    out = WalkedShapes(shapes.infer(net, input_shapes=given, filtered=True, path=path))
+    for layer, ls in zip(net.layer, out.layers):
+        bottoms, tops = ls.bottoms, ls.tops
+        if shapes.is_data_layer(layer):
+            for j, (t, shape) in enumerate(zip(layer.top, tops)):
+                # a label of a data-set layer takes its batch from the data: only the data's shape is missing
+                derived = j > 0 and shapes.reads_data_set(layer) and layer.type not in deploy.NAMED_TOPS
+                if shape is None and not derived:
+                    out.unknown_inputs.append((as_text(t), as_text(layer.name), as_text(layer.type),
+                                               shapes.stated_image_shape(layer) if t == layer.top[0] else None))
+        elif len(layer.top) and all(b is not None for b in bottoms) and bottoms and any(t is None for t in tops):
+            out.stuck.append((as_text(layer.name), as_text(layer.type)))
+    return out
+
+
+def _rows(model: CaffeModel, net, walked: WalkedShapes, infer_missing: bool = True, labels=None) -> list[LayerRow]:
+    """Rows of the layers of ``net`` (``model.net`` or its filtered copy): blob shapes stored in ``model`` when
+    the layer has blobs there, else the inferred ones (marked)."""
+    rows = []
+    for i, layer in enumerate(net.layer):
+        ls = walked.layers[i]
+        if len(layer.blobs):
+            blob_shapes = [list(blob_shape(b)) for b in layer.blobs]
+            guessed = False
+        else:
+            blob_shapes = [list(s) for s in ((ls.params if infer_missing else None) or [])]
+            guessed = bool(blob_shapes)
+        count = sum(math.prod(s) for s in blob_shapes)
+        rows.append(LayerRow(i, as_text(layer.name), as_text(layer.type), [as_text(b) for b in layer.bottom],
+                             [as_text(t) for t in layer.top], blob_shapes, count,
+                             labels[i] if labels is not None else _phase_label(layer), guessed, list(ls.tops),
+                             deploy.is_inserted_split(layer)))
+    return rows
+
+
+def fold_splits(rows: list[LayerRow]) -> list[LayerRow]:
+    """The rows without the Split layers Caffe inserted: a layer that read a split's top reads the producer's
+    blob (the split's bottom) instead, as in the definition before Caffe's InsertSplits."""
+    alias: dict[str, str] = {}
+    out = []
+    for r in rows:
+        bottoms = [alias.get(b, b) for b in r.bottoms]
+        if r.split:
+            for t in r.tops:
+                alias[t] = bottoms[0]
+            continue
+        for t in r.tops:
+            alias.pop(t, None)
+        out.append(LayerRow(r.index, r.name, r.type, bottoms, list(r.tops), r.blob_shapes, r.params, r.phase,
+                            r.inferred, r.top_shapes, r.split))
+    return out
+
+
+
+@dataclass
+class Inspection:
+    """What ``sfport inspect`` shows: the model read (or merged), its rows (in the NetState ``state``, Caffe's
+    inserted splits folded unless ``splits``), the merge report if any, and what the shapes could not say."""
+    source: str
+    model: CaffeModel
+    rows: list[LayerRow]
+    report: MergeReport | None = None
+    state: NetState | None = None     # None: a stored net whose phase the file does not record
+    stored: bool = False              # a net Caffe stored, already filtered: shown as stored
+    net: object = None                # the NetParameter shown (the filtered definition)
+    splits_folded: int = 0
+    unknown_inputs: list = field(default_factory=list)   # (top, layer, type, stated shape or None)
+    stuck: list = field(default_factory=list)            # (layer, type) whose tops sfport cannot infer
+    notes: list = field(default_factory=list)            # e.g. a state asked of a stored net
+
+    def totals(self) -> dict:
+        net = self.net if self.net is not None else self.model.net
+        return {"layers": len(net.layer), "layers_shown": len(self.rows), "splits_folded": self.splits_folded,
+                "layers_with_blobs": sum(1 for r in self.rows if r.blob_shapes),
+                "params": sum(r.params for r in self.rows),
+                "params_inferred": sum(r.params for r in self.rows if r.inferred),
+                "weights_present": self.model.has_weights()}
+
+    def unknown_fields(self) -> list[str]:
+        return unknown_field_notes(self.model.net)
+
+    def state_dict(self) -> dict:
+        if self.state is None:
+            return {"phase": None, "level": None, "stages": [], "stored": self.stored}
+        return {"phase": caffe_pb2.Phase.Name(self.state.phase), "level": self.state.level,
+                "stages": list(self.state.stages), "stored": self.stored}
+
+    def describe_state(self) -> str:
+        if self.state is None:
+            return "the net Caffe stored (its phase not recorded)"
+        return self.state.describe() + (" (the net Caffe stored, already filtered)" if self.stored else "")
+
+    def shape_notes(self) -> list[str]:
+        """At most one line each: the inputs without a shape and how to give them; a layer sfport cannot infer."""
+        out = []
+        if self.unknown_inputs:
+            names = list(dict.fromkeys(t for t, *_ in self.unknown_inputs))
+            layers = list(dict.fromkeys((l, k) for _, l, k, _ in self.unknown_inputs))
+            stated = next((s for *_, s in self.unknown_inputs if s is not None), None)
+            says = "" if stated is None else \
+                f", which states {','.join('?' if d is None else str(d) for d in stated)}"
+            what = ", ".join(f"'{n}'" for n in names)
+            where = ", ".join(f"layer '{l}', {k}" for l, k in layers)
+            dims = {t: ",".join("NCHW"[k] if d is None else str(d) for k, d in enumerate(s))
+                    if s is not None and len(s) == 4 else "N,C,H,W" for t, _, _, s in self.unknown_inputs}
+            out.append(f"top shapes unknown: no shape for input{'s' if len(names) > 1 else ''} {what} ({where}{says}): give {'them' if len(names) > 1 else 'it'} with "
+                       + " ".join(f"--shape {n}={dims[n]}" for n in names))
+        if self.stuck:
+            name, kind = self.stuck[0]
+            more = f" (and {len(self.stuck) - 1} more layers)" if len(self.stuck) > 1 else ""
+            why = "sfport has no converter for the type" if converters.find(kind) is None else \
+                "its converter gives no top shape for these bottoms"
+            out.append(f"top shapes unknown from layer '{name}' ({kind}) on: {why}{more}")
+        return out
+
+    def as_dict(self) -> dict:
+        doc = {"source": self.source, "name": as_text(self.model.net.name), "state": self.state_dict(),
+               "layers": [r.as_dict() for r in self.rows], "totals": self.totals(), "upgrades": self.model.upgrades,
+               "unknown_fields": self.unknown_fields(),
+               "unknown_inputs": [{"top": t, "layer": l, "type": k} for t, l, k, _ in self.unknown_inputs],
+               "notes": self.shape_notes() + list(self.notes)}
+        if self.report is not None:
+            doc["merge"] = self.report.as_dict()
+        return doc
+
+
+def _given_shapes(net, input_shapes, path) -> dict:
+    """``input_shapes`` as {top: shape}: one bare shape is the first data layer's first top; a name that is no
+    data layer's top is an error naming the inputs."""
+    inputs = [t for layer in net.layer if shapes.is_data_layer(layer) for t in layer.top]
+    if input_shapes is None:
+        return {}
+    if not isinstance(input_shapes, dict):
+        if not inputs:
+            raise CaffeFileError(path, "the net has no input to give a shape to")
+        input_shapes = {inputs[0]: input_shapes}
+    for name in input_shapes:
+        if name not in inputs:
+            raise CaffeFileError(path, f"a shape is given for '{name}', which is not an input of the net "
+                                       f"(its inputs: {', '.join(map(as_text, inputs)) or 'none'})")
+    return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+
+
+def inspect(model: str | None = None, prototxt: str | None = None, state=None, input_shapes=None,
+            splits: bool = False) -> Inspection:
+    """A caffemodel or prototxt (``model``), a definition with ``model``'s weights merged in by layer name
+    (``prototxt``), or without either the built-in SphereFace-20 deploy net, summarized layer by layer as Caffe
+    would instantiate it: the layers of the NetState ``state`` (a NetState, a phase name or number; None: TEST)
+    as Net::FilterNet keeps them (data layers, losses and accuracy included), each top's shape (Caffe's "Top
+    shape" lines) from the definition and ``input_shapes`` ({input: shape}, or one shape for the first input),
+    and the parameter blob shapes (stored, or inferred). A caffemodel's own net was filtered by Caffe before it
+    was stored, and is shown as stored (``state`` then only adds a note when it differs). The Split layers
+    Caffe inserted are folded into their producers unless ``splits``."""
+    report = None
+    if model is None and prototxt is None:
+        read = builtin.builtin_model()
+        source = read.path
+    elif prototxt is not None:
+        read = caffe_files.read_prototxt(prototxt)
+        source = prototxt if model is None else f"{model} + {prototxt}"
+    else:
+        read, source = caffe_files.read_net(model), model
+    path = read.path
+    stored = (read.kind == caffe_files.BINARY or stored_phase(read.net) is not None)
+    notes = []
+    if stored:
+        net = read.net
+        phase = stored_phase(net)
+        shown_state = None if phase is None else NetState(phase)
+        asked = None if state is None else NetState.of(state)
+        if asked is not None and (shown_state is None or asked != shown_state):
+            notes.append(f"the net Caffe stored is already filtered (in {_describe(shown_state)}): "
+                         f"{asked.describe()} cannot be chosen from it; give its definition with -p for that")
+    else:
+        net = filter_net(read.net, NetState.of(state), path)
+        shown_state = NetState(net.state.phase, net.state.level, tuple(net.state.stage))
+    if model is not None and prototxt is not None:
+        definition = CaffeModel(read.path, netstate.without_rules(net), [[] for _ in net.layer], read.upgrades,
+                                read.kind)
+        shown, report = merge(definition, caffe_files.read_caffemodel(model))
+    elif stored:
+        shown = read
+    else:
+        shown = CaffeModel(read.path, net, [[] for _ in net.layer], read.upgrades, read.kind)
+    walked = shape_walk(net, _given_shapes(net, input_shapes, path), path)
+    rows = _rows(shown, shown.net, walked, labels=[_phase_label(layer) for layer in net.layer])
+    folded = 0
+    if not splits:
+        folded = sum(1 for r in rows if r.split)
+        rows = fold_splits(rows)
+    return Inspection(source, shown, rows, report, shown_state, stored, net, folded, walked.unknown_inputs,
+                      walked.stuck, notes)
+
+
+def _describe(state: NetState | None) -> str:
+    return "an unrecorded phase" if state is None else state.describe()

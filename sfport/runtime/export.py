@@ -1,0 +1,316 @@
+"""Exports of a converted net: TorchScript and ONNX, each run and checked against the eager CaffeNet (by
+:func:`sfport.runtime.verify.relative_error`, the metric of ``sfport verify``) before it is written (atomically).
+
+Both are exported at the net's own input size. They are size-polymorphic (ONNX: dynamic batch, height and
+width; TorchScript: a trace that follows the input's size) when the net is: the same net, with the same weights,
+is built and run eagerly at a second input size, and the export must give that eager net's outputs there. A net
+that cannot run at another size (InnerProduct, Reshape or Flatten over the spatial axes, ...) is exported at its
+size, and the result says why. An export that runs at a second size where eager runs but gives other outputs is
+an :class:`ExportMismatch`: nothing is written, nothing is cropped silently."""
+from __future__ import annotations
+
+import io as _io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfport.formats import disk
+from sfport.runtime.net import Net
+from sfport.proto import caffe_pb2
+from sfport.runtime.verify import relative_error
+
+ONNX_OPSET = 18
+
+
+class ExportMismatch(RuntimeError):
+    """An export's outputs differ from the eager net's beyond the tolerance (or it cannot run where eager runs)."""
+
+
+@dataclass
+class ExportResult:
+    """What an export was checked for. ``checked`` holds ``(input shapes, relative error)`` of every run;
+    ``dynamic_size`` says whether the export runs at any height and width (then ``static_reason`` is None);
+    ``axes`` are the ONNX dynamic axes by input/output name; ``method`` how TorchScript was made."""
+
+    fmt: str
+    worst: float
+    dynamic_size: bool
+    static_reason: str | None
+    checked: list[tuple[str, float]] = field(default_factory=list)
+    axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    method: str = ""
+    opset: int | None = None
+    notes: list[str] = field(default_factory=list)   # layers exported in another form than eager's (see below)
+
+    def summary(self) -> str:
+        """One line: what was made, which sizes it runs at, where it was checked and the worst error."""
+        what = f"ONNX opset {self.opset}" if self.fmt == "onnx" else f"TorchScript ({self.method})"
+        if self.dynamic_size:
+            sizes = "any batch, height and width" if self.fmt == "onnx" else "any input size"
+        else:
+            sizes = ("dynamic batch; " if self.fmt == "onnx" else "") + f"height and width fixed: {self.static_reason}"
+        runs = ", ".join(f"{s} ({e:.1e})" for s, e in self.checked)
+        notes = "".join(f"; {n}" for n in self.notes)
+        return f"{what}, {sizes}; checked at {runs}; max relative error {self.worst:.2e}{notes}"
+
+
+def _export_forms(module) -> tuple[list[str], dict[str, str]]:
+    """The notes and metadata of modules whose exported form differs from eager (converters.export_form)."""
+    notes, meta = [], {}
+    for m in module.modules():
+        if getattr(m, "export_note", None):
+            notes.append(m.export_note)
+            meta.update(getattr(m, "export_metadata", {}) or {})
+    return notes, meta
+
+
+# -- sizes -------------------------------------------------------------------------------------------------------
+
+def _spatial_inputs(net) -> list[str]:
+    return [n for n, s in net.inputs.items() if len(s) == 4]
+
+
+def _shape_text(shapes) -> str:
+    return ", ".join("x".join(str(d) for d in s) for s in shapes)
+
+
+def _second_sizes(net) -> list[tuple[int, int]]:
+    """The default second size of the first 4-D input: about 1.5 times its own, with another parity, so that
+    the outputs of a net of large total stride change size too."""
+    h, w = net.inputs[_spatial_inputs(net)[0]][2:]
+    return [((3 * h) // 2 + 3, (3 * w) // 2 + 3)]
+
+
+def _shapes_at(net, size: tuple[int, int]) -> dict[str, tuple]:
+    """Every input's shape with the 4-D inputs moved by the step that takes the first one to ``size``."""
+    first = net.inputs[_spatial_inputs(net)[0]]
+    dh, dw = size[0] - first[2], size[1] - first[3]
+    return {n: (tuple(s[:2]) + (s[2] + dh, s[3] + dw)) if len(s) == 4 else tuple(s) for n, s in net.inputs.items()}
+
+
+def _inputs(shapes: dict[str, tuple], batch: int, seed: int) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand([batch] + list(s[1:]), generator=g) * 2 - 1 for s in shapes.values())
+
+
+def _rebuilt(net, shapes: dict[str, tuple]) -> Net:
+    """The same net with the same weights built for other input shapes (the weights through
+    ``net.to_caffemodel()``, copied by Caffe's rule, so a blob whose shape depends on the input size fails)."""
+    state = getattr(net, "state", None)
+    phase = state if state is not None else ("train" if net.phase == caffe_pb2.TRAIN else "test")
+    return Net(net.to_caffemodel(), phase=phase, input_shapes=shapes)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+@dataclass
+class _Run:
+    """One check: the inputs and the eager outputs to compare with."""
+    label: str
+    inputs: tuple
+    want: list
+
+
+def _eager(module, inputs) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in module(*inputs)]
+
+
+def _plan(net, module, dynamic: bool | None, sizes) -> tuple[list[_Run], list[_Run], str | None]:
+    """The runs at the net's own size (batch 1, 2 and its own) and, when the net is size-polymorphic, at the
+    second sizes (batch 2) against the eager net built there; and the reason H, W stay fixed (None if not)."""
+    own = dict(net.inputs)
+    batch = next(iter(own.values()))[0] if own else 1
+    runs = []
+    for b in [1, 2] + ([batch] if batch not in (1, 2) else []):
+        x = _inputs(own, b, b)
+        runs.append(_Run(_shape_text(t.shape for t in x), x, _eager(module, x)))
+    if dynamic is False:
+        return runs, [], "fixed by request"
+    if not _spatial_inputs(net):
+        return runs, [], "the net has no 4-D input"
+    extra = []
+    for k, size in enumerate(sizes or _second_sizes(net)):
+        shapes = _shapes_at(net, size)
+        where = _shape_text([(2,) + s[1:] for s in shapes.values()])
+        try:
+            other = _rebuilt(net, shapes)
+            x = _inputs(shapes, 2, 3 + k)
+            want = _eager(other.exportable().eval(), x)
+        except Exception as e:  # the net cannot run there: size-specific
+            reason = f"the net does not run at {where} ({_one_line(e)})"
+            if dynamic:
+                raise ExportMismatch(f"not size-polymorphic: {reason}") from None
+            return runs, [], reason
+        extra.append(_Run(where, x, want))
+    return runs, extra, None
+
+
+def _check(name: str, run: _Run, got, tol: float) -> float:
+    """The worst relative error of the outputs ``got`` against the eager ones; over ``tol`` is an ExportMismatch."""
+    worst = 0.0
+    for g, w in zip(got, run.want):
+        g, w = np.asarray(g), np.asarray(w)
+        if g.shape != w.shape:
+            raise ExportMismatch(f"{name} at {run.label}: output shape {list(g.shape)} != eager {list(w.shape)}")
+        worst = max(worst, relative_error(g, w))
+    if worst > tol:
+        raise ExportMismatch(f"{name} at {run.label}: outputs differ from the eager net by {worst:.3e} (relative), "
+                             f"over {tol:g}")
+    return worst
+
+
+def _run_all(name: str, fn, runs: list[_Run], tol: float) -> list[tuple[str, float]]:
+    out = []
+    for run in runs:
+        try:
+            got = fn(run.inputs)
+        except ExportMismatch:
+            raise
+        except Exception as e:
+            raise ExportMismatch(f"{name} at {run.label}: does not run ({_one_line(e)})") from None
+        out.append((run.label, _check(name, run, got, tol)))
+    return out
+
+
+# -- TorchScript ------------------------------------------------------------------------------------------------
+
+def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
+                       sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, ExportResult]:
+    """Script the net if TorchScript can compile it, else trace it at its own input size (positional inputs,
+    tuple of outputs); the saved and reloaded module is checked against eager at the net's size (batch 1, 2 and
+    its own) and, for a size-polymorphic net, at ``sizes`` (default: one second size). ``dynamic``: None
+    decides by running the net eagerly at the second size, False keeps the net's size, True requires
+    polymorphism. Returns the file bytes and what was checked."""
+    module = net.exportable().eval()
+    runs, extra, reason = _plan(net, module, dynamic, sizes)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic; jit's deprecation notices
+        try:
+            compiled, method = torch.jit.script(module), "scripted"
+        except Exception:  # Python control flow over the net's graph: trace it
+            example = net.example_inputs()
+            compiled = torch.jit.trace(module, example, check_trace=False)
+            method = f"traced at {_shape_text(t.shape for t in example)}"
+        buf = _io.BytesIO()
+        notes, meta = _export_forms(module)
+        torch.jit.save(compiled, buf, _extra_files=meta)   # what finishing an exported-early layer needs
+        loaded = torch.jit.load(_io.BytesIO(buf.getvalue()))
+
+        def call(inputs):
+            return [t.numpy() for t in loaded(*inputs)]
+
+        checked = _run_all("TorchScript", call, runs, tol)
+        if extra:
+            checked += _run_all(f"TorchScript ({method})", call, extra, tol)
+    return buf.getvalue(), ExportResult("torchscript", max(e for _, e in checked), reason is None, reason, checked,
+                                        method=method, notes=notes)
+
+
+def torchscript_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:
+    """:func:`torchscript_export`'s bytes and worst relative error."""
+    data, result = torchscript_export(net, tol, **kwargs)
+    return data, result.worst
+
+
+# -- ONNX -------------------------------------------------------------------------------------------------------
+
+def _onnx_axes(net, runs: list[_Run], extra: list[_Run]) -> dict[str, dict[int, str]]:
+    """Dynamic axes: the batch of every input and output; with ``extra`` (a polymorphic net) also axes 2 and 3
+    of every 4-D input and each axis of an output whose length changed between the net's size and the second."""
+    axes = {n: {0: "batch"} for n in list(net.inputs) + list(net.outputs)}
+    if not extra:
+        return axes
+    for n in _spatial_inputs(net):
+        axes[n].update({2: f"{n}_height", 3: f"{n}_width"})
+    for k, n in enumerate(net.outputs):
+        own, other = runs[1].want[k].shape, extra[0].want[k].shape  # both batch 2
+        names = {2: "height", 3: "width"} if len(own) == 4 else {}
+        for a in range(1, len(own)):
+            if a < len(other) and own[a] != other[a]:
+                axes[n][a] = f"{n}_{names.get(a, 'axis%d' % a)}"
+    return axes
+
+
+def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,
+                sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, ExportResult]:
+    """Export to ONNX (``opset``; inputs and outputs named by their Caffe blobs) with a dynamic batch and, for a
+    size-polymorphic net, dynamic height and width; checked on onnxruntime at the net's size (batch 1, 2 and
+    its own) and at ``sizes`` (see :func:`torchscript_export` for ``dynamic`` and ``sizes``)."""
+    import onnx
+    import onnxruntime as ort
+
+    module = net.exportable().eval()
+    runs, extra, reason = _plan(net, module, dynamic, sizes)
+    in_names, out_names = list(net.inputs), list(net.outputs)
+    axes = _onnx_axes(net, runs, extra)
+    buf = _io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset,
+                          input_names=in_names, output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+    data = buf.getvalue()
+    notes, meta = _export_forms(module)
+    if meta:   # what finishing an exported-early layer needs travels in the file
+        proto = onnx.load_from_string(data)
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        data = proto.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(data))
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def call(inputs):
+        return sess.run(out_names, {n: x.numpy() for n, x in zip(in_names, inputs)})
+
+    checked = _run_all("ONNX", call, runs + extra, tol)
+    return data, ExportResult("onnx", max(e for _, e in checked), reason is None, reason, checked, axes,
+                              method="exported", opset=opset, notes=notes)
+
+
+def onnx_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:
+    """:func:`onnx_export`'s bytes and worst relative error."""
+    data, result = onnx_export(net, tol, **kwargs)
+    return data, result.worst
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+
+# The formats sfport writes, and the suffix a default output name gets for each.
+EXTENSIONS = {"pt": ".pt", "torchscript": ".torchscript.pt", "onnx": ".onnx", "caffemodel": ".converted.caffemodel"}
+
+
+def default_output(model, fmt: str) -> str:
+    """The output name ``sfport convert`` uses without ``-o``: MODEL's name with the format's suffix."""
+    return str(Path(model).with_suffix("")) + EXTENSIONS[fmt]
+
+
+def save(net, path, fmt: str, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,
+         sizes: list[tuple[int, int]] | None = None) -> ExportResult | None:
+    """Write ``net`` as ``fmt`` (pt, torchscript, onnx, caffemodel); TorchScript and ONNX only once checked
+    (:func:`torchscript_export`, :func:`onnx_export`), returning what was checked (None for pt, caffemodel)."""
+    if fmt == "pt":
+        net.save(path)
+        return None
+    if fmt == "caffemodel":
+        net.save_caffemodel(path)
+        return None
+    if fmt == "torchscript":
+        data, result = torchscript_export(net, tol, dynamic=dynamic, sizes=sizes)
+    elif fmt == "onnx":
+        data, result = onnx_export(net, tol, opset=opset, dynamic=dynamic, sizes=sizes)
+    else:
+        raise ValueError(f"unknown export format '{fmt}' (one of {', '.join(EXTENSIONS)})")
+    disk.atomic_write(path, data)
+    return result
+
+
+def write(net, path, fmt: str, tol: float = 1e-5, **kwargs) -> float | None:
+    """:func:`save`, returning only the checked export error (None for pt, caffemodel)."""
+    result = save(net, path, fmt, tol, **kwargs)
+    return None if result is None else result.worst

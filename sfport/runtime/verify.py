@@ -1,0 +1,413 @@
+"""Blob-by-blob parity of an sfport net against an independent Caffe implementation, and sfport's one error
+metric (:func:`relative_error`, also what ``sfport convert`` checks its exports with).
+
+References: OpenCV 4's Caffe importer (its own layer code; fusion and Winograd disabled so that each layer's
+output is exposed and computed directly), pycaffe in a subprocess (a failed Caffe CHECK aborts the process), or a
+directory of ``<blob or layer name>.npy`` files. :func:`run` is ``sfport verify``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sfport.formats import caffe_files
+from sfport.formats import disk
+from sfport.data import images
+from sfport.errors import CaffeFileError
+from sfport.runtime.net import load_net
+from sfport.proto import caffe_pb2
+
+
+@dataclass
+class BlobCheck:
+    name: str
+    shape: list
+    max_ref: float
+    max_abs_err: float
+    rel_err: float          # max_abs_err / max(1, max|ref|)
+    cosine: float
+    ok: bool
+
+
+def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
+    """A verification input: uniform(-1, 1) noise (``random``), a ``.npy`` array of exactly ``shape``, or an
+    image as (BGR - 127.5) / 128 resized to HxW and repeated over the batch."""
+    if source == "random":
+        return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+    if str(source).lower().endswith(".npy"):
+        arr = load_array(source)
+        if tuple(arr.shape) != tuple(shape):
+            raise CaffeFileError(source, f"an array of shape {list(arr.shape)} for an input of shape {list(shape)}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if len(shape) != 4:
+        raise CaffeFileError(source, f"an image input needs a 4-D net input, not {list(shape)}")
+    n, c, h, w = shape
+    import cv2
+    img = images.read_image(source, c == 3)
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    img = (img - 127.5) * 0.0078125
+    chw = img.transpose(2, 0, 1) if img.ndim == 3 else img[None]
+    return np.repeat(chw[None], n, axis=0)
+
+
+def array_shape(path) -> tuple[int, ...]:
+    """The shape a ``.npy`` file declares, read from its header alone (nothing is allocated)."""
+    return tuple(_open_array(path).shape)
+
+
+def load_array(path) -> np.ndarray:
+    """A ``.npy`` file as a real numeric array: no pickles, and the header's shape checked against the file's
+    size before anything is allocated."""
+    return np.array(_open_array(path))
+
+
+def _open_array(path):
+    return disk.load_array(path, "input array")
+
+
+def input_sources(specs, names) -> dict[str, str]:
+    """``--input`` values (``SOURCE`` for the first input, or ``NAME=SOURCE``; a source is ``random``, an
+    image file or a ``.npy`` array) as {input: source} for every input in ``names``, ``random`` by default."""
+    if specs is None or isinstance(specs, str):
+        specs = [specs] if specs else []
+    names = list(names)
+    out = {n: "random" for n in names}
+    bare = []
+    for spec in specs:
+        name, source = _split_spec(spec)
+        if name is None:
+            bare.append(source)
+            continue
+        if name not in out:
+            raise CaffeFileError(None, f"--input {spec}: the net has no input '{name}' (inputs: "
+                                       f"{', '.join(names) or 'none'})")
+        out[name] = source
+    if len(bare) > 1:
+        raise CaffeFileError(None, "several --input values without a name: give NAME=SOURCE for each input")
+    if bare and names:
+        out[names[0]] = bare[0]
+    return out
+
+
+def _split_spec(spec: str) -> tuple[str | None, str]:
+    """``NAME=SOURCE`` -> (NAME, SOURCE); a plain source (also a path with '=' in a folder name) -> (None, it)."""
+    name, sep, source = str(spec).partition("=")
+    if sep and name and "/" not in name and "\\" not in name and not Path(spec).exists():
+        return name, source
+    return None, str(spec)
+
+
+def given_array_shapes(specs, shapes):
+    """``shapes`` completed with the shape of each ``.npy`` ``--input`` whose input has no given shape."""
+    if specs is None or isinstance(specs, str):
+        specs = [specs] if specs else []
+    for spec in specs:
+        name, source = _split_spec(spec)
+        if not source.lower().endswith(".npy"):
+            continue
+        if name is None and shapes is None:
+            shapes = array_shape(source)
+        elif name is not None and (shapes is None or isinstance(shapes, dict)) and name not in (shapes or {}):
+            shapes = {**(shapes or {}), name: array_shape(source)}
+    return shapes
+
+
+def _opencv_message(e: Exception) -> str:
+    """The first line of what OpenCV says (a cv2.error's ``err``, without its '> ' quoting and source path)."""
+    text = getattr(e, "err", None) or str(e)
+    first = next((ln.strip().lstrip("> ").strip() for ln in str(text).splitlines() if ln.strip().lstrip("> ")),
+                 type(e).__name__)
+    return first[:200]
+
+
+def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """First output of every layer OpenCV builds, keyed by layer name."""
+    import cv2
+    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    net.enableFusion(False)
+    if hasattr(net, "enableWinograd"):
+        net.enableWinograd(False)
+    for name, x in inputs.items():
+        net.setInput(x, name)
+    names = list(net.getLayerNames())
+    outs = net.forward(names)
+    num = next(iter(inputs.values())).shape[0] if inputs else 1
+    return {n: _fork_detections(np.asarray(o), num) if net.getLayer(n).type == "DetectionOutput" else np.asarray(o)
+            for n, o in zip(names, outs)}
+
+
+def _fork_detections(out: np.ndarray, num: int) -> np.ndarray:
+    """OpenCV's DetectionOutput (modules/dnn/src/layers/detection_output_layer.cpp) returns the same detections as
+    the fork in another layout: rows ordered by confidence over all classes, padded with rows of zeros up to
+    keep_top_k, and all zeros when nothing is detected. The fork's Forward_cpu, which sfport follows, orders
+    them by image, then ascending label (its std::map), then descending score, with no padding, and writes one
+    row ``[i, -1, -1, -1, -1, -1, -1]`` per image when the batch has no detection. The reference is given the
+    fork's layout (its values untouched) so the two compare row by row."""
+    if out.ndim != 4 or out.shape[-1] != 7:
+        return out
+    rows = out.reshape(-1, 7)
+    rows = rows[rows[:, 2] != 0]          # padding (and OpenCV's empty answer) has confidence 0
+    if not len(rows):
+        empty = np.full((num, 7), -1, dtype=np.float32)
+        empty[:, 0] = np.arange(num)
+        return empty.reshape(1, 1, num, 7)
+    order = np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))    # stable: the last key sorts first
+    return rows[order].reshape(1, 1, -1, 7)
+
+
+def _align_detections(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The reference's detection rows in the order of ours where that order is a matter of near-equal scores:
+    within one image and label, rows are sorted by score, and two scores an ulp apart (OpenCV's Softmax and
+    sfport's differ by ulps) may sort either way. Each of our rows takes the unused reference row of its image
+    and label nearest to it; the values are then compared as they are. Different shapes or groups: unchanged."""
+    if ours.shape != ref.shape or ours.ndim != 4 or ours.shape[-1] != 7:
+        return ref
+    a, b = ours.reshape(-1, 7), ref.reshape(-1, 7)
+    out = b.copy()
+    for key in {(r[0], r[1]) for r in a}:
+        ia = np.nonzero((a[:, 0] == key[0]) & (a[:, 1] == key[1]))[0]
+        ib = list(np.nonzero((b[:, 0] == key[0]) & (b[:, 1] == key[1]))[0])
+        if len(ia) != len(ib):
+            return ref
+        for i in ia:
+            j = min(ib, key=lambda j: float(np.abs(b[j] - a[i]).max()))
+            ib.remove(j)
+            out[i] = b[j]
+    return out.reshape(ref.shape)
+
+
+_CAFFE_SCRIPT = r"""
+import sys, os, numpy as np
+import caffe
+caffe.set_mode_cpu()
+prototxt, weights, in_dir, out_dir = sys.argv[1:5]
+net = caffe.Net(prototxt, weights, caffe.TEST)
+for f in os.listdir(in_dir):
+    name = f[:-4]
+    x = np.load(os.path.join(in_dir, f))
+    net.blobs[name].reshape(*x.shape)
+    net.blobs[name].data[...] = x
+net.reshape()
+net.forward()
+for name, blob in net.blobs.items():
+    np.save(os.path.join(out_dir, name.replace('/', '__') + '.npy'), blob.data)
+"""
+
+
+def caffe_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray],
+                    python: str | None = None) -> dict[str, np.ndarray]:
+    """Every blob of pycaffe's forward (last value of each name), run in a subprocess of ``python`` (default:
+    $SFPORT_CAFFE_PYTHON, else this interpreter)."""
+    python = python or os.environ.get("SFPORT_CAFFE_PYTHON") or sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        in_dir, out_dir = Path(tmp, "in"), Path(tmp, "out")
+        in_dir.mkdir()
+        out_dir.mkdir()
+        for name, x in inputs.items():
+            np.save(in_dir / f"{name}.npy", x)
+        p = subprocess.run([python, "-c", _CAFFE_SCRIPT, prototxt, caffemodel, str(in_dir), str(out_dir)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise CaffeFileError("--reference caffe", f"the reference (pycaffe, {python}; set SFPORT_CAFFE_PYTHON to a Python "
+                                             f"with caffe) failed (exit {p.returncode}): {tail}")
+        return dir_reference(out_dir)
+
+
+def dir_reference(directory) -> dict[str, np.ndarray]:
+    """``<name>.npy`` files of a directory (``__`` in a file name stands for ``/`` in the blob name)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CaffeFileError(directory, "reference directory not found")
+    return {f.stem.replace("__", "/"): np.asarray(disk.load_array(f, "reference blob"))
+            for f in sorted(d.glob("*.npy"))}
+
+
+def _deviation(ours, ref) -> tuple[float, float, float]:
+    """(max|ref|, max|ours - ref|, their ratio as :func:`relative_error`), in float64; zeros for empty arrays."""
+    a = np.asarray(ours, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    max_ref = float(np.abs(b).max()) if b.size else 0.0
+    err = float(np.abs(a - b).max()) if b.size else 0.0
+    return max_ref, err, err / max(1.0, max_ref)
+
+
+def relative_error(ours, ref) -> float:
+    """sfport's one error metric: max|ours - ref| / max(1, max|ref|), in float64 (0 for empty arrays).
+
+    Absolute below 1, relative above: a blob of large values may differ by float32 rounding of its size."""
+    return _deviation(ours, ref)[2]
+
+
+def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list[str],
+            tol: float = 1e-5) -> list[BlobCheck]:
+    """Compare every name both sides have, in ``order``; a blob passes when its :func:`relative_error` is at
+    most ``tol`` and the shapes agree."""
+    checks = []
+    for name in order:
+        if name not in ours or name not in ref:
+            continue
+        a = np.asarray(ours[name], dtype=np.float64)
+        b = np.asarray(ref[name], dtype=np.float64)
+        if a.size != b.size:
+            checks.append(BlobCheck(name, list(b.shape), float("nan"), float("inf"), float("inf"), float("nan"),
+                                    False))
+            continue
+        a = a.reshape(b.shape)
+        max_ref, err, rel = _deviation(a, b)
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        cos = float(np.dot(a.ravel(), b.ravel()) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+        checks.append(BlobCheck(name, list(b.shape), max_ref, err, rel, cos, rel <= tol))
+    return checks
+
+
+def format_table(checks: list[BlobCheck]) -> str:
+    head = ("blob", "shape", "max|ref|", "max abs err", "rel err", "cosine", "")
+    rows = [(c.name, "x".join(map(str, c.shape)), f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}",
+             f"{c.cosine:.8f}", "ok" if c.ok else "FAIL") for c in checks]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) if i in (0, 1, 6) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+              .rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def as_json(checks: list[BlobCheck], extra: dict) -> str:
+    return json.dumps({**extra, "blobs": [asdict(c) for c in checks]}, indent=2)
+
+
+@dataclass
+class Verification:
+    """What :func:`run` found: one :class:`BlobCheck` per blob both sides expose, in the net's order."""
+    model: str
+    reference: str
+    input_shape: list
+    tolerance: float
+    checks: list[BlobCheck]
+    inputs: dict = None     # {input: {"shape": [...], "source": "random" | image | .npy}}
+    optimized: str | None = None   # what the optimized net folded and dropped (verify --optimize)
+
+    @property
+    def failed(self) -> list[BlobCheck]:
+        return [c for c in self.checks if not c.ok]
+
+    @property
+    def worst(self) -> BlobCheck | None:
+        return max(self.checks, key=lambda c: c.rel_err) if self.checks else None
+
+    @property
+    def passed(self) -> bool:
+        """Every blob within the tolerance, and at least one blob compared."""
+        return not self.failed and bool(self.checks)
+
+    def as_json(self) -> str:
+        """The ``sfport verify --json`` document."""
+        failed, worst = self.failed, self.worst
+        return as_json(self.checks, {"model": self.model, "reference": self.reference,
+                                     "input_shape": list(self.input_shape), "inputs": self.inputs or {},
+                                     "tolerance": self.tolerance, "optimized": self.optimized,
+                                     "passed": self.passed, "first_failure": failed[0].name if failed else None,
+                                     "worst": worst.name if worst else None})
+
+
+# Fork types the references know under another name: the depthwise convolutions of the mobile forks are grouped
+# Convolutions (one group per input channel unless `group` says otherwise, as converters/conv.py reads them).
+_REFERENCE_TYPES = {"DepthwiseConvolution": "Convolution", "ConvolutionDepthwise": "Convolution"}
+
+
+def reference_definition(net):
+    """The inference net sfport runs, as a NetParameter the references read: fork types renamed, and defaults
+    a reference reads differently written out (the same net under the fork's schema)."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net.definition)
+    index = {gl.name: gl for gl in net.graph.layers}
+    for layer in out.layer:
+        if layer.type in _REFERENCE_TYPES:
+            layer.type = _REFERENCE_TYPES[layer.type]
+            if not layer.convolution_param.HasField("group") and layer.name in index:
+                layer.convolution_param.group = int(index[layer.name].bottom_shapes[0][1])
+        if layer.type == "PriorBox":
+            # the fork's defaults written out: OpenCV reads an absent clip as true and needs a variance
+            p = layer.prior_box_param
+            if not p.HasField("clip"):
+                p.clip = p.clip
+            if not len(p.variance):
+                p.variance.append(0.1)
+    return out
+
+
+def reference_weights(net) -> caffe_files.CaffeModel:
+    """The net's weights as the references read them: a BatchNorm whose scale factor is 0 (Caffe's
+    batch_norm_layer.cpp: the statistics then count as 0) is written as zero statistics with factor 1, the same
+    layer for Caffe, which OpenCV would otherwise divide by 0."""
+    m = net.to_caffemodel()
+    for i, layer in enumerate(m.net.layer):
+        if layer.type == "BatchNorm" and len(layer.blobs) == 3:
+            mean, var, factor = m.blob_arrays(i)
+            if float(np.asarray(factor).ravel()[0]) == 0:
+                m.set_blob_arrays(i, [np.zeros_like(mean), np.zeros_like(var), np.ones_like(factor)])
+    return m
+
+
+def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
+        seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0, optimize: bool = False) -> Verification:
+    """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
+    form with ``shape`` (one shape for the first input, or {input: shape}; a ``.npy`` input gives its own), feed
+    every input (``input``: one source for the first input or ``NAME=SOURCE`` values, see :func:`input_sources`;
+    random inputs each have their own seed) and compare every blob with the
+    ``reference``: ``opencv`` (layer outputs, by layer name), ``caffe`` (pycaffe, by blob name) or a directory of
+    ``.npy`` files (by blob name, then layer name). The references read the inference net sfport derived (fork
+    types renamed) and its weights, written to a temporary folder; a reference that cannot load or run it is one
+    line saying so. With ``optimize`` sfport's side is the inference-optimized net (:mod:`sfport.netdef.optimize`),
+    compared with the reference running the original net at every blob whose value the optimized net still
+    computes. Without ``model`` and ``prototxt``: the built-in SphereFace-20 deploy net, its weights drawn by its
+    fillers from ``seed`` (:func:`sfport.runtime.net.load_net`)."""
+    net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level, seed=seed)
+    model = net.path if model is None and prototxt is None else model   # the built-in net
+    sources = input_sources(input, net.inputs)
+    feeds = {}
+    for k, (name, in_shape) in enumerate(net.inputs.items()):
+        feeds[name] = make_input(in_shape, sources[name], seed + k)
+    in_shape = next(iter(net.inputs.values()), ())
+    ours_net = net.optimized() if optimize else net
+    ours_net.forward(**feeds)
+    values = ours_net.original_blobs()   # by the original net's unique blob names
+    with tempfile.TemporaryDirectory() as tmp:
+        prototxt_used = str(Path(tmp) / "deploy.prototxt")
+        weights_used = str(Path(tmp) / "weights.caffemodel")
+        caffe_files.write_prototxt(prototxt_used, reference_definition(net))
+        caffe_files.write_caffemodel(weights_used, reference_weights(net))
+        layer_outputs = {gl.name: values[gl.tops[0]].detach().numpy() for gl in net.graph.layers
+                         if gl.tops and gl.tops[0] in values}
+        if reference == "opencv":
+            try:
+                ref = opencv_reference(prototxt_used, weights_used, feeds)
+            except Exception as e:  # noqa: BLE001 - cv2.error and friends: the reference cannot run this net
+                import cv2
+                raise CaffeFileError(model, f"the reference (OpenCV {cv2.__version__}) cannot load or run the "
+                                            f"net: {_opencv_message(e)}; verify it with --reference caffe (a "
+                                            f"Caffe built with its layers) or a directory of .npy blobs") from None
+            ours = layer_outputs
+            order = [gl.name for gl in net.graph.layers]
+            for gl in net.graph.layers:
+                if gl.param.type == "DetectionOutput" and gl.name in ref and gl.name in ours:
+                    ref[gl.name] = _align_detections(ours[gl.name], ref[gl.name])
+        else:
+            ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \
+                else dir_reference(reference)
+            ours = {n: values[u].detach().numpy() for n, u in net.graph.final.items() if u in values}
+            ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
+            order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
+                                       + [gl.name for gl in net.graph.layers]))
+    inputs = {n: {"shape": list(net.inputs[n]), "source": sources[n]} for n in net.inputs}
+    return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol), inputs,
+                        ours_net.optimization.summary() if optimize else None)
