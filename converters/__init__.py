@@ -10,6 +10,18 @@ inference (:mod:`sfport.netdef.shapes`), random weights and merging (:mod:`sfpor
 Modules keep their parameters in Caffe's layout and order (``module.caffe_blobs`` names them), so loading and
 saving are plain copies and a round trip is exact.
 
+A type's part in what else sfport does is a hook of its converter too, each with a default in
+:class:`Converter` that means "nothing special": for the optimized net (:mod:`sfport.netdef.optimize`)
+``affine(layer, module, bottom_shape)`` (the layer as ``a * bottom + b`` per channel: BatchNorm, Scale, Bias),
+``fold_affine(layer, module, a, b)`` and ``with_bias(layer)`` (taking such a chain into its blobs: the
+convolutions, Deconvolution, InnerProduct), ``identity_at_inference(layer)`` (Dropout, Split), ``fresh_top`` and
+``computes_nothing`` (Silence), with :func:`affine_layer` writing the one Scale that stands for a chain; for
+``sfport verify``'s references (:mod:`sfport.runtime.verify`) ``for_reference(layer, graph_layer)`` (the
+depthwise forks as grouped Convolution, PriorBox's defaults written out), ``reference_blobs(layer, arrays)``
+(BatchNorm's zero scale factor), ``opencv_layout(layer, out, num)`` and ``align_reference_output(layer, ours,
+ref)`` (DetectionOutput's rows); for training ``class_count(graph_layer)`` (SoftmaxWithLoss, Accuracy,
+MarginInnerProduct) and ``loss_plateau(layer)`` (SoftmaxWithLoss's -log(FLT_MIN)).
+
 Adding a type, also from outside sfport::
 
     from sfport.converters import Converter, register
@@ -36,7 +48,8 @@ from . import (activations, conv, hdf5, linear, loss, margin, norm, pooling, rec
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
                    find, get, in_export_form, is_loss, is_training_only, label_bottoms, load_plugins, register,
                    registered_types)
+from .norm import affine_layer
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
-           "export_form", "find", "get", "in_export_form", "is_loss", "is_training_only", "label_bottoms",
-           "load_plugins", "register", "registered_types"]
+           "affine_layer", "export_form", "find", "get", "in_export_form", "is_loss", "is_training_only",
+           "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -199,7 +199,6 @@ _BUILD = {
     "Log": lambda l: Log(_log_base(l.log_param.base), l.log_param.scale, l.log_param.shift),
     "BNLL": lambda l: BNLL(),
     "Threshold": lambda l: Threshold(l.threshold_param.threshold),
-    "Dropout": lambda l: Dropout(l.dropout_param.dropout_ratio, l.dropout_param.scale_train),
 }
 
 
@@ -207,6 +206,17 @@ _BUILD = {
 class ElementwiseConverter(SameShape):
     def build(self, layer, bottom_shapes):
         return _BUILD[layer.type](layer)
+
+
+@register("Dropout")
+class DropoutConverter(SameShape):
+    def build(self, layer, bottom_shapes):
+        return Dropout(layer.dropout_param.dropout_ratio, layer.dropout_param.scale_train)
+
+    def identity_at_inference(self, layer):
+        """dropout_layer.cpp Forward_cpu at TEST: caffe_copy (BVLC); with py-faster-rcnn's ``scale_train: false``
+        it scales by ``1 / scale_`` instead (caffe-fast-rcnn), which is no identity."""
+        return layer.dropout_param.scale_train
 
 
 @register("Clip")

@@ -64,12 +64,28 @@ class UnknownLayerType(CaffeFileError):
 
 class Converter:
     """Base class: subclasses implement ``build`` and, to take part in shape inference and weight checks,
-    ``top_shapes`` and ``param_shapes``; ``load``/``save`` copy ``module.caffe_blobs`` in order."""
+    ``top_shapes`` and ``param_shapes``; ``load``/``save`` copy ``module.caffe_blobs`` in order.
+
+    Hooks that other parts of sfport ask instead of switching on type names; each default means "nothing
+    special", so a converter overrides only those that concern its type:
+
+    - the optimized net (:mod:`sfport.netdef.optimize`): ``affine`` (the layer as ``a * bottom + b`` per channel),
+      ``fold_affine`` and ``with_bias`` (a layer that takes such a chain into its own blobs; ``folds_affine`` says
+      whether a converter does), ``identity_at_inference``, ``fresh_top``, ``computes_nothing``;
+    - the references of ``sfport verify`` (:mod:`sfport.runtime.verify`): ``for_reference`` (the layer as the
+      references read it), ``reference_blobs``, ``opencv_layout`` and ``align_reference_output``;
+    - training (:mod:`sfport.solver`, :mod:`sfport.data.feed`): ``class_count`` (the labels synthetic data
+      draws from), ``loss_plateau`` (the value of a diverged loss)."""
 
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
     training_only: bool = False   # dropped (with the losses) when a training net becomes a deploy net
     label_bottoms: tuple = ()     # bottoms that take labels (an inference net has none: the layer goes with them)
+    fresh_top: bool = False       # the module's top is a new tensor, never a view of its bottom (a later layer
+                                  # that reads it alone may overwrite it in place)
+    computes_nothing: bool = False  # the layer only consumes its bottoms (Silence): an optimized net drops it,
+    #                                 the deploy form counts what only it reads as unused
+    copies_bottom: bool = False     # every top is a copy of the one bottom (Split, which InsertSplits inserts)
 
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""
@@ -115,6 +131,62 @@ class Converter:
 
     def save(self, module: nn.Module) -> list[np.ndarray]:
         return [p.detach().cpu().float().numpy().copy() for p in self.params(module)]
+
+    # ---- the optimized net (sfport.netdef.optimize) ----
+
+    def affine(self, layer, module: nn.Module, bottom_shape: Shape) -> tuple[np.ndarray, np.ndarray] | None:
+        """(a, b), float64 vectors over the channel axis 1 with ``top = a * bottom + b``, when this layer (one
+        bottom of ``bottom_shape``, one top, its module in the state it runs) is that per-channel affine map;
+        else None."""
+        return None
+
+    def fold_affine(self, layer, module: nn.Module, a: np.ndarray, b: np.ndarray) -> list[np.ndarray] | None:
+        """The layer's new float32 blobs (computed in float64, rounded once) when ``a * top + b`` (per channel of
+        axis 1) is folded into it; None when it cannot take it (its outputs are not axis 1's channels)."""
+        return None
+
+    @property
+    def folds_affine(self) -> bool:
+        """Whether this type can take a following affine chain into its blobs (it overrides ``fold_affine``)."""
+        return type(self).fold_affine is not Converter.fold_affine
+
+    def with_bias(self, layer) -> None:
+        """Make ``layer`` (a LayerParameter being written) have a bias blob, as ``fold_affine``'s blobs do."""
+
+    def identity_at_inference(self, layer) -> bool:
+        """Whether the layer's every top equals its bottom in a test-phase net (an optimized net drops it)."""
+        return False
+
+    # ---- the references of sfport verify (sfport.runtime.verify) ----
+
+    def for_reference(self, layer, graph_layer) -> None:
+        """Rewrite ``layer`` (a copy of the LayerParameter; ``graph_layer`` its GraphLayer, or None) in place into
+        the same layer as the references (OpenCV, BVLC pycaffe) read it: a fork's type under its BVLC name, the
+        defaults a reference reads otherwise written out."""
+
+    def reference_blobs(self, layer, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """The layer's blobs as the references read them, the same layer for Caffe (``arrays`` when unchanged)."""
+        return arrays
+
+    def opencv_layout(self, layer, out: np.ndarray, num: int) -> np.ndarray:
+        """OpenCV's first output of this layer (batch ``num``) in the layout Caffe (and sfport) give it."""
+        return out
+
+    def align_reference_output(self, layer, ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """The reference's first top in our order where that order is not defined by the layer (ties); values
+        untouched. ``ref`` when there is nothing to align."""
+        return ref
+
+    # ---- training (sfport.solver, sfport.data.feed) ----
+
+    def class_count(self, graph_layer) -> int | None:
+        """The number of classes this layer of a built net scores (its labels range over them), or None."""
+        return None
+
+    def loss_plateau(self, layer) -> float | None:
+        """The value of this loss when every label has probability 0 (a loss stuck there has diverged), or
+        None when it has no such value."""
+        return None
 
 
 class NoBlobs(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +114,8 @@ def conv_out(size: int, k: int, p: int, s: int, d: int) -> int:
 
 @register("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution")
 class ConvolutionConverter(Converter):
+    fresh_top = True
+
     def param_shapes(self, layer, bottom_shapes):
         p = layer.convolution_param
         return [_setup(layer, bottom_shapes[0]).weight] + ([(p.num_output,)] if p.bias_term else [])
@@ -143,6 +146,32 @@ class ConvolutionConverter(Converter):
         if layer.type == "Deconvolution":  # a transposed weight (in, out/group, *k)
             return weight_shape[0] * math.prod(weight_shape[2:])
         return math.prod(weight_shape[1:])
+
+    def fold_affine(self, layer, module, a, b):
+        """``a * conv + b`` per output channel: base_conv_layer.cpp forward_cpu_gemm / forward_cpu_bias (output
+        channel o reads weight[o], shape out x in/group x k); Deconvolution (deconv_layer.cpp, backward_cpu_gemm)
+        has the weight in x out/group x k, group g's output channels in the second axis of its rows."""
+        w = module.weight.detach().double().numpy()
+        bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
+        if layer.type == "Deconvolution":
+            groups = module.groups
+            cin, per = w.shape[0], w.shape[1]
+            w = (w.reshape(groups, cin // groups, per, -1) * a.reshape(groups, 1, per, 1)).reshape(w.shape)
+        else:
+            w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
+        return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+
+    def with_bias(self, layer):
+        layer.convolution_param.bias_term = True
+
+    def for_reference(self, layer, graph_layer):
+        """The mobile forks' depthwise types as BVLC's grouped Convolution, one group per input channel unless
+        ``group`` says otherwise (as :func:`_setup` reads them)."""
+        if layer.type in ("Convolution", "Deconvolution"):
+            return
+        layer.type = "Convolution"
+        if not layer.convolution_param.HasField("group") and graph_layer is not None:
+            layer.convolution_param.group = int(graph_layer.bottom_shapes[0][1])
 
 
 # ---- Im2col ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +38,8 @@ def _axis_and_k(p, shape) -> tuple[int, int]:
 
 @register("InnerProduct")
 class InnerProductConverter(Converter):
+    fresh_top = True
+
     def param_shapes(self, layer, bottom_shapes):
         p = layer.inner_product_param
         _, k = _axis_and_k(p, bottom_shapes[0])
@@ -55,6 +58,19 @@ class InnerProductConverter(Converter):
     def fillers(self, layer):
         p = layer.inner_product_param
         return [p.weight_filler, p.bias_filler]
+
+    def fold_affine(self, layer, module, a, b):
+        """``a * ip + b`` per output: inner_product_layer.cpp Forward_cpu, ``top = bottom * W^T + bias`` with W
+        N x K (K x N with ``transpose``); the outputs are axis 1's channels only when ``axis`` is 1."""
+        if module.axis != 1:
+            return None
+        w = module.weight.detach().double().numpy()
+        bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
+        w = w * a[None, :] if layer.inner_product_param.transpose else w * a[:, None]
+        return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+
+    def with_bias(self, layer):
+        layer.inner_product_param.bias_term = True
 
 
 class CaffeEmbed(nn.Module):

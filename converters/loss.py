@@ -116,6 +116,18 @@ class SoftmaxWithLossConverter(NoParams):
         return SoftmaxWithLoss(layer.softmax_param.axis, _normalization(layer),
                                lp.ignore_label if lp.HasField("ignore_label") else None, len(layer.top) > 1)
 
+    def class_count(self, graph_layer):
+        return _scores_width(graph_layer.bottom_shapes[0])
+
+    def loss_plateau(self, layer):
+        """softmax_loss_layer.cpp Forward_cpu: ``loss -= log(std::max(prob, Dtype(FLT_MIN)))``."""
+        return LOSS_CAP
+
+
+def _scores_width(shape) -> int | None:
+    """The classes of a scores blob: its axis 1 (None when it has none)."""
+    return int(shape[1]) if shape and len(shape) >= 2 else None
+
 
 @register("Accuracy")
 class AccuracyConverter(NoParams):
@@ -133,6 +145,9 @@ class AccuracyConverter(NoParams):
     def build(self, layer, bottom_shapes):
         p = layer.accuracy_param
         return Accuracy(p.axis, p.top_k, p.ignore_label if p.HasField("ignore_label") else None, len(layer.top) > 1)
+
+    def class_count(self, graph_layer):
+        return _scores_width(graph_layer.bottom_shapes[0])
 
 
 # ---------------------------------------------------------------------------------------------------------

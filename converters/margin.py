@@ -225,6 +225,10 @@ class MarginInnerProductConverter(Converter):
     def fillers(self, layer):
         return [layer.margin_inner_product_param.weight_filler]
 
+    def class_count(self, graph_layer):
+        shape = graph_layer.top_shapes[0]       # the logits: one per class
+        return int(shape[1]) if shape and len(shape) >= 2 else None
+
 
 # ------------------------------------------------------------------------------------------------------------
 # InterClass

@@ -146,6 +146,8 @@ class SSDNormalize(nn.Module):
 
 @register("BatchNorm")
 class BatchNormConverter(SameShape):
+    fresh_top = True
+
     def param_shapes(self, layer, bottom_shapes):
         c = bottom_shapes[0][1]
         return [(c,), (c,), (1,)]
@@ -160,6 +162,28 @@ class BatchNormConverter(SameShape):
         c = shapes[0][0]
         return [rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32),
                 np.ones(shapes[2], np.float32)]
+
+    def affine(self, layer, module, bottom_shape):
+        """With global statistics: batch_norm_layer.cpp Forward_cpu, ``(x - mean_sum * f) / sqrt(var_sum * f +
+        eps)`` with ``f = blob[2] == 0 ? 0 : 1 / blob[2]`` computed in float."""
+        if not module._global():
+            return None
+        s = float(module.scale_factor.detach().double()[0])
+        factor = 0.0 if s == 0 else float(np.float32(1) / np.float32(s))
+        mean = module.mean_sum.detach().double().numpy() * factor
+        var = module.var_sum.detach().double().numpy() * factor
+        inv = 1.0 / np.sqrt(var + float(np.float32(module.eps)))
+        return inv, -mean * inv
+
+    def reference_blobs(self, layer, arrays):
+        """A scale factor of 0 (batch_norm_layer.cpp Forward_cpu: the statistics then count as 0) as zero
+        statistics with factor 1: the same layer for Caffe, which OpenCV would otherwise divide by 0."""
+        if len(arrays) != 3:
+            return arrays
+        mean, var, factor = arrays
+        if float(np.asarray(factor).ravel()[0]) != 0:
+            return arrays
+        return [np.zeros_like(mean), np.zeros_like(var), np.ones_like(factor)]
 
 
 def _scale_axes(layer, shape) -> tuple[int, tuple]:
@@ -183,6 +207,8 @@ def _random_scales(shapes, rng) -> list[np.ndarray]:
 
 @register("Scale", "Bias")
 class ScaleBiasConverter(SameShape):
+    fresh_top = True
+
     def param_shapes(self, layer, bottom_shapes):
         bias_term = layer.type == "Scale" and layer.scale_param.bias_term
         if len(bottom_shapes) > 1:
@@ -209,6 +235,33 @@ class ScaleBiasConverter(SameShape):
 
     def random_blobs(self, layer, shapes, rng):
         return _random_scales(shapes, rng) if layer.type == "Scale" else super().random_blobs(layer, shapes, rng)
+
+    def affine(self, layer, module, bottom_shape):
+        """A learned blob over exactly the channel axis 1 (scale_layer.cpp / bias_layer.cpp LayerSetUp: ``axis``
+        1, ``num_axes`` 1): Scale's ``x * scale [+ bias]``, Bias's ``x + bias``."""
+        p = layer.scale_param if layer.type == "Scale" else layer.bias_param
+        axis = p.axis + len(bottom_shape) if p.axis < 0 else p.axis
+        c = int(bottom_shape[1])
+        if axis != 1 or p.num_axes != 1 or module.weight is None or tuple(module.weight.shape) != (c,):
+            return None
+        w = module.weight.detach().double().numpy()
+        if layer.type == "Bias":
+            return np.ones(c), w
+        b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(c)
+        return w, b
+
+
+def affine_layer(layer) -> None:
+    """Rewrite ``layer`` (a LayerParameter being written, of any type) in place into the one Scale layer over the
+    channel axis 1 with a bias (scale_layer.cpp: ``top = bottom * blob[0] + blob[1]``) that computes an affine
+    chain ``a * bottom + b`` from the blobs [a, b]."""
+    layer.type = "Scale"
+    layer.ClearField("batch_norm_param")
+    layer.ClearField("bias_param")
+    layer.scale_param.Clear()
+    layer.scale_param.axis = 1
+    layer.scale_param.num_axes = 1
+    layer.scale_param.bias_term = True
 
 
 @register("LRN")

@@ -144,6 +144,8 @@ def make_pool(method: str, kernel, stride, pad, ceil: bool = True, mask: bool = 
 
 @register("Pooling")
 class PoolingConverter(NoParams):
+    fresh_top = True
+
     def top_shapes(self, layer, bottom_shapes):
         """PoolingLayer::Reshape: global pooling gives 1x1; else :func:`pooled_size`."""
         p = layer.pooling_param

@@ -182,6 +182,15 @@ class PriorBoxConverter(NoParams):
         self.top_shapes(layer, bottom_shapes)
         return PriorBox(_PriorSetup(layer))
 
+    def for_reference(self, layer, graph_layer):
+        """The fork's defaults written out (caffe.proto: ``clip`` false; prior_box_layer.cpp LayerSetUp: no
+        variance is one of 0.1): OpenCV reads an absent clip as true and needs a variance."""
+        p = layer.prior_box_param
+        if not p.HasField("clip"):
+            p.clip = p.clip
+        if not len(p.variance):
+            p.variance.append(0.1)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # DetectionOutput
@@ -535,3 +544,49 @@ class DetectionOutputConverter(NoParams):
     def build(self, layer, bottom_shapes):
         self.top_shapes(layer, bottom_shapes)
         return DetectionOutput(_DetSetup(layer), text_format.MessageToString(layer.detection_output_param))
+
+    def opencv_layout(self, layer, out, num):
+        return opencv_detections(out, num)
+
+    def align_reference_output(self, layer, ours, ref):
+        return align_detections(ours, ref)
+
+
+def opencv_detections(out: np.ndarray, num: int) -> np.ndarray:
+    """OpenCV's DetectionOutput (modules/dnn/src/layers/detection_output_layer.cpp) returns the same detections as
+    the fork in another layout: rows ordered by confidence over all classes, padded with rows of zeros up to
+    keep_top_k, and all zeros when nothing is detected. The fork's Forward_cpu, which sfport follows, orders
+    them by image, then ascending label (its std::map), then descending score, with no padding, and writes one
+    row ``[i, -1, -1, -1, -1, -1, -1]`` per image when the batch has no detection. The reference is given the
+    fork's layout (its values untouched) so the two compare row by row."""
+    if out.ndim != 4 or out.shape[-1] != 7:
+        return out
+    rows = out.reshape(-1, 7)
+    rows = rows[rows[:, 2] != 0]          # padding (and OpenCV's empty answer) has confidence 0
+    if not len(rows):
+        empty = np.full((num, 7), -1, dtype=np.float32)
+        empty[:, 0] = np.arange(num)
+        return empty.reshape(1, 1, num, 7)
+    order = np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))    # stable: the last key sorts first
+    return rows[order].reshape(1, 1, -1, 7)
+
+
+def align_detections(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The reference's detection rows in the order of ours where that order is a matter of near-equal scores:
+    within one image and label, rows are sorted by score, and two scores an ulp apart (OpenCV's Softmax and
+    sfport's differ by ulps) may sort either way. Each of our rows takes the unused reference row of its image
+    and label nearest to it; the values are then compared as they are. Different shapes or groups: unchanged."""
+    if ours.shape != ref.shape or ours.ndim != 4 or ours.shape[-1] != 7:
+        return ref
+    a, b = ours.reshape(-1, 7), ref.reshape(-1, 7)
+    out = b.copy()
+    for key in {(r[0], r[1]) for r in a}:
+        ia = np.nonzero((a[:, 0] == key[0]) & (a[:, 1] == key[1]))[0]
+        ib = list(np.nonzero((b[:, 0] == key[0]) & (b[:, 1] == key[1]))[0])
+        if len(ia) != len(ib):
+            return ref
+        for i in ia:
+            j = min(ib, key=lambda j: float(np.abs(b[j] - a[i]).max()))
+            ib.remove(j)
+            out[i] = b[j]
+    return out.reshape(ref.shape)

@@ -250,8 +250,13 @@ class SliceConverter(NoParams):
 
 @register("Split")
 class SplitConverter(SameShape):
+    copies_bottom = True    # split_layer.cpp: each top a copy of the one bottom (what insert_splits.cpp inserts)
+
     def build(self, layer, bottom_shapes):
         return Split(len(layer.top))
+
+    def identity_at_inference(self, layer):
+        return True     # split_layer.cpp Forward_cpu: every top ShareData()s the bottom
 
 
 def _flatten_axes(layer, ndim: int) -> tuple[int, int]:
@@ -374,6 +379,7 @@ class ArgMaxConverter(NoParams):
 @register("Silence")
 class SilenceConverter(NoParams):
     training_only = True
+    computes_nothing = True     # silence_layer.cpp Forward_cpu does nothing
 
     def top_shapes(self, layer, bottom_shapes):
         return []

@@ -288,7 +288,7 @@ def test_unknown_type_names_layer_and_how_to_register(tmp_path):
 def test_bottom_not_produced_is_an_error(tmp_path):
     p = tmp_path / "b.prototxt"
     p.write_text(prototxt((1, 3), layer("t", "TanH", ["nothing"], ["t"])))
-    with pytest.raises(CaffeFileError, match="unknown bottom blob 'nothing' \(bottom index 0\): no earlier layer produces it"):
+    with pytest.raises(CaffeFileError, match=r"unknown bottom blob 'nothing' \(bottom index 0\): no earlier layer produces it"):
         Net(str(p))
 
 

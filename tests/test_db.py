@@ -14,7 +14,7 @@ from sfport.data import imagedata, db
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
 from sfport.proto import caffe_pb2
-from sfport.netdef.shapes import data_set_tops
+from sfport.netdef.datalayers import data_set_tops
 
 lmdb = pytest.importorskip("lmdb")
 h5py = pytest.importorskip("h5py")

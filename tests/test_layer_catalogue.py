@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from sfport import converters
-from sfport.netdef import shapes
+from sfport.netdef import datalayers
 from sfport.converters import UnknownLayerType
 from sfport.proto import caffe_pb2
 from sfport.formats.upgrade import V1_TYPE_NAMES
@@ -35,7 +35,7 @@ def test_the_bvlc_list_covers_the_legacy_enum():
 
 @pytest.mark.parametrize("t", sorted(set(BVLC_TYPES + FORK_TYPES) - CANNOT_BE_IN_A_MODEL_FILE))
 def test_every_type_has_a_converter_or_is_a_data_layer(t):
-    assert converters.find(t) is not None or t in shapes.DATA_TYPES, t
+    assert converters.find(t) is not None or t in datalayers.DATA_TYPES, t
 
 
 def test_every_registered_type_is_a_known_caffe_type():

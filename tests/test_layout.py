@@ -1,9 +1,12 @@
 """The layout rules of the code base: sfport's modules import each other at module level only (so the import graph
 is visible and a cycle cannot hide inside a function), and that graph has no cycle. The two exceptions import
 lazily for start-up time, not to dodge a cycle: ``sfport/__init__.py`` and the command line load the torch-based
-parts on first use, so reading Caffe files needs no torch."""
+parts on first use, so reading Caffe files needs no torch. ARCHITECTURE.md has a row for every module and command,
+no module is much over 600 lines, only the command line imports the face application, and layer types' names are
+written in their homes only."""
 import ast
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.proto": ROOT / "protos"}
@@ -96,3 +99,88 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
         assert "sfport.a -> sfport.b -> sfport.a" in str(e)
     else:
         raise AssertionError("no cycle found")
+
+
+# --- the map (ARCHITECTURE.md), the rooms' rules, one home per layer type ---
+
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
+# the modules that own layer types: where a layer type's name may be written as a string
+TYPE_HOMES = ("converters/", "sfport/netdef/datalayers.py", "sfport/formats/upgrade.py", "sfport/netdef/draw.py",
+              "sfport/netdef/builtin.py")
+MAX_LINES = 650   # "about 600"
+
+
+def _files() -> dict[str, pathlib.Path]:
+    """Every module of the package, by its path in the checkout."""
+    return {str(p.relative_to(ROOT)): p for folder in ("sfport", "converters", "protos")
+            for p in sorted((ROOT / folder).rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def _rows(heading: str) -> list[str]:
+    """The first column of the table under ``heading`` in ARCHITECTURE.md, without the backquotes."""
+    text = ARCHITECTURE.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [line.split("|")[1].strip().strip("`") for line in text.splitlines()
+            if line.startswith("| `")]
+
+
+def test_architecture_has_a_row_for_every_module():
+    listed = set(_rows("Modules"))
+    missing = sorted(set(_files()) - listed)
+    assert not missing, f"modules without a row in ARCHITECTURE.md: {missing}"
+    gone = sorted(m for m in listed if not (ROOT / m).exists())
+    assert not gone, f"ARCHITECTURE.md lists modules that do not exist: {gone}"
+
+
+def test_architecture_maps_every_command_to_its_module():
+    from sfport.cli import cli
+    rows = {r.split()[1]: r for r in _rows("Commands")}
+    assert set(rows) == set(cli.commands), (sorted(rows), sorted(cli.commands))
+    text = ARCHITECTURE.read_text().split("## Commands\n", 1)[1].split("\n## ", 1)[0]
+    for name, command in cli.commands.items():
+        module = sys.modules[command.callback.__module__].__file__
+        row = next(line for line in text.splitlines() if line.startswith(f"| `sfport {name}`"))
+        assert f"`{pathlib.Path(module).relative_to(ROOT)}`" in row.split("|")[2], (name, module, row)
+
+
+def test_no_module_is_much_over_600_lines():
+    long = {m: n for m, p in _files().items() if (n := len(p.read_text().splitlines())) > MAX_LINES
+            and m != "protos/caffe_pb2.py"}   # generated
+    assert not long, long
+
+
+def test_only_the_command_line_imports_the_face_application():
+    top, lazy = _imports()
+    face = {m for m in top if m.startswith("sfport.face")}
+    assert face, "no face modules seen"
+    importers = {m: sorted((top[m] | set(lazy[m])) & face) for m in top
+                 if not m.startswith(("sfport.face", "sfport.commands")) and m != "sfport.cli"}
+    assert not {m: f for m, f in importers.items() if f}, importers
+
+
+def _type_strings(source: str) -> list[tuple[int, str]]:
+    """(line, value) of every string constant in ``source`` that is a layer type's name (docstrings aside)."""
+    from sfport import converters
+    from sfport.netdef import datalayers
+    types = set(converters.registered_types()) | set(datalayers.DATA_TYPES)
+    tree = ast.parse(source)
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in types
+            and id(node) not in docs]
+
+
+def test_layer_type_names_live_in_their_homes():
+    """No module outside the converters, the data-layer specification, the legacy-upgrade tables, the port of
+    draw.py and the built-in nets writes a layer type's name as a string: it asks the converter of the type (its
+    roles and hooks) or the data-layer specification instead."""
+    found = {m: hits for m, p in _files().items() if not m.startswith(TYPE_HOMES)
+             and m != "protos/caffe_pb2.py" and (hits := _type_strings(p.read_text()))}
+    assert not found, found
+
+
+def test_the_type_name_check_can_fail():
+    hits = _type_strings('"""Convolution in a docstring is prose."""\nx = layer.type == "Convolution"\n'
+                         'y = f"a {z} Pooling"\n')
+    assert hits == [(2, "Convolution")]

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 
 import sfport
-from sfport.netdef import deploy, netstate
+from sfport.netdef import deploy, netstate, wiring
 from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import NetState
 from sfport.proto import caffe_pb2
@@ -202,7 +202,7 @@ def test_caffes_inserted_splits_fold_into_their_producers():
     if not HAVE_SHARED:
         pytest.skip("shared fixtures absent (SFPORT_SHARED)")
     stored = sfport.read_caffemodel(FIXTURES / "mtcnn/det1.caffemodel").net
-    assert any(deploy.is_inserted_split(layer) for layer in stored.layer)
+    assert any(wiring.is_inserted_split(layer) for layer in stored.layer)
     net = deploy.deploy_net(FIXTURES / "mtcnn/det1.caffemodel", input_shapes=(1, 3, 12, 12))
     assert not any(layer.type == "Split" for layer in net.layer)
     assert [layer.type for layer in net.layer] == ["Input"] + ["Convolution", "PReLU", "Pooling"] + \

@@ -159,6 +159,23 @@ def test_identities_and_silence_are_dropped_and_their_readers_rewired():
     assert sorted(b.optimization.dropped) == ["d2", "drop", "sil", "split"] and worst == 0.0
 
 
+def test_a_dropout_that_scales_at_test_time_is_kept():
+    """py-faster-rcnn's ``scale_train: false`` Dropout multiplies by 1 / scale_ at test time (caffe-fast-rcnn
+    dropout_layer.cpp Forward_cpu): no identity, so the optimized net keeps it (a plain Dropout still goes) and
+    computes exactly what the unoptimized net does."""
+    body = (layer("ip", "InnerProduct", ["data"], ["ip"], "inner_product_param { num_output: 6 }")
+            + layer("drop", "Dropout", ["ip"], ["drop"], "dropout_param { dropout_ratio: 0.3 scale_train: false }")
+            + layer("relu", "ReLU", ["drop"], ["r"]) + layer("d2", "Dropout", ["r"], ["r"])
+            + layer("ip2", "InnerProduct", ["r"], ["ip2"], "inner_product_param { num_output: 2 }"))
+    a, b, worst, n = _compare(_net(body, (4, 3, 2, 2)), (4, 3, 2, 2))
+    assert [gl.type for gl in b.graph.layers] == ["InnerProduct", "Dropout", "ReLU", "InnerProduct"]
+    assert b.optimization.dropped == ["d2"] and worst == 0.0
+    np.testing.assert_array_equal(b.blobs["ip2"].detach().numpy(), a.blobs["ip2"].detach().numpy())
+    ip, drop = a.blobs["ip"].detach().numpy(), a.unique_blobs[a.graph.final["drop"]].detach().numpy()
+    assert not np.array_equal(ip, drop)    # it did scale
+    np.testing.assert_allclose(drop, ip * 0.7, rtol=1e-6)
+
+
 def test_a_train_phase_net_keeps_what_behaves_otherwise_in_training():
     """TRAIN: BatchNorm uses the batch's statistics and Dropout drops; they stay, the Scale still folds."""
     body = (layer("conv", "Convolution", ["data"], ["conv"], CONV) + layer("sc", "Scale", ["conv"], ["conv"], SCALE)

@@ -155,7 +155,7 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
     from click.core import ParameterSource
 
     from sfport.formats import caffe_files
-    from sfport.netdef import weight_match, inspection
+    from sfport.netdef import inspection
     from sfport.netdef.netstate import NetState
 
     if model is not None and prototxt is None and model.lower().endswith(".solverstate"):
@@ -176,7 +176,7 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
         click.echo(json.dumps(shown.as_dict(), indent=2))
         return
     totals, report = shown.totals(), shown.report
-    click.echo(f"{shown.source}: net '{weight_match.as_text(shown.model.net.name)}', {shown.describe_state()}")
+    click.echo(f"{shown.source}: net '{caffe_files.as_text(shown.model.net.name)}', {shown.describe_state()}")
     click.echo(_table(shown.rows))
     kind = "parameters" if totals["weights_present"] else "parameters (inferred from the definition)"
     folded = (f"; {totals['splits_folded']} Split layers Caffe inserted folded into their producers (--splits "
@@ -282,12 +282,11 @@ def deploy(net_file, output, phase, stages, level, shapes):
       sfport deploy train_val.prototxt --phase TEST --stage test-on-test -o deploy.prototxt
     """
     from sfport.formats import caffe_files
-    from sfport.netdef import deploy as deploy_mod
+    from sfport.netdef import datalayers, deploy as deploy_mod
 
     net = deploy_mod.deploy_net(net_file, input_shapes=parse_shapes(shapes), **state_kwargs(phase, stages, level))
     caffe_files.write_prototxt(output, net)
-    inputs = ", ".join(f"{l.top[j]} [{','.join(map(str, s.dim))}]" for l in net.layer if l.type == "Input"
-                       for j, s in enumerate(l.input_param.shape) if j < len(l.top))
+    inputs = ", ".join(f"{top} [{','.join(map(str, shape))}]" for top, shape in datalayers.input_shapes(net).items())
     click.echo(f"wrote {output}: {len(net.layer)} layers; inputs {inputs}; outputs "
                f"{', '.join(deploy_mod.net_outputs(net))}")
 

@@ -279,12 +279,12 @@ def read_hdf5_list(source, base: Path | None = None) -> list[Path]:
     return out
 
 
-def _h5py(who: str):
+def _h5py(who: str | None = None):
     try:
         import h5py  # noqa: PLC0415 - optional: HDF5Data only
     except ImportError:
-        raise CaffeFileError(None, f"{who}: HDF5Data needs the Python package 'h5py' (pip install sfport[hdf5])") \
-            from None
+        raise CaffeFileError(None, f"{who + ': ' if who else ''}HDF5Data needs the Python package 'h5py' (pip "
+                                   f"install sfport[hdf5])") from None
     return h5py
 
 
@@ -294,8 +294,9 @@ class HDF5Dataset(torch.utils.data.Dataset):
     per pass and file with ``shuffle``); batches run on into the next file and the next pass."""
 
     def __init__(self, files: list[Path], tops: list[str], shuffle: bool = False, seed: int = 0,
-                 source: str | None = None, who: str = "HDF5Data"):
+                 source: str | None = None, who: str = "an HDF5 data layer"):
         h5py = _h5py(who)
+        self.who = who
         self.files, self.tops, self.shuffle, self.seed, self.source = [str(f) for f in files], list(tops), \
             shuffle, seed, source
         self.counts, self.trailing = [], None
@@ -377,7 +378,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
 
     def arrays(self, f: int) -> list[np.ndarray]:
         if self._cache is None or self._cache[0] != f:
-            h5py = _h5py("HDF5Data")
+            h5py = _h5py(self.who)
             try:
                 with h5py.File(self.files[f], "r") as h:   # hdf5_load_nd_dataset: read as float
                     arrays = [np.asarray(h[t][()], dtype=np.float32) for t in self.tops]

@@ -11,17 +11,14 @@ import torch
 
 from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, loader
 from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
+from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.proto import caffe_pb2
 from sfport.netdef.netstate import NetState
-from sfport.netdef.shapes import data_set_tops, is_data_layer, layer_included
+from sfport.netdef import datalayers
+from sfport.netdef.datalayers import data_layers, data_set_tops
 from sfport.solver.config import Options
 from sfport.report.progress import CaffeLog
-
-
-def data_layers(net, state) -> list:
-    """The data layers of ``net`` active in ``state`` (a NetState or a phase)."""
-    return [l for l in net.layer if is_data_layer(l) and layer_included(l, state)]
 
 
 class Feeder:
@@ -58,17 +55,17 @@ class Feeder:
             raise CaffeFileError(None, f"sfport needs one data layer in the {'TRAIN' if phase == 0 else 'TEST'}"
                                        f" net, found {len(layers)}")
         layer = layers[0]
-        sources = {"ImageData": "image_data_param", "Data": "data_param", "HDF5Data": "hdf5_data_param"}
-        if opts.source and phase == caffe_pb2.TRAIN and layer.type in sources:
+        spec = datalayers.spec_of(layer)
+        if opts.source and phase == caffe_pb2.TRAIN and spec.reader is not None:
             layer = type(layer)()
             layer.CopyFrom(layers[0])
-            getattr(layer, sources[layer.type]).source = opts.source
+            datalayers.params_of(layer).source = opts.source
         self.layer = layer
         self.workers = opts.workers
         self.collate = None
-        if layer.type in sources:
-            self.batch = getattr(layer, sources[layer.type]).batch_size
-        elif layer.type == "Input" and opts.synthetic_data:
+        if spec.reader is not None:
+            self.batch = datalayers.params_of(layer).batch_size
+        elif datalayers.is_input(layer) and opts.synthetic_data:
             shape = tuple(layer.input_param.shape[0].dim) if len(layer.input_param.shape) else ()
             self.batch = shape[0] if shape else 1
         else:
@@ -77,7 +74,7 @@ class Feeder:
         if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
             raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
                                        f"{self.batch}")
-        if self.synthetic and layer.type == "HDF5Data":
+        if self.synthetic and not spec.synthetic:
             raise CaffeFileError(None, f"data layer '{layer.name}' is HDF5Data: --synthetic-data makes images "
                                        f"for ImageData, Data and Input layers")
         self.data_top, self.label_top = layer.top[0], (layer.top[1] if len(layer.top) > 1 else None)
@@ -87,14 +84,14 @@ class Feeder:
             h = tp.crop_size or p.new_height
             w = tp.crop_size or p.new_width
             chw = (3 if p.is_color else 1, h, w) if (h and w) else opts.data_shape
-            if layer.type == "Input" and len(layer.input_param.shape):
+            if datalayers.is_input(layer) and len(layer.input_param.shape):
                 chw = tuple(layer.input_param.shape[0].dim[1:])
             if not chw:
                 raise CaffeFileError(None, f"data layer '{layer.name}': --synthetic-data needs the image size: "
                                            f"--shape C,H,W (--shape 3,112,96 for SphereFace's 112x96 faces), or "
                                            f"new_height/new_width or crop_size in the prototxt")
             self.chw = tuple(chw)
-        elif layer.type == "Data":   # data_layer.cpp, db_lmdb.cpp / db_leveldb.cpp
+        elif spec.reader == datalayers.DB:   # data_layer.cpp, db_lmdb.cpp / db_leveldb.cpp
             self.dataset = DatumDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
                                                    base_dir=base, skip_bad=opts.skip_bad_images)
             backend = "lmdb" if layer.data_param.backend == DP.LMDB else "leveldb"
@@ -106,7 +103,7 @@ class Feeder:
                 raise CaffeFileError(self.dataset.records.path, f"the first record gives {list(self.dataset.shape())}"
                                                                 f", not {list(self.chw)}")
             log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "data_layer.cpp:41")
-        elif layer.type == "HDF5Data":   # hdf5_data_layer.cpp
+        elif spec.reader == datalayers.HDF5:   # hdf5_data_layer.cpp
             log(f"Loading list of HDF5 filenames from: {layer.hdf5_data_param.source}", "hdf5_data_layer.cpp:81")
             self.dataset = HDF5Dataset.from_layer(layer, seed=seed, base_dir=base)
             log(f"Number of HDF5 files: {len(self.dataset.files)}", "hdf5_data_layer.cpp:94")
@@ -114,14 +111,14 @@ class Feeder:
             for t, shape in zip(layer.top, data_set_tops(layer, self.dataset.top_shapes())):
                 self.inputs[t] = shape
             self.chw = tuple(self.inputs[layer.top[0]][1:])
-        else:
+        else:   # datalayers.LIST: image_data_layer.cpp
             self.dataset = ImageDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
                                                    data_root=opts.data_root, base_dir=base,
                                                    skip_bad=opts.skip_bad_images)
             log(f"A total of {len(self.dataset)} images.", "image_data_layer.cpp:63")
             self.chw = self.dataset.shape()
             log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "image_data_layer.cpp:90")
-        if layer.type != "HDF5Data" or self.synthetic:
+        if spec.reader != datalayers.HDF5 or self.synthetic:
             self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
             if self.label_top:
                 self.inputs[self.label_top] = (self.batch,)
@@ -216,10 +213,10 @@ def _first_line(e: Exception) -> str:
 
 
 def num_classes(net) -> int | None:
-    """Scores width of the first SoftmaxWithLoss (labels for synthetic data)."""
+    """The classes of the first layer whose converter says how many it scores (``class_count``: the scores of a
+    SoftmaxWithLoss or Accuracy, a MarginInnerProduct's logits): the labels of synthetic data."""
     for gl in net.graph.layers:
-        if gl.type in ("SoftmaxWithLoss", "MarginInnerProduct", "Accuracy"):
-            shape = gl.top_shapes[0] if gl.type == "MarginInnerProduct" else gl.bottom_shapes[0]
-            if shape and len(shape) >= 2:
-                return int(shape[1])
+        count = conv_registry.get(gl.type, gl.name).class_count(gl)
+        if count is not None:
+            return count
     return None

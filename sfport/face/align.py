@@ -177,11 +177,6 @@ def _field(k: int) -> str:
     return f"{'xy'[k % 2]}{k // 2 + 1}" if k < 10 else ("box x1", "box y1", "box x2", "box y2", "score")[k - 10]
 
 
-def write_landmarks(path, rows: list[tuple[str, np.ndarray, np.ndarray | None]], one_based: bool = False) -> None:
-    """Write 'path x1 y1 .. x5 y5 [box x1 y1 x2 y2 score]' rows (atomically)."""
-    atomic_write(path, _landmark_text(rows, one_based))
-
-
 def _landmark_text(rows, one_based: bool = False) -> bytes:
     lines = []
     for name, pts, box in rows:

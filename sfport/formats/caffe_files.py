@@ -80,6 +80,11 @@ def _kind_by_suffix(path: str | os.PathLike) -> str | None:
 # Parsing
 # --------------------------------------------------------------------------------------------------------
 
+def as_text(value) -> str:
+    """A proto2 string field as str: invalid UTF-8 in a binary file comes back from protobuf as bytes."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def _decode(data: bytes, path=None) -> str:
     """The text of a protobuf text file (an editor's byte-order mark dropped). Bytes that are not UTF-8 are
     harmless in a comment (Caffe's parser skips them); in a name or other value Caffe keeps them raw, which a

@@ -1,13 +1,13 @@
 """The inference (deploy) form of any net definition: what users write by hand as ``deploy.prototxt``.
 
-:func:`inference_net` takes a train_val / train_test definition (or a caffemodel's stored training net, or a
+:func:`derive` takes a train_val / train_test definition (or a caffemodel's stored training net, or a
 deploy net, which comes back unchanged but for its rules) and returns the net Caffe would run at test time on
 inputs instead of a data set:
 
 1. The layers of the requested NetState (net.cpp Net::FilterNet; :mod:`sfport.netdef.netstate`).
 2. Every data layer (Data, ImageData, HDF5Data, MemoryData, WindowData, DummyData, AnnotatedData, and a Python
    layer without bottoms) becomes an Input layer for its **first** top, shaped from what the layer states
-   (:func:`sfport.netdef.shapes.stated_image_shape`) or as given; its other tops are labels, by position, whatever their
+   (:func:`sfport.netdef.datalayers.stated_image_shape`) or as given; its other tops are labels, by position, whatever their
    names. HDF5Data and Python tops name data sets in no fixed order: a top the net reads only as a label (a
    loss's or accuracy's second bottom, a label bottom such as MarginInnerProduct's, Silence, or through layers
    whose every top is read so) is a label, the others are inputs. Input layers stay as they are.
@@ -24,31 +24,26 @@ a classification train_val, the classifier's output (``fc8``), not the loss or t
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from sfport import converters
 from sfport.formats import caffe_files
-from sfport.netdef import shapes
+from sfport.netdef import datalayers
 from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import NetState, filter_net, stored_phase
+from sfport.netdef.wiring import Wiring, without_splits
 from sfport.proto import caffe_pb2
-
-_SPLIT_TOP = re.compile(r"_split_\d+$")
-# Data layers whose tops name what they read (HDF5 data sets, a Python layer's outputs), in no fixed order: which
-# are labels is told by how the net reads them. The others follow Caffe's (data, label) order.
-NAMED_TOPS = ("HDF5Data", "Python")
-
-
-def is_inserted_split(layer) -> bool:
-    """A Split layer Caffe's InsertSplits added (insert_splits.cpp SplitLayerName / SplitBlobName)."""
-    return layer.type == "Split" and len(layer.bottom) == 1 and len(layer.top) > 0 and \
-        all(_SPLIT_TOP.search(t) for t in layer.top)
 
 
 def is_loss_layer(layer) -> bool:
     """A layer whose tops enter the loss (Layer::SetLossWeights): a loss type, or a non-zero loss_weight."""
     return converters.is_loss(layer.type) or any(w != 0 for w in layer.loss_weight)
+
+
+def _sink(layer) -> bool:
+    """A layer that only consumes its bottoms (Silence): what only it reads is not used."""
+    converter = converters.find(layer.type)
+    return converter is not None and converter.computes_nothing
 
 
 def dropped_for_inference(layer) -> bool:
@@ -76,7 +71,7 @@ def _normalised_shapes(net, input_shapes) -> dict:
         return {}
     if isinstance(input_shapes, dict):
         return {k: tuple(v) for k, v in input_shapes.items()}
-    first = next((layer.top[0] for layer in net.layer if shapes.is_data_layer(layer) and len(layer.top)), None)
+    first = next((layer.top[0] for layer in net.layer if datalayers.is_data_layer(layer) and len(layer.top)), None)
     if first is None:
         raise CaffeFileError(None, "the net has no input to give a shape to")
     return {first: tuple(input_shapes)}
@@ -92,33 +87,19 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
     out = caffe_pb2.NetParameter(name=filtered.name)
     result = Derivation(out)
 
-    # Records of the layers in order: versions of blobs (an in-place top is a new version of its name).
-    current: dict[str, int] = {}       # blob name -> its current version
-    name_of: dict[int, str] = {}       # version -> blob name
-    alias: dict[int, int] = {}         # version made by a folded Split -> the version it copies
-    consumers: dict[int, list[tuple[int, int]]] = {}   # version -> [(record, bottom index)]
-    records = []                       # [layer, bottom versions, top versions, kind]
-    for layer in filtered.layer:
-        bottoms = []
-        for b in layer.bottom:
-            if b not in current:
-                raise CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): bottom '{b}' is not produced by "
-                                           f"any earlier layer")
-            bottoms.append(current[b])
-        tops = []
-        for t in layer.top:
-            v = len(name_of) + 1
-            name_of[v] = t
-            current[t] = v
-            tops.append(v)
-        if is_inserted_split(layer):
-            for v in tops:
-                alias[v] = bottoms[0]
-                current[name_of[v]] = bottoms[0]
-            continue
-        for j, v in enumerate(bottoms):
-            consumers.setdefault(v, []).append((len(records), j))
-        records.append([layer, bottoms, tops, None])
+    # Records of the layers in order, Caffe's inserted splits folded: the values their bottoms read and their tops
+    # make (an in-place top is a new value of its name)
+    wiring = Wiring()
+    consumers: dict[int, list[tuple[int, int]]] = {}   # value -> [(record, bottom index)]
+    records = []                       # [layer, bottom values, top values, kind]
+    try:
+        for layer, bottom_names in without_splits(filtered.layer):
+            bottoms, tops = wiring.add(layer, bottom_names)
+            for j, v in enumerate(bottoms):
+                consumers.setdefault(v, []).append((len(records), j))
+            records.append([layer, bottoms, tops, None])
+    except CaffeFileError as e:
+        raise CaffeFileError(e.path or path, e.message) from None
 
     def label_use(v: int, seen=()) -> bool:
         """Whether a blob is read only as a label: by a loss or accuracy at a bottom after the first, at a label
@@ -128,7 +109,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
             return False
         for c, j in cs:
             layer, _, tops, _ = records[c]
-            if layer.type == "Silence" or (j >= 1 and dropped_for_inference(layer)) or \
+            if _sink(layer) or (j >= 1 and dropped_for_inference(layer)) or \
                     j in converters.label_bottoms(layer.type):
                 continue
             if c in seen or not tops or not all(label_use(t, seen + (c,)) for t in tops):
@@ -138,9 +119,10 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
     removed: set[int] = set()          # versions that do not exist in the inference net
     for record in records:
         layer, bottoms, tops, _ = record
-        if shapes.is_data_layer(layer) and layer.type != "Input":
+        if datalayers.is_data_layer(layer) and not datalayers.is_input(layer):
             record[3] = "data"
-            if layer.type in NAMED_TOPS:   # tops name data sets or Python outputs: labels by how they are read
+            # tops that name data sets or Python outputs, in no fixed order: labels by how they are read
+            if datalayers.spec_of(layer).named_tops:
                 labels = [j for j, v in enumerate(tops) if label_use(v)]
                 if len(labels) == len(tops):
                     labels = labels[1:]
@@ -148,7 +130,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
                 labels = list(range(1, len(tops)))
             removed.update(tops[j] for j in labels)
             result.labels.extend(layer.top[j] for j in labels)
-        elif layer.type == "Input":
+        elif datalayers.is_input(layer):
             record[3] = "input"
         elif dropped_for_inference(layer) or any(v in removed for v in bottoms):
             record[3] = "dropped"
@@ -160,7 +142,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
     # pruned here is pruned; an input read only by dropped or pruned layers goes.
     def dead(v: int) -> bool:
         cs = consumers.get(v)
-        return bool(cs) and all(records[c][3] == "pruned" or records[c][0].type == "Silence" for c, _ in cs)
+        return bool(cs) and all(records[c][3] == "pruned" or _sink(records[c][0]) for c, _ in cs)
 
     for record in reversed(records):
         if record[3] == "kept" and record[2] and all(dead(v) for v in record[2]):
@@ -182,7 +164,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
                 continue
             if bare is not None:   # one shape given: the inference net's first input
                 given[layer.top[keep[0]]], bare = bare, None
-            stated = shapes.data_tops(layer, given)
+            stated = datalayers.data_tops(layer, given)
             found = []
             for j in keep:
                 top = layer.top[j]
@@ -190,10 +172,8 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
                 found.append(tuple(int(d) for d in shape) if shape else None)
                 result.inputs[top] = found[-1]
                 result.sources[top] = (layer.name, layer.type)
-            inp = out.layer.add(name=layer.name, type="Input", top=[layer.top[j] for j in keep])
-            if all(found):   # InputLayer::LayerSetUp: a shape for every top, or none
-                for shape in found:
-                    inp.input_param.shape.add(dim=list(shape))
+            # InputLayer::LayerSetUp: a shape for every top, or none
+            datalayers.input_layer(out, layer.name, [layer.top[j] for j in keep], found if all(found) else [])
             continue
         copy = out.layer.add()
         copy.CopyFrom(layer)
@@ -201,7 +181,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
         copy.ClearField("exclude")
         copy.ClearField("phase")
         del copy.bottom[:]
-        copy.bottom.extend(name_of[alias.get(v, v)] for v in bottoms)
+        copy.bottom.extend(wiring.name[v] for v in bottoms)
     strangers = [k for k in given if k not in result.inputs and k not in result.labels]
     if strangers:
         raise CaffeFileError(path, f"a shape is given for '{strangers[0]}', which is not an input of the net "

@@ -22,7 +22,7 @@ import io
 import os
 
 from sfport.formats import caffe_files, disk
-from sfport.netdef import deploy
+from sfport.netdef.wiring import without_splits
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import atomic_write, check_output
 from sfport.netdef.netstate import NetState, filter_net, stored_phase, without_rules
@@ -178,14 +178,10 @@ def fold_inserted_splits(net):
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
-    source = {}
-    for layer in net.layer:
-        if deploy.is_inserted_split(layer):
-            source.update((t, source.get(layer.bottom[0], layer.bottom[0])) for t in layer.top)
-            continue
+    for layer, bottoms in without_splits(net.layer):
         kept = out.layer.add()
         kept.CopyFrom(layer)
-        kept.bottom[:] = [source.get(b, b) for b in layer.bottom]
+        kept.bottom[:] = bottoms
     return out
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sfport import converters
-from sfport.netdef import shapes
+from sfport.netdef import datalayers, shapes
+from sfport.netdef.wiring import Wiring
 from sfport.errors import CaffeFileError
 from sfport.proto import caffe_pb2
 
@@ -60,16 +61,17 @@ def loss_weights(layer, path=None) -> list[float]:
 
 def input_names(net) -> list[str]:
     """Tops of the net's data/Input layers, in order."""
-    return [t for layer in net.layer if shapes.is_data_layer(layer) for t in layer.top]
+    return [t for layer in net.layer if datalayers.is_data_layer(layer) for t in layer.top]
 
 
 def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = None, path=None) -> NetGraph:
     """Resolve a NetParameter already reduced to one NetState (:func:`sfport.netdef.netstate.filter_net` or
-    :func:`sfport.netdef.deploy.inference_net`) into a NetGraph (Caffe's Net::Init bookkeeping); ``phase`` is the
+    :func:`sfport.netdef.deploy.derive`) into a NetGraph (Caffe's Net::Init bookkeeping); ``phase`` is the
     state's phase (train or test behaviour of the layers)."""
     data_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
     inferred = {ls.index: ls for ls in shapes.infer(net, phase, data_shapes, filtered=True, path=path)}
-    current: dict[str, str] = {}         # Caffe name -> unique name of its current value
+    wiring = Wiring()                    # Caffe's values (checked by shapes.infer: its errors come first)
+    unique: list[str] = []               # value -> its unique name
     caffe_name: dict[str, str] = {}
     inputs: dict[str, tuple] = {}
     available: list[str] = []
@@ -87,30 +89,21 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
 
     for i, layer in enumerate(net.layer):
         ls = inferred[i]
-        if shapes.is_data_layer(layer):
-            for top, shape in zip(layer.top, ls.tops):
-                u = new_name(top, layer.name)
-                inputs[u] = shape
-                current[top] = u
-                caffe_name[u] = top
-                available.append(u)
-            continue
-        bottoms = []
-        for b in layer.bottom:
-            if b not in current:
-                raise CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): bottom '{b}' is not produced by "
-                                           f"any earlier layer")
-            bottoms.append(current[b])
+        read, made = wiring.add(layer)
+        bottoms = [unique[v] for v in read]
         for u in bottoms:
             if u in available:
                 available.remove(u)
         tops = []
-        for top in layer.top:
-            u = new_name(top, layer.name)
-            current[top] = u
-            caffe_name[u] = top
+        for v in made:
+            u = new_name(wiring.name[v], layer.name)
+            unique.append(u)
+            caffe_name[u] = wiring.name[v]
             tops.append(u)
             available.append(u)
+        if datalayers.is_data_layer(layer):
+            inputs.update(zip(tops, ls.tops))
+            continue
         gl = GraphLayer(i, layer.name, layer.type, layer, bottoms, tops, list(ls.bottoms), list(ls.tops),
                         loss_weights=loss_weights(layer, path), param_shapes=ls.params)
         for j, spec in enumerate(layer.param):
@@ -120,4 +113,5 @@ def build_graph(net, phase: int = caffe_pb2.TEST, input_shapes: dict | None = No
                 else:
                     owners[spec.name] = (layer.name, j)
         layers.append(gl)
-    return NetGraph(net.name, inputs, layers, available, caffe_name, dict(current), phase)
+    current = {name: unique[v] for name, v in wiring.current.items()}
+    return NetGraph(net.name, inputs, layers, available, caffe_name, current, phase)

@@ -8,14 +8,14 @@ from google.protobuf import unknown_fields
 
 from sfport import converters
 from sfport.formats import caffe_files
-from sfport.netdef import deploy, builtin, shapes
+from sfport.netdef import builtin, datalayers, shapes, wiring
 from sfport.errors import CaffeFileError
-from sfport.formats.caffe_files import CaffeModel, blob_shape
+from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape
 from sfport.netdef import netstate
 from sfport.netdef.netstate import NetState, filter_net, stored_phase
 from sfport.proto import caffe_pb2
 
-from sfport.netdef.weight_match import MergeReport, as_text, merge
+from sfport.netdef.weight_match import MergeReport, merge
 
 
 @dataclass
@@ -88,17 +88,17 @@ class WalkedShapes:
 def shape_walk(net, given: dict, path=None) -> WalkedShapes:
     """:func:`sfport.netdef.shapes.infer` over every layer of ``net`` (a net already filtered to one state), with the
     shapes ``given`` by name taking the place of what a data or Input layer states (as ``sfport deploy`` and
-    pycaffe's reshape do); a label top takes the batch size of its data (:func:`sfport.netdef.shapes.data_tops`)."""
+    pycaffe's reshape do); a label top takes the batch size of its data (:func:`sfport.netdef.datalayers.data_tops`)."""
     out = WalkedShapes(shapes.infer(net, input_shapes=given, filtered=True, path=path))
     for layer, ls in zip(net.layer, out.layers):
         bottoms, tops = ls.bottoms, ls.tops
-        if shapes.is_data_layer(layer):
+        if datalayers.is_data_layer(layer):
             for j, (t, shape) in enumerate(zip(layer.top, tops)):
                 # a label of a data-set layer takes its batch from the data: only the data's shape is missing
-                derived = j > 0 and shapes.reads_data_set(layer) and layer.type not in deploy.NAMED_TOPS
+                derived = j > 0 and datalayers.reads_data_set(layer) and not datalayers.spec_of(layer).named_tops
                 if shape is None and not derived:
                     out.unknown_inputs.append((as_text(t), as_text(layer.name), as_text(layer.type),
-                                               shapes.stated_image_shape(layer) if t == layer.top[0] else None))
+                                               datalayers.stated_image_shape(layer) if t == layer.top[0] else None))
         elif len(layer.top) and all(b is not None for b in bottoms) and bottoms and any(t is None for t in tops):
             out.stuck.append((as_text(layer.name), as_text(layer.type)))
     return out
@@ -120,23 +120,15 @@ def _rows(model: CaffeModel, net, walked: WalkedShapes, infer_missing: bool = Tr
         rows.append(LayerRow(i, as_text(layer.name), as_text(layer.type), [as_text(b) for b in layer.bottom],
                              [as_text(t) for t in layer.top], blob_shapes, count,
                              labels[i] if labels is not None else _phase_label(layer), guessed, list(ls.tops),
-                             deploy.is_inserted_split(layer)))
+                             wiring.is_inserted_split(layer)))
     return rows
 
 
 def fold_splits(rows: list[LayerRow]) -> list[LayerRow]:
     """The rows without the Split layers Caffe inserted: a layer that read a split's top reads the producer's
     blob (the split's bottom) instead, as in the definition before Caffe's InsertSplits."""
-    alias: dict[str, str] = {}
     out = []
-    for r in rows:
-        bottoms = [alias.get(b, b) for b in r.bottoms]
-        if r.split:
-            for t in r.tops:
-                alias[t] = bottoms[0]
-            continue
-        for t in r.tops:
-            alias.pop(t, None)
+    for r, bottoms in wiring.without_splits(rows, lambda r: r.split, lambda r: r.bottoms, lambda r: r.tops):
         out.append(LayerRow(r.index, r.name, r.type, bottoms, list(r.tops), r.blob_shapes, r.params, r.phase,
                             r.inferred, r.top_shapes, r.split))
     return out
@@ -218,7 +210,7 @@ class Inspection:
 def _given_shapes(net, input_shapes, path) -> dict:
     """``input_shapes`` as {top: shape}: one bare shape is the first data layer's first top; a name that is no
     data layer's top is an error naming the inputs."""
-    inputs = [t for layer in net.layer if shapes.is_data_layer(layer) for t in layer.top]
+    inputs = [t for layer in net.layer if datalayers.is_data_layer(layer) for t in layer.top]
     if input_shapes is None:
         return {}
     if not isinstance(input_shapes, dict):

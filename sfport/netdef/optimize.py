@@ -2,9 +2,12 @@
 
 :func:`optimize` folds the per-channel affine layers that follow a Convolution, Deconvolution or InnerProduct
 into its weights and bias, merges a chain of them that follows anything else into one Scale layer, and drops
-the identities of a test-phase net (Dropout, Split) and Silence. The result is a NetParameter with its weights
-(:class:`Optimized`), which :class:`sfport.Net` builds like any other net (``Net(..., optimize=True)``), so it
-saves, exports and converts back to a caffemodel as every net does.
+the identities of a test-phase net (Dropout, except py-faster-rcnn's ``scale_train: false`` one, which scales at
+test time; Split) and Silence. The result is a NetParameter with its weights (:class:`Optimized`), which
+:class:`sfport.Net` builds like any other net (``Net(..., optimize=True)``), so it saves, exports and converts
+back to a caffemodel as every net does. What a layer type contributes is its converter's: ``affine``,
+``fold_affine`` / ``with_bias``, ``identity_at_inference``, ``computes_nothing`` and ``fresh_top``
+(:class:`sfport.converters.Converter`); this module switches on no type name.
 
 What folds (each a CHECK of the layer Caffe runs, restated here):
 
@@ -33,12 +36,6 @@ from sfport import converters as conv_registry
 from sfport.netdef import shapes
 from sfport.proto import caffe_pb2
 
-HEADS = ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution", "InnerProduct")
-AFFINE = ("BatchNorm", "Scale", "Bias")
-IDENTITIES = ("Dropout", "Split")
-# layers whose top is a new tensor, never a view of a blob another layer still reads
-FRESH = HEADS + AFFINE + ("Pooling",)
-
 
 @dataclass
 class Optimized:
@@ -63,50 +60,13 @@ class Optimized:
 
 
 def _affine_of(gl, module) -> tuple[np.ndarray, np.ndarray] | None:
-    """(a, b) per channel with top = a * bottom + b, for a foldable BatchNorm / Scale / Bias, else None."""
+    """(a, b) per channel with top = a * bottom + b, for a foldable layer (its converter's ``affine``), else None."""
     if len(gl.bottoms) != 1 or len(gl.tops) != 1 or gl.shared:
         return None
     shape = gl.bottom_shapes[0]
     if shape is None or len(shape) < 2:
         return None
-    c = int(shape[1])
-    if gl.type == "BatchNorm":
-        if not module._global():
-            return None
-        s = float(module.scale_factor.detach().double()[0])
-        # batch_norm_layer.cpp: scale_factor = blob[2] == 0 ? 0 : 1 / blob[2], in float
-        factor = 0.0 if s == 0 else float(np.float32(1) / np.float32(s))
-        mean = module.mean_sum.detach().double().numpy() * factor
-        var = module.var_sum.detach().double().numpy() * factor
-        inv = 1.0 / np.sqrt(var + float(np.float32(module.eps)))
-        return inv, -mean * inv
-    p = gl.param.scale_param if gl.type == "Scale" else gl.param.bias_param
-    axis = p.axis + len(shape) if p.axis < 0 else p.axis
-    if axis != 1 or p.num_axes != 1 or module.weight is None or tuple(module.weight.shape) != (c,):
-        return None
-    w = module.weight.detach().double().numpy()
-    if gl.type == "Bias":
-        return np.ones(c), w
-    b = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(c)
-    return w, b
-
-
-def _fold_into(gl, module, a: np.ndarray, b: np.ndarray) -> list[np.ndarray] | None:
-    """The head's weights with ``a * (head) + b`` folded in: [weight, bias]; None when its channels are not axis 1."""
-    w = module.weight.detach().double().numpy()
-    bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
-    if gl.type == "InnerProduct":
-        p = gl.param.inner_product_param
-        if module.axis != 1:
-            return None
-        w = w * a[None, :] if p.transpose else w * a[:, None]
-    elif gl.type == "Deconvolution":
-        groups = module.groups
-        cin, per = w.shape[0], w.shape[1]
-        w = (w.reshape(groups, cin // groups, per, -1) * a.reshape(groups, 1, per, 1)).reshape(w.shape)
-    else:
-        w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
-    return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+    return conv_registry.get(gl.type, gl.name).affine(gl.param, module, tuple(shape))
 
 
 def optimize(net, outputs=None) -> Optimized:
@@ -148,8 +108,9 @@ def optimize(net, outputs=None) -> Optimized:
     i = 0
     while i < len(order):
         gl = layers[order[i]]
-        head = gl.type in HEADS and private(gl) and len(gl.tops) == 1
-        first = _affine_of(gl, module.module_of(gl.name)) if gl.type in AFFINE and private(gl) else None
+        converter = conv_registry.get(gl.type, gl.name)
+        head = converter.folds_affine and private(gl) and len(gl.tops) == 1
+        first = _affine_of(gl, module.module_of(gl.name)) if not head and private(gl) else None
         if not head and first is None:
             i += 1
             continue
@@ -158,7 +119,7 @@ def optimize(net, outputs=None) -> Optimized:
         while j < len(order) and feeds_only_next(layers[order[j - 1]], layers[order[j]]) \
                 and private(layers[order[j]]):
             nxt = layers[order[j]]
-            step = _affine_of(nxt, module.module_of(nxt.name)) if nxt.type in AFFINE else None
+            step = _affine_of(nxt, module.module_of(nxt.name))
             if step is None:
                 break
             sa, sb = step
@@ -167,7 +128,7 @@ def optimize(net, outputs=None) -> Optimized:
             j += 1
         arrays = None
         if chain:   # a head's weights with the chain folded in; after anything else, one Scale's blobs
-            arrays = _fold_into(gl, module.module_of(gl.name), a, b) if head else \
+            arrays = converter.fold_affine(gl.param, module.module_of(gl.name), a, b) if head else \
                 [a.astype(np.float32), b.astype(np.float32)]
         if arrays is None:
             chain, j = [], i + 1
@@ -176,15 +137,16 @@ def optimize(net, outputs=None) -> Optimized:
             gone.update(chain)
         i = max(j, i + 1)
 
-    # 2. identities and Silence
+    # 2. identities (at test time) and layers that compute nothing
     drop: set[int] = set()
     training = module.training
     for k in order:
         gl = layers[k]
-        if gl.type == "Silence" and not gl.tops:
+        converter = conv_registry.get(gl.type, gl.name)
+        if converter.computes_nothing and not gl.tops:
             drop.add(k)
-        elif gl.type in IDENTITIES and not training and len(gl.bottoms) == 1 and gl.tops \
-                and not (set(gl.tops) & kept_values):
+        elif not training and len(gl.bottoms) == 1 and gl.tops and not (set(gl.tops) & kept_values) \
+                and converter.identity_at_inference(gl.param):
             drop.add(k)
 
     return _write(net, plan, gone, drop, list(graph.inputs), [layers[k].name for k in sorted(pruned)])
@@ -232,7 +194,8 @@ def _write(net, plan, gone, drop, inputs, pruned) -> Optimized:
         new.CopyFrom(layer)
         for j, b in enumerate(gl.bottoms):   # a reader of a dropped identity's top reads its bottom
             new.bottom[j] = graph.caffe_name[value(b)]
-        arrays = conv_registry.get(gl.type, gl.name).save(module.module_of(gl.name))
+        converter = conv_registry.get(gl.type, gl.name)
+        arrays = converter.save(module.module_of(gl.name))
         tops = list(gl.tops)
         if k in plan:
             chain, arrays = plan[k]
@@ -240,19 +203,10 @@ def _write(net, plan, gone, drop, inputs, pruned) -> Optimized:
             tops = [last.tops[0]]
             new.top[0] = graph.caffe_name[last.tops[0]]
             folded.append((gl.name, [layers[c].name for c in chain]))
-            if gl.type in HEADS:
-                if gl.type == "InnerProduct":
-                    new.inner_product_param.bias_term = True
-                else:
-                    new.convolution_param.bias_term = True
+            if converter.folds_affine:
+                converter.with_bias(new)
             else:   # an affine chain after anything else: one Scale with a bias
-                new.type = "Scale"
-                new.ClearField("batch_norm_param")
-                new.ClearField("bias_param")
-                new.scale_param.Clear()
-                new.scale_param.axis = 1
-                new.scale_param.num_axes = 1
-                new.scale_param.bias_term = True
+                conv_registry.affine_layer(new)
             del new.param[:]
             for spec in layer.param[:2]:
                 if spec.HasField("lr_mult") or spec.HasField("decay_mult"):
@@ -269,12 +223,13 @@ def _write(net, plan, gone, drop, inputs, pruned) -> Optimized:
 
 def in_place_layers(graph, module) -> set[str]:
     """The layers of an optimized net that may overwrite their bottom (``module.forward_``): one bottom, produced
-    by a layer whose top is a fresh tensor (FRESH), read by this layer alone, and neither an input nor an output."""
+    by a layer whose top is a fresh tensor (its converter's ``fresh_top``), read by this layer alone, and neither
+    an input nor an output."""
     readers: dict[str, int] = {}
     for gl in graph.layers:
         for u in gl.bottoms:
             readers[u] = readers.get(u, 0) + 1
-    fresh = {t for gl in graph.layers if gl.type in FRESH for t in gl.tops}
+    fresh = {t for gl in graph.layers if conv_registry.get(gl.type, gl.name).fresh_top for t in gl.tops}
     kept = set(graph.outputs) | {t for t, _ in module.loss_terms}
     return {gl.name for gl in graph.layers
             if hasattr(module.module_of(gl.name), "forward_") and len(gl.bottoms) == 1

@@ -9,14 +9,9 @@ from sfport import converters
 from sfport.netdef import shapes
 from sfport.formats import wire
 from sfport.errors import CaffeFileError
-from sfport.formats.caffe_files import CaffeModel, blob_shape, has_legacy_shape
+from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape, has_legacy_shape
 from sfport.proto import caffe_pb2
 
-
-
-def as_text(value) -> str:
-    """A proto2 string field as str: invalid UTF-8 in a binary file comes back from protobuf as bytes."""
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 @dataclass

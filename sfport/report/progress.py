@@ -1,5 +1,5 @@
 """Progress of long work: a tqdm bar on a terminal, otherwise a log line every few seconds in the glog format
-``train`` logs in (:class:`sfport.solver.log.CaffeLog`), so that a job under nohup or a scheduler shows it is alive:
+``train`` logs in (:class:`CaffeLog` below), so that a job under nohup or a scheduler shows it is alive:
 
     I1203 14:02:11.503188 4242 features.py:0] features: 2048 / 13233 images (15.5%), 88.1 img/s, ETA 2m07s
 

@@ -1,10 +1,11 @@
-"""CaffeNet (the nn.Module that runs a NetGraph) and Net, a pycaffe-like handle around it."""
+"""Net, a pycaffe-like handle around :class:`sfport.runtime.caffenet.CaffeNet` (the nn.Module that runs a
+NetGraph), and :func:`load_net`, what the commands load."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io as _io
 import os
-import re
 
 import numpy as np
 import torch
@@ -13,8 +14,7 @@ from torch import nn
 from google.protobuf import text_format
 
 from sfport.formats import caffe_files, disk
-from sfport.converters import fillers
-from sfport.netdef import builtin, netstate, shapes
+from sfport.netdef import builtin, datalayers, netstate
 from sfport import converters as conv_registry
 from sfport.netdef import deploy as deploy_mod
 from sfport.netdef import weight_match
@@ -23,225 +23,14 @@ from sfport.errors import CaffeFileError
 from sfport.netdef.graph import NetGraph, build_graph, input_names
 from sfport.netdef.netstate import NetState
 from sfport.proto import caffe_pb2
+from sfport.runtime.caffenet import CaffeNet, _Positional
 
 PT_FORMAT = "sfport-net"
 PT_VERSION = 1
 
 
-def _key(name: str, taken: set) -> str:
-    """A ModuleDict key for a Caffe layer name (no dots; unique)."""
-    key = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
-    if key[0].isdigit():
-        key = "_" + key
-    base, k = key, 2
-    while key in taken:
-        key, k = f"{base}_{k}", k + 1
-    taken.add(key)
-    return key
-
-
-class CaffeNet(nn.Module):
-    """Runs a NetGraph. ``forward(*inputs or **inputs)`` returns the net's outputs by Caffe blob name;
-    ``run(inputs, keep_all=True)`` returns every blob by unique name. Parameters are nn.Parameters in Caffe
-    blob order per layer (``caffe_params(layer)``); a shared parameter is one object in every layer using it."""
-
-    def __init__(self, graph: NetGraph):
-        super().__init__()
-        self.graph = graph
-        self.layers = nn.ModuleDict()
-        self.keys: dict[str, str] = {}
-        taken: set = set()
-        for gl in graph.layers:
-            converter = conv_registry.get(gl.type, gl.name)
-            if any(s is None for s in gl.bottom_shapes):
-                raise CaffeFileError(None, f"layer '{gl.name}' ({gl.type}): the shape of its input is unknown; "
-                                           f"give the input shape")
-            try:
-                module = converter.build(gl.param, [tuple(s) for s in gl.bottom_shapes])
-            except ValueError as e:
-                raise CaffeFileError(None, shapes.about_layer(gl.param, str(e))) from None
-            key = _key(gl.name, taken)
-            self.keys[gl.name] = key
-            self.layers[key] = module
-        for gl in graph.layers:  # shared parameters: one owner's nn.Parameter everywhere
-            module = self.layers[self.keys[gl.name]]
-            for j, (owner, oj) in gl.shared.items():
-                owner_module = self.layers[self.keys[owner]]
-                name = module.caffe_blobs[j]
-                owner_param = getattr(owner_module, owner_module.caffe_blobs[oj])
-                if getattr(module, name).shape != owner_param.shape:
-                    raise CaffeFileError(None, f"layer '{gl.name}' shares parameter {j} with '{owner}' but their "
-                                               f"shapes differ: {list(getattr(module, name).shape)} vs "
-                                               f"{list(owner_param.shape)}")
-                setattr(module, name, owner_param)
-        for gl in graph.layers:  # lr_mult 0: no gradient at all (Caffe's param_propagate_down false)
-            module = self.layers[self.keys[gl.name]]
-            for j, spec in enumerate(gl.param.param):
-                if j < len(module.caffe_blobs) and j not in gl.shared and spec.HasField("lr_mult") \
-                        and spec.lr_mult == 0:
-                    getattr(module, module.caffe_blobs[j]).requires_grad_(False)
-        self.input_names = list(graph.inputs)
-        # 4-D inputs fed as channels_last (NHWC in memory): set by Net.optimized where it is faster
-        self.channels_last = False
-        # layers run in place on their bottom when nothing else needs it (no autograd, blobs freed): Net.optimized
-        self.in_place: set[str] = set()
-        self.output_names = [graph.caffe_name[u] for u in graph.outputs]
-        # (unique top name, weight) of every top that enters the loss, in Caffe's order
-        self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
-
-    def fill(self, layers=None, generator: torch.Generator | None = None, apply: bool = True) -> dict[str, list[str]]:
-        """Initialise parameters by their Caffe fillers (all layers, or those named), as Caffe's LayerSetUp
-        does; a shared parameter is filled by its owner only. Returns {layer: [filler description per blob]}
-        (``apply=False``: only the descriptions)."""
-        done = {}
-        names = None if layers is None else set(layers)
-        for gl in self.graph.layers:
-            if names is not None and gl.name not in names:
-                continue
-            converter = conv_registry.get(gl.type, gl.name)
-            module = self.module_of(gl.name)
-            described = []
-            for j, (pname, spec) in enumerate(zip(module.caffe_blobs, converter.fillers(gl.param))):
-                if j in gl.shared:
-                    described.append(f"shared with {gl.shared[j][0]}")
-                    continue
-                if spec is None:
-                    continue
-                try:
-                    if apply:
-                        fillers.fill(getattr(module, pname).data, spec, generator)
-                except ValueError as e:
-                    raise CaffeFileError(None, f"layer '{gl.name}': {e}") from None
-                described.append(fillers.describe(spec))
-            if described:
-                done[gl.name] = described
-        return done
-
-    def loss(self, blobs: dict) -> torch.Tensor | None:
-        """Caffe's net loss: sum of ``loss_weight * sum(top)`` over weighted tops (None if the net has none)."""
-        total = None
-        for name, w in self.loss_terms:
-            term = blobs[name].sum() * w if w != 1 else blobs[name].sum()
-            total = term if total is None else total + term
-        return total
-
-    def module_of(self, layer_name: str) -> nn.Module:
-        return self.layers[self.keys[layer_name]]
-
-    def caffe_params(self, layer_name: str) -> list[nn.Parameter]:
-        m = self.module_of(layer_name)
-        return [getattr(m, n) for n in m.caffe_blobs]
-
-    def run(self, inputs: dict, keep_all: bool = False) -> dict[str, torch.Tensor]:
-        blobs: dict[str, torch.Tensor] = {}
-        for name in self.input_names:
-            caffe = self.graph.caffe_name[name]
-            if name in inputs:
-                blobs[name] = inputs[name]
-            elif caffe in inputs:
-                blobs[name] = inputs[caffe]
-            else:
-                raise KeyError(f"missing input '{caffe}'")
-        if self.channels_last and not conv_registry.in_export_form():
-            for name, t in blobs.items():
-                if t.dim() == 4:
-                    blobs[name] = t.contiguous(memory_format=torch.channels_last)
-        remaining = {}
-        if not keep_all:  # free a blob after its last consumer
-            for gl in self.graph.layers:
-                for b in gl.bottoms:
-                    remaining[b] = remaining.get(b, 0) + 1
-        outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms}
-        in_place = bool(self.in_place) and not keep_all and not torch.is_grad_enabled() \
-            and not conv_registry.in_export_form()
-        for gl in self.graph.layers:
-            module = self.layers[self.keys[gl.name]]
-            if in_place and gl.name in self.in_place:   # its bottom is read by it alone and freed after it
-                out = module.forward_(blobs[gl.bottoms[0]])
-            else:
-                out = module(*[blobs[b] for b in gl.bottoms])
-            if isinstance(out, torch.Tensor):
-                out = (out,)
-            for name, t in zip(gl.tops, out):
-                blobs[name] = t
-            if not keep_all:
-                for b in gl.bottoms:
-                    remaining[b] -= 1
-                    if remaining[b] == 0 and b not in outputs:
-                        blobs.pop(b, None)
-        return blobs
-
-    def forward(self, *args, **kwargs):
-        inputs = dict(zip(self.input_names, args))
-        inputs.update(kwargs)
-        blobs = self.run(inputs)
-        return {self.graph.caffe_name[u]: blobs[u] for u in self.graph.outputs}
-
-    def blobs_module(self) -> nn.Module:
-        """A module over this net whose ``forward(**inputs)`` returns every kept blob by unique name (outputs
-        and loss tops): what training wraps in DistributedDataParallel, which only sees ``forward``."""
-        return _KeptBlobs(self)
-
-    def learnable_params(self) -> list[tuple[str, nn.Parameter, float, float]]:
-        """Caffe's Net::learnable_params_: ``(layer/blob index, parameter, lr_mult, decay_mult)`` for every blob
-        of every layer in order, a shared blob once (its owner's); a blob that takes no gradient (lr_mult 0,
-        BatchNorm's statistics) has lr_mult 0."""
-        out = []
-        for gl in self.graph.layers:
-            specs = gl.param.param
-            for j, p in enumerate(self.caffe_params(gl.name)):
-                if j in gl.shared:
-                    continue
-                spec = specs[j] if j < len(specs) else None
-                lr = spec.lr_mult if spec is not None and spec.HasField("lr_mult") else 1.0
-                dm = spec.decay_mult if spec is not None and spec.HasField("decay_mult") else 1.0
-                out.append((f"{gl.name}/{j}", p, float(lr) if p.requires_grad else 0.0, float(dm)))
-        return out
-
-    def share_trained_layers_with(self, other: "CaffeNet") -> list[str]:
-        """Caffe's Net::ShareTrainedLayersWith: every layer of this net whose name ``other`` also has uses
-        ``other``'s parameter objects (blob by blob, where the shapes agree). Returns the layers shared."""
-        shared = []
-        for gl in self.graph.layers:
-            if gl.name not in other.keys:
-                continue
-            dst, src = self.module_of(gl.name), other.module_of(gl.name)
-            for name in dst.caffe_blobs:
-                if hasattr(src, name) and getattr(src, name).shape == getattr(dst, name).shape:
-                    setattr(dst, name, getattr(src, name))
-            if dst.caffe_blobs:
-                shared.append(gl.name)
-        return shared
-
-
-class _KeptBlobs(nn.Module):
-    """``CaffeNet.blobs_module()``: forward returns the blobs ``CaffeNet.run`` keeps."""
-
-    def __init__(self, net: CaffeNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, **inputs):
-        return self.net.run(inputs)
-
-
-class _Positional(nn.Module):
-    """Positional inputs, tuple outputs: the form tracing, TorchScript and ONNX need."""
-
-    def __init__(self, net: CaffeNet, outputs: list[str]):
-        super().__init__()
-        self.net = net
-        self.outputs = outputs
-
-    def forward(self, *xs):
-        with conv_registry.export_form():
-            blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False)
-        return tuple(blobs[self.net.graph.final[o]] if o in self.net.graph.final else blobs[o]
-                     for o in self.outputs)
-
-
 def _names(names, most: int = 5) -> str:
-    names = [weight_match.as_text(n) for n in names]
+    names = [caffe_files.as_text(n) for n in names]
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "") or "none"
 
 
@@ -272,91 +61,22 @@ class Net:
                  optimize: bool = False):
         self.state = NetState.of(phase, level, stages)
         self.phase = self.state.phase
-        state = None
-        self.report: weight_match.MergeReport | None = None   # set below: what weights the net got, and from where
-        stored = False     # a definition Caffe (or sfport) stored, already reduced to one state
-        if isinstance(model, caffe_files.CaffeModel):
-            definition = model
-        elif str(model).endswith(".pt"):
-            definition, state, saved_shapes = _load_pt(model)
-            input_shapes = input_shapes or saved_shapes
-            stored = True
-        else:
-            definition = caffe_files.read_net(model)
-            stored = definition.kind == caffe_files.BINARY
-        # net.cpp Net::Init gives every layer the net's phase and Net::ToProto stores it with the filtered layers
-        stored = stored or netstate.stored_phase(definition.net) is not None
-        weight_model = None
-        if weights is not None:
-            weight_model = weights if isinstance(weights, caffe_files.CaffeModel) else caffe_files.read_caffemodel(weights)
-        elif definition.has_weights():
-            weight_model = definition
-        net = definition.net
-        if stored:  # filtered before it was stored (Net::ToProto writes the net's layers only)
-            net = netstate.without_rules(net)
-        else:
-            net = netstate.filter_net(net, self.state, definition.path)
-        if inference is None:  # a caffemodel alone holds the training net: in TEST, what it was trained for
-            inference = stored and self.phase == caffe_pb2.TEST and any(map(shapes.reads_data_set, net.layer))
-        if inference:
-            derived = deploy_mod.derive(net, input_shapes=input_shapes, path=definition.path, already_filtered=True)
-            net = derived.net
-            input_shapes = {k: v for k, v in derived.inputs.items() if v}
-            missing = derived.unknown_inputs()
-            if missing:
-                raise deploy_mod.unknown_input_error(definition.path, missing[0], derived.sources.get(missing[0]))
-        elif isinstance(input_shapes, (tuple, list)):  # one shape: the net's first input
-            names = input_names(net)
-            if not names:
-                raise CaffeFileError(definition.path, "the net has no input to give a shape to")
-            input_shapes = {names[0]: tuple(input_shapes)}
-        self.inference = bool(inference)
+        self.report: weight_match.MergeReport | None = None   # set by _load: what weights the net got, and from where
+        read = _read_model(model, input_shapes)                                              # (1) read
+        weight_model = _weights_to_copy(weights, read.definition)                            # (2) weights to copy
+        net = _filtered(read.definition, read.stored, self.state)                            # (3) filter
+        inference = _inference_by_default(net, read.stored, self.phase) if inference is None else bool(inference)
+        net, input_shapes = _shaped(net, inference, read.input_shapes, read.definition.path)      # (4) inference form
+        self.inference = inference
         self.definition = net
-        self.path = definition.path
+        self.path = read.definition.path
         self.input_shapes = dict(input_shapes or {})
-        self.graph = build_graph(net, self.phase, input_shapes, definition.path)
-        missing = [n for n, s in self.graph.inputs.items() if s is None or len(s) == 0]
-        if missing:
-            layer = next((l for l in net.layer if missing[0] in l.top), None)
-            raise deploy_mod.unknown_input_error(definition.path, self.graph.caffe_name[missing[0]],
-                                                 (layer.name, layer.type) if layer is not None else None)
-        if state is None and weight_model is not None:
-            # the weights are checked against the shapes the definition states before any blob is allocated
-            # (a num_output the weights cannot fit is the "does not fit" error, not an allocation of its size)
-            weight_match.match_weights([weight_match.Target(gl.name, gl.type, gl.param_shapes) for gl in self.graph.layers],
-                                    weight_model, definition.path)
-        try:
-            self.module = CaffeNet(self.graph)
-        except CaffeFileError as e:   # a layer's own complaint (an unknown type, bad parameters): name the file
-            if e.path is None:
-                e.path = definition.path
-                e.args = (str(e),)
-            raise
+        self.graph = _graph(net, self.phase, input_shapes, self.path)                        # (5) graph
+        if read.state is None and weight_model is not None:                                  # (6) match shapes
+            _match_weight_shapes(self.graph, weight_model, self.path)
+        self.module = _module(self.graph, self.path)                                         # (7) modules
         self.module.train(self.phase == caffe_pb2.TRAIN)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        if state is not None:
-            try:
-                self.module.load_state_dict(state)
-            except (RuntimeError, KeyError, TypeError) as e:
-                first = str(e).strip().splitlines()
-                raise CaffeFileError(definition.path, "its state_dict does not fit its own net: "
-                                     + " ".join(l.strip() for l in first[:3])) from None
-        elif weight_model is not None:  # copied by name; only the layers left without weights are filled
-            self.report = self.load_weights(weight_model)
-            if weights is not None and not self.report.copied and any(self.params.values()):
-                raise CaffeFileError(weight_model.path, f"no layer of the weights matches a layer with parameters "
-                                                        f"of {definition.path or 'the net'} (weights for: "
-                                                        f"{_names(weight_model.weight_layers())}; the net's: "
-                                                        f"{_names(self.params)})")
-            self.module.fill(self.report.layers_without_weights, generator)
-        else:   # no weights: a report that says so (every layer with parameters left to its filler)
-            filled = self.module.fill(None, generator)
-            self.report = weight_match.MergeReport(layers_without_weights=list(self.params), filled=filled,
-                                                no_weights=True)
-        if state is not None:   # a converted .pt: its state_dict holds every parameter
-            self.report = weight_match.MergeReport(copied=list(self.params))
-        # trained weights: a converted .pt's, or a caffemodel's copied into at least one layer (else fillers')
-        self.has_weights = state is not None or bool(self.report and self.report.copied)
+        self._load(read.state, weight_model, weights is not None, seed)                      # (8) load
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
@@ -364,6 +84,42 @@ class Net:
         self.origin: dict[str, str] | None = None
         if optimize:
             self._optimize()
+
+    def _load(self, state: dict | None, weight_model: caffe_files.CaffeModel | None, weights_given: bool,
+              seed: int | None) -> None:
+        """Step (8), the parameters' values, as pycaffe's ``caffe.Net(prototxt, weights, phase)``: Net::Init's
+        fillers (each layer's LayerSetUp), then Net::CopyTrainedLayersFrom over them. A converted ``.pt``'s
+        state_dict holds every parameter; else the weights are copied by layer name and only the layers left
+        without any are filled; else every layer is filled (``seed``: the fillers' generator). Sets ``report``
+        and ``has_weights``."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if state is not None:
+            self._load_state_dict(state)
+            self.report = weight_match.MergeReport(copied=list(self.params))
+        elif weight_model is not None:  # copied by name; only the layers left without weights are filled
+            self.report = self.load_weights(weight_model)
+            if weights_given and not self.report.copied and any(self.params.values()):
+                raise CaffeFileError(weight_model.path, f"no layer of the weights matches a layer with parameters "
+                                                        f"of {self.path or 'the net'} (weights for: "
+                                                        f"{_names(weight_model.weight_layers())}; the net's: "
+                                                        f"{_names(self.params)})")
+            self.module.fill(self.report.layers_without_weights, generator)
+        else:   # no weights: a report that says so (every layer with parameters left to its filler)
+            filled = self.module.fill(None, generator)
+            self.report = weight_match.MergeReport(layers_without_weights=list(self.params), filled=filled,
+                                                   no_weights=True)
+        # trained weights: a converted .pt's, or a caffemodel's copied into at least one layer (else fillers')
+        self.has_weights = state is not None or bool(self.report and self.report.copied)
+
+    def _load_state_dict(self, state: dict) -> None:
+        """A converted ``.pt``'s state_dict into the module (sfport's own format; Caffe's counterpart is
+        Net::CopyTrainedLayersFromBinaryProto of the caffemodel it was converted from)."""
+        try:
+            self.module.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()
+            raise CaffeFileError(self.path, "its state_dict does not fit its own net: "
+                                 + " ".join(l.strip() for l in first[:3])) from None
 
     def _optimize(self, outputs=None) -> None:
         """Become the inference-optimized form of this net (:mod:`sfport.netdef.optimize`): the folded definition
@@ -384,7 +140,7 @@ class Net:
         # NHWC where it is faster on the CPU: for grouped (depthwise) convolutions, 1.1-1.8x for MobileFaceNet;
         # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)
         self.module.channels_last = any(getattr(self.module.module_of(gl.name), "groups", 1) > 1
-                                        for gl in self.graph.layers if gl.type in optimize_mod.HEADS)
+                                        for gl in self.graph.layers if conv_registry.get(gl.type, gl.name).folds_affine)
         self.module.in_place = optimize_mod.in_place_layers(self.graph, self.module)
         self.optimization, self.origin = opt, origin
 
@@ -416,7 +172,7 @@ class Net:
                                                              weights.blob_arrays(chosen[gl.name]))
                 except ValueError as e:
                     raise CaffeFileError(weights.path, f"does not fit {self.path or 'the net'}: layer "
-                                                       f"'{weight_match.as_text(gl.name)}' ({gl.type}): {e}") from None
+                                                       f"'{caffe_files.as_text(gl.name)}' ({gl.type}): {e}") from None
         report.filled = self.module.fill(report.layers_without_weights, apply=False)  # filled when built
         return report
 
@@ -502,6 +258,115 @@ class Net:
                 s[0] = batch
             out.append(torch.rand(s, generator=g) * 2 - 1)
         return tuple(out)
+
+
+# -- the steps of Net.__init__ --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Read:
+    """What step (1) reads from Net's ``model`` argument."""
+    definition: caffe_files.CaffeModel      # the net definition as read (its blobs, if any, with it)
+    state: dict | None                      # a converted .pt's state_dict
+    input_shapes: dict | tuple | None       # the shapes given, else a .pt's saved ones
+    stored: bool                            # a definition Caffe (or sfport) stored, already reduced to one state
+
+
+def _read_model(model, input_shapes) -> _Read:
+    """Step (1), pycaffe's ``caffe.Net(file, ...)`` reading its file (net.cpp Net::Net: ReadNetParamsFromTextFile,
+    or a caffemodel's NetParameter as Net::CopyTrainedLayersFromBinaryProto reads it): a CaffeModel as it is, an
+    sfport ``.pt`` (definition, state_dict, saved input shapes, used where none are given), or a prototxt or
+    caffemodel path. A caffemodel, a ``.pt``, or any definition with a stored phase was stored by Caffe (or
+    sfport) after Net::Init filtered it: net.cpp Net::Init gives every layer the net's phase and Net::ToProto
+    stores it with the filtered layers."""
+    state, stored = None, False
+    if isinstance(model, caffe_files.CaffeModel):
+        definition = model
+    elif str(model).endswith(".pt"):
+        definition, state, saved_shapes = _load_pt(model)
+        input_shapes = input_shapes or saved_shapes
+        stored = True
+    else:
+        definition = caffe_files.read_net(model)
+        stored = definition.kind == caffe_files.BINARY
+    stored = stored or netstate.stored_phase(definition.net) is not None
+    return _Read(definition, state, input_shapes, stored)
+
+
+def _weights_to_copy(weights, definition: caffe_files.CaffeModel) -> caffe_files.CaffeModel | None:
+    """Step (2), the weights Net::CopyTrainedLayersFrom will copy: the ``weights`` argument (a CaffeModel or a
+    caffemodel path, as pycaffe's ``caffe.Net(prototxt, weights, phase)``), else the definition's own blobs (a
+    caffemodel read as the net), else none."""
+    if weights is not None:
+        return weights if isinstance(weights, caffe_files.CaffeModel) else caffe_files.read_caffemodel(weights)
+    if definition.has_weights():
+        return definition
+    return None
+
+
+def _filtered(definition: caffe_files.CaffeModel, stored: bool, state: NetState):
+    """Step (3), net.cpp Net::FilterNet: the layers of the NetState (include/exclude rules). A stored net was
+    filtered before it was stored (Net::ToProto writes the net's layers only): its rules are dropped instead."""
+    if stored:
+        return netstate.without_rules(definition.net)
+    return netstate.filter_net(definition.net, state, definition.path)
+
+
+def _inference_by_default(net, stored: bool, phase: int) -> bool:
+    """Step (4)'s default when ``inference`` is not given: a caffemodel alone holds the training net; in TEST,
+    the inference form is what it was trained for (no Caffe counterpart: Caffe would need a deploy prototxt)."""
+    return stored and phase == caffe_pb2.TEST and any(map(datalayers.reads_data_set, net.layer))
+
+
+def _shaped(net, inference: bool, input_shapes, path) -> tuple:
+    """Step (4), the net's inputs, as Net::Init's input blobs (net.cpp AppendTop of an Input layer's or the
+    deprecated ``input``/``input_shape`` fields): with ``inference``, the definition's inference form
+    (:func:`sfport.netdef.deploy.derive`, what a hand-written deploy prototxt is: data layers become inputs,
+    their label tops, the losses and the accuracy go), every input with a known shape; otherwise one shape
+    given alone is the first input's. Returns (net, input_shapes)."""
+    if inference:
+        derived = deploy_mod.derive(net, input_shapes=input_shapes, path=path, already_filtered=True)
+        missing = derived.unknown_inputs()
+        if missing:
+            raise deploy_mod.unknown_input_error(path, missing[0], derived.sources.get(missing[0]))
+        return derived.net, {k: v for k, v in derived.inputs.items() if v}
+    if isinstance(input_shapes, (tuple, list)):  # one shape: the net's first input
+        names = input_names(net)
+        if not names:
+            raise CaffeFileError(path, "the net has no input to give a shape to")
+        return net, {names[0]: tuple(input_shapes)}
+    return net, input_shapes
+
+
+def _graph(net, phase: int, input_shapes, path) -> NetGraph:
+    """Step (5), net.cpp Net::Init's wiring (AppendBottom/AppendTop, the in-place and shared blobs) and its
+    shapes (each layer's Reshape), as :func:`sfport.netdef.graph.build_graph`; every input must have a shape,
+    as Net::Init needs for its input blobs."""
+    graph = build_graph(net, phase, input_shapes, path)
+    missing = [n for n, s in graph.inputs.items() if s is None or len(s) == 0]
+    if missing:
+        layer = next((l for l in net.layer if missing[0] in l.top), None)
+        raise deploy_mod.unknown_input_error(path, graph.caffe_name[missing[0]],
+                                             (layer.name, layer.type) if layer is not None else None)
+    return graph
+
+
+def _match_weight_shapes(graph: NetGraph, weight_model: caffe_files.CaffeModel, path) -> None:
+    """Step (6), Net::CopyTrainedLayersFrom's shape check (net.cpp: "Cannot copy param ... shape mismatch"),
+    made before any blob is allocated, against the shapes the definition states: a num_output the weights
+    cannot fit is the "does not fit" error, not an allocation of its size."""
+    weight_match.match_weights([weight_match.Target(gl.name, gl.type, gl.param_shapes) for gl in graph.layers],
+                               weight_model, path)
+
+
+def _module(graph: NetGraph, path) -> CaffeNet:
+    """Step (7), Net::Init's layer creation (LayerRegistry::CreateLayer, each layer's SetUp): the CaffeNet of
+    the graph. A layer's own complaint (an unknown type, bad parameters) names the definition's file."""
+    try:
+        return CaffeNet(graph)
+    except CaffeFileError as e:
+        if e.path is None:
+            e.path = path
+            e.args = (str(e),)
+        raise
 
 
 def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test", *,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sfport import converters as conv_registry
 from sfport.formats import caffe_files
 from sfport.formats import disk
 from sfport.data import images
@@ -127,9 +128,15 @@ def _opencv_message(e: Exception) -> str:
     return first[:200]
 
 
-def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """First output of every layer OpenCV builds, keyed by layer name."""
+def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarray],
+                     definition=None) -> dict[str, np.ndarray]:
+    """First output of every layer OpenCV builds, keyed by layer name, each in the layout Caffe gives it (the
+    converter's ``opencv_layout`` of the Caffe layer of that name in ``definition``, a NetParameter; default:
+    ``prototxt`` as sfport reads it)."""
     import cv2
+    if definition is None:
+        definition = caffe_files.read_prototxt(prototxt).net
+    caffe_layers = {layer.name: layer for layer in definition.layer}
     net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
@@ -141,48 +148,12 @@ def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarra
     names = list(net.getLayerNames())
     outs = net.forward(names)
     num = next(iter(inputs.values())).shape[0] if inputs else 1
-    return {n: _fork_detections(np.asarray(o), num) if net.getLayer(n).type == "DetectionOutput" else np.asarray(o)
-            for n, o in zip(names, outs)}
-
-
-def _fork_detections(out: np.ndarray, num: int) -> np.ndarray:
-    """OpenCV's DetectionOutput (modules/dnn/src/layers/detection_output_layer.cpp) returns the same detections as
-    the fork in another layout: rows ordered by confidence over all classes, padded with rows of zeros up to
-    keep_top_k, and all zeros when nothing is detected. The fork's Forward_cpu, which sfport follows, orders
-    them by image, then ascending label (its std::map), then descending score, with no padding, and writes one
-    row ``[i, -1, -1, -1, -1, -1, -1]`` per image when the batch has no detection. The reference is given the
-    fork's layout (its values untouched) so the two compare row by row."""
-    if out.ndim != 4 or out.shape[-1] != 7:
-        return out
-    rows = out.reshape(-1, 7)
-    rows = rows[rows[:, 2] != 0]          # padding (and OpenCV's empty answer) has confidence 0
-    if not len(rows):
-        empty = np.full((num, 7), -1, dtype=np.float32)
-        empty[:, 0] = np.arange(num)
-        return empty.reshape(1, 1, num, 7)
-    order = np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))    # stable: the last key sorts first
-    return rows[order].reshape(1, 1, -1, 7)
-
-
-def _align_detections(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """The reference's detection rows in the order of ours where that order is a matter of near-equal scores:
-    within one image and label, rows are sorted by score, and two scores an ulp apart (OpenCV's Softmax and
-    sfport's differ by ulps) may sort either way. Each of our rows takes the unused reference row of its image
-    and label nearest to it; the values are then compared as they are. Different shapes or groups: unchanged."""
-    if ours.shape != ref.shape or ours.ndim != 4 or ours.shape[-1] != 7:
-        return ref
-    a, b = ours.reshape(-1, 7), ref.reshape(-1, 7)
-    out = b.copy()
-    for key in {(r[0], r[1]) for r in a}:
-        ia = np.nonzero((a[:, 0] == key[0]) & (a[:, 1] == key[1]))[0]
-        ib = list(np.nonzero((b[:, 0] == key[0]) & (b[:, 1] == key[1]))[0])
-        if len(ia) != len(ib):
-            return ref
-        for i in ia:
-            j = min(ib, key=lambda j: float(np.abs(b[j] - a[i]).max()))
-            ib.remove(j)
-            out[i] = b[j]
-    return out.reshape(ref.shape)
+    out = {}
+    for n, o in zip(names, outs):
+        layer = caffe_layers.get(n)
+        converter = conv_registry.find(layer.type) if layer is not None else None
+        out[n] = converter.opencv_layout(layer, np.asarray(o), num) if converter is not None else np.asarray(o)
+    return out
 
 
 _CAFFE_SCRIPT = r"""
@@ -319,42 +290,32 @@ class Verification:
                                      "worst": worst.name if worst else None})
 
 
-# Fork types the references know under another name: the depthwise convolutions of the mobile forks are grouped
-# Convolutions (one group per input channel unless `group` says otherwise, as converters/conv.py reads them).
-_REFERENCE_TYPES = {"DepthwiseConvolution": "Convolution", "ConvolutionDepthwise": "Convolution"}
-
-
 def reference_definition(net):
-    """The inference net sfport runs, as a NetParameter the references read: fork types renamed, and defaults
-    a reference reads differently written out (the same net under the fork's schema)."""
+    """The inference net sfport runs, as a NetParameter the references read: each layer as its converter's
+    ``for_reference`` writes it (fork types under their BVLC names, defaults a reference reads differently written
+    out: the same net under the fork's schema)."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net.definition)
     index = {gl.name: gl for gl in net.graph.layers}
     for layer in out.layer:
-        if layer.type in _REFERENCE_TYPES:
-            layer.type = _REFERENCE_TYPES[layer.type]
-            if not layer.convolution_param.HasField("group") and layer.name in index:
-                layer.convolution_param.group = int(index[layer.name].bottom_shapes[0][1])
-        if layer.type == "PriorBox":
-            # the fork's defaults written out: OpenCV reads an absent clip as true and needs a variance
-            p = layer.prior_box_param
-            if not p.HasField("clip"):
-                p.clip = p.clip
-            if not len(p.variance):
-                p.variance.append(0.1)
+        converter = conv_registry.find(layer.type)
+        if converter is not None:
+            converter.for_reference(layer, index.get(layer.name))
     return out
 
 
 def reference_weights(net) -> caffe_files.CaffeModel:
-    """The net's weights as the references read them: a BatchNorm whose scale factor is 0 (Caffe's
-    batch_norm_layer.cpp: the statistics then count as 0) is written as zero statistics with factor 1, the same
-    layer for Caffe, which OpenCV would otherwise divide by 0."""
+    """The net's weights as the references read them: each layer's blobs as its converter's ``reference_blobs``
+    gives them (the same layer for Caffe; e.g. a BatchNorm's zero scale factor, which OpenCV divides by)."""
     m = net.to_caffemodel()
     for i, layer in enumerate(m.net.layer):
-        if layer.type == "BatchNorm" and len(layer.blobs) == 3:
-            mean, var, factor = m.blob_arrays(i)
-            if float(np.asarray(factor).ravel()[0]) == 0:
-                m.set_blob_arrays(i, [np.zeros_like(mean), np.zeros_like(var), np.ones_like(factor)])
+        converter = conv_registry.find(layer.type)
+        if converter is None or not len(layer.blobs):
+            continue
+        arrays = m.blob_arrays(i)
+        changed = converter.reference_blobs(layer, arrays)
+        if changed is not arrays:
+            m.set_blob_arrays(i, changed)
     return m
 
 
@@ -384,13 +345,14 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     with tempfile.TemporaryDirectory() as tmp:
         prototxt_used = str(Path(tmp) / "deploy.prototxt")
         weights_used = str(Path(tmp) / "weights.caffemodel")
-        caffe_files.write_prototxt(prototxt_used, reference_definition(net))
+        definition = reference_definition(net)
+        caffe_files.write_prototxt(prototxt_used, definition)
         caffe_files.write_caffemodel(weights_used, reference_weights(net))
         layer_outputs = {gl.name: values[gl.tops[0]].detach().numpy() for gl in net.graph.layers
                          if gl.tops and gl.tops[0] in values}
         if reference == "opencv":
             try:
-                ref = opencv_reference(prototxt_used, weights_used, feeds)
+                ref = opencv_reference(prototxt_used, weights_used, feeds, definition)
             except Exception as e:  # noqa: BLE001 - cv2.error and friends: the reference cannot run this net
                 import cv2
                 raise CaffeFileError(model, f"the reference (OpenCV {cv2.__version__}) cannot load or run the "
@@ -399,8 +361,9 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
             ours = layer_outputs
             order = [gl.name for gl in net.graph.layers]
             for gl in net.graph.layers:
-                if gl.param.type == "DetectionOutput" and gl.name in ref and gl.name in ours:
-                    ref[gl.name] = _align_detections(ours[gl.name], ref[gl.name])
+                if gl.name in ref and gl.name in ours:
+                    ref[gl.name] = conv_registry.get(gl.type, gl.name).align_reference_output(
+                        gl.param, ours[gl.name], ref[gl.name])
         else:
             ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \
                 else dir_reference(reference)

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sfport.formats import caffe_files
 from sfport.solver import sgd
-from sfport.converters.loss import LOSS_CAP
+from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
 from sfport.proto import caffe_pb2
@@ -188,16 +188,19 @@ class Solver:
             self.losses[idx] = loss
 
     def _check_loss(self, loss: float, blobs) -> None:
-        """Stop (TrainingStopped, or a warning with --keep-going) on a non-finite loss or a SoftmaxWithLoss at
-        the LOSS_CAP plateau."""
+        """Stop (TrainingStopped, or a warning with --keep-going) on a non-finite loss or a loss at its plateau
+        (its converter's ``loss_plateau``: SoftmaxWithLoss's -log(FLT_MIN), every label with probability 0)."""
         bad = None
         if not math.isfinite(loss):
             bad = f"the loss is {loss}"
         else:
             for gl in self.net.graph.layers:
-                if gl.type == "SoftmaxWithLoss" and gl.tops[0] in blobs:
+                if not gl.tops or gl.tops[0] not in blobs:
+                    continue
+                plateau = conv_registry.get(gl.type, gl.name).loss_plateau(gl.param)
+                if plateau is not None:
                     v = float(blobs[gl.tops[0]].detach())
-                    if abs(v - LOSS_CAP) < 1e-3:
+                    if abs(v - plateau) < 1e-3:
                         bad = f"{gl.name} = {v:.4f}, the -log(FLT_MIN) plateau: every label has probability 0"
         if bad is None:
             return

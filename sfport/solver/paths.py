@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from sfport.data.imagedata import resolve
+from sfport.netdef import datalayers
 from sfport.errors import CaffeFileError
 
 RULE = "relative paths are taken from the current directory if they exist there, else from the solver's folder"
@@ -62,10 +63,9 @@ class PathLog:
         layer, ds = feeder.layer, feeder.dataset
         if ds is None:   # synthetic data
             return
-        params = {"ImageData": layer.image_data_param, "Data": layer.data_param,
-                  "HDF5Data": layer.hdf5_data_param}[layer.type]
+        params = datalayers.params_of(layer)
         self.note("source", params.source, getattr(ds, "list_path", None) or ds.source)
-        if layer.type == "ImageData" and (data_root or layer.image_data_param.root_folder):
+        if datalayers.spec_of(layer).reader == datalayers.LIST and (data_root or params.root_folder):
             self.note("root_folder", data_root or layer.image_data_param.root_folder, ds.root)
         transform = getattr(ds, "transform", None)
         if transform is not None and transform.mean_path:

@@ -31,11 +31,11 @@ from sfport.runtime.net import Net
 from sfport.netdef.netstate import NetState
 from sfport.report.progress import CaffeLog
 from sfport.solver.config import Options, gpu_ids, net_states, nets_of, read_solver
-from sfport.data.feed import Feeder, data_layers, num_classes
+from sfport.data.feed import Feeder, num_classes
+from sfport.netdef import datalayers
 from sfport.solver.log import g6, net_outputs
 
 DEFAULT_ITERATIONS = 50    # caffe.cpp: DEFINE_int32(iterations, 50, ...)
-FED_TYPES = ("ImageData", "Data", "HDF5Data")   # the data layers Feeder reads
 
 
 @dataclass
@@ -188,8 +188,8 @@ class Scorer:
                                            "test never scores a net of filler values)")
             weight_model = read_weights(weights) if weights is not None else src.weights
             self.iterations = iterations or src.test_iter or DEFAULT_ITERATIONS
-            layers = data_layers(net_param, state)
-            if len(layers) != 1 or layers[0].type not in FED_TYPES:
+            layers = datalayers.data_layers(net_param, state)
+            if len(layers) != 1 or datalayers.spec_of(layers[0]).reader is None:   # what Feeder reads
                 found = ", ".join(f"'{l.name}' ({l.type})" for l in layers) or "none"
                 raise CaffeFileError(path, f"sfport test reads the batches from the {state.describe()} net's data "
                                            f"layer (ImageData, Data or HDF5Data; one), found {found}: give the "

@@ -19,7 +19,7 @@ from sfport.solver import sgd
 from sfport.netdef.netstate import included
 from sfport.proto import caffe_pb2
 from sfport.solver.config import net_states, nets_of, read_solver
-from sfport.data.feed import data_layers
+from sfport.netdef.datalayers import batch_size, data_layers
 from sfport.solver.log import g6
 from sfport.solver.paths import RULE, resolve_path
 
@@ -28,9 +28,6 @@ POLICY_FIELDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",), 
                  "multistep": ("gamma", "stepvalue"), "poly": ("power",), "sigmoid": ("gamma", "stepsize")}
 SAMPLES = 10        # intervals of the sampled table of a continuous policy
 CURVE_POINTS = 500  # iterations the drawn curve of a continuous policy is evaluated at
-BATCH_PARAMS = {"ImageData": "image_data_param", "Data": "data_param", "HDF5Data": "hdf5_data_param",
-                "WindowData": "window_data_param", "MemoryData": "memory_data_param",
-                "AnnotatedData": "data_param"}
 
 
 def important_fields(sp: caffe_pb2.SolverParameter) -> list[str]:
@@ -120,19 +117,9 @@ def lr_figure(sp: caffe_pb2.SolverParameter, title: str | None = None):
     return fig
 
 
-def _batch(layer) -> int | None:
-    if layer.type in BATCH_PARAMS:
-        return int(getattr(layer, BATCH_PARAMS[layer.type]).batch_size)
-    if layer.type == "Input" and len(layer.input_param.shape) and len(layer.input_param.shape[0].dim):
-        return int(layer.input_param.shape[0].dim[0])
-    if layer.type == "DummyData" and len(layer.dummy_data_param.shape):
-        return int(layer.dummy_data_param.shape[0].dim[0])
-    return None
-
-
 def _net(role, raw, file, net, state) -> dict:
     layers = [layer for layer in net.layer if included(layer, state, file)]
-    data = [{"layer": layer.name, "type": layer.type, "batch_size": _batch(layer)}
+    data = [{"layer": layer.name, "type": layer.type, "batch_size": batch_size(layer)}
             for layer in data_layers(net, state)]
     return {"role": role, "path": raw, "resolved": None if raw is None else os.path.abspath(file),
             "state": state.describe(), "layers": len(layers), "layers_in_file": len(net.layer), "data": data}

@@ -32,6 +32,7 @@ import torch
 
 from sfport import converters
 from sfport.data.feed import num_classes
+from sfport.netdef import datalayers
 from sfport.solver.log import g6   # C++'s ostream << double: %.6g
 
 
@@ -141,7 +142,7 @@ def _steps(net) -> list[_Step]:
         if gl is not None:
             out.append(_Step(gl.name, gl.type, list(gl.tops), gl, net.module.module_of(gl.name)))
         else:  # a data layer (build_graph made its tops the inputs; it has no other kind of layer without one)
-            out.append(_Step(layer.name, layer.type, [next(inputs) for _ in layer.top], copies=layer.type != "Input"))
+            out.append(_Step(layer.name, layer.type, [next(inputs) for _ in layer.top], copies=not datalayers.is_input(layer)))
     return out
 
 

@@ -1,0 +1,214 @@
+"""Caffe's data layers, one specification per type: the one home of what each reads and states.
+
+A data layer feeds a net: its tops become the net's inputs (Caffe's Input and the layers of data_layers.hpp:
+Data, ImageData, HDF5Data, MemoryData, WindowData, DummyData, the SSD fork's AnnotatedData, and a Python layer
+without bottoms). Per type, :data:`SPECS` says which parameter field it reads (its ``batch_size``, ``source``),
+whether its definition fixes its tops' shapes or a data set does, whether its tops name what they read (in no
+fixed order) rather than data and labels by position, the shape of its labels, and which of sfport's readers
+reads its data set. Shape inference (:mod:`.shapes`), the deploy form (:mod:`.deploy`), the data feeder
+(:mod:`sfport.data.feed`), the solver's paths, ``sfport inspect SOLVER`` and ``sfport test`` / ``time`` ask
+here; none of them names a data layer's type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from sfport.netdef.netstate import NetState, included
+
+# The readers of sfport.data.feed, by what they read
+LIST, DB, HDF5 = "list", "db", "hdf5"
+
+
+def _repeat(shapes: list, ntop: int) -> list:
+    """One shape given for several tops applies to each; missing ones are unknown."""
+    if len(shapes) == 1:
+        shapes = shapes * ntop
+    return (shapes + [None] * ntop)[:ntop]
+
+
+def _shapes(p, ntop: int) -> list:
+    """input_param's / dummy_data_param's ``shape`` list (DummyData's legacy num/channels/height/width too)."""
+    legacy = [(n, c, h, w) for n, c, h, w in zip(*(getattr(p, f, ()) for f in ("num", "channels", "height",
+                                                                              "width")))]
+    return _repeat([tuple(s.dim) for s in p.shape] or legacy, ntop)
+
+
+def _memory(p, ntop: int) -> list:
+    """MemoryData's stated sizes: the data and its labels."""
+    return _repeat([(p.batch_size, p.channels, p.height, p.width), (p.batch_size,)], ntop)
+
+
+@dataclass(frozen=True)
+class DataLayerSpec:
+    type: str
+    param: str                       # the LayerParameter field of its parameters
+    stated: Callable | None = None   # (params, number of tops) -> the tops' shapes its definition fixes
+    named_tops: bool = False         # its tops name data sets / outputs, in no fixed order (the deploy form)
+    label_tops: bool = True          # tops after the first are labels of the batch
+    reader: str | None = None        # sfport's reader of its data set (LIST, DB, HDF5), None: none
+    synthetic: bool = False          # `--synthetic-data` can stand in for its images
+    label_shape: tuple = ()          # a label top's shape after the batch axis
+    channels: int | None = None      # the channels its images always have (WindowData: colour windows)
+    has_batch: bool = True           # its parameters hold a batch_size
+    bottomless: bool = False         # a data layer only without bottoms (a Python layer with bottoms computes)
+
+    @property
+    def shaped(self) -> bool:
+        """Its definition fixes its tops' shapes (no data set is read)."""
+        return self.stated is not None
+
+
+SPECS = {s.type: s for s in (
+    # input_layer.cpp: the shapes are the parameters
+    DataLayerSpec("Input", "input_param", stated=_shapes, synthetic=True, has_batch=False),
+    # data_layer.cpp: Datum records of an LMDB / LevelDB
+    DataLayerSpec("Data", "data_param", reader=DB, synthetic=True),
+    # image_data_layer.cpp: a list of image paths and labels
+    DataLayerSpec("ImageData", "image_data_param", reader=LIST, synthetic=True),
+    # hdf5_data_layer.cpp: one dataset per top, by the top's name
+    DataLayerSpec("HDF5Data", "hdf5_data_param", named_tops=True, label_tops=False, reader=HDF5),
+    # memory_data_layer.cpp: arrays given from Python, of the stated size
+    DataLayerSpec("MemoryData", "memory_data_param", stated=_memory),
+    # window_data_layer.cpp: colour windows, labels (batch, 1, 1, 1)
+    DataLayerSpec("WindowData", "window_data_param", label_shape=(1, 1, 1), channels=3),
+    # dummy_data_layer.cpp: filler values of the stated shapes
+    DataLayerSpec("DummyData", "dummy_data_param", stated=_shapes, has_batch=False),
+    # the SSD fork's annotated_data_layer.cpp: its batch_size is data_param's
+    DataLayerSpec("AnnotatedData", "data_param"),
+    # a Python layer without bottoms (python_layer.hpp): its tops are whatever its setup says
+    DataLayerSpec("Python", "python_param", named_tops=True, has_batch=False, bottomless=True),
+)}
+DATA_TYPES = tuple(SPECS)
+INPUT = SPECS["Input"].type
+
+
+def spec_of(layer) -> DataLayerSpec | None:
+    """The specification of a data layer, None for any other layer (a Python layer with bottoms computes: a
+    Python loss, for example)."""
+    spec = SPECS.get(layer.type)
+    return None if spec is None or (spec.bottomless and len(layer.bottom)) else spec
+
+
+def is_data_layer(layer) -> bool:
+    """A layer whose tops are the net's inputs: Input, a data layer, or a Python layer without bottoms."""
+    return spec_of(layer) is not None
+
+
+def data_layers(net, state) -> list:
+    """The data layers of ``net`` active in ``state`` (a NetState or a phase; Caffe's Net::FilterNet)."""
+    state = state if isinstance(state, NetState) else NetState.of(state)
+    return [layer for layer in net.layer if is_data_layer(layer) and included(layer, state)]
+
+
+def is_input(layer) -> bool:
+    """Caffe's Input layer (what a deploy net's inputs are)."""
+    return layer.type == INPUT
+
+
+def reads_data_set(layer) -> bool:
+    """A data layer that reads a data set (Data, ImageData, HDF5Data, ...): its tops' shapes come from the data."""
+    spec = spec_of(layer)
+    return spec is not None and not spec.shaped
+
+
+def params_of(layer):
+    """The parameter message a data layer reads (``layer.image_data_param`` for ImageData, ...)."""
+    return getattr(layer, spec_of(layer).param)
+
+
+def input_layer(net, name: str, tops: list, shapes: list):
+    """Append Caffe's Input layer ``name`` with these tops and shapes to ``net`` (a NetParameter); return it."""
+    layer = net.layer.add(name=name, type=INPUT, top=list(tops))
+    for shape in shapes:
+        layer.input_param.shape.add(dim=list(shape))
+    return layer
+
+
+def input_shapes(net) -> dict:
+    """{top: shape} of the Input layers of ``net``, as they state them."""
+    return {layer.top[j]: tuple(s.dim) for layer in net.layer if is_input(layer)
+            for j, s in enumerate(layer.input_param.shape) if j < len(layer.top)}
+
+
+def batch_size(layer) -> int | None:
+    """The batch size a data layer states (None: it does not): its parameters' ``batch_size``, or the first axis
+    of the first shape an Input or DummyData layer states."""
+    spec = spec_of(layer)
+    if spec is None:
+        return None
+    if spec.has_batch:
+        p = params_of(layer)
+        return int(p.batch_size) if layer.HasField(spec.param) and p.batch_size else None
+    if spec.shaped:
+        given = params_of(layer).shape
+        if len(given) and len(given[0].dim):
+            return int(given[0].dim[0])
+    return None
+
+
+def stated_tops(layer) -> list:
+    """The tops' shapes a shaped data layer's definition fixes (None for a top it does not)."""
+    return spec_of(layer).stated(params_of(layer), len(layer.top))
+
+
+def stated_image_shape(layer) -> tuple | None:
+    """The shape of a data-set layer's first top as far as its definition fixes it, None for an axis it does not:
+    batch_size; ImageData's channels (is_color), new_height/new_width or crop_size (image_data_layer.cpp
+    DataLayerSetUp); WindowData's crop_size of colour images (window_data_layer.cpp); a Data layer's crop_size,
+    and its channels when force_color / force_gray or one mean_value per channel say them (data_transformer.cpp
+    checks mean_value has 1 or C entries). None when nothing is stated."""
+    spec = spec_of(layer)
+    tp = layer.transform_param
+    n = batch_size(layer)
+    c = h = w = None
+    if tp.crop_size:
+        h = w = int(tp.crop_size)
+    if tp.force_color:
+        c = 3
+    elif tp.force_gray:
+        c = 1
+    elif len(tp.mean_value) > 1:
+        c = len(tp.mean_value)
+    if spec.reader == LIST:
+        p = layer.image_data_param
+        c = 3 if p.is_color else 1
+        if not tp.crop_size and p.new_height and p.new_width:
+            h, w = int(p.new_height), int(p.new_width)
+    elif spec.channels:
+        c = spec.channels
+    shape = (n, c, h, w)
+    return None if all(d is None for d in shape) else shape
+
+
+def data_set_tops(layer, first) -> list:
+    """The tops' shapes of a layer that reads a data set, from what its first sample holds: a Data layer's first
+    record decoded, ``first = (C, H, W)`` -> ``(batch, C, crop or H, crop or W)`` and labels ``(batch,)``
+    (data_layer.cpp DataLayerSetUp with DataTransformer::InferBlobShape); HDF5Data's datasets, ``first`` = each
+    top's trailing shape in the first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp)."""
+    n = batch_size(layer) or 0
+    if spec_of(layer).reader == HDF5:
+        return [(n,) + tuple(int(d) for d in t) for t in first]
+    c, h, w = (int(d) for d in first)
+    crop = int(layer.transform_param.crop_size)
+    if crop:
+        h = w = crop
+    return ([(n, c, h, w)] + [(n,) + spec_of(layer).label_shape] * (len(layer.top) - 1))[:len(layer.top)]
+
+
+def data_tops(layer, given: dict) -> list:
+    """Shapes of a data layer's tops: as given by name (for every kind, as pycaffe's reshape of an input), else
+    what its parameters fix (Input and DummyData shapes, MemoryData sizes, the image shape a data-set layer
+    states in full); a label top (any top after the first, whatever its name) takes the batch size of the data."""
+    spec = spec_of(layer)
+    if spec.shaped:
+        return [tuple(given[t]) if t in given else s for t, s in zip(layer.top, stated_tops(layer))]
+    fixed = [given.get(t) for t in layer.top]
+    stated = stated_image_shape(layer)
+    if fixed and fixed[0] is None and stated is not None and None not in stated:
+        fixed[0] = stated
+    if spec.label_tops and fixed and fixed[0] is not None:
+        # labels: (batch,) for Data / ImageData, (batch, 1, 1, 1) for WindowData
+        label = (fixed[0][0],) + spec.label_shape
+        fixed = fixed[:1] + [s if s is not None else label for s in fixed[1:]]
+    return fixed
