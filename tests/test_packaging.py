@@ -62,3 +62,39 @@ def test_the_wheel_holds_every_module(tmp_path):
     assert not {n for n in names if n.split("/")[0] in ("converters", "protos", "tests", "bench", "cli.py")}
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sfport = sfport.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+PUBLIC = """
+import importlib, json, sys
+import sfport
+out = {"torch_after_import": "torch" in sys.modules}
+import sfport.io, sfport.draw
+from sfport.io import Transformer
+from sfport.draw import draw
+out["io"] = sfport.io is importlib.import_module("sfport.data.caffe_io") and Transformer is sfport.Transformer
+out["draw"] = sfport.draw is importlib.import_module("sfport.netdef.draw") and callable(draw)
+from sfport.verify import run
+from sfport.export import write
+out["verify"] = sfport.verify is importlib.import_module("sfport.runtime.verify") and callable(run)
+out["export"] = sfport.export is importlib.import_module("sfport.runtime.export") and callable(write)
+out["Net"] = sfport.Net is importlib.import_module("sfport.runtime.net").Net
+out["proto"] = sfport.proto.caffe_pb2.NetParameter is importlib.import_module("sfport.proto.caffe_pb2").NetParameter
+out["merge"] = sfport.merge is importlib.import_module("sfport.netdef.weight_match").merge
+try:
+    import sfport.nothing
+    out["unknown"] = False
+except ModuleNotFoundError:
+    out["unknown"] = True
+print(json.dumps(out))
+"""
+
+
+def test_public_entry_points_keep_their_short_names(tmp_path):
+    """sfport.Net, sfport.io, sfport.draw, sfport.verify, sfport.export (and sfport.proto, merge) are the objects
+    of their rooms' modules, whether reached as attributes or imported by the short name; importing sfport
+    alone loads no torch."""
+    out = subprocess.run([sys.executable, "-c", PUBLIC], cwd=tmp_path, capture_output=True, text=True, check=True)
+    import json
+    found = json.loads(out.stdout)
+    assert found.pop("torch_after_import") is False
+    assert all(found.values()), found
