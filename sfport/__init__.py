@@ -12,6 +12,8 @@ The package, by concern (ARCHITECTURE.md has one row per module):
 - :mod:`sfport.solver`: Caffe's solver and the verbs of ``caffe.cpp`` (train, test, time);
 - :mod:`sfport.face`: the face application (alignment, MTCNN, features, the LFW protocol);
 - :mod:`sfport.report`: what is shown while working (glog lines, progress, plots);
+- :mod:`sfport.pycaffe`: pycaffe's own names (NetSpec, layer_type_list) and the runner of unchanged pycaffe
+  scripts (``python -m sfport.pycaffe script.py``: their ``import caffe`` resolves to sfport);
 - :mod:`sfport.commands` and :mod:`sfport.cli`: the command line;
 - :mod:`sfport.proto` (the top-level ``protos/``): the Caffe schema and its bindings, as pycaffe's ``caffe.proto``.
 
@@ -26,6 +28,7 @@ import importlib.util
 import sys
 
 from sfport.errors import CaffeFileError
+from sfport.proto.caffe_pb2 import TEST, TRAIN
 from sfport.formats.caffe_files import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver,
                                         read_solverstate, write_caffemodel, write_prototxt, write_solverstate)
 
@@ -37,27 +40,36 @@ PUBLIC_MODULES = {"sfport.io": "sfport.data.caffe_io", "sfport.draw": "sfport.ne
 # public names -> (module, attribute), imported on first use
 PUBLIC_NAMES = {"Net": ("sfport.runtime.net", "Net"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
                 "merge": ("sfport.netdef.weight_match", "merge"),
-                "summarize": ("sfport.netdef.inspection", "summarize")}
+                "summarize": ("sfport.netdef.inspection", "summarize"),
+                # pycaffe's (python/caffe/__init__.py) names that sfport ports so far
+                "NetSpec": ("sfport.pycaffe.net_spec", "NetSpec"), "layers": ("sfport.pycaffe.net_spec", "layers"),
+                "params": ("sfport.pycaffe.net_spec", "params"), "to_proto": ("sfport.pycaffe.net_spec", "to_proto"),
+                "layer_type_list": ("sfport.pycaffe.registry", "layer_type_list")}
 
 
-class _AliasLoader(importlib.abc.Loader):
-    """Loads a public short name as the very module of its room (one module object under two names)."""
+class AliasLoader(importlib.abc.Loader):
+    """Loads a second name of a module as the very module (one module object under two names): the public short
+    names here, pycaffe's ``caffe`` names in :mod:`sfport.pycaffe.importer`. The module keeps its own
+    ``__spec__`` (the import system sets the alias's on it; it is put back)."""
 
     def __init__(self, target: str):
         self.target = target
+        self.spec = None
 
     def create_module(self, spec):
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self.spec = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass   # the room's module ran when it was imported
+        module.__spec__ = self.spec   # it ran when it was first imported under its own name
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in PUBLIC_MODULES:
             return None
-        return importlib.util.spec_from_loader(fullname, _AliasLoader(PUBLIC_MODULES[fullname]))
+        return importlib.util.spec_from_loader(fullname, AliasLoader(PUBLIC_MODULES[fullname]))
 
 
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
@@ -78,6 +90,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'sfport' has no attribute {name!r}")
 
 
-__all__ = ["CaffeFileError", "CaffeModel", "Net", "Transformer", "draw", "export", "io", "merge", "proto",
-           "read_caffemodel", "read_net", "read_prototxt", "read_solver", "read_solverstate", "summarize", "verify",
-           "write_caffemodel", "write_prototxt", "write_solverstate", "__version__"]
+__all__ = ["CaffeFileError", "CaffeModel", "Net", "NetSpec", "TEST", "TRAIN", "Transformer", "draw", "export", "io",
+           "layer_type_list", "layers", "merge", "params", "proto", "read_caffemodel", "read_net", "read_prototxt",
+           "read_solver", "read_solverstate", "summarize", "to_proto", "verify", "write_caffemodel",
+           "write_prototxt", "write_solverstate", "__version__"]

@@ -154,6 +154,21 @@ def net_graph(net, rankdir: str = "LR", phase=None, stages=(), level: int = 0, d
     return graph
 
 
+def get_pydot_graph(caffe_net, rankdir, label_edges=True, phase=None, display_lrm=False):
+    """pycaffe's draw.get_pydot_graph: the pydot graph of every layer, or of ``phase``'s (TRAIN / TEST)."""
+    return net_graph(caffe_net, rankdir, phase, display_lrm=display_lrm, label_edges=label_edges)
+
+
+def draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False) -> bytes:
+    """pycaffe's draw.draw_net: the drawing as the bytes of format ``ext`` (``dot`` its DOT text)."""
+    return render(get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm), ext)
+
+
+def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=False) -> None:
+    """pycaffe's draw.draw_net_to_file: the drawing in the format of ``filename``'s extension."""
+    draw(caffe_net, filename, rankdir, phase, display_lrm=display_lrm)
+
+
 def render(graph, fmt: str, path=None) -> bytes:
     """The graph in ``fmt``: the DOT text for 'dot', else what Graphviz's ``dot -T<fmt>`` makes of it."""
     if fmt == "dot":
