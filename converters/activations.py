@@ -204,12 +204,14 @@ _BUILD = {
 
 @register(*_BUILD)
 class ElementwiseConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         return _BUILD[layer.type](layer)
 
 
 @register("Dropout")
 class DropoutConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         return Dropout(layer.dropout_param.dropout_ratio, layer.dropout_param.scale_train)
 
@@ -247,6 +249,7 @@ class ReLU6Converter(SameShape):
 
 @register("PReLU")
 class PReLUConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def param_shapes(self, layer, bottom_shapes):
         return [()] if layer.prelu_param.channel_shared else [(bottom_shapes[0][1],)]
 

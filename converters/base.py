@@ -75,7 +75,9 @@ class Converter:
     - the references of ``sfport verify`` (:mod:`sfport.runtime.verify`): ``for_reference`` (the layer as the
       references read it), ``reference_blobs``, ``opencv_layout`` and ``align_reference_output``;
     - training (:mod:`sfport.solver`, :mod:`sfport.data.feed`): ``class_count`` (the labels synthetic data
-      draws from), ``loss_plateau`` (the value of a diverged loss)."""
+      draws from), ``loss_plateau`` (the value of a diverged loss);
+    - pycaffe's coord_map.py (:mod:`sfport.pycaffe.coord_map`): ``coord_map``, ``coord_identity``,
+      ``coord_bottoms``."""
 
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
@@ -86,6 +88,10 @@ class Converter:
     computes_nothing: bool = False  # the layer only consumes its bottoms (Silence): an optimized net drops it,
     #                                 the deploy form counts what only it reads as unused
     copies_bottom: bool = False     # every top is a copy of the one bottom (Split, which InsertSplits inserts)
+    coord_identity: bool = False    # pycaffe coord_map.py's PASS_THROUGH_LAYERS: coordinates pass unchanged
+    coord_bottoms: int | None = None  # the bottoms coord_map.py walks through (None: all; Crop: the first)
+    param_field: str | None = None  # the LayerParameter field its parameters are read from, where the schema's
+    #                                 <Type>Parameter naming does not say (Deconvolution: convolution_param)
 
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""
@@ -176,6 +182,14 @@ class Converter:
         """The reference's first top in our order where that order is not defined by the layer (ties); values
         untouched. ``ref`` when there is nothing to align."""
         return ref
+
+    # ---- pycaffe's coord_map.py (sfport.pycaffe.coord_map) ----
+
+    def coord_map(self, layer) -> tuple | None:
+        """coord_map.py's ``(axis, scale, shift)`` of the layer (output coordinate ``i * scale`` <- input ``i``,
+        shifted by ``shift``); ``(None, 1, 0)`` for the identity of a pointwise layer; None where coord_map.py
+        has no mapping (its UndefinedMapException)."""
+        return (None, 1, 0) if self.coord_identity else None
 
     # ---- training (sfport.solver, sfport.data.feed) ----
 

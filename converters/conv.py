@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Converter, NoBlobs, register
-from .geometry import canonical_axis, conv_geometry
+from .geometry import canonical_axis, conv_geometry, coord_window
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -115,6 +115,18 @@ def conv_out(size: int, k: int, p: int, s: int, d: int) -> int:
 @register("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution")
 class ConvolutionConverter(Converter):
     fresh_top = True
+    param_field = "convolution_param"
+
+    def coord_map(self, layer):
+        """pycaffe coord_map.py: output coordinate i of a convolution is input i * stride + (extent - 1) / 2 -
+        pad, so scale 1 / stride and shift (pad - (extent - 1) / 2) / stride; a deconvolution is the inverse."""
+        window = coord_window(layer.convolution_param)
+        if window is None:
+            return None
+        axis, stride, extent, pad = window
+        if layer.type == "Deconvolution":
+            return axis, stride, (extent - 1) / 2 - pad
+        return axis, 1 / stride, (pad - (extent - 1) / 2) / stride
 
     def param_shapes(self, layer, bottom_shapes):
         p = layer.convolution_param
@@ -217,6 +229,8 @@ class Im2col(NoBlobs):
 
 @register("Im2col")
 class Im2colConverter(Converter):
+    param_field = "convolution_param"
+    coord_map = ConvolutionConverter.coord_map
     def _setup(self, layer, shape):
         p = layer.convolution_param
         axis = canonical_axis(p.axis, len(shape))

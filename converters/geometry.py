@@ -1,6 +1,8 @@
 """How Caffe resolves axes and window geometry from a layer's parameters (shared by the converters)."""
 from __future__ import annotations
 
+import numpy as np
+
 
 def canonical_axis(axis: int, ndim: int) -> int:
     """Caffe Blob::CanonicalAxisIndex with its CHECKs (blob.hpp): -ndim <= axis < ndim, a negative axis
@@ -9,6 +11,24 @@ def canonical_axis(axis: int, ndim: int) -> int:
         raise ValueError(f"axis {axis} is out of range for a {ndim}-D bottom (axis_index must be in "
                          f"[-{ndim}, {ndim}))")
     return axis + ndim if axis < 0 else axis
+
+
+def coord_window(p, dilated: bool = True) -> tuple:
+    """pycaffe coord_map.py conv_params: (axis, stride, extent, pad) of a convolution_param or pooling_param as
+    numpy vectors (one value, or one per spatial axis as given), ``extent = (kernel - 1) * dilation + 1``; None
+    without a kernel size. Legacy ``*_h`` / ``*_w`` fields are refused as coord_map.py refuses them."""
+    if any(p.HasField(f) for f in ("pad_h", "pad_w", "kernel_h", "kernel_w", "stride_h", "stride_w")):
+        raise AssertionError("cropping does not support legacy _h/_w params")
+    def vector(value, default):
+        value = list(value) if hasattr(value, "extend") else ([value] if value else [])
+        return np.array(value or [default], ndmin=1)
+    kernel = list(p.kernel_size) if hasattr(p.kernel_size, "extend") else \
+        ([p.kernel_size] if p.HasField("kernel_size") else [])
+    if not kernel:
+        return None
+    dilation = vector(p.dilation, 1) if dilated else np.array([1])
+    axis = p.axis if hasattr(p, "axis") else 1
+    return axis, vector(p.stride, 1), (np.array(kernel, ndmin=1) - 1) * dilation + 1, vector(p.pad, 0)
 
 
 def _spatial(values, h, w, n, default):

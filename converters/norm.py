@@ -146,6 +146,7 @@ class SSDNormalize(nn.Module):
 
 @register("BatchNorm")
 class BatchNormConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     fresh_top = True
 
     def param_shapes(self, layer, bottom_shapes):
@@ -207,6 +208,7 @@ def _random_scales(shapes, rng) -> list[np.ndarray]:
 
 @register("Scale", "Bias")
 class ScaleBiasConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     fresh_top = True
 
     def param_shapes(self, layer, bottom_shapes):
@@ -266,6 +268,7 @@ def affine_layer(layer) -> None:
 
 @register("LRN")
 class LRNConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         p = layer.lrn_param
         if p.local_size % 2 == 0:
@@ -275,6 +278,7 @@ class LRNConverter(SameShape):
 
 @register("MVN")
 class MVNConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         p = layer.mvn_param
         return CaffeMVN(p.normalize_variance, p.across_channels, p.eps)

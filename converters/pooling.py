@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Converter, NoParams, register
-from .geometry import pooled_size, pooling_geometry  # noqa: F401 (pooled_size: this family's rule)
+from .geometry import coord_window, pooled_size, pooling_geometry  # noqa: F401 (pooled_size: this family's rule)
 
 
 def _tail(k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
@@ -145,6 +145,14 @@ def make_pool(method: str, kernel, stride, pad, ceil: bool = True, mask: bool = 
 @register("Pooling")
 class PoolingConverter(NoParams):
     fresh_top = True
+
+    def coord_map(self, layer):
+        """pycaffe coord_map.py: pooling maps coordinates as a convolution of its window does."""
+        window = coord_window(layer.pooling_param, dilated=False)
+        if window is None:
+            return None
+        axis, stride, extent, pad = window
+        return axis, 1 / stride, (pad - (extent - 1) / 2) / stride
 
     def top_shapes(self, layer, bottom_shapes):
         """PoolingLayer::Reshape: global pooling gives 1x1; else :func:`pooled_size`."""

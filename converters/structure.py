@@ -176,6 +176,7 @@ class Silence(NoBlobs):
 
 @register("Eltwise")
 class EltwiseConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     @staticmethod
     def _check(layer, bottom_shapes) -> None:
         """EltwiseLayer::LayerSetUp / Reshape (eltwise_layer.cpp): at least two bottoms (MinBottomBlobs), coeff
@@ -250,6 +251,7 @@ class SliceConverter(NoParams):
 
 @register("Split")
 class SplitConverter(SameShape):
+    coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     copies_bottom = True    # split_layer.cpp: each top a copy of the one bottom (what insert_splits.cpp inserts)
 
     def build(self, layer, bottom_shapes):
@@ -302,6 +304,12 @@ class ReshapeConverter(NoParams):
 
 @register("Crop")
 class CropConverter(NoParams):
+    coord_bottoms = 1   # coord_map.py: only the cropped bottom maps; the second gives the size
+
+    def coord_map(self, layer):
+        """pycaffe coord_map.py: a crop shifts coordinates by its offsets, from the axis before ``axis``."""
+        offset = np.array(list(layer.crop_param.offset) or [0], ndmin=1)
+        return layer.crop_param.axis - 1, 1, -offset
     def top_shapes(self, layer, bottom_shapes):
         if len(bottom_shapes) < 2:
             return None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 
@@ -181,3 +182,74 @@ def test_runner_errors_and_modules_not_ported(tmp_path):
     """))
     r = _run([str(script)], tmp_path)
     assert r.returncode == 0 and r.stdout.split() == ["ModuleNotFoundError", "caffe.coord_map_not_there"], r.stderr
+
+
+# --- coord_map.py ---
+
+def _conv_pool_deconv(ks=3, stride=1, pad=0, pool=2, dks=4, dstride=2, dpad=0):
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 40, 40]))
+    n.conv = L.Convolution(n.data, num_output=2, kernel_size=ks, stride=stride, pad=pad)
+    n.pool = L.Pooling(n.conv, pool=P.Pooling.MAX, kernel_size=pool, stride=pool)
+    n.deconv = L.Deconvolution(n.pool, convolution_param=dict(num_output=2, kernel_size=dks, stride=dstride,
+                                                              pad=dpad))
+    return n
+
+
+def _expected(ks, stride, pad, pool, dks, dstride, dpad):
+    """The map deconv -> data composed by hand: a window layer takes output i to input i * s + (k - 1) / 2 - p
+    (scale 1/s, shift (p - (k - 1) / 2) / s); the deconvolution the inverse (scale s, shift (k - 1) / 2 - p).
+    Walking back from deconv composes deconv, pool, conv; the result is then inverted."""
+    maps = [(dstride, (dks - 1) / 2 - dpad), (1 / pool, (0 - (pool - 1) / 2) / pool),
+            (1 / stride, (pad - (ks - 1) / 2) / stride)]
+    a, b = 1.0, 0.0
+    for sa, sb in maps:
+        a, b = a * sa, a * sb + b
+    return 1 / a, -b / a
+
+
+@pytest.mark.parametrize("geometry", [(3, 1, 0, 2, 4, 2, 0), (3, 1, 0, 4, 8, 4, 0), (5, 1, 2, 2, 4, 2, 1),
+                                      (3, 2, 1, 2, 4, 4, 0), (7, 1, 3, 3, 6, 3, 2)])
+def test_coord_map_composes_window_layers(geometry):
+    from sfport.pycaffe.coord_map import coord_map_from_to
+    n = _conv_pool_deconv(*geometry)
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    want_a, want_b = _expected(*geometry)
+    assert ax == 1 and np.allclose(a, want_a) and np.allclose(b, want_b), (a, b, want_a, want_b)
+    n.relu = L.ReLU(n.deconv)                       # pointwise layers pass coordinates unchanged
+    assert np.allclose(coord_map_from_to(n.relu, n.data)[2], b)
+
+
+def test_crop_aligns_and_builds_in_sfport():
+    """crop() of an upsampled map to its input: scale 1, offset -b; the net with the Crop builds and the cropped
+    blob has the data's spatial size."""
+    from sfport.pycaffe.coord_map import coord_map_from_to, crop
+    n = _conv_pool_deconv(ks=3, pad=0, pool=2, dks=4, dstride=2, dpad=0)
+    n.crop = crop(n.deconv, n.data)
+    proto = n.to_proto()
+    layer = proto.layer[-1]
+    assert layer.type == "Crop" and list(layer.bottom) == ["deconv", "data"]
+    assert layer.crop_param.axis == 2 and list(layer.crop_param.offset) == [0]
+    _, a, b = coord_map_from_to(n.crop, n.data)
+    assert np.all(np.asarray(a) == 1) and np.all(np.asarray(b) == 0)
+    shapes = Net(caffe_files.CaffeModel.from_net(proto, None)).graph
+    assert shapes.layers[-1].top_shapes[0] == (1, 2, 40, 40)
+
+
+def test_coord_map_refusals():
+    from sfport.pycaffe.coord_map import coord_map_from_to, crop
+    n = _conv_pool_deconv()
+    n.ip = L.InnerProduct(n.deconv, num_output=3)
+    with pytest.raises(RuntimeError, match="Could not compute map"):
+        coord_map_from_to(n.ip, n.data)
+    with pytest.raises(AssertionError, match="scale mismatch"):   # pooled 3x, upsampled 2x
+        m = _conv_pool_deconv(pool=3, dks=4, dstride=2)
+        crop(m.deconv, m.data)
+    with pytest.raises(AssertionError, match="negative offset"):
+        m = _conv_pool_deconv(dpad=10)
+        crop(m.deconv, m.data)
+    legacy = caffe.NetSpec()
+    legacy.data = L.Input(shape=dict(dim=[1, 1, 8, 8]))
+    legacy.conv = L.Convolution(legacy.data, num_output=1, kernel_h=3, kernel_w=3)
+    with pytest.raises(AssertionError, match="legacy _h/_w"):
+        coord_map_from_to(legacy.conv, legacy.data)

@@ -106,19 +106,11 @@ class Function:
                 self._auto(self, names, autonames)
         return names[self]
 
-    def _to_proto(self, layers: dict, names: dict, autonames: Counter) -> None:
-        if self in layers:
-            return
-        bottoms = []
-        for top in self.inputs:
-            top._to_proto(layers, names, autonames)
-            bottoms.append(layers[top.fn].top[top.n])
-        layer = caffe_pb2.LayerParameter(type=self.type_name, bottom=bottoms)
-        if self.in_place:
-            layer.top.extend(layer.bottom)
-        else:
-            layer.top.extend(self._top_name(top, names, autonames) for top in self.tops)
-        layer.name = self._name(names, autonames)
+    def layer_param(self, field: str | None = None) -> caffe_pb2.LayerParameter:
+        """The layer's type and parameters as a LayerParameter (no name, bottoms or tops yet). ``field``: the
+        parameter message a keyword goes to when the type's ``<type>_param`` does not take it (net_spec.py
+        itself has none: ``Deconvolution(kernel_size=4)`` fails there, as here without ``field``)."""
+        layer = caffe_pb2.LayerParameter(type=self.type_name)
         for key, value in self.params.items():
             if key.endswith("param"):
                 assign_proto(layer, key, value)
@@ -126,7 +118,26 @@ class Function:
             try:
                 assign_proto(getattr(layer, _PARAM_OF_TYPE[self.type_name] + "_param"), key, value)
             except (AttributeError, KeyError):
-                assign_proto(layer, key, value)
+                if field is not None and hasattr(getattr(layer, field), key):
+                    assign_proto(getattr(layer, field), key, value)
+                else:
+                    assign_proto(layer, key, value)
+        return layer
+
+    def _to_proto(self, layers: dict, names: dict, autonames: Counter) -> None:
+        if self in layers:
+            return
+        bottoms = []
+        for top in self.inputs:
+            top._to_proto(layers, names, autonames)
+            bottoms.append(layers[top.fn].top[top.n])
+        layer = caffe_pb2.LayerParameter(bottom=bottoms)
+        if self.in_place:
+            layer.top.extend(layer.bottom)
+        else:
+            layer.top.extend(self._top_name(top, names, autonames) for top in self.tops)
+        layer.name = self._name(names, autonames)
+        layer.MergeFrom(self.layer_param())
         layers[self] = layer
 
 
