@@ -44,7 +44,10 @@ PUBLIC_NAMES = {"Net": ("sfport.runtime.net", "Net"), "Transformer": ("sfport.da
                 # pycaffe's (python/caffe/__init__.py) names that sfport ports so far
                 "NetSpec": ("sfport.pycaffe.net_spec", "NetSpec"), "layers": ("sfport.pycaffe.net_spec", "layers"),
                 "params": ("sfport.pycaffe.net_spec", "params"), "to_proto": ("sfport.pycaffe.net_spec", "to_proto"),
-                "layer_type_list": ("sfport.pycaffe.registry", "layer_type_list")}
+                "layer_type_list": ("sfport.pycaffe.registry", "layer_type_list"),
+                "Timer": ("sfport.pycaffe.common", "Timer"), "init_log": ("sfport.pycaffe.common", "init_log"),
+                "log": ("sfport.pycaffe.common", "log"),
+                "set_random_seed": ("sfport.pycaffe.common", "set_random_seed")}
 
 
 class AliasLoader(importlib.abc.Loader):
@@ -90,7 +93,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'sfport' has no attribute {name!r}")
 
 
-__all__ = ["CaffeFileError", "CaffeModel", "Net", "NetSpec", "TEST", "TRAIN", "Transformer", "draw", "export", "io",
-           "layer_type_list", "layers", "merge", "params", "proto", "read_caffemodel", "read_net", "read_prototxt",
+__all__ = ["CaffeFileError", "CaffeModel", "Net", "NetSpec", "TEST", "TRAIN", "Timer", "Transformer", "draw", "export",
+           "init_log", "io", "layer_type_list", "layers", "log", "merge", "params", "proto", "set_random_seed", "read_caffemodel", "read_net", "read_prototxt",
            "read_solver", "read_solverstate", "summarize", "to_proto", "verify", "write_caffemodel",
            "write_prototxt", "write_solverstate", "__version__"]

@@ -253,3 +253,47 @@ def test_coord_map_refusals():
     legacy.conv = L.Convolution(legacy.data, num_output=1, kernel_h=3, kernel_w=3)
     with pytest.raises(AssertionError, match="legacy _h/_w"):
         coord_map_from_to(legacy.conv, legacy.data)
+
+
+# --- Timer, init_log / log, set_random_seed ---
+
+def test_timer_counts_whole_milliseconds_as_benchmark_cpp(capsys):
+    import time
+    t = caffe.Timer()
+    assert t.ms == 0.0 and "Timer has never been run before reading time." in capsys.readouterr().err
+    t.start()
+    time.sleep(0.03)
+    t.start()                       # already running: the first start stays
+    ms = t.ms                       # reading a running timer stops it
+    assert ms == int(ms) and 30 <= ms < 1000 and not t.running
+    time.sleep(0.02)
+    assert t.ms == ms               # stopped: the same reading
+    t.stop()
+    assert t.ms == ms
+
+
+def test_log_lines_are_glog_lines_and_init_log_filters(capsys):
+    import re
+    caffe.init_log()
+    caffe.log("hello from a script")
+    line = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ _caffe\.cpp:68\] hello from a script", line), line
+    caffe.init_log(1)
+    caffe.log("not shown")
+    assert capsys.readouterr().err == ""
+    caffe.init_log(0)
+
+
+def test_set_random_seed_repeats_what_fillers_draw():
+    text = str(named_net())
+
+    def weights():
+        return Net(caffe_files.CaffeModel.from_net(_net(text), None), phase="train").params["conv1"][0].detach()
+
+    caffe.set_random_seed(7)
+    a = weights()
+    caffe.set_random_seed(7)
+    b = weights()
+    caffe.set_random_seed(8)
+    c = weights()
+    assert bool((a == b).all()) and not bool((a == c).all()) and float(a.abs().sum()) > 0
