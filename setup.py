@@ -1,8 +1,8 @@
 """Packages found, not listed: everything under sfport/, and the design card's top-level folders mapped under
-the one importable name (protos/ -> sfport.proto, converters/ -> sfport.converters). Metadata: setup.cfg."""
+the one importable name (protos/ -> sfport.protos, converters/ -> sfport.converters). Metadata: setup.cfg."""
 from setuptools import find_packages, setup
 
-MAPPED = {"sfport.proto": "protos", "sfport.converters": "converters"}
+MAPPED = {"sfport.protos": "protos", "sfport.converters": "converters"}
 
 packages = find_packages(include=["sfport", "sfport.*"])
 package_dir = {"sfport": "sfport"}

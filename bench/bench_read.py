@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     import cv2
     from sfport.formats import caffe_files
     from sfport.netdef import weight_match
-    from sfport.proto import caffe_pb2
+    from sfport.protos import caffe_pb2
 
     prototxt, caffemodel = build(args.out)
     size_mb = caffemodel.stat().st_size / 1e6

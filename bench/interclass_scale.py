@@ -16,7 +16,7 @@ import torch
 
 from sfport.converters import margin as mg
 from sfport.converters.loss import SoftmaxWithLoss
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 def measure(classes: int, dim: int, batch: int, feature_norm: float, m: int, seed: int = 0) -> list[tuple]:

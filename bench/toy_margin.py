@@ -20,7 +20,7 @@ from google.protobuf import text_format
 
 import sfport
 from sfport.formats.disk import atomic_write
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 NET = """
 name: "toy_margin_m{m}"

@@ -46,10 +46,12 @@ from __future__ import annotations
 from . import (activations, conv, hdf5, linear, loss, margin, norm, pooling, recurrent, resize, ssd,  # noqa: F401
                structure)
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
-                   find, get, in_export_form, is_loss, is_training_only, label_bottoms, load_plugins, register,
+                   find, folded_blobs, get, in_export_form, is_loss, is_sink, is_training_only, label_bottoms,
+                   load_plugins, register,
                    registered_types)
 from .norm import affine_layer
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
-           "affine_layer", "export_form", "find", "get", "in_export_form", "is_loss", "is_training_only",
+           "affine_layer", "export_form", "find", "folded_blobs", "get", "in_export_form", "is_loss", "is_sink",
+           "is_training_only",
            "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -286,6 +286,21 @@ def label_bottoms(layer_type: str) -> tuple:
     return tuple(c.label_bottoms) if c is not None else ()
 
 
+def is_sink(layer_type: str) -> bool:
+    """Whether layers of this type only consume their bottoms (``Converter.computes_nothing``: Silence)."""
+    c = find(layer_type)
+    return c is not None and c.computes_nothing
+
+
+def folded_blobs(module: nn.Module, a: np.ndarray, b: np.ndarray, scale_weight) -> list[np.ndarray]:
+    """``fold_affine``'s blobs for a layer with a weight and an optional bias: ``scale_weight(w)`` scales its
+    float64 weight by ``a`` along its output channels, the bias becomes ``bias * a + b``; rounded once to
+    float32."""
+    w = scale_weight(module.weight.detach().double().numpy())
+    bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
+    return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+
+
 def is_training_only(layer_type: str) -> bool:
     """Whether a deploy form of a training net drops layers of this type (losses, Accuracy, Silence, ...)."""
     c = find(layer_type)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Converter, NoBlobs, register
+from .base import Converter, NoBlobs, folded_blobs, register
 from .geometry import canonical_axis, conv_geometry, coord_window
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -163,15 +163,13 @@ class ConvolutionConverter(Converter):
         """``a * conv + b`` per output channel: base_conv_layer.cpp forward_cpu_gemm / forward_cpu_bias (output
         channel o reads weight[o], shape out x in/group x k); Deconvolution (deconv_layer.cpp, backward_cpu_gemm)
         has the weight in x out/group x k, group g's output channels in the second axis of its rows."""
-        w = module.weight.detach().double().numpy()
-        bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
-        if layer.type == "Deconvolution":
-            groups = module.groups
-            cin, per = w.shape[0], w.shape[1]
-            w = (w.reshape(groups, cin // groups, per, -1) * a.reshape(groups, 1, per, 1)).reshape(w.shape)
-        else:
-            w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
-        return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+        def scaled(w):
+            if layer.type == "Deconvolution":
+                groups = module.groups
+                cin, per = w.shape[0], w.shape[1]
+                return (w.reshape(groups, cin // groups, per, -1) * a.reshape(groups, 1, per, 1)).reshape(w.shape)
+            return w * a.reshape((-1,) + (1,) * (w.ndim - 1))
+        return folded_blobs(module, a, b, scaled)
 
     def with_bias(self, layer):
         layer.convolution_param.bias_term = True

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from sfport.errors import CaffeFileError
 
-from .base import Converter, register
+from .base import Converter, folded_blobs, register
 from .geometry import canonical_axis
 
 
@@ -64,10 +64,8 @@ class InnerProductConverter(Converter):
         N x K (K x N with ``transpose``); the outputs are axis 1's channels only when ``axis`` is 1."""
         if module.axis != 1:
             return None
-        w = module.weight.detach().double().numpy()
-        bias = module.bias.detach().double().numpy() if module.bias is not None else np.zeros(len(a))
-        w = w * a[None, :] if layer.inner_product_param.transpose else w * a[:, None]
-        return [w.astype(np.float32), (bias * a + b).astype(np.float32)]
+        transpose = layer.inner_product_param.transpose
+        return folded_blobs(module, a, b, lambda w: w * a[None, :] if transpose else w * a[:, None])
 
     def with_bias(self, layer):
         layer.inner_product_param.bias_term = True

@@ -12,7 +12,7 @@ from torch import nn
 from .base import Converter, NoParams, register
 from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from .geometry import canonical_axis
 
 FLT_MIN = 1.1754943508222875e-38

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .base import Converter, register
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from .geometry import canonical_axis
 
 _M = {caffe_pb2.MarginInnerProductParameter.SINGLE: 1, caffe_pb2.MarginInnerProductParameter.DOUBLE: 2,

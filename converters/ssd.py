@@ -19,7 +19,7 @@ import torch
 from google.protobuf import text_format
 
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from .base import Converter, NoBlobs, NoParams, in_export_form, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)

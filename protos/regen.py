@@ -1,4 +1,4 @@
-"""Regenerate ``caffe_pb2.py`` from ``caffe.proto``: ``python -m sfport.proto.regen`` (needs grpcio-tools).
+"""Regenerate ``caffe_pb2.py`` from ``caffe.proto``: ``python -m sfport.protos.regen`` (needs grpcio-tools).
 
 The bindings are committed so that users need neither protoc nor grpcio-tools. They are generated into a
 private descriptor pool, so that another ``caffe.proto`` loaded in the same process (pycaffe, another

@@ -15,7 +15,8 @@ The package, by concern (ARCHITECTURE.md has one row per module):
 - :mod:`sfport.pycaffe`: pycaffe's own names (NetSpec, layer_type_list) and the runner of unchanged pycaffe
   scripts (``python -m sfport.pycaffe script.py``: their ``import caffe`` resolves to sfport);
 - :mod:`sfport.commands` and :mod:`sfport.cli`: the command line;
-- :mod:`sfport.proto` (the top-level ``protos/``): the Caffe schema and its bindings, as pycaffe's ``caffe.proto``.
+- :mod:`sfport.protos` (the top-level ``protos/``): the Caffe schema and its bindings; ``sfport.proto`` is the same
+  package under pycaffe's name (``caffe.proto``).
 
 Reading and writing Caffe files needs only protobuf and numpy; torch is imported by the parts that run nets or
 infer shapes (the layer registry). Public entry points keep short names: ``sfport.Net``, ``sfport.io`` (pycaffe's
@@ -28,7 +29,7 @@ import importlib.util
 import sys
 
 from sfport.errors import CaffeFileError
-from sfport.proto.caffe_pb2 import TEST, TRAIN
+from sfport.protos.caffe_pb2 import TEST, TRAIN
 from sfport.formats.caffe_files import (CaffeModel, read_caffemodel, read_net, read_prototxt, read_solver,
                                         read_solverstate, write_caffemodel, write_prototxt, write_solverstate)
 
@@ -36,7 +37,17 @@ __version__ = "0.1.0"
 
 # public short names -> the module of its room (imported on first use: reading files needs no torch)
 PUBLIC_MODULES = {"sfport.io": "sfport.data.caffe_io", "sfport.draw": "sfport.netdef.draw",
-                  "sfport.verify": "sfport.runtime.verify", "sfport.export": "sfport.runtime.export"}
+                  "sfport.verify": "sfport.runtime.verify", "sfport.export": "sfport.runtime.export",
+                  "sfport.proto": "sfport.protos"}
+
+
+def alias_target(fullname: str, aliases: dict) -> str | None:
+    """The module a second name stands for: an alias, or a submodule of an alias (``sfport.proto.caffe_pb2`` is
+    ``sfport.protos.caffe_pb2``), so that no module is ever loaded twice under two names."""
+    for short, target in aliases.items():
+        if fullname == short or fullname.startswith(short + "."):
+            return target + fullname[len(short):]
+    return None
 # public names -> (module, attribute), imported on first use
 PUBLIC_NAMES = {"Net": ("sfport.runtime.net", "Net"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
                 "merge": ("sfport.netdef.weight_match", "merge"),
@@ -70,13 +81,14 @@ class AliasLoader(importlib.abc.Loader):
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in PUBLIC_MODULES:
+        room = alias_target(fullname, PUBLIC_MODULES)
+        if room is None:
             return None
-        return importlib.util.spec_from_loader(fullname, AliasLoader(PUBLIC_MODULES[fullname]))
+        return importlib.util.spec_from_loader(fullname, AliasLoader(room))
 
 
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
-    sys.meta_path.append(_AliasFinder())
+    sys.meta_path.insert(0, _AliasFinder())   # before the path finders: an alias's submodules too
 
 
 def __getattr__(name):
@@ -84,7 +96,7 @@ def __getattr__(name):
     shapes) are imported on first use: reading files does not need torch. So are pycaffe's ``caffe.io`` as
     ``sfport.io`` (and its ``Transformer`` as ``sfport.Transformer``) and ``caffe.proto`` as ``sfport.proto``
     (``sfport.proto.caffe_pb2``), which need no torch either: ``import sfport as caffe`` ports such scripts."""
-    if f"sfport.{name}" in PUBLIC_MODULES or name == "proto":
+    if f"sfport.{name}" in PUBLIC_MODULES:
         # import_module, not ``from sfport import io``: that form asks this very __getattr__ first.
         return importlib.import_module(f"sfport.{name}")
     if name in PUBLIC_NAMES:

@@ -4,7 +4,7 @@ import torch
 from google.protobuf import text_format
 
 from sfport import converters
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 def one_layer(type_, extra="", bottoms=((2, 3, 4, 5),), ntop=1, name="t"):

@@ -17,7 +17,7 @@ from sfport.formats import caffe_files
 from sfport.netdef import builtin
 from sfport.cli import cli
 from sfport.runtime.net import Net, load_net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import ROOT
 

@@ -12,7 +12,7 @@ from sfport.formats import caffe_files
 from sfport.netdef import weight_match
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES, GOLDEN, MODEL_PAIRS, all_caffemodels
 

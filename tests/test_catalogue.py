@@ -15,7 +15,7 @@ from sfport.netdef import shapes
 from sfport.runtime import verify
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from netcases import input_grad, layer, one_layer, prototxt
 from test_converters import assert_parity, build, out

@@ -47,7 +47,7 @@ def test_inspect_json_caffemodel_alone():
     assert layers["conv_1_batchnorm"]["blob_shapes"] == [[64], [64], [1]]
     assert layers["conv_2_dw_conv2d"]["blob_shapes"] == [[64, 1, 3, 3]]
     # total parameter count, summed independently from protobuf's own decoding of the file
-    from sfport.proto import caffe_pb2
+    from sfport.protos import caffe_pb2
     ref = caffe_pb2.NetParameter.FromString(
         (FIXTURES / "mobilefacenet_insightface/mxnet2caffe_mobilefacenet.caffemodel").read_bytes())
     assert doc["totals"]["params"] == sum(len(b.data) for l in ref.layer for b in l.blobs)
@@ -194,7 +194,7 @@ def test_unknown_fields_from_another_fork_are_reported(tmp_path):
     """A BVLC-master Swish layer stores swish_param = 147 {beta (float) = 1}: our schema reads 147 as the
     SphereFace fork's MarginInnerProductParameter, whose field 1 is a varint, so the float lands in the
     unknown fields - and inspect says so instead of silently showing a margin layer."""
-    from sfport.proto import caffe_pb2
+    from sfport.protos import caffe_pb2
     import struct
     layer = caffe_pb2.LayerParameter(name="swish1", type="Swish", bottom=["x"], top=["y"])
     raw = layer.SerializeToString() + bytes([0x9a, 0x09, 5, 0x0d]) + struct.pack("<f", 1.0)

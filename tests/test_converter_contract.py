@@ -10,7 +10,7 @@ from google.protobuf import text_format
 
 from sfport import converters
 from sfport.netdef import shapes
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from tests import (contract_catalogue, contract_io, contract_losses, contract_recurrent, contract_resize,
                    contract_ssd)
 

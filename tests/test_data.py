@@ -7,7 +7,7 @@ from sfport.data.imagedata import (ImageDataset, MicroBatches, Transform, check,
                          read_mean_file)
 from sfport.errors import CaffeFileError
 from sfport.formats.caffe_files import read_prototxt
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN
 

@@ -13,7 +13,7 @@ import sfport
 from sfport.data import imagedata, db
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.netdef.datalayers import data_set_tops
 
 lmdb = pytest.importorskip("lmdb")

@@ -19,7 +19,7 @@ NET = ('layer {{ name: "in" type: "Input" top: "x" top: "y" input_param {{ shape
 
 def _net(tmp_path, name="out.h5"):
     from google.protobuf import text_format
-    from sfport.proto import caffe_pb2
+    from sfport.protos import caffe_pb2
     net = text_format.Parse(NET.format(f=tmp_path / name), caffe_pb2.NetParameter())
     return sfport.Net(sfport.CaffeModel.from_net(net))
 

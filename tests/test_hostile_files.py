@@ -18,7 +18,7 @@ import torch
 
 from sfport.formats import caffe_files, disk, wire
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from badinput import assert_bad_input, files_under, run
 from conftest import FIXTURES

@@ -11,7 +11,7 @@ import scipy.ndimage
 import sfport
 from sfport.data import caffe_io as sio
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 RNG = np.random.default_rng(7)
 
@@ -136,7 +136,7 @@ def test_set_mean_accepts_what_fits():
 def test_sfport_exposes_pycaffes_io_names():
     assert sfport.Transformer is sio.Transformer
     assert sfport.data.caffe_io.load_image is sio.load_image
-    assert sfport.proto.caffe_pb2 is caffe_pb2
+    assert sfport.protos.caffe_pb2 is caffe_pb2
     assert {"Transformer", "io", "proto"} <= set(sfport.__all__)
 
 

@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from sfport import converters
 from sfport.netdef import datalayers
 from sfport.converters import UnknownLayerType
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.formats.upgrade import V1_TYPE_NAMES
 
 # BVLC master's registered layer types (Recurrent is abstract: RNN and LSTM register, it does not)

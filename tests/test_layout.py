@@ -9,7 +9,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.proto": ROOT / "protos"}
+PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.protos": ROOT / "protos"}
 LAZY_ALLOWED = {"sfport", "sfport.cli"}  # and the command modules under sfport.commands
 
 

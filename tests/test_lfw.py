@@ -354,7 +354,7 @@ def _sf4_train_test(path):
     from google.protobuf import text_format
     from sfport.formats import caffe_files
     from sfport.netdef import builtin
-    from sfport.proto import caffe_pb2
+    from sfport.protos import caffe_pb2
     deploy = builtin.sphereface_deploy(4)
     net = caffe_pb2.NetParameter()
     text_format.Parse('layer { name: "train" type: "ImageData" top: "data" top: "label" include { phase: TRAIN } '

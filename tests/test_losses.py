@@ -10,7 +10,7 @@ from google.protobuf import text_format
 
 from sfport import converters
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 def make(t, extra="", nb=2, ntop=1):

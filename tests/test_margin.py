@@ -9,7 +9,7 @@ import torch
 import sfport
 from sfport.converters import margin as mg
 from sfport.formats.caffe_files import read_prototxt
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN, UPSTREAM
 

@@ -7,7 +7,7 @@ import torch
 from sfport.errors import CaffeFileError
 from sfport.formats import caffe_files
 from sfport.netdef.netstate import NetState
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.runtime import caffenet, net as net_mod
 from sfport.runtime.net import CaffeNet, Net
 

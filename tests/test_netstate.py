@@ -13,7 +13,7 @@ import sfport
 from sfport.netdef import deploy, netstate, wiring
 from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import NetState
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.solver.config import net_states
 
 RULES = """

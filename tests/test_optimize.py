@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from sfport.formats import caffe_files
 from sfport.netdef import weight_match
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from netcases import layer
 

@@ -7,7 +7,7 @@ from conftest import ROOT
 
 CHECK = """
 import importlib.util, json
-names = ["sfport", "sfport.cli", "sfport.proto", "sfport.proto.caffe_pb2", "cli", "protos", "converters",
+names = ["sfport", "sfport.cli", "sfport.protos", "sfport.protos.caffe_pb2", "cli", "protos", "converters",
          "prototxt", "tests", "bench"]
 print(json.dumps({n: importlib.util.find_spec(n.split(".")[0]) is not None and
                   importlib.util.find_spec(n) is not None for n in names}))
@@ -18,7 +18,7 @@ def test_only_sfport_is_importable(tmp_path):
     out = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, check=True)
     import json
     found = json.loads(out.stdout)
-    assert found["sfport"] and found["sfport.cli"] and found["sfport.proto.caffe_pb2"]
+    assert found["sfport"] and found["sfport.cli"] and found["sfport.protos.caffe_pb2"]
     assert not any(found[n] for n in ("cli", "protos", "converters", "prototxt", "tests", "bench")), found
 
 
@@ -53,11 +53,11 @@ def test_the_wheel_holds_every_module(tmp_path):
     (wheel,) = tmp_path.glob("sfport-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     want = set()
-    for folder, installed in (("sfport", "sfport"), ("converters", "sfport/converters"), ("protos", "sfport/proto")):
+    for folder, installed in (("sfport", "sfport"), ("converters", "sfport/converters"), ("protos", "sfport/protos")):
         for p in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in p.parts:
                 want.add(f"{installed}/{p.relative_to(ROOT / folder).as_posix()}")
-    want.add("sfport/proto/caffe.proto")
+    want.add("sfport/protos/caffe.proto")
     assert want - names == set(), sorted(want - names)
     assert not {n for n in names if n.split("/")[0] in ("converters", "protos", "tests", "bench", "cli.py")}
     entry = next(n for n in names if n.endswith("entry_points.txt"))
@@ -78,7 +78,10 @@ from sfport.export import write
 out["verify"] = sfport.verify is importlib.import_module("sfport.runtime.verify") and callable(run)
 out["export"] = sfport.export is importlib.import_module("sfport.runtime.export") and callable(write)
 out["Net"] = sfport.Net is importlib.import_module("sfport.runtime.net").Net
-out["proto"] = sfport.proto.caffe_pb2.NetParameter is importlib.import_module("sfport.proto.caffe_pb2").NetParameter
+import sfport.proto.caffe_pb2
+out["proto"] = (sfport.proto is importlib.import_module("sfport.protos")
+                and sfport.proto.caffe_pb2 is importlib.import_module("sfport.protos.caffe_pb2")
+                and sys.modules["sfport.proto.caffe_pb2"] is sys.modules["sfport.protos.caffe_pb2"])
 out["merge"] = sfport.merge is importlib.import_module("sfport.netdef.weight_match").merge
 try:
     import sfport.nothing

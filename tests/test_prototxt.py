@@ -3,7 +3,7 @@ import pytest
 
 from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES, GOLDEN, UPSTREAM, all_prototxts
 

@@ -4,7 +4,7 @@ import pytest
 
 from sfport.netdef import builtin, shapes
 from sfport.formats.caffe_files import read_prototxt, read_solver
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import ROOT, UPSTREAM
 

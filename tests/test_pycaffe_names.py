@@ -15,7 +15,7 @@ import sfport as caffe
 from sfport import converters
 from sfport.formats import caffe_files
 from sfport.netdef import datalayers
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.runtime.net import Net
 
 L, P = caffe.layers, caffe.params

@@ -16,7 +16,7 @@ from sfport.formats import caffe_files
 from sfport.netdef import weight_match, shapes
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from netcases import layer
 

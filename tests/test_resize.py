@@ -13,7 +13,7 @@ from sfport.formats import caffe_files
 from sfport.netdef import shapes
 from sfport.runtime import verify
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from netcases import input_grad, layer, one_layer, prototxt
 

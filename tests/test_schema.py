@@ -4,7 +4,7 @@ import struct
 import pytest
 from google.protobuf import unknown_fields
 
-from sfport.proto import caffe_pb2, regen
+from sfport.protos import caffe_pb2, regen
 
 
 def _varint(n):
@@ -30,7 +30,7 @@ def test_committed_bindings_match_the_proto():
     exec(compile(source, "regenerated_caffe_pb2.py", "exec"), ns)  # private descriptor pool: no clash
     fresh = ns["DESCRIPTOR"].serialized_pb
     assert fresh == caffe_pb2.DESCRIPTOR.serialized_pb, (
-        "protos/caffe_pb2.py is stale: run `python -m sfport.proto.regen`")
+        "protos/caffe_pb2.py is stale: run `python -m sfport.protos.regen`")
     # the committed bindings live in a private pool, as the regen command makes them
     assert "_descriptor_pool.DescriptorPool().AddSerializedFile(" in regen.TARGET.read_text()
 

@@ -14,7 +14,7 @@ from conftest import FIXTURES, lenet_solver
 from sfport.solver import score as score_mod
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 cv2 = pytest.importorskip("cv2")
 

@@ -6,7 +6,7 @@ import pytest
 from sfport.formats import caffe_files
 from sfport.netdef import weight_match, builtin, shapes
 from sfport.converters import geometry
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES
 

@@ -14,7 +14,7 @@ import sfport
 from sfport.solver import sgd
 from sfport import solver as tr
 from sfport.cli import cli
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN
 

@@ -20,7 +20,7 @@ from sfport.cli import cli
 from sfport.converters import ssd
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net, load_net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from badinput import assert_bad_input, files_under, run
 from sfport.formats import caffe_files
 from sfport import solver as tr
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 cv2 = pytest.importorskip("cv2")
 

@@ -9,7 +9,7 @@ import torch
 import sfport
 from sfport.formats import caffe_files
 from sfport.converters.loss import Accuracy, SoftmaxWithLoss
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import GOLDEN, UPSTREAM
 

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from conftest import FIXTURES
 

@@ -10,7 +10,7 @@ import sfport
 from sfport.formats import caffe_files
 from sfport.cli import cli
 from sfport.netdef.weight_match import with_random_weights
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from tests.conftest import FIXTURES
 
 NETS = pathlib.Path(__file__).parent / "nets"

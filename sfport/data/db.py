@@ -32,7 +32,7 @@ from sfport.data import images
 from sfport.data.imagedata import Transform, read_list, read_list_text, resolve, sample_rng
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import check_output
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 DP = caffe_pb2.DataParameter
 BACKEND_NAMES = {DP.LEVELDB: "LEVELDB", DP.LMDB: "LMDB"}

@@ -13,7 +13,7 @@ from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, 
 from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.netdef.netstate import NetState
 from sfport.netdef import datalayers
 from sfport.netdef.datalayers import data_layers, data_set_tops

@@ -27,7 +27,7 @@ import torch
 from sfport.formats import caffe_files, disk
 from sfport.data import images
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1

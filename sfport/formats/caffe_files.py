@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import atomic_write, check_readable_file, max_file_bytes
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.formats import upgrade, wire
 
 TEXT = "text"

@@ -9,7 +9,7 @@ one line to the returned list. ``upgrade_solver`` is ``UpgradeSolverAsNeeded``.
 from __future__ import annotations
 
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter
 

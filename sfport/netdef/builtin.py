@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sfport.formats.caffe_files import CaffeModel, net_to_text
 from sfport.formats.disk import atomic_write
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 UNITS = {4: (0, 0, 0, 0), 10: (0, 1, 2, 0), 20: (1, 2, 4, 1), 36: (2, 4, 8, 2), 64: (3, 7, 16, 3)}
 CHANNELS = (64, 128, 256, 512)

@@ -32,18 +32,12 @@ from sfport.netdef import datalayers
 from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import NetState, filter_net, stored_phase
 from sfport.netdef.wiring import Wiring, without_splits
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 def is_loss_layer(layer) -> bool:
     """A layer whose tops enter the loss (Layer::SetLossWeights): a loss type, or a non-zero loss_weight."""
     return converters.is_loss(layer.type) or any(w != 0 for w in layer.loss_weight)
-
-
-def _sink(layer) -> bool:
-    """A layer that only consumes its bottoms (Silence): what only it reads is not used."""
-    converter = converters.find(layer.type)
-    return converter is not None and converter.computes_nothing
 
 
 def dropped_for_inference(layer) -> bool:
@@ -109,7 +103,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
             return False
         for c, j in cs:
             layer, _, tops, _ = records[c]
-            if _sink(layer) or (j >= 1 and dropped_for_inference(layer)) or \
+            if converters.is_sink(layer.type) or (j >= 1 and dropped_for_inference(layer)) or \
                     j in converters.label_bottoms(layer.type):
                 continue
             if c in seen or not tops or not all(label_use(t, seen + (c,)) for t in tops):
@@ -142,7 +136,7 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
     # pruned here is pruned; an input read only by dropped or pruned layers goes.
     def dead(v: int) -> bool:
         cs = consumers.get(v)
-        return bool(cs) and all(records[c][3] == "pruned" or _sink(records[c][0]) for c, _ in cs)
+        return bool(cs) and all(records[c][3] == "pruned" or converters.is_sink(records[c][0].type) for c, _ in cs)
 
     for record in reversed(records):
         if record[3] == "kept" and record[2] and all(dead(v) for v in record[2]):

@@ -26,7 +26,7 @@ from sfport.netdef.wiring import without_splits
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import atomic_write, check_output
 from sfport.netdef.netstate import NetState, filter_net, stored_phase, without_rules
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 FORMATS = ("png", "svg", "pdf", "dot")
 RANKDIRS = ("LR", "TB", "BT", "RL")

@@ -12,7 +12,7 @@ from sfport import converters
 from sfport.netdef import datalayers, shapes
 from sfport.netdef.wiring import Wiring
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sfport.errors import CaffeFileError
 from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape
 from sfport.netdef import netstate
 from sfport.netdef.netstate import NetState, filter_net, stored_phase
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 from sfport.netdef.weight_match import MergeReport, merge
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from sfport import converters as conv_registry
 from sfport.netdef import shapes
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 @dataclass

@@ -10,7 +10,7 @@ from sfport.netdef import shapes
 from sfport.formats import wire
 from sfport.errors import CaffeFileError
 from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape, has_legacy_shape
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 _MESSAGE_NAME = re.compile(r"(\w+)Parameter")   # the schema's <Type>Parameter messages

@@ -19,7 +19,7 @@ import torch
 
 from sfport.formats import disk
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.runtime.verify import relative_error
 
 ONNX_OPSET = 18

@@ -22,7 +22,7 @@ from sfport.netdef import optimize as optimize_mod
 from sfport.errors import CaffeFileError
 from sfport.netdef.graph import NetGraph, build_graph, input_names
 from sfport.netdef.netstate import NetState
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.runtime.caffenet import CaffeNet, _Positional
 
 PT_FORMAT = "sfport-net"

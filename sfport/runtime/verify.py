@@ -23,7 +23,7 @@ from sfport.formats import disk
 from sfport.data import images
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import load_net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from sfport.formats import caffe_files, disk
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 CKPT_FORMAT = "sfport-checkpoint"
 SUFFIXES = (".caffemodel", ".solverstate", ".pt")

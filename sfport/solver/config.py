@@ -9,7 +9,7 @@ from sfport.formats import caffe_files
 from sfport.solver import sgd
 from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import merged
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.solver.paths import existing
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sfport.formats import caffe_files
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.solver.config import Options
 from sfport.data.feed import Feeder, num_classes
 from sfport.report.progress import CaffeLog

@@ -21,7 +21,7 @@ from sfport.solver import sgd
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.solver import checkpoint, curves
 from sfport.solver.config import Options, net_states, nets_of, read_solver
 from sfport.solver.evaluate import build_test_net, run_test_nets

@@ -23,7 +23,7 @@ import torch
 
 from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 
 f32 = np.float32
 

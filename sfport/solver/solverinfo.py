@@ -17,7 +17,7 @@ from sfport.formats import caffe_files
 from sfport.report import plots
 from sfport.solver import sgd
 from sfport.netdef.netstate import included
-from sfport.proto import caffe_pb2
+from sfport.protos import caffe_pb2
 from sfport.solver.config import net_states, nets_of, read_solver
 from sfport.netdef.datalayers import batch_size, data_layers
 from sfport.solver.log import g6
