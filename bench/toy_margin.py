@@ -60,7 +60,7 @@ def train(m: int, steps: int = 2000, batch: int = 64, lr: float = 0.05, seed: in
     net_param = caffe_pb2.NetParameter()
     text_format.Parse(NET.format(m=m, batch=batch, dim=DIM, classes=CLASSES, mtype=MTYPES[m], gamma=gamma,
                                  lambda_min=lambda_min), net_param)
-    net = sfport.Net(sfport.formats.caffe_files.CaffeModel.from_net(net_param, None), phase="train", seed=seed)
+    net = sfport.TorchNet(sfport.formats.caffe_files.CaffeModel.from_net(net_param, None), phase="train", seed=seed)
     opt = torch.optim.SGD(net.module.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     x, y = dataset(300, seed=seed + 1)
     rng = np.random.default_rng(seed)

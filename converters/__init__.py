@@ -47,11 +47,10 @@ from . import (activations, conv, hdf5, linear, loss, margin, norm, pooling, rec
                structure)
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
                    find, folded_blobs, get, in_export_form, is_loss, is_sink, is_training_only, label_bottoms,
-                   load_plugins, register,
-                   registered_types)
+                   load_plugins, register, registered_types, unregister)
 from .norm import affine_layer
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
            "affine_layer", "export_form", "find", "folded_blobs", "get", "in_export_form", "is_loss", "is_sink",
-           "is_training_only",
+           "is_training_only", "unregister",
            "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -52,10 +52,10 @@ class UnknownLayerType(CaffeFileError):
         self.layer_name, self.layer_type = layer_name, layer_type
         where = ("in a module named in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
         if layer_type == "Python":   # python_layer.hpp: the code lives in the user's module, never run from a file
-            what = (f"layer '{layer_name}' is a Python layer: its code is in your Python module and sfport does not "
-                    f"import code named by a model file; register a converter with "
-                    f"@sfport.converters.register('Python') (its build() reads layer.python_param: module, layer, "
-                    f"param_str) {where}")
+            what = (f"layer '{layer_name}' is a Python layer: its code is in your Python module, and sfport imports "
+                    f"code named by a model file only when asked: run `sfport --python-layers ...` (the module is "
+                    f"found in the working directory or on PYTHONPATH), use the pycaffe API (caffe.Net), or "
+                    f"register a converter with @sfport.converters.register('Python') {where}")
         else:
             what = (f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; register one "
                     f"with @sfport.converters.register('{layer_type}') {where}")
@@ -231,6 +231,12 @@ def register(*types: str):
             _REGISTRY[t] = inst
         return cls
     return deco
+
+
+def unregister(*types: str) -> None:
+    """Remove the converters of these types (a registration made for a while: ``sfport --python-layers``)."""
+    for t in types:
+        _REGISTRY.pop(t, None)
 
 
 def load_plugins() -> None:

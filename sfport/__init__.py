@@ -19,8 +19,10 @@ The package, by concern (ARCHITECTURE.md has one row per module):
   package under pycaffe's name (``caffe.proto``).
 
 Reading and writing Caffe files needs only protobuf and numpy; torch is imported by the parts that run nets or
-infer shapes (the layer registry). Public entry points keep short names: ``sfport.Net``, ``sfport.io`` (pycaffe's
-``caffe.io``), ``sfport.draw``, ``sfport.verify``, ``sfport.export`` are the modules of their rooms, importable
+infer shapes (the layer registry). ``import sfport as caffe`` gives pycaffe's names: ``sfport.Net`` is pycaffe's
+``caffe.Net`` (:mod:`sfport.pycaffe.net`: blobs with numpy ``data`` / ``diff``), ``sfport.TorchNet`` sfport's torch
+handle of a net (:mod:`sfport.runtime.net`: tensors, the nn.Module, export, ``.pt`` files). Public entry points keep
+short names: ``sfport.io`` (pycaffe's ``caffe.io``), ``sfport.draw``, ``sfport.verify``, ``sfport.export`` are the modules of their rooms, importable
 under either name (``import sfport.io`` and ``import sfport.data.caffe_io`` give the same module object).
 """
 import importlib
@@ -38,7 +40,7 @@ __version__ = "0.1.0"
 # public short names -> the module of its room (imported on first use: reading files needs no torch)
 PUBLIC_MODULES = {"sfport.io": "sfport.data.caffe_io", "sfport.draw": "sfport.netdef.draw",
                   "sfport.verify": "sfport.runtime.verify", "sfport.export": "sfport.runtime.export",
-                  "sfport.proto": "sfport.protos"}
+                  "sfport.proto": "sfport.protos", "sfport.coord_map": "sfport.pycaffe.coord_map"}
 
 
 def alias_target(fullname: str, aliases: dict) -> str | None:
@@ -49,7 +51,26 @@ def alias_target(fullname: str, aliases: dict) -> str | None:
             return target + fullname[len(short):]
     return None
 # public names -> (module, attribute), imported on first use
-PUBLIC_NAMES = {"Net": ("sfport.runtime.net", "Net"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
+PUBLIC_NAMES = {"Net": ("sfport.pycaffe.net", "Net"), "TorchNet": ("sfport.runtime.net", "Net"), "Blob": ("sfport.pycaffe.blob", "Blob"),
+                "Layer": ("sfport.pycaffe.layer", "Layer"),
+                "Classifier": ("sfport.pycaffe.classifier", "Classifier"),
+                "Detector": ("sfport.pycaffe.detector", "Detector"),
+                "SGDSolver": ("sfport.pycaffe.solver", "SGDSolver"),
+                "NesterovSolver": ("sfport.pycaffe.solver", "NesterovSolver"),
+                "AdaGradSolver": ("sfport.pycaffe.solver", "AdaGradSolver"),
+                "RMSPropSolver": ("sfport.pycaffe.solver", "RMSPropSolver"),
+                "AdaDeltaSolver": ("sfport.pycaffe.solver", "AdaDeltaSolver"),
+                "AdamSolver": ("sfport.pycaffe.solver", "AdamSolver"),
+                "get_solver": ("sfport.pycaffe.solver", "get_solver"),
+                "set_mode_cpu": ("sfport.pycaffe.common", "set_mode_cpu"),
+                "set_mode_gpu": ("sfport.pycaffe.common", "set_mode_gpu"),
+                "set_device": ("sfport.pycaffe.common", "set_device"),
+                "has_nccl": ("sfport.pycaffe.common", "has_nccl"),
+                "solver_count": ("sfport.pycaffe.common", "solver_count"),
+                "set_solver_count": ("sfport.pycaffe.common", "set_solver_count"),
+                "solver_rank": ("sfport.pycaffe.common", "solver_rank"),
+                "set_solver_rank": ("sfport.pycaffe.common", "set_solver_rank"),
+                "set_multiprocess": ("sfport.pycaffe.common", "set_multiprocess"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
                 "merge": ("sfport.netdef.weight_match", "merge"),
                 "summarize": ("sfport.netdef.inspection", "summarize"),
                 # pycaffe's (python/caffe/__init__.py) names that sfport ports so far
@@ -92,7 +113,7 @@ if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
 
 
 def __getattr__(name):
-    """``sfport.Net`` (pycaffe-like), ``merge`` and ``summarize`` (which ask the torch-based layer registry for
+    """``sfport.Net`` (pycaffe's), ``sfport.TorchNet``, ``merge`` and ``summarize`` (which ask the torch-based layer registry for
     shapes) are imported on first use: reading files does not need torch. So are pycaffe's ``caffe.io`` as
     ``sfport.io`` (and its ``Transformer`` as ``sfport.Transformer``) and ``caffe.proto`` as ``sfport.proto``
     (``sfport.proto.caffe_pb2``), which need no torch either: ``import sfport as caffe`` ports such scripts."""
@@ -105,7 +126,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'sfport' has no attribute {name!r}")
 
 
-__all__ = ["CaffeFileError", "CaffeModel", "Net", "NetSpec", "TEST", "TRAIN", "Timer", "Transformer", "draw", "export",
-           "init_log", "io", "layer_type_list", "layers", "log", "merge", "params", "proto", "set_random_seed", "read_caffemodel", "read_net", "read_prototxt",
-           "read_solver", "read_solverstate", "summarize", "to_proto", "verify", "write_caffemodel",
-           "write_prototxt", "write_solverstate", "__version__"]
+__all__ = sorted({"CaffeFileError", "CaffeModel", "TEST", "TRAIN", "coord_map", "draw", "export", "io", "proto", "verify",
+                  "read_caffemodel", "read_net", "read_prototxt", "read_solver", "read_solverstate", "write_caffemodel",
+                  "write_prototxt", "write_solverstate", "__version__"} | set(PUBLIC_NAMES))

@@ -63,11 +63,17 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.option("--max-file-size", metavar="SIZE", help="Largest input file read (default 2G, or "
                                                       "$SFPORT_MAX_FILE_BYTES): e.g. 4G, 500M.")
+@click.option("--python-layers", is_flag=True, help="Run the model's Python layers: import the modules their "
+                                                     "python_param names (working directory, PYTHONPATH). That runs "
+                                                     "their code; without this flag a Python layer is refused.")
 @click.version_option(package_name="sfport")
 @click.pass_context
-def cli(ctx, debug, max_file_size):
+def cli(ctx, debug, max_file_size, python_layers):
     """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
     ctx.ensure_object(dict)
+    if python_layers:
+        from sfport.pycaffe import pylayers
+        pylayers.enable()
     ctx.obj["debug"] = debug
     try:  # set on every invocation (None: the default again), so one run's option never outlives it
         disk.set_max_file_bytes(max_file_size or None)

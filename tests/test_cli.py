@@ -223,6 +223,6 @@ def test_unknown_layer_type_is_one_line_exit_2(tmp_path):
 
 def test_sfport_net_is_the_pycaffe_like_api():
     import sfport
-    net = sfport.Net(str(FIXTURES / "mtcnn/det1.prototxt"), str(DET1), phase="test")
+    net = sfport.TorchNet(str(FIXTURES / "mtcnn/det1.prototxt"), str(DET1), phase="test")
     out = net.forward(data=np.zeros((1, 3, 12, 12), np.float32))
     assert set(out) == {"conv4-2", "prob1"} and [p.shape for p in net.params["conv1"]] == [(10, 3, 3, 3), (10,)]

@@ -21,7 +21,7 @@ def _net(tmp_path, name="out.h5"):
     from google.protobuf import text_format
     from sfport.protos import caffe_pb2
     net = text_format.Parse(NET.format(f=tmp_path / name), caffe_pb2.NetParameter())
-    return sfport.Net(sfport.CaffeModel.from_net(net))
+    return sfport.TorchNet(sfport.CaffeModel.from_net(net))
 
 
 def test_each_forward_writes_data_and_label(tmp_path):

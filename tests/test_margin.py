@@ -194,14 +194,14 @@ def test_true_gradient_through_the_layer_setting():
     from google.protobuf import text_format
     text = (MARGIN / "margin_quadruple.prototxt").read_text().replace("iteration: 40", 'iteration: 40\n    margin_grad: "true"')
     text_format.Parse(text, net)
-    n = sfport.Net(sfport.formats.caffe_files.CaffeModel.from_net(net, None), phase="train")
+    n = sfport.TorchNet(sfport.formats.caffe_files.CaffeModel.from_net(net, None), phase="train")
     mod = n.module.module_of("fc6")
     assert mod.grad_mode == "true"
     bad = text.replace('margin_grad: "true"', 'margin_grad: "exact"')
     net2 = caffe_pb2.NetParameter()
     text_format.Parse(bad, net2)
     with pytest.raises(sfport.errors.CaffeFileError, match="margin_grad must be one of caffe, true"):
-        sfport.Net(sfport.formats.caffe_files.CaffeModel.from_net(net2, None), phase="train")
+        sfport.TorchNet(sfport.formats.caffe_files.CaffeModel.from_net(net2, None), phase="train")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_lambda_at_solver_iteration_600():
 
 
 def test_counters_are_saved_and_restored(tmp_path):
-    n = sfport.Net(MARGIN / "interclass_among.prototxt", phase="train", seed=1)
+    n = sfport.TorchNet(MARGIN / "interclass_among.prototxt", phase="train", seed=1)
     for _ in range(5):
         n.forward(fc5=torch.randn(8, 16), label=torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 8]))
     state = n.module.state_dict()
@@ -260,14 +260,14 @@ def test_counters_are_saved_and_restored(tmp_path):
     assert int(state["layers.inter_class_dist_output.iteration"]) == 16005
     assert float(state["layers.inter_class_dist_output.alpha"]) == 10.0
     n.save(tmp_path / "n.pt")
-    back = sfport.Net(tmp_path / "n.pt", phase="train")
+    back = sfport.TorchNet(tmp_path / "n.pt", phase="train")
     assert int(back.module.module_of("fc6").iteration) == 2005
     ic = back.module.module_of("inter_class_dist_output")
     assert int(ic.iteration) == 16005 and float(ic.alpha) == 10.0
     assert back.module.module_of("fc6").weight is ic.weight  # still one shared parameter
     # the caffemodel holds no counters: a net built from it starts again at the prototxt's values (as Caffe)
     n.save_caffemodel(tmp_path / "n.caffemodel")
-    again = sfport.Net(MARGIN / "interclass_among.prototxt", weights=tmp_path / "n.caffemodel", phase="train")
+    again = sfport.TorchNet(MARGIN / "interclass_among.prototxt", weights=tmp_path / "n.caffemodel", phase="train")
     assert int(again.module.module_of("fc6").iteration) == 2000
 
 
@@ -360,7 +360,7 @@ def test_mhe_energy_option(s):
 def test_shared_weight_gets_both_gradients():
     """fc6 and InterClass share fc6_w: its gradient is the sum of both layers' gradients."""
     torch.manual_seed(0)
-    n = sfport.Net(MARGIN / "interclass_among.prototxt", phase="train", seed=2)
+    n = sfport.TorchNet(MARGIN / "interclass_among.prototxt", phase="train", seed=2)
     fc6, ic = n.module.module_of("fc6"), n.module.module_of("inter_class_dist_output")
     assert fc6.weight is ic.weight and len(list(n.module.parameters())) == 1
     x, y = torch.randn(8, 16), torch.tensor([3.0, 3, 7, 0, 9, 3, 1, 7])
@@ -387,7 +387,7 @@ TOL = 1e-6
 @pytest.mark.parametrize("kind", ["single", "double", "triple", "quadruple"])
 def test_golden_margin(kind):
     d = np.load(MARGIN / f"margin_{kind}.npz")
-    net = sfport.Net(MARGIN / f"margin_{kind}.prototxt", phase="train")
+    net = sfport.TorchNet(MARGIN / f"margin_{kind}.prototxt", phase="train")
     mod = net.module.module_of("fc6")
     with torch.no_grad():
         mod.weight.copy_(torch.from_numpy(d["W_before"][0]))
@@ -409,7 +409,7 @@ def test_golden_margin(kind):
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_golden_interclass(kind, accumulate):
     d = np.load(MARGIN / f"interclass_{kind}.npz")
-    net = sfport.Net(MARGIN / f"interclass_{kind}.prototxt", phase="train")
+    net = sfport.TorchNet(MARGIN / f"interclass_{kind}.prototxt", phase="train")
     fc6, ic = net.module.module_of("fc6"), net.module.module_of("inter_class_dist_output")
     with torch.no_grad():
         fc6.weight.copy_(torch.from_numpy(d["W_before"][0]))

@@ -96,9 +96,9 @@ def test_a_net_built_from_a_solvers_state_keeps_its_level_and_stages():
                'layer { name: "staged" type: "ReLU" bottom: "x" top: "z" include { stage: "s" } }')
     model = sfport.CaffeModel.from_net(net, "n.prototxt")
     state = NetState(caffe_pb2.TEST, 2, ("s",))
-    assert [ly.name for ly in sfport.Net(model, phase=state).definition.layer] == ["x", "deep", "staged"]
-    assert [ly.name for ly in sfport.Net(model, phase=state, level=1).definition.layer] == ["x", "staged"]
-    assert [ly.name for ly in sfport.Net(model, phase="test").definition.layer] == ["x"]
+    assert [ly.name for ly in sfport.TorchNet(model, phase=state).definition.layer] == ["x", "deep", "staged"]
+    assert [ly.name for ly in sfport.TorchNet(model, phase=state, level=1).definition.layer] == ["x", "staged"]
+    assert [ly.name for ly in sfport.TorchNet(model, phase="test").definition.layer] == ["x"]
 
 
 # -- data layers become inputs ------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def test_a_data_layer_without_stated_channels_needs_a_shape():
                'data_param { source: "db" batch_size: 64 } }' + TAIL % ("data", "label", "label"))
     assert deploy.derive(net).inputs == {"data": None}
     with pytest.raises(CaffeFileError, match="'data' is unknown \\(from layer 'mnist', Data"):
-        sfport.Net(sfport.CaffeModel.from_net(net), inference=True)
+        sfport.TorchNet(sfport.CaffeModel.from_net(net), inference=True)
 
 
 def test_a_python_loss_layer_goes_and_a_python_layer_with_bottoms_is_not_data():
@@ -176,7 +176,7 @@ def test_a_python_loss_layer_goes_and_a_python_layer_with_bottoms_is_not_data():
     d = deploy.derive(net)
     assert [layer.name for layer in d.net.layer] == ["in", "ip", "pyloss"]
     with pytest.raises(CaffeFileError, match=r"'pyloss' is a Python layer.*register a converter with @sfport.converters.register\('Python'\)"):
-        sfport.Net(sfport.CaffeModel.from_net(d.net))
+        sfport.TorchNet(sfport.CaffeModel.from_net(d.net))
 
 
 def test_layers_that_need_a_label_or_only_feed_silence_go():
@@ -219,8 +219,8 @@ def test_a_shape_for_a_blob_that_is_not_an_input_is_refused():
 def test_net_runs_the_inference_form_and_the_full_test_net_on_request():
     net = _net(DATA_LAYERS["MemoryData"][0] + TAIL % ("m", "y", "y"))
     model = sfport.netdef.weight_match.with_random_weights(sfport.CaffeModel.from_net(net))
-    inference = sfport.Net(model, inference=True)
-    full = sfport.Net(model)   # pycaffe's caffe.Net(file, TEST): the loss and the accuracy too
+    inference = sfport.TorchNet(model, inference=True)
+    full = sfport.TorchNet(model)   # pycaffe's caffe.Net(file, TEST): the loss and the accuracy too
     assert inference.outputs == ["ip"] and list(inference.inputs) == ["m"]
     assert sorted(full.outputs) == ["acc", "loss"] and list(full.inputs) == ["m", "y"]
     x = np.random.default_rng(0).standard_normal((2, 4, 3, 5)).astype(np.float32)

@@ -77,7 +77,8 @@ from sfport.verify import run
 from sfport.export import write
 out["verify"] = sfport.verify is importlib.import_module("sfport.runtime.verify") and callable(run)
 out["export"] = sfport.export is importlib.import_module("sfport.runtime.export") and callable(write)
-out["Net"] = sfport.Net is importlib.import_module("sfport.runtime.net").Net
+out["Net"] = (sfport.Net is importlib.import_module("sfport.pycaffe.net").Net
+              and sfport.TorchNet is importlib.import_module("sfport.runtime.net").Net)
 import sfport.proto.caffe_pb2
 out["proto"] = (sfport.proto is importlib.import_module("sfport.protos")
                 and sfport.proto.caffe_pb2 is importlib.import_module("sfport.protos.caffe_pb2")
@@ -93,7 +94,7 @@ print(json.dumps(out))
 
 
 def test_public_entry_points_keep_their_short_names(tmp_path):
-    """sfport.Net, sfport.io, sfport.draw, sfport.verify, sfport.export (and sfport.proto, merge) are the objects
+    """sfport.Net (pycaffe's), sfport.TorchNet, sfport.io, sfport.draw, sfport.verify, sfport.export (and sfport.proto, merge) are the objects
     of their rooms' modules, whether reached as attributes or imported by the short name; importing sfport
     alone loads no torch."""
     out = subprocess.run([sys.executable, "-c", PUBLIC], cwd=tmp_path, capture_output=True, text=True, check=True)

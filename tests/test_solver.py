@@ -333,7 +333,7 @@ def test_test_nets_run_as_caffe(golden_copy):
     tests = [i for i, l in enumerate(lines) if l.startswith("Iteration") and "Testing net (#0)" in l]
     assert [lines[i] for i in tests] == [f"Iteration {n}, Testing net (#0)" for n in (0, 3, 6)]
     batches = np.load(SOLVER / "input_batches.npz")
-    ref_net = sfport.Net("tt.prototxt", phase="test", input_shapes={"data": (8, 3, 24, 20)})
+    ref_net = sfport.TorchNet("tt.prototxt", phase="test", input_shapes={"data": (8, 3, 24, 20)})
     for k, i in enumerate(tests):
         weights = "init.caffemodel" if k == 0 else SOLVER / "runs" / "inv" / f"iter_{3 * k:02d}.caffemodel"
         ref_net.load_weights(sfport.read_caffemodel(weights))

@@ -19,7 +19,7 @@ NARROW = dict(num_classes=20, root_folder="data/", batch_size=32, channels=(16, 
 
 def features(snapshot, listfile, root):
     import cv2
-    net = sfport.Net(snapshot, input_shapes={"data": (1, 3, 112, 96)})
+    net = sfport.TorchNet(snapshot, input_shapes={"data": (1, 3, 112, 96)})
     entries = read_list(listfile)
     x = np.stack([(cv2.imread(f"{root}/{e.path}").astype(np.float32) - 127.5) * 0.0078125 for e in entries])
     with torch.no_grad():

@@ -122,7 +122,7 @@ def test_loss_weights_follow_caffe():
 
 def test_golden_train_forward_backward():
     d = np.load(SOLVER / "forward_backward_init_batch0.npz")
-    net = sfport.Net(SOLVER / "tiny_sphereface.prototxt", weights=SOLVER / "init.caffemodel", phase="train",
+    net = sfport.TorchNet(SOLVER / "tiny_sphereface.prototxt", weights=SOLVER / "init.caffemodel", phase="train",
                      input_shapes={"data": (8, 3, 24, 20)})
     assert net.report.layers_without_weights == []
     net.forward(data=d["data:data"], label=d["data:label"])
@@ -158,7 +158,7 @@ def test_golden_train_forward_backward():
 @pytest.mark.parametrize("path", TRAIN_NETS, ids=lambda p: p.stem)
 def test_upstream_train_net_forward_backward(path):
     torch.manual_seed(0)
-    net = sfport.Net(path, phase="train", input_shapes={"data": (8, 3, 112, 96)}, seed=0)
+    net = sfport.TorchNet(path, phase="train", input_shapes={"data": (8, 3, 112, 96)}, seed=0)
     assert net.inputs == {"data": (8, 3, 112, 96), "label": (8,)}  # the ImageData layer became named inputs
     x = torch.rand(8, 3, 112, 96) * 2 - 1
     y = torch.randint(0, 10572, (8,)).float()
@@ -190,7 +190,7 @@ def test_deploy_weights_and_snapshots_load_into_the_train_net(tmp_path):
     deploy = sfport.netdef.weight_match.with_random_weights(caffe_files.read_prototxt(SF20_DEPLOY), seed=3)
     caffe_files.write_caffemodel(tmp_path / "released.caffemodel", deploy)
     shapes = {"data": (2, 3, 112, 96)}
-    net = sfport.Net(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "released.caffemodel", phase="train",
+    net = sfport.TorchNet(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "released.caffemodel", phase="train",
                      input_shapes=shapes, seed=0)
     rep = net.report
     assert rep.layers_without_weights == ["fc6", "inter_class_dist_output"]
@@ -205,12 +205,12 @@ def test_deploy_weights_and_snapshots_load_into_the_train_net(tmp_path):
     # one training step moves everything; the snapshot then carries fc6
     net.forward_backward(data=torch.rand(2, 3, 112, 96), label=torch.tensor([1.0, 5.0]))
     net.save_caffemodel(tmp_path / "snap.caffemodel")
-    again = sfport.Net(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "snap.caffemodel", phase="train",
+    again = sfport.TorchNet(SFPLUS / "sfplus_model.prototxt", weights=tmp_path / "snap.caffemodel", phase="train",
                        input_shapes=shapes)
     assert again.report.layers_without_weights == []
     assert np.array_equal(again.params["fc6"][0].detach().numpy(), net.params["fc6"][0].detach().numpy())
     # and the snapshot's deploy view still loads the released-style net for inference
-    deploy_net = sfport.Net(SF20_DEPLOY, weights=tmp_path / "snap.caffemodel")
+    deploy_net = sfport.TorchNet(SF20_DEPLOY, weights=tmp_path / "snap.caffemodel")
     assert deploy_net.report.weights_without_layers == ["fc6", "inter_class_dist_output"]
 
 
@@ -274,11 +274,11 @@ def test_loss_layers_match_pycaffe(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     ref = np.load(tmp_path / "out.npz")
-    net = sfport.Net(tmp_path / "net.prototxt", phase="train")
+    net = sfport.TorchNet(tmp_path / "net.prototxt", phase="train")
     x = torch.from_numpy(scores).requires_grad_()
     net.forward(scores=x, label=torch.from_numpy(label))
     net.backward()
-    acc = sfport.Net(tmp_path / "acc.prototxt", phase="train")
+    acc = sfport.TorchNet(tmp_path / "acc.prototxt", phase="train")
     acc.forward(scores=x.detach(), label=torch.from_numpy(label))
     blobs = {**net.blobs, **acc.blobs}
     for name in ("full", "valid", "batch", "none", "acc", "per_class"):

@@ -88,8 +88,8 @@ def test_convert_of_the_train_test_net_gives_the_deploy_nets_outputs(case, tmp_p
     args = ["convert", str(weights), "-p", str(train_test), "-o", str(out)] + (["--shape", shape] if shape else [])
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    converted = sfport.Net(str(out))
-    reference = sfport.Net(str(deploy_file), weights=str(weights), input_shapes=dict(converted.inputs))
+    converted = sfport.TorchNet(str(out))
+    reference = sfport.TorchNet(str(deploy_file), weights=str(weights), input_shapes=dict(converted.inputs))
     assert converted.inputs == reference.inputs and converted.outputs == reference.outputs
     assert reference.report.layers_without_weights == []
     x = np.random.default_rng(1).uniform(-1, 1, next(iter(converted.inputs.values()))).astype(np.float32)

@@ -223,7 +223,7 @@ def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, to
     caffemodel) in the given phase and stages: data layers become inputs (shaped from what they state, or
     --shape), their label tops, the loss and accuracy layers go (see `sfport deploy`). pt is sfport's
     self-contained file (net definition + state_dict, loadable with torch.load(weights_only=True) and
-    sfport.Net). TorchScript and ONNX are checked against the eager net (ONNX on onnxruntime) before they are
+    sfport.TorchNet). TorchScript and ONNX are checked against the eager net (ONNX on onnxruntime) before they are
     written; a mismatch writes nothing and exits 1. Without MODEL: the built-in SphereFace-20 deploy net with
     its fillers' weights (seed --seed), as ONNX to sphereface20.onnx - a demonstration, not a face model.
 

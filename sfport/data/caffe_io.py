@@ -111,7 +111,7 @@ def datum_to_array(datum) -> np.ndarray:
 class Transformer:
     """Input preparation for a net, as pycaffe's ``caffe.io.Transformer``.
 
-    ``inputs``: input name -> blob shape (N, C, H, W), e.g. ``sfport.Net(...).inputs`` or
+    ``inputs``: input name -> blob shape (N, C, H, W), e.g. ``sfport.TorchNet(...).inputs`` or
     ``{'data': net.blobs['data'].data.shape}``. The classic recipe for an RGB [0, 1] image from
     :func:`load_image` and a BGR [0, 255] Caffe model::
 

@@ -81,6 +81,7 @@ SPECS = {s.type: s for s in (
 )}
 DATA_TYPES = tuple(SPECS)
 INPUT = SPECS["Input"].type
+PYTHON = SPECS["Python"].type   # python_layer.hpp: a layer whose code is a Python class
 
 
 def spec_of(layer) -> DataLayerSpec | None:
@@ -104,6 +105,11 @@ def data_layers(net, state) -> list:
 def is_input(layer) -> bool:
     """Caffe's Input layer (what a deploy net's inputs are)."""
     return layer.type == INPUT
+
+
+def is_python(layer) -> bool:
+    """A Python layer (python_param names its module and class), with bottoms or without."""
+    return layer.type == PYTHON
 
 
 def reads_data_set(layer) -> bool:

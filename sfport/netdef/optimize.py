@@ -4,7 +4,7 @@
 into its weights and bias, merges a chain of them that follows anything else into one Scale layer, and drops
 the identities of a test-phase net (Dropout, except py-faster-rcnn's ``scale_train: false`` one, which scales at
 test time; Split) and Silence. The result is a NetParameter with its weights (:class:`Optimized`), which
-:class:`sfport.Net` builds like any other net (``Net(..., optimize=True)``), so it saves, exports and converts
+:class:`sfport.TorchNet` builds like any other net (``Net(..., optimize=True)``), so it saves, exports and converts
 back to a caffemodel as every net does. What a layer type contributes is its converter's: ``affine``,
 ``fold_affine`` / ``with_bias``, ``identity_at_inference``, ``computes_nothing`` and ``fresh_top``
 (:class:`sfport.converters.Converter`); this module switches on no type name.
@@ -70,7 +70,7 @@ def _affine_of(gl, module) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def optimize(net, outputs=None) -> Optimized:
-    """The optimized form of a built :class:`sfport.Net` (test phase) with its current weights; with ``outputs``
+    """The optimized form of a built :class:`sfport.TorchNet` (test phase) with its current weights; with ``outputs``
     (Caffe blob names) only the layers those blobs are computed from are kept."""
     graph, module = net.graph, net.module
     layers = graph.layers

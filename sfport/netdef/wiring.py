@@ -106,3 +106,60 @@ def without_splits(items: Iterable, is_split: Callable = is_inserted_split,
         for t in tops(item):   # a name written again is its own value from here on
             source.pop(t, None)
         yield item, read
+
+
+def _split_type() -> str:
+    """The type Caffe's InsertSplits gives the layers it adds: the converter that copies its bottom."""
+    return next(t for t in converters.registered_types() if converters.get(t).copies_bottom)
+
+
+def insert_splits(net):
+    """insert_splits.cpp InsertSplits: a copy of ``net`` (reduced to one state) in which every top read by more
+    than one bottom, or read once and also weighted into the loss (an explicit ``loss_weight``), feeds a Split
+    layer right after its producer (``<blob>_<layer>_<j>_split``, tops ``<blob>_<layer>_<j>_split_<k>``), each
+    reader taking its own top in order; a weighted top's loss moves to the split's first top. A bottom no
+    earlier layer produces is the "unknown bottom blob" error."""
+    last_top: dict[str, tuple[int, int]] = {}
+    source: dict[tuple[int, int], tuple[int, int]] = {}
+    count: dict[tuple[int, int], int] = {}
+    loss_weight: dict[tuple[int, int], float] = {}
+    for i, layer in enumerate(net.layer):
+        for j, b in enumerate(layer.bottom):
+            if b not in last_top:
+                raise CaffeFileError(None, about_layer(layer, f"unknown bottom blob '{as_text(b)}' (bottom index "
+                                                              f"{j}): no earlier layer produces it"))
+            source[(i, j)] = last_top[b]
+            count[last_top[b]] = count.get(last_top[b], 0) + 1
+        for j, t in enumerate(layer.top):
+            last_top[t] = (i, j)
+        for j in range(min(len(layer.loss_weight), len(layer.top))):
+            top = last_top[layer.top[j]]
+            loss_weight[top] = layer.loss_weight[j]
+            if loss_weight[top]:
+                count[top] = count.get(top, 0) + 1
+    out = type(net)()
+    out.CopyFrom(net)
+    del out.layer[:]
+    taken: dict[tuple[int, int], int] = {}
+    split = _split_type()
+    for i, original in enumerate(net.layer):
+        layer = out.layer.add()
+        layer.CopyFrom(original)
+        for j in range(len(layer.bottom)):
+            top = source[(i, j)]
+            if count.get(top, 0) > 1:
+                producer = net.layer[top[0]].name
+                layer.bottom[j] = f"{layer.bottom[j]}_{producer}_{top[1]}_split_{taken.get(top, 0)}"
+                taken[top] = taken.get(top, 0) + 1
+        for j, blob in enumerate(list(layer.top)):
+            n = count.get((i, j), 0)
+            if n <= 1:
+                continue
+            weight = loss_weight.get((i, j), 0.0)
+            s = out.layer.add(name=f"{blob}_{layer.name}_{j}_split", type=split, bottom=[blob],
+                              top=[f"{blob}_{layer.name}_{j}_split_{k}" for k in range(n)])
+            if weight:
+                s.loss_weight.extend([weight] + [0.0] * (n - 1))
+                layer.ClearField("loss_weight")
+                taken[(i, j)] = taken.get((i, j), 0) + 1
+    return out

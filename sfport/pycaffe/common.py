@@ -59,3 +59,58 @@ class Timer:
         if self.running:
             self.stop()
         return float(int((self._stop - self._start) * 1000))
+
+
+_mode = {"device": "cpu", "id": 0}
+
+
+def set_mode_cpu() -> None:
+    """Caffe::set_mode(CPU): nets compute on the CPU."""
+    _mode["device"] = "cpu"
+
+
+def set_mode_gpu() -> None:
+    """Caffe::set_mode(GPU): nets compute on the GPU chosen by :func:`set_device` (CUDA through torch); a machine
+    without one is told so here, as Caffe fails at its first CUDA call."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("set_mode_gpu: this torch has no CUDA device (torch.cuda.is_available() is False)")
+    _mode["device"] = "cuda"
+
+
+def set_device(device_id: int) -> None:
+    """Caffe::SetDevice: the GPU that GPU mode computes on."""
+    _mode["id"] = int(device_id)
+
+
+def device() -> torch.device:
+    """Where nets compute now: the CPU, or ``cuda:<set_device>`` in GPU mode."""
+    return torch.device("cpu") if _mode["device"] == "cpu" else torch.device("cuda", _mode["id"])
+
+
+_solvers = {"count": 1, "rank": 0, "multiprocess": False}
+
+
+def has_nccl() -> bool:
+    """_caffe.cpp HasNCCL: sfport has no NCCL build (several GPUs train through torch.distributed:
+    ``sfport train --gpu 0,1``)."""
+    return False
+
+
+def solver_count() -> int:
+    return _solvers["count"]
+
+
+def set_solver_count(count: int) -> None:
+    _solvers["count"] = int(count)
+
+
+def solver_rank() -> int:
+    return _solvers["rank"]
+
+
+def set_solver_rank(rank: int) -> None:
+    _solvers["rank"] = int(rank)
+
+
+def set_multiprocess(value: bool) -> None:
+    _solvers["multiprocess"] = bool(value)

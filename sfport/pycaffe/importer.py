@@ -16,7 +16,8 @@ from sfport import AliasLoader
 # pycaffe's modules -> sfport's (what sfport ports so far; any other caffe.X is an ImportError naming it)
 MODULES = {"caffe": "sfport", "caffe.proto": "sfport.protos", "caffe.proto.caffe_pb2": "sfport.protos.caffe_pb2",
            "caffe.io": "sfport.io", "caffe.draw": "sfport.draw", "caffe.net_spec": "sfport.pycaffe.net_spec",
-           "caffe.coord_map": "sfport.pycaffe.coord_map"}
+           "caffe.coord_map": "sfport.pycaffe.coord_map", "caffe.classifier": "sfport.pycaffe.classifier",
+           "caffe.detector": "sfport.pycaffe.detector"}
 
 
 class CaffeFinder(importlib.abc.MetaPathFinder):

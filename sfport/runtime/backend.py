@@ -1,6 +1,6 @@
 """The fastest way sfport has to run an inference net, chosen for the user, with the reason in one line.
 
-:class:`Runner` runs a :class:`sfport.Net`'s inference-optimized form (:mod:`sfport.netdef.optimize`), cut to the
+:class:`Runner` runs a :class:`sfport.TorchNet`'s inference-optimized form (:mod:`sfport.netdef.optimize`), cut to the
 layers its requested outputs are computed from. ``auto`` (the default of ``eval``, ``embed``, ``compare``,
 ``align --mtcnn`` and :class:`sfport.face.features.Model`) runs that net's ONNX export on onnxruntime, the export
 checked against the eager net when it is made (:func:`sfport.runtime.export.onnx_export`, as ``sfport convert`` checks

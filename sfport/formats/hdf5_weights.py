@@ -1,0 +1,108 @@
+"""Caffe's HDF5 weights (net.cpp Net::ToHDF5 / Net::CopyTrainedLayersFromHDF5, what ``snapshot_format: HDF5`` and
+pycaffe's ``save_hdf5`` write): a group ``data`` with one group per layer, each holding its parameter blobs as
+float32 datasets named by their index ``0``, ``1``, ... (a blob shared with an earlier layer is stored only under
+its owner). Needs h5py (``pip install sfport[hdf5]``)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from sfport.errors import CaffeFileError
+from sfport.formats import disk
+
+
+def _h5py(path):
+    try:
+        import h5py
+    except ImportError:
+        raise CaffeFileError(os.fspath(path), "Caffe's HDF5 weights need h5py: pip install 'sfport[hdf5]'") from None
+    return h5py
+
+
+def write(path, layers: list[tuple[str, dict]]) -> None:
+    """``layers``: (layer name, {blob index: array}) in the net's order, every layer (an empty group for a layer
+    without blobs, as Caffe writes). Written under a temporary name, then renamed."""
+    h5py = _h5py(path)
+    path = os.fspath(path)
+    disk.check_output(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".sfport-", suffix=".h5")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            for name, blobs in layers:
+                group = data.require_group(name)
+                for j, array in blobs.items():
+                    group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read(path) -> dict[str, dict[int, np.ndarray]]:
+    """{layer name: {blob index: array}} of an HDF5 weights file; a file that is not one is a one-line error."""
+    h5py = _h5py(path)
+    disk.check_readable_file(path)
+    try:
+        with h5py.File(os.fspath(path), "r") as f:
+            if "data" not in f or not isinstance(f["data"], h5py.Group):
+                raise CaffeFileError(os.fspath(path), "has no group 'data': not Caffe's HDF5 weights")
+            out = {}
+            for name, group in f["data"].items():
+                if not isinstance(group, h5py.Group):
+                    raise CaffeFileError(os.fspath(path), f"data/{name} is not a group of blobs")
+                blobs = {}
+                for key, ds in group.items():
+                    if not key.isdigit() or not isinstance(ds, h5py.Dataset):
+                        raise CaffeFileError(os.fspath(path), f"data/{name}/{key} is not a blob named by its index")
+                    blobs[int(key)] = np.asarray(ds[()], dtype=np.float32)
+                out[name] = blobs
+            return out
+    except OSError as e:
+        raise CaffeFileError(os.fspath(path), f"cannot be read as HDF5: {e}") from None
+
+
+def write_solverstate(path, iteration: int, learned_net: str, current_step: int, history: list) -> None:
+    """sgd_solver.cpp SnapshotSolverStateToHDF5: ``iter``, ``learned_net``, ``current_step`` and a group
+    ``history`` of one dataset per learnable blob, by index; written under a temporary name, then renamed."""
+    h5py = _h5py(path)
+    path = os.fspath(path)
+    disk.check_output(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".sfport-", suffix=".h5")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.int32(iteration))
+            f.create_dataset("learned_net", data=learned_net)
+            f.create_dataset("current_step", data=np.int32(current_step))
+            group = f.create_group("history")
+            for j, array in enumerate(history):
+                group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_solverstate(path) -> tuple[int, str, int, list[np.ndarray]]:
+    """(iter, learned_net, current_step, histories) of an HDF5 solver state (RestoreSolverStateFromHDF5)."""
+    h5py = _h5py(path)
+    disk.check_readable_file(path)
+    where = os.fspath(path)
+    try:
+        with h5py.File(where, "r") as f:
+            for key in ("iter", "current_step", "history"):
+                if key not in f:
+                    raise CaffeFileError(where, f"has no '{key}': not Caffe's HDF5 solver state")
+            learned = f["learned_net"][()] if "learned_net" in f else b""
+            learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+            group = f["history"]
+            history = [np.asarray(group[str(j)][()], dtype=np.float32) for j in range(len(group))]
+            return int(f["iter"][()]), learned, int(f["current_step"][()]), history
+    except (OSError, KeyError) as e:
+        raise CaffeFileError(where, f"cannot be read as Caffe's HDF5 solver state: {e}") from None
