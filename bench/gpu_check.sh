@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (issue 15, item 6): on a CUDA machine with sfport installed, in one go and within 8 minutes,
-#   1. the tests that take a CUDA branch (tests/test_train_run.py: its torch.cuda.is_available() branch),
+#   1. the tests that take a CUDA branch (tests/test_train_run.py, tests/test_pycaffe_net.py: set_mode_gpu),
 #   2. bench/bench_train.py --device cuda, fp32 and --amp (bf16 autocast),
 #   3. sfport train prototxt/sphereface20_solver.prototxt --synthetic-data --shape 3,112,96 --gpu 0 for a few
 #      iterations (in a temporary folder, so the snapshots do not land in the repository), its speed and final
@@ -98,7 +98,7 @@ else
 fi
 
 # ---- 1. the tests that take a CUDA branch ----------------------------------------------------------------
-GPU_TESTS=(tests/test_train_run.py)   # grep -rn cuda tests/: the torch.cuda.is_available() branch is there
+GPU_TESTS=(tests/test_train_run.py tests/test_pycaffe_net.py)   # grep -rn cuda tests/: their torch.cuda.is_available() branches
 NAME="GPU tests: pytest ${GPU_TESTS[*]}"
 if [ "$NGPU" -lt 1 ]; then
     row "$NAME" "$SKIP" "0.0" "-"

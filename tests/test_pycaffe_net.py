@@ -409,3 +409,35 @@ def test_the_readme_script_runs_unchanged(tmp_path):
     assert np.array_equal(half, orig * np.float32(0.5))
     prob = np.load(tmp_path / "prob.npy")
     assert prob.shape == (1, 10) and abs(prob.sum() - 1) < 1e-5
+
+
+def test_gpu_mode(tmp_path):
+    """set_mode_gpu: each layer computes on CUDA and the blobs stay host memory, the numbers the CPU's (within
+    float reordering); without CUDA it is one clear error and the mode stays CPU."""
+    import torch
+    path = _write(tmp_path / "n.prototxt", SPLIT_NET + "force_backward: true\n")
+    net = caffe.Net(path, caffe.TRAIN)
+    x = np.random.default_rng(5).standard_normal((2, 3)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    net.backward()
+    cpu = {k: (b.data.copy(), b.diff.copy()) for k, b in net.blobs.items()}
+    grads = [p.diff.copy() for p in net.params["a"]]
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            caffe.set_mode_gpu()
+        from sfport.pycaffe import common
+        assert common.device().type == "cpu"
+        return
+    try:
+        caffe.set_mode_gpu()
+        caffe.set_device(0)
+        net.clear_param_diffs()
+        net.forward()
+        net.backward()
+    finally:
+        caffe.set_mode_cpu()
+    for k, (data, diff) in cpu.items():
+        assert np.abs(net.blobs[k].data - data).max() < 1e-5 and np.abs(net.blobs[k].diff - diff).max() < 1e-5
+    for p, g in zip(net.params["a"], grads):
+        assert np.abs(p.diff - g).max() < 1e-5
