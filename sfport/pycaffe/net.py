@@ -149,7 +149,7 @@ class Net:
             for j, blob in enumerate(kind.blobs):
                 learns = not (j < len(specs) and specs[j].HasField("lr_mult") and specs[j].lr_mult == 0)
                 if blob._param is not None and isinstance(kind, kinds.Computed):
-                    blob._param.requires_grad_(learns and blob._param.requires_grad or learns)
+                    blob._param.requires_grad_(learns)   # Layer::set_param_propagate_down
                 need |= learns and kind.param_need_backward()[j]
             for t in self._top_ids[li]:
                 blob_need[t] = need
