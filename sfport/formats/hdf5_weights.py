@@ -5,7 +5,6 @@ its owner). Needs h5py (``pip install sfport[hdf5]``)."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
@@ -21,26 +20,30 @@ def _h5py(path):
     return h5py
 
 
+def _write_staged(path, fill) -> None:
+    """``fill(h5py.File)`` into a temporary file beside ``path`` (:class:`sfport.formats.disk.Staged`), renamed to
+    ``path`` when whole; removed on any failure."""
+    h5py = _h5py(path)
+    staged = disk.Staged(path, "HDF5 file")
+    try:
+        with h5py.File(staged.tmp, "w") as f:
+            fill(f)
+        disk.write_files({path: staged})
+    except BaseException:
+        staged.discard()
+        raise
+
+
 def write(path, layers: list[tuple[str, dict]]) -> None:
     """``layers``: (layer name, {blob index: array}) in the net's order, every layer (an empty group for a layer
     without blobs, as Caffe writes). Written under a temporary name, then renamed."""
-    h5py = _h5py(path)
-    path = os.fspath(path)
-    disk.check_output(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".sfport-", suffix=".h5")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            for name, blobs in layers:
-                group = data.require_group(name)
-                for j, array in blobs.items():
-                    group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def fill(f):
+        data = f.create_group("data")
+        for name, blobs in layers:
+            group = data.require_group(name)
+            for j, array in blobs.items():
+                group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
+    _write_staged(path, fill)
 
 
 def read(path) -> dict[str, dict[int, np.ndarray]]:
@@ -69,24 +72,14 @@ def read(path) -> dict[str, dict[int, np.ndarray]]:
 def write_solverstate(path, iteration: int, learned_net: str, current_step: int, history: list) -> None:
     """sgd_solver.cpp SnapshotSolverStateToHDF5: ``iter``, ``learned_net``, ``current_step`` and a group
     ``history`` of one dataset per learnable blob, by index; written under a temporary name, then renamed."""
-    h5py = _h5py(path)
-    path = os.fspath(path)
-    disk.check_output(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".sfport-", suffix=".h5")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("iter", data=np.int32(iteration))
-            f.create_dataset("learned_net", data=learned_net)
-            f.create_dataset("current_step", data=np.int32(current_step))
-            group = f.create_group("history")
-            for j, array in enumerate(history):
-                group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def fill(f):
+        f.create_dataset("iter", data=np.int32(iteration))
+        f.create_dataset("learned_net", data=learned_net)
+        f.create_dataset("current_step", data=np.int32(current_step))
+        group = f.create_group("history")
+        for j, array in enumerate(history):
+            group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
+    _write_staged(path, fill)
 
 
 def read_solverstate(path) -> tuple[int, str, int, list[np.ndarray]]:

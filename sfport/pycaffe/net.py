@@ -273,13 +273,8 @@ class Net:
         else:
             end_ind = len(self._kinds) - 1
             outputs = set(self.outputs + blobs)
-        if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise Exception("Input blob arguments do not match net inputs.")
-            for name, value in kwargs.items():
-                if np.shape(value)[0] != self.blobs[name].shape[0]:
-                    raise Exception("Input is not batch sized")
-                self.blobs[name].data[...] = value
+        self._write_named(kwargs, self.inputs, "data", "Input blob arguments do not match net inputs.",
+                          "Input is not batch sized")
         self._forward(start_ind, end_ind)
         return {out: self.blobs[out].data for out in outputs}
 
@@ -294,15 +289,22 @@ class Net:
         else:
             end_ind = 0
             outputs = set(self.inputs + diffs)
-        if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise Exception("Top diff arguments do not match net outputs.")
-            for name, value in kwargs.items():
-                if np.shape(value)[0] != self.blobs[name].shape[0]:
-                    raise Exception("Diff is not batch sized")
-                self.blobs[name].diff[...] = value
+        self._write_named(kwargs, self.outputs, "diff", "Top diff arguments do not match net outputs.",
+                          "Diff is not batch sized")
         self._backward(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
+
+    def _write_named(self, arrays: dict, names: list, field: str, mismatch: str, unbatched: str) -> None:
+        """pycaffe.py's keyword arrays into the blobs' ``data`` (inputs) or ``diff`` (outputs): exactly the blobs
+        ``names``, each of the blob's batch size."""
+        if not arrays:
+            return
+        if set(arrays) != set(names):
+            raise Exception(mismatch)
+        for name, value in arrays.items():
+            if np.shape(value)[0] != self.blobs[name].shape[0]:
+                raise Exception(unbatched)
+            getattr(self.blobs[name], field)[...] = value
 
     def forward_backward(self) -> float:
         """Net::ForwardBackward: the whole net forward, then backward; the loss."""

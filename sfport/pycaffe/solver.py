@@ -18,6 +18,7 @@ import numpy as np
 from sfport.errors import CaffeFileError
 from sfport.formats import caffe_files, hdf5_weights
 from sfport.protos import caffe_pb2
+from sfport.pycaffe.common import set_random_seed
 from sfport.pycaffe.net import Net
 from sfport.report.progress import CaffeLog
 from sfport.solver import sgd
@@ -42,18 +43,17 @@ class SGDSolver:
         for note in notes:
             self.log(note, "upgrade_proto.cpp:1113")
         if sp.random_seed >= 0:   # Solver::Init: Caffe::set_random_seed(param_.random_seed())
-            import torch
-            torch.manual_seed(sp.random_seed)
+            set_random_seed(sp.random_seed)
         train, tests, files = nets_of(sp, Path.cwd(), path)   # Caffe reads net paths from the working directory
         train_state, test_states = net_states(sp, train, tests)
         self.log(f"Creating training net from net file: {sp.net or sp.train_net or '(in the solver)'}",
                  "solver.cpp:87")
-        self.net = Net(_model(train, files[0], train_state), train_state)
+        self.net = Net(caffe_files.CaffeModel.from_net(train, files[0]), train_state)
         for w in sp.weights:   # Solver::InitTrainNet: the solver's own weights
             self.net.copy_from(w)
         self.test_nets = []
         for tp, ts, f in zip(tests, test_states, files[1:]):
-            test_net = Net(_model(tp, f, ts), ts)
+            test_net = Net(caffe_files.CaffeModel.from_net(tp, f), ts)
             test_net.share_with(self.net)   # Solver::InitTestNets: ShareTrainedLayersWith(net_)
             self.test_nets.append(test_net)
         self.iter = 0
@@ -243,13 +243,6 @@ class SGDSolver:
             self.net.copy_from(st.state.learned_net)
         self._state.apply(it, step, history)
         self.iter, self.current_step = it, step
-
-
-def _model(net_param, path: str, state) -> caffe_files.CaffeModel:
-    """The net of a solver as Solver::InitTrainNet / InitTestNets give it to Net: its state is the merged one."""
-    net = caffe_pb2.NetParameter()
-    net.CopyFrom(net_param)
-    return caffe_files.CaffeModel.from_net(net, path)
 
 
 def _needs(kind: str):
