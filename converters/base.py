@@ -21,9 +21,7 @@ _PLUGINS_LOADED = False
 
 # Caffe types sfport has no converter for yet, with their role in a net: a training net that holds one still
 # reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
-ROLES_WITHOUT_CONVERTER = {
-    "MultiBoxLoss": "loss", "DetectionEvaluate": "training_only",
-}
+ROLES_WITHOUT_CONVERTER: dict[str, str] = {}
 
 
 _EXPORT_FORM = contextvars.ContextVar("sfport_export_form", default=False)

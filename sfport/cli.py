@@ -82,6 +82,7 @@ def cli(ctx, debug, max_file_size, python_layers):
 
 
 for _command in (model.inspect, model.upgrade, model.convert, model.deploy, model.verify, data.convert_imageset,
+                 data.create_annoset,
                  solver.train, timing.command, score.command, draw.command, faces.align, faces.eval_, faces.embed,
                  faces.compare):
     cli.add_command(_command)

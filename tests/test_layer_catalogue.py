@@ -19,10 +19,10 @@ MVN Parameter Pooling Power PReLU Python Reduction ReLU Reshape RNN Scale Sigmoi
 Slice Softmax SoftmaxWithLoss Split SPP Swish TanH Threshold Tile WindowData""".split()
 
 # the forks' types sfport reads: SphereFace (MarginInnerProduct, InterClass), SSD (Normalize, PriorBox,
-# DetectionOutput, Permute), DeepLab (Interp), ShuffleNet (ShuffleChannel), MobileNet forks (ReLU6,
-# DepthwiseConvolution, ConvolutionDepthwise), SegNet / YOLO (Upsample)
-FORK_TYPES = """MarginInnerProduct InterClass Normalize PriorBox DetectionOutput Permute Interp ShuffleChannel ReLU6
-DepthwiseConvolution ConvolutionDepthwise Upsample""".split()
+# DetectionOutput, Permute, DetectionEvaluate, MultiBoxLoss), DeepLab (Interp), ShuffleNet (ShuffleChannel), MobileNet forks
+# (ReLU6, DepthwiseConvolution, ConvolutionDepthwise), SegNet / YOLO (Upsample)
+FORK_TYPES = """MarginInnerProduct InterClass Normalize PriorBox DetectionOutput Permute DetectionEvaluate MultiBoxLoss Interp
+ShuffleChannel ReLU6 DepthwiseConvolution ConvolutionDepthwise Upsample""".split()
 
 CANNOT_BE_IN_A_MODEL_FILE = {"Python"}   # its code is the user's module, never imported from a file
 

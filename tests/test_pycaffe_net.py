@@ -360,8 +360,15 @@ def test_apply_update_and_callbacks(regression):
     s.step(2)
     assert seen == [("start", 0), ("ready", 0), ("start", 1), ("ready", 1)]
     assert abs(s.lr - 0.05) < 1e-9
-    with pytest.raises(CaffeFileError, match="Adam"):
-        caffe.AdamSolver("solver.prototxt")
+    adam = caffe.AdamSolver("solver.prototxt")   # the class decides the rule (_caffe.cpp), not the file's type
+    assert adam.type == "Adam"
+    w = adam.net.params["fc"][0]
+    w.data[...] = 1
+    w.diff[...] = 2
+    adam.apply_update()   # t = 1: m = 0.1 g, v = 0.001 g^2, correction sqrt(0.001) / 0.1: w -= lr * g / |g|
+    g = 2 + 0.001 * 1
+    m, v = (1 - 0.9) * g, (1 - 0.999) * g * g
+    assert np.abs(w.data - (1 - 0.05 * (np.sqrt(1 - 0.999) / (1 - 0.9)) * m / (np.sqrt(v) + 1e-8))).max() < 1e-6
 
 
 def test_python_layer_exceptions_and_missing_modules(regression):

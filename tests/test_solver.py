@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import sfport
-from sfport.solver import sgd
+from sfport.solver import sgd, state
 from sfport import solver as tr
 from sfport.cli import cli
 from sfport.protos import caffe_pb2
@@ -103,7 +103,7 @@ def test_update_rule_matches_numpy(reg, clip):
         for j, b in enumerate(blobs):  # iter_size backward passes add into .grad
             b.param.grad = None if lr_mult[j] == 0 else torch.tensor(sum(m[j] for m in grads[it]))
         rate, step, _ = sgd.learning_rate(sp, it, step)
-        info = sgd.sgd_update(blobs, rate, p["momentum"], p["weight_decay"], iter_size, reg, clip)
+        info = sgd.sgd_update(blobs, rate, sgd.Hyper(p["momentum"], p["weight_decay"], iter_size, reg, clip))
         clipped += info.clip_scale is not None
     ref_w, ref_h = np_solver(params, grads, lr_mult, decay_mult, p, reg, clip, iter_size)
     for b, w, h in zip(blobs, ref_w, ref_h):
@@ -123,7 +123,7 @@ def test_rate_is_inside_the_history():
     b = sgd.Blob("w", w, torch.zeros(1, dtype=torch.float64))
     for rate in (1.0, 0.1):
         b.param.grad = torch.ones(1, dtype=torch.float64)
-        sgd.sgd_update([b], rate, 0.9, 0.0)
+        sgd.sgd_update([b], rate, sgd.Hyper(momentum=0.9))
     assert float(w) == pytest.approx(-(1.0 + (0.9 * 1.0 + 0.1)))       # Caffe: -1 - 1.0
     t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([t], lr=1.0, momentum=0.9)
@@ -135,7 +135,7 @@ def test_rate_is_inside_the_history():
 
 
 def _state(*shapes):
-    return sgd.SGDState([(f"l/{j}", torch.nn.Parameter(torch.randn(s)), 1.0, 1.0) for j, s in enumerate(shapes)])
+    return state.SGDState([(f"l/{j}", torch.nn.Parameter(torch.randn(s)), 1.0, 1.0) for j, s in enumerate(shapes)])
 
 
 def test_sgd_state_steps_and_round_trips(tmp_path):
@@ -181,7 +181,7 @@ def test_sgd_state_checks_what_it_loads():
         assert str(e.value).startswith("ck.pt: ") and "\n" not in str(e.value), case
         assert other.iter == 0 and all(float(b.history.abs().sum()) == 0 for b in other.blobs), case
     f = st.to_solverstate("x.caffemodel")
-    with pytest.raises(sfport.CaffeFileError, match="1 history blobs, the net has 2 learnable blobs"):
+    with pytest.raises(sfport.CaffeFileError, match="1 history blobs, where the SGD solver of this net has 2"):
         other.load_solverstate(type(f)("x.solverstate", f.state, f.history[:1]))
     with pytest.raises(sfport.CaffeFileError, match=r"history of l/1: \[5\] does not fit \[4\]"):
         other.load_solverstate(type(f)("x.solverstate", f.state, [f.history[0], np.zeros(5, np.float32)]))

@@ -5,7 +5,10 @@
 Errors found while the run is set up are the only line on stderr (the setup's log lines are held until it is
 done); errors found while it trains (a batch, a snapshot) come after the log written so far, as the last line
 and the only error line (`assert_run_error`). Tiny nets on 6x6 images made in tmp_path."""
+import base64
+import json
 import os
+import zlib
 import re
 import subprocess
 import sys
@@ -127,7 +130,8 @@ SOLVER_CASES = {   # id: (fields, drop, what the line says)
     "test_iter 0": ({"test_iter": 0, "test_interval": 1}, (), "test_iter: test_iter 1 is 0"),
     "test_state count": ({"test_iter": 1, "test_interval": 1, "test_state": ["{ stage: 'a' }", "{ stage: 'b' }"]},
                          (), "test_state: test_state must be unspecified or specified once per test net"),
-    "Adam": ({"type": "Adam"}, (), "type: solver type 'Adam' is not supported"),
+    "Adamw": ({"type": "AdamW"}, (), "type: unknown solver type 'AdamW' (known types: SGD, Nesterov"),
+    "AdaGrad momentum": ({"type": "AdaGrad", "momentum": 0.9}, (), "momentum: 0.9: momentum cannot be used with AdaGrad"),
 }
 
 
@@ -157,12 +161,13 @@ def test_what_caffe_accepts_trains_as_caffe(work):
     write_solver(lr_policy="sigmoid", stepsize=0, gamma=0.5, test_iter=[1, 1], test_interval=2, drop=("snapshot_prefix",))
     r = ok(train())
     assert "Testing net (#1)" in r.stderr and "Testing net (#2)" not in r.stderr
-    assert {"s_iter_2.caffemodel", "s_iter_2.solverstate", "s_iter_2.pt"} <= files_under(work)
+    assert {"s_iter_2.caffemodel", "s_iter_2.solverstate"} <= files_under(work)
+    assert not any(f.endswith(".pt") for f in files_under(work))   # Caffe's two files, nothing else
     os.mkdir("snaps")
     write_solver(snapshot_prefix="snaps")
     r = ok(train())
     assert "snapshot_prefix was a directory and is replaced to snaps/s" in r.stderr
-    assert files_under(work / "snaps") == {"s_iter_2.caffemodel", "s_iter_2.solverstate", "s_iter_2.pt"}
+    assert files_under(work / "snaps") == {"s_iter_2.caffemodel", "s_iter_2.solverstate"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,10 +181,10 @@ def test_unwritable_snapshot_prefix_fails_before_training(work):
     assert_bad_input(train(), "s.prototxt", "snapshot_prefix 'afile/s': afile/s_iter_2.caffemodel: cannot write "
                                             "snapshot: afile is not a folder")
     assert files_under(work) == before
-    os.makedirs("out/s_iter_2.pt")   # the last snapshot's checkpoint is a folder
+    os.makedirs("out/s_iter_2.solverstate")   # the last snapshot's solver state is a folder
     write_solver()
     before = files_under(work)
-    assert_bad_input(train(), "s.prototxt", "out/s_iter_2.pt: snapshot is a folder, not a file")
+    assert_bad_input(train(), "s.prototxt", "out/s_iter_2.solverstate: snapshot is a folder, not a file")
     assert files_under(work) == before
 
 
@@ -206,66 +211,66 @@ def test_a_snapshot_that_cannot_be_written_leaves_nothing(work, monkeypatch):
 
 @pytest.fixture
 def snap(work):
-    """A run's snapshot at iteration 2: (the .pt's dict, the .solverstate)."""
+    """A run's snapshot at iteration 2: (its resume record, the .solverstate)."""
     ok(train())
-    return torch.load("out/s_iter_2.pt", weights_only=True), caffe_files.read_solverstate("out/s_iter_2.solverstate")
+    st = caffe_files.read_solverstate("out/s_iter_2.solverstate")
+    return json.loads(zlib.decompress(st.resume)), st
 
 
-def _checkpoint_cases(ck):
-    sd = ck["state_dict"]
+def _record_cases(rec):
+    b64 = base64.b64encode(bytes(10)).decode()
     return {
-        "no history": ({k: v for k, v in ck.items() if k != "history"}, "'history' is missing or not a list"),
-        "iter abc": (dict(ck, iter="abc"), "'iter' is missing or not an integer"),
-        "iter past int32": (dict(ck, iter=2**40), "'iter' is 1099511627776: negative or past int32"),
-        "rng x": (dict(ck, rng="x"), "'rng' is missing or not a Tensor"),
-        "rng short": (dict(ck, rng=ck["rng"][:10]), "'rng' is not a torch RNG state (10 bytes)"),
-        "history count": (dict(ck, history=ck["history"][:1]), "1 history blobs, the net has 2 learnable blobs"),
-        "history shape": (dict(ck, history=[h.reshape(-1) for h in ck["history"]]),
-                          "history of ip/0: [216] does not fit [2, 108]"),
-        "history float64": (dict(ck, history=[h.double() for h in ck["history"]]),
-                            "'history' of ip/0 is float64, not float32"),
-        "blob names": (dict(ck, blob_names=["fc/0", "fc/1"]),
-                       "'blob_names' are those of another net: blob 0 is 'fc/0', the net's is 'ip/0'"),
-        "state_dict shape": (dict(ck, state_dict={k: torch.zeros(3) for k in sd}),
-                             "'state_dict' 'layers.ip.weight' is [3], the net's is [2, 108]"),
-        "state_dict missing": (dict(ck, state_dict={}), "'state_dict' lacks 'layers.ip.weight' and 1 more"),
-        "state_dict extra": (dict(ck, state_dict=dict(sd, other=torch.zeros(1))),
-                             "'state_dict' has 'other', which the net does not have"),
-        "state_dict int": (dict(ck, state_dict={k: v.int() for k, v in sd.items()}),
-                           "'state_dict' 'layers.ip.weight' is int32, the net's is float32"),
-        "world": (dict(ck, world="2"), "'world' is '2', not a positive integer"),
-        "losses": (dict(ck, losses="abc"), "'losses' is not a list of numbers"),
-        "version": (dict(ck, version=2), "'version' is 2: this sfport reads version 1"),
+        "format": (dict(rec, format="other"), "sfport's resume record has another format"),
+        "version": (dict(rec, version=2), "resume record 'version' is 2: this sfport reads version 1"),
+        "type": (dict(rec, type="Adam"), "resume record: written by a Adam solver, this solver is SGD"),
+        "rng x": (dict(rec, rng="x!"), "resume record: 'rng' is not base64 bytes"),
+        "rng short": (dict(rec, rng=b64), "resume record: 'rng' is not a torch RNG state (10 bytes)"),
+        "blob names": (dict(rec, blob_names=["fc/0", "fc/1"]),
+                       "resume record: 'blob_names' are those of another net: blob 0 is 'fc/0', the net's is 'ip/0'"),
+        "buffers": (dict(rec, buffers={"x": {}}), "resume record: 'buffers' are not the net's layer counters"),
+        "world": (dict(rec, world="2"), "resume record: 'world' is '2', not a positive integer"),
+        "losses": (dict(rec, losses="abc"), "resume record: 'losses' is not a list of numbers"),
+        "smoothed": (dict(rec, smoothed_loss=None), "resume record: 'smoothed_loss' is not a number"),
+        "not json": (None, "sfport's resume record is not zlib-compressed JSON"),
     }
 
 
-def test_bad_checkpoints(snap, work):
-    ck, _ = snap
-    for case, (doc, what) in _checkpoint_cases(ck).items():
-        torch.save(doc, "bad.pt")
+def test_bad_resume_records(snap, work):
+    rec, st = snap
+    for case, (doc, what) in _record_cases(rec).items():
+        caffe_files.write_solverstate("bad.solverstate", st.state, st.history,
+                                      zlib.compress(b"{" if doc is None else json.dumps(doc).encode()))
         before = files_under(work)
-        assert_bad_input(train("--snapshot", "bad.pt"), "bad.pt", what)
+        assert_bad_input(train("--snapshot", "bad.solverstate"), "bad.solverstate", what)
         assert files_under(work) == before, case   # nothing trained, no snapshot written
 
 
 def test_a_failed_restore_changes_nothing(snap, work):
-    """The net's weights, the SGD state and the torch RNG are as before a restore that fails on its last check."""
-    ck, _ = snap
-    torch.save(dict(ck, history=ck["history"][:1]), "bad.pt")
+    """The net's weights, the solver state and the torch RNG are as before a restore that fails on its last check."""
+    rec, st = snap
+    caffe_files.write_solverstate("bad.solverstate", st.state, st.history,
+                                  zlib.compress(json.dumps(dict(rec, smoothed_loss="x")).encode()))
     s = tr.Solver("s.prototxt", tr.Options(workers=0))
     weights = {k: v.clone() for k, v in s.net.module.state_dict().items()}
-    assert not all(torch.equal(weights[k], v) for k, v in ck["state_dict"].items())   # the snapshot's differ
+    saved = caffe_files.read_caffemodel("out/s_iter_2.caffemodel").params
+    assert not np.array_equal(weights["layers.ip.weight"].numpy(), saved["ip"][0])   # the snapshot's differ
     rng = torch.get_rng_state()
-    with pytest.raises(CaffeFileError, match="1 history blobs"):
-        s.restore("bad.pt")
+    with pytest.raises(CaffeFileError, match="'smoothed_loss' is not a number"):
+        s.restore("bad.solverstate")
     assert all(torch.equal(weights[k], v) for k, v in s.net.module.state_dict().items())
     assert s.state.iter == 0 and all(float(b.history.abs().sum()) == 0 for b in s.state.blobs)
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_a_pt_checkpoint_of_an_earlier_sfport_points_to_its_solverstate(work):
+    Path("old.pt").write_bytes(b"PK\x03\x04")
+    assert_bad_input(train("--snapshot", "old.pt"), "old.pt", "a .pt training checkpoint of an earlier sfport: "
+                                                              "resume from the .solverstate written beside it")
+
+
 def test_bad_solverstates(snap, work):
     _, st = snap
-    cases = {"short": (st.history[:1], "incorrect length of history blobs: 1 history blobs, the net has 2"),
+    cases = {"short": (st.history[:1], "incorrect length of history blobs: 1 history blobs, where the SGD solver of this net has 2"),
              "long": (st.history + [np.zeros(3, np.float32)], "incorrect length of history blobs: 3 history blobs"),
              "size": ([np.zeros(5, np.float32), st.history[1]], "history of ip/0: [5] does not fit [2, 108]")}
     for case, (history, what) in cases.items():

@@ -12,7 +12,8 @@ from sfport.errors import CaffeFileError
 @click.command()
 @click.argument("solver")
 @click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
-@click.option("--snapshot", help="Resume: an sfport .pt checkpoint (exact) or a Caffe .solverstate.")
+@click.option("--snapshot", help="Resume from a .solverstate (or .solverstate.h5): sfport's continue exactly, "
+                                 "Caffe's as Caffe resumes. Not with --weights.")
 @click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
                             "Default: the CPU (or what torchrun sets up).")
 @click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
@@ -29,12 +30,21 @@ from sfport.errors import CaffeFileError
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--plot", help="Draw the training curves (loss, smoothed loss, test outputs, lr) from the log to this "
                              ".png/.svg/.pdf, rewritten at each snapshot and at the end.")
+@click.option("--sigint-effect", type=click.Choice(["stop", "snapshot", "none"]), default="stop", show_default=True,
+              help="What Ctrl-C (SIGINT) does: stop after this iteration with a snapshot, snapshot and go on, or "
+                   "nothing (caffe -sigint_effect).")
+@click.option("--sighup-effect", type=click.Choice(["stop", "snapshot", "none"]), default="snapshot",
+              show_default=True, help="What SIGHUP does (caffe -sighup_effect).")
+@click.option("--sigterm-effect", type=click.Choice(["stop", "snapshot", "none"]),
+              help="What SIGTERM (a scheduler's preemption) does; default: as SIGINT.")
 def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers, skip_bad_images, keep_going,
-          synthetic_data, shape, max_iter, margin_grad, progress, plot):
+          synthetic_data, shape, max_iter, margin_grad, progress, plot, sigint_effect, sighup_effect, sigterm_effect):
     """Train or finetune with Caffe's solver: `caffe train -solver S -weights W -gpu 0,1`, in PyTorch.
 
-    Logs Caffe's lines (so Caffe's log tools parse them), writes `<prefix>_iter_N.caffemodel` / `.solverstate`
-    (Caffe's formats) and an sfport `.pt` checkpoint that resumes exactly. The log starts with the device
+    Logs Caffe's lines (so Caffe's log tools parse them), writes Caffe's snapshots (`<prefix>_iter_N.caffemodel`
+    + `.solverstate`, or the `.h5` pair with snapshot_format: HDF5), whose .solverstate resumes exactly. Ctrl-C
+    stops after the iteration with a snapshot (exit status 0); SIGHUP writes one and goes on; SIGTERM acts as
+    Ctrl-C. Solver types: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam. The log starts with the device
     ('Use CPU.' / 'Using GPUs 0, 1'); a solver with solver_mode GPU (Caffe's default) run without --gpu
     trains on the CPU, with a warning saying so.
 
@@ -49,7 +59,7 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
     \b
     Examples:
       sfport train prototxt/sfplus_m4_solver.prototxt --weights sphereface_model.caffemodel --gpu 0
-      sfport train prototxt/sphereface20_solver.prototxt --snapshot result/sphereface20_iter_16000.pt --gpu 0
+      sfport train prototxt/sphereface20_solver.prototxt --snapshot result/sphereface20_iter_16000.solverstate --gpu 0
       sfport train prototxt/sphereface20_solver.prototxt --gpu 0,1,2,3 --plot curves.png
       sfport train prototxt/sphereface20_solver.prototxt --synthetic-data --shape 3,112,96 --max-iter 100
       python -m sfport.solver.curves caffe.log curves.png
@@ -67,7 +77,8 @@ def train(solver, weights, snapshot, gpu, data_root, source, amp, seed, workers,
                  data_root=data_root, source=source, seed=seed, amp=amp, workers=workers,
                  skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
                  data_shape=data_shape, max_iter=max_iter, progress=progress,
-                 margin_grad=margin_grad, plot=plot)
+                 margin_grad=margin_grad, plot=plot, sigint_effect=sigint_effect, sighup_effect=sighup_effect,
+                 sigterm_effect=sigterm_effect)
     except tr.TrainingStopped as e:
         click.echo(f"sfport: stopped: {e}", err=True)
         sys.exit(3)

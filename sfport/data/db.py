@@ -18,6 +18,7 @@ Nothing here unpickles: records are protobuf, HDF5 datasets are numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -53,7 +54,7 @@ def _module(backend: int, who: str):
                                    f"'{module}' (pip install sfport[{extra}])") from None
 
 
-def _key_text(key: bytes) -> str:
+def key_text(key: bytes) -> str:
     return key.decode("utf-8", errors="replace")
 
 
@@ -132,23 +133,29 @@ class Records:
             else:
                 value = h.get(key)
         except Exception as e:  # noqa: BLE001
-            raise CaffeFileError(self.path, f"record '{_key_text(key)}': unreadable: "
+            raise CaffeFileError(self.path, f"record '{key_text(key)}': unreadable: "
                                             f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
         if value is None:
-            raise CaffeFileError(self.path, f"record '{_key_text(key)}' vanished from the database")
+            raise CaffeFileError(self.path, f"record '{key_text(key)}' vanished from the database")
         return bytes(value)
 
 
 def parse_datum(value: bytes, path, key: bytes) -> caffe_pb2.Datum:
     """A record as a caffe.Datum, checked: it parses, has no foreign fields, and its sizes hold together."""
     d = caffe_pb2.Datum()
-    where = f"record '{_key_text(key)}'"
+    where = f"record '{key_text(key)}'"
     try:
         d.ParseFromString(value)
     except pb_message.DecodeError:
         raise CaffeFileError(path, f"{where}: not a caffe.Datum") from None
     if len(unknown_fields.UnknownFieldSet(d)):
         raise CaffeFileError(path, f"{where}: not a caffe.Datum (fields a Datum does not have)")
+    return check_datum(d, path, key)
+
+
+def check_datum(d: caffe_pb2.Datum, path, key: bytes) -> caffe_pb2.Datum:
+    """A Datum's sizes hold together: an encoded one has image bytes, a raw one C x H x W values."""
+    where = f"record '{key_text(key)}'"
     if d.encoded:
         if not d.data:
             raise CaffeFileError(path, f"{where}: an encoded Datum without image bytes")
@@ -168,9 +175,9 @@ def datum_image(d: caffe_pb2.Datum, force_color: bool, force_gray: bool, path, k
     encoded -> cv::imdecode (colour / gray when forced, else unchanged); raw -> uint8 data or float_data."""
     if d.encoded:
         img = images.decode_image(d.data, path, True if force_color else False if force_gray else None,
-                                  where=f"record '{_key_text(key)}'")
+                                  where=f"record '{key_text(key)}'")
         if img.dtype != np.uint8:
-            raise CaffeFileError(path, f"record '{_key_text(key)}': the image is {img.dtype}, Caffe reads 8-bit "
+            raise CaffeFileError(path, f"record '{key_text(key)}': the image is {img.dtype}, Caffe reads 8-bit "
                                        f"images only")
         return img if img.ndim == 3 else img[:, :, None]
     c, h, w = d.channels, d.height, d.width
@@ -181,7 +188,33 @@ def datum_image(d: caffe_pb2.Datum, force_color: bool, force_gray: bool, path, k
     return chw.transpose(1, 2, 0)
 
 
-class DatumDataset(torch.utils.data.Dataset):
+class RecordStream(torch.utils.data.Dataset):
+    """A database as an endless stream: position ``pos`` is the record ``pos % n`` in key order (the Data and
+    AnnotatedData layers' readers)."""
+    records: Records
+
+    @staticmethod
+    def records_of(layer, base_dir=None) -> tuple[Records, Path | None]:
+        """The layer's database (``data_param.source``, found from ``base_dir``) and that base folder."""
+        p = layer.data_param
+        who = f"layer '{layer.name}' ({layer.type})"
+        if not p.source:
+            raise CaffeFileError(None, f"{who}: data_param.source is not set")
+        base = Path(base_dir) if base_dir else None
+        return Records(resolve(p.source, base), p.backend, who), base
+
+    def __len__(self) -> int:
+        return len(self.records.keys)
+
+    def key_at(self, pos: int) -> bytes:
+        return self.records.keys[pos % len(self.records.keys)]
+
+    def describe(self, pos: int) -> tuple[str, str]:
+        """(database, "record 'KEY'") of stream position ``pos``: what a message about its sample names."""
+        return self.records.path, f"record '{key_text(self.key_at(pos))}'"
+
+
+class DatumDataset(RecordStream):
     """A Data layer's database as sfport's endless stream: item ``pos`` -> (CHW float32, label, pos, error), the
     record ``pos % n`` in key order, transformed with the draws of (seed, pos). Items are what
     :func:`sfport.data.imagedata.collate` stacks."""
@@ -198,25 +231,10 @@ class DatumDataset(torch.utils.data.Dataset):
     @classmethod
     def from_layer(cls, layer, train: bool = True, seed: int = 0, base_dir=None,
                    skip_bad: bool = False) -> "DatumDataset":
-        p = layer.data_param
-        who = f"layer '{layer.name}' (Data)"
-        if not p.source:
-            raise CaffeFileError(None, f"{who}: data_param.source is not set")
-        base = Path(base_dir) if base_dir else None
-        records = Records(resolve(p.source, base), p.backend, who)
+        records, base = cls.records_of(layer, base_dir)
         tp = layer.transform_param
         return cls(records, Transform.from_layer(layer, train, base), seed, tp.force_color, tp.force_gray,
                    skip_bad)
-
-    def __len__(self) -> int:
-        return len(self.records.keys)
-
-    def key_at(self, pos: int) -> bytes:
-        return self.records.keys[pos % len(self.records.keys)]
-
-    def describe(self, pos: int) -> tuple[str, str]:
-        """(database, "record 'KEY'") of stream position ``pos``: what a message about its sample names."""
-        return self.records.path, f"record '{_key_text(self.key_at(pos))}'"
 
     def image(self, key: bytes) -> tuple[np.ndarray, int]:
         d = parse_datum(self.records.get(key), self.records.path, key)
@@ -236,9 +254,9 @@ class DatumDataset(torch.utils.data.Dataset):
             try:
                 x = self.transform(img, sample_rng(self.seed, pos))
             except ValueError as e:
-                raise CaffeFileError(self.records.path, f"record '{_key_text(key)}': {e}") from None
+                raise CaffeFileError(self.records.path, f"record '{key_text(key)}': {e}") from None
             if self.expected is not None and tuple(x.shape) != tuple(self.expected):
-                raise CaffeFileError(self.records.path, f"record '{_key_text(key)}' gives a {list(x.shape)} "
+                raise CaffeFileError(self.records.path, f"record '{key_text(key)}' gives a {list(x.shape)} "
                                                         f"sample, the first record {list(self.expected)}")
         except CaffeFileError as e:
             return None, label, pos, (e.path, e.message, self.skip_bad)
@@ -424,17 +442,40 @@ def _match_ext(filename: str, enc: str) -> bool:
 def image_to_datum(filename: str, label: int, height: int, width: int, is_color: bool, encoding: str):
     """io.cpp ReadImageToDatum: None when the image cannot be read; with an encoding, the file's own bytes when
     nothing changes them, else the image re-encoded; without, the raw C x H x W bytes (CVMatToDatum)."""
+    return read_image_to_datum(filename, label, height, width, is_color, encoding)[0]
+
+
+def read_image_to_datum(filename: str, label: int, height: int, width: int, is_color: bool, encoding: str,
+                        min_dim: int = 0, max_dim: int = 0, with_size: bool = False):
+    """:func:`image_to_datum` and the image's own (height, width) (the SSD fork's GetImageSize), (None, None) when
+    it cannot be read. The SSD fork's io.cpp adds ``min_dim`` / ``max_dim`` (the aspect kept: the smaller side
+    scaled up to min_dim, then the larger down to max_dim, by one float factor) and, ``with_size``, records
+    channels, height and width of an encoded image too (its EncodeCVMatToDatum and ReadImageToDatum)."""
     import cv2  # noqa: PLC0415
     img = images.read_image_or_none(filename, is_color)
     if img is None:
-        return None
-    if height > 0 and width > 0:
+        return None, None
+    size = img.shape[:2]
+    if min_dim > 0 or max_dim > 0:   # the SSD fork's ReadImageToCVMat
+        small, large = min(size), max(size)
+        factor = np.float32(1)
+        if min_dim > 0 and small < min_dim:
+            factor = np.float32(min_dim) / np.float32(small)
+        if max_dim > 0 and int(factor * np.float32(large)) > max_dim:
+            factor = np.float32(max_dim) / np.float32(large)
+        if factor != 1:
+            img = cv2.resize(img, None, fx=float(factor), fy=float(factor))
+    elif height > 0 and width > 0:
         img = cv2.resize(img, (width, height))
     d = caffe_pb2.Datum()
     d.label = label
+    if img.ndim == 2:
+        img = img[:, :, None]
     if encoding:
-        channels = img.shape[2] if img.ndim == 3 else 1
-        if (channels == 3) == is_color and not height and not width and _match_ext(filename, encoding):
+        if with_size:
+            d.height, d.width, d.channels = img.shape
+        if (img.shape[2] == 3) == is_color and not height and not width and not min_dim and not max_dim \
+                and _match_ext(filename, encoding):
             d.data = Path(filename).read_bytes()   # ReadFileToDatum
         else:
             ok, buf = cv2.imencode("." + encoding, img)
@@ -442,21 +483,19 @@ def image_to_datum(filename: str, label: int, height: int, width: int, is_color:
                 raise CaffeFileError(filename, f"OpenCV cannot encode the image as '{encoding}'")
             d.data = buf.tobytes()
         d.encoded = True
-        return d
-    if img.ndim == 2:
-        img = img[:, :, None]
+        return d, size
     d.height, d.width, d.channels = img.shape
     d.data = np.ascontiguousarray(img.transpose(2, 0, 1)).tobytes()
     d.encoded = False
-    return d
+    return d, size
 
 
 class _Writer:
     """A new database at ``path`` (a folder that does not exist yet), written in transactions."""
 
-    def __init__(self, path: str, backend: int):
+    def __init__(self, path: str, backend: int, who: str = "convert-imageset"):
         self.backend = backend
-        mod = _module(backend, "convert-imageset")
+        mod = _module(backend, who)
         if backend == DP.LMDB:
             self.mod = mod
             self.env = mod.open(path, map_size=1 << 26, subdir=True, meminit=False, map_async=False)
@@ -487,6 +526,84 @@ class _Writer:
             self.db.close()
 
 
+@contextlib.contextmanager
+def new_database(db_name, backend: str, who: str):
+    """A new database at ``db_name`` (db::NEW: an existing one is refused), written through the yielded
+    writer's ``commit(pairs)`` under a temporary name beside it and renamed when the block completes; removed on
+    any failure, so a half-written database never has the final name."""
+    b = backend_of(backend)
+    target = Path(db_name)
+    if target.exists():
+        raise CaffeFileError(target, f"already exists ({who} creates a new database)")
+    check_output(target, "database")   # its folder can take it: before any image is read
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        writer = _Writer(tmp, b, who)
+        try:
+            yield writer
+        finally:
+            writer.close()
+        if target.exists():
+            raise CaffeFileError(target, "appeared while converting; not replaced")
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Batched:
+    """convert_imageset.cpp's transactions (convert_annoset.cpp's too): records committed every 1000, with
+    "Processed N files." after each commit and after the last one."""
+
+    def __init__(self, writer, log=None, every: int = 1000):
+        self.writer, self.log, self.every = writer, log, every
+        self.pending: list = []
+        self.written = 0
+
+    def add(self, key: bytes, value: bytes) -> None:
+        self.pending.append((key, value))
+        self.written += 1
+        if len(self.pending) == self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.commit(self.pending)
+            self.pending = []
+            if self.log:
+                self.log(f"Processed {self.written} files.")
+
+
+def encoding_for(name: str, encode_type: str, encoded: bool, list_file, line: int, option: str) -> str:
+    """The encoding a record is stored in: ``encode_type``, or with ``encoded`` alone the one guessed from the
+    name *with* its dot, as convert_imageset.cpp / convert_annoset.cpp do (their matchExt then never matches, so
+    ReadImageToDatum re-encodes)."""
+    if not encoded or encode_type:
+        return encode_type
+    dot = name.rfind(".")
+    if dot < 0:
+        raise CaffeFileError(list_file, f"line {line}: cannot guess the encoding of '{name}' (give {option})")
+    return name[dot:].lower()
+
+
+def unreadable(path: str, list_file, line: int) -> CaffeFileError:
+    what = "missing" if not os.path.exists(path) else "unreadable or corrupt"
+    return CaffeFileError(list_file, f"line {line}: image '{path}' is {what}")
+
+
+def same_size(d, size: tuple | None, list_file, line: int, path: str, option: str) -> tuple:
+    """--check_size: every raw record the size of the first (returns the first's)."""
+    shape = (d.channels, d.height, d.width)
+    if size is not None and shape != size:
+        raise CaffeFileError(list_file, f"line {line}: image '{path}' is {'x'.join(map(str, shape))}, the first "
+                                        f"{'x'.join(map(str, size))} ({option})")
+    return size or shape
+
+
 def convert_imageset(root_folder: str, list_file, db_name, gray: bool = False, shuffle: bool = False,
                      seed: int = 0, backend: str = "lmdb", resize_width: int = 0, resize_height: int = 0,
                      check_size: bool = False, encoded: bool = False, encode_type: str = "",
@@ -496,69 +613,34 @@ def convert_imageset(root_folder: str, list_file, db_name, gray: bool = False, s
     a permutation seeded by ``seed``). The database is written under a temporary name beside ``db_name`` and
     renamed when complete; an existing ``db_name`` is refused as Caffe does (db::NEW). A missing or unreadable
     image stops with its list line (Caffe logs and skips it: ``skip_bad``). Returns counts."""
-    b = backend_of(backend)
-    target = Path(db_name)
-    if target.exists():
-        raise CaffeFileError(target, "already exists (convert-imageset creates a new database)")
-    check_output(target, "database")   # its folder can take it: before any image is read
+    backend_of(backend)
+    if Path(db_name).exists():
+        raise CaffeFileError(db_name, "already exists (convert-imageset creates a new database)")
+    check_output(db_name, "database")   # its folder can take it: before the list is read
     entries = read_list(list_file)
     if shuffle:
         entries = [entries[i] for i in np.random.default_rng([seed, 4099]).permutation(len(entries))]
     is_color = not gray
     encoded = encoded or bool(encode_type)   # "encode_type specified, assuming encoded=true"
     resize_height, resize_width = max(0, resize_height), max(0, resize_width)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    written = skipped = 0
+    skipped = 0
     size = None
-    try:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        writer = _Writer(tmp, b)
-        try:
-            pending = []
-            for line_id, e in enumerate(entries):
-                enc = encode_type
-                if encoded and not enc:   # guessed from the name *with* its dot, as convert_imageset.cpp does:
-                    p = e.path.rfind(".")  # matchExt then never matches, so ReadImageToDatum re-encodes
-                    if p < 0:
-                        raise CaffeFileError(list_file, f"line {e.line}: cannot guess the encoding of '{e.path}' "
-                                                        f"(give --encode_type)")
-                    enc = e.path[p:].lower()
-                path = root_folder + e.path
-                d = image_to_datum(path, e.label, resize_height, resize_width, is_color, enc)
-                if d is None:
-                    if skip_bad:
-                        skipped += 1
-                        if log:
-                            log(f"Could not open or find file {path}")
-                        continue
-                    what = "missing" if not os.path.exists(path) else "unreadable or corrupt"
-                    raise CaffeFileError(list_file, f"line {e.line}: image '{path}' is {what}")
-                if check_size and not d.encoded:
-                    shape = (d.channels, d.height, d.width)
-                    if size is None:
-                        size = shape
-                    elif shape != size:
-                        raise CaffeFileError(list_file, f"line {e.line}: image '{path}' is "
-                                                        f"{'x'.join(map(str, shape))}, the first "
-                                                        f"{'x'.join(map(str, size))} (--check_size)")
-                pending.append((f"{line_id:08d}_{e.path}".encode(), d.SerializeToString()))
-                written += 1
-                if len(pending) == 1000:
-                    writer.commit(pending)
-                    pending = []
+    with new_database(db_name, backend, "convert-imageset") as writer:
+        out = Batched(writer, log)
+        for line_id, e in enumerate(entries):
+            enc = encoding_for(e.path, encode_type, encoded, list_file, e.line, "--encode_type")
+            path = root_folder + e.path
+            d = image_to_datum(path, e.label, resize_height, resize_width, is_color, enc)
+            if d is None:
+                if skip_bad:
+                    skipped += 1
                     if log:
-                        log(f"Processed {written} files.")
-            if pending:
-                writer.commit(pending)
-        finally:
-            writer.close()
-        if target.exists():
-            raise CaffeFileError(target, "appeared while converting; not replaced")
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                        log(f"Could not open or find file {path}")
+                    continue
+                raise unreadable(path, list_file, e.line)
+            if check_size and not d.encoded:
+                size = same_size(d, size, list_file, e.line, path, "--check_size")
+            out.add(f"{line_id:08d}_{e.path}".encode(), d.SerializeToString())
+        out.flush()
+    written = out.written
     return {"images": len(entries), "written": written, "skipped": skipped}

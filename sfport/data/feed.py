@@ -1,6 +1,6 @@
-"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB) or HDF5Data layer (a
-DataLoader over the deterministic streams of sfport.data.imagedata and sfport.data.db), or synthetic images and labels for
-benchmarks."""
+"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB), HDF5Data or the SSD
+fork's AnnotatedData layer (a DataLoader over the deterministic streams of sfport.data.imagedata, sfport.data.db and
+sfport.data.annotated), or synthetic images and labels for benchmarks."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +11,7 @@ import torch
 
 from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, loader
 from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
+from sfport.data.annotated import AnnotatedDataset, collate_for
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
@@ -70,14 +71,16 @@ class Feeder:
             self.batch = shape[0] if shape else 1
         else:
             raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport reads ImageData "
-                                       f"lists, Data (LMDB / LevelDB) and HDF5Data (or --synthetic-data)")
+                                       f"lists, Data (LMDB / LevelDB), AnnotatedData and HDF5Data (or "
+                                       f"--synthetic-data)")
         if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
             raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
                                        f"{self.batch}")
         if self.synthetic and not spec.synthetic:
-            raise CaffeFileError(None, f"data layer '{layer.name}' is HDF5Data: --synthetic-data makes images "
-                                       f"for ImageData, Data and Input layers")
+            raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: --synthetic-data makes "
+                                       f"images for ImageData, Data and Input layers")
         self.data_top, self.label_top = layer.top[0], (layer.top[1] if len(layer.top) > 1 else None)
+        label_shape = (self.batch,)
         if self.synthetic:
             p = layer.image_data_param
             tp = layer.transform_param
@@ -103,6 +106,24 @@ class Feeder:
                 raise CaffeFileError(self.dataset.records.path, f"the first record gives {list(self.dataset.shape())}"
                                                                 f", not {list(self.chw)}")
             log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "data_layer.cpp:41")
+        elif spec.reader == datalayers.ANNO:   # the SSD fork's annotated_data_layer.cpp
+            self.dataset = AnnotatedDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                       base_dir=base, skip_bad=opts.skip_bad_images)
+            backend = "lmdb" if layer.data_param.backend == DP.LMDB else "leveldb"
+            log(f"Opened {backend} {self.dataset.records.path}", f"db_{backend}.cpp:22")
+            if layer.data_param.backend == DP.LEVELDB and self.workers:
+                self.workers = 0
+            chw, boxes = self.dataset.first()
+            tops = data_set_tops(layer, chw, boxes)
+            self.chw = tuple(tops[0][1:])
+            first = tuple(self.dataset.shape())   # FIT_SMALL_SIZE: each sample its own size (batches of one)
+            if first != self.chw and self.dataset.fixed_size:
+                raise CaffeFileError(self.dataset.records.path, f"the first record gives {list(first)}, not "
+                                                                f"{list(self.chw)}")
+            log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}",
+                "annotated_data_layer.cpp:61")
+            label_shape = tops[1] if len(tops) > 1 else label_shape   # 1 x 1 x boxes x 8: each batch its own
+            self.collate = collate_for(self.dataset)
         elif spec.reader == datalayers.HDF5:   # hdf5_data_layer.cpp
             log(f"Loading list of HDF5 filenames from: {layer.hdf5_data_param.source}", "hdf5_data_layer.cpp:81")
             self.dataset = HDF5Dataset.from_layer(layer, seed=seed, base_dir=base)
@@ -121,7 +142,7 @@ class Feeder:
         if spec.reader != datalayers.HDF5 or self.synthetic:
             self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
             if self.label_top:
-                self.inputs[self.label_top] = (self.batch,)
+                self.inputs[self.label_top] = label_shape
         for top, shape in self.inputs.items():   # blob.cpp Blob::Reshape: CHECK_LE(count_, INT_MAX)
             count = math.prod(int(d) for d in shape)
             if count > INT32_MAX:

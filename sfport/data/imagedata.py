@@ -145,22 +145,24 @@ class Transform:
         return cls(tp.crop_size, tp.mirror, tuple(tp.mean_value), mean_image, tp.scale, train,
                    str(path) if tp.mean_file else None)
 
+    def crop_box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(y0, x0, height, width) of DataTransformer's crop of an ``h`` x ``w`` image: the whole image without
+        crop_size; else a random offset in TRAIN (height offset drawn first), the centre in TEST."""
+        if not self.crop_size:
+            return 0, 0, h, w
+        ch = cw = self.crop_size
+        if h < ch or w < cw:
+            raise ValueError(f"image {h}x{w} is smaller than crop_size {self.crop_size}")
+        if self.train:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HWC uint8 (BGR) -> CHW float32, as Caffe's DataTransformer::Transform(cv::Mat)."""
         if img.ndim == 2:
             img = img[:, :, None]
         h, w, c = img.shape
-        x0 = y0 = 0
-        ch, cw = h, w
-        if self.crop_size:
-            ch = cw = self.crop_size
-            if h < ch or w < cw:
-                raise ValueError(f"image {h}x{w} is smaller than crop_size {self.crop_size}")
-            if self.train:
-                y0 = int(rng.integers(0, h - ch + 1))
-                x0 = int(rng.integers(0, w - cw + 1))
-            else:
-                y0, x0 = (h - ch) // 2, (w - cw) // 2
+        y0, x0, ch, cw = self.crop_box(h, w, rng)
         mirror = self.mirror and bool(rng.integers(0, 2))  # Caffe mirrors in TEST too when asked
         out = img[y0:y0 + ch, x0:x0 + cw].astype(np.float32).transpose(2, 0, 1)
         if self.mean_image is not None:

@@ -526,10 +526,18 @@ def read_solver(path: str | os.PathLike) -> Solver:
 
 @dataclass
 class SolverStateFile:
-    """A ``.solverstate``: iteration, lr step, learned_net and one momentum history array per learnable blob."""
+    """A ``.solverstate``: iteration, lr step, learned_net, the solver's history arrays (one per learnable blob,
+    two for AdaDelta and Adam) and ``resume``, sfport's resume record when the file has one (see
+    :data:`RESUME_FIELD`)."""
     path: str | None
     state: caffe_pb2.SolverState
     history: list[np.ndarray]
+    resume: bytes | None = None
+
+
+# sfport's resume record in a .solverstate: a length-delimited field of a number no Caffe schema uses, which Caffe's
+# protobuf keeps aside as an unknown field (ReadProtoFromBinaryFile succeeds; nothing of Caffe reads it)
+RESUME_FIELD = 1001
 
 
 def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
@@ -548,17 +556,21 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
         if arr is None:
             arr = vals.arrays.get("double_data")
         history.append(arr.reshape(blob_shape(blob)))
-    return SolverStateFile(str(path), state, history)
+    return SolverStateFile(str(path), state, history, wire.last_field(data, RESUME_FIELD))
 
 
-def write_solverstate(path: str | os.PathLike, state, history: list[np.ndarray]) -> None:
-    """Write a binary ``.solverstate`` (atomically); history blobs get their shapes from the arrays."""
+def write_solverstate(path: str | os.PathLike, state, history: list[np.ndarray],
+                      resume: bytes | None = None) -> None:
+    """Write a binary ``.solverstate`` (atomically); history blobs get their shapes from the arrays; ``resume``
+    (sfport's resume record) goes last, in field :data:`RESUME_FIELD`."""
     msg = caffe_pb2.SolverState()
     msg.CopyFrom(state)
+    msg.DiscardUnknownFields()   # a record read with the state is not carried over: ``resume`` is the one written
     del msg.history[:]
     values = {}
     for j, arr in enumerate(history):
         blob = msg.history.add()
         blob.shape.dim.extend(int(d) for d in np.shape(arr))
         values[((3, j),)] = wire.BlobValues({"data": np.asarray(arr, dtype="<f4").ravel()})
-    atomic_write(path, wire.splice_blobs(msg.SerializeToString(), wire.SOLVERSTATE_SPEC, values))
+    data = wire.splice_blobs(msg.SerializeToString(), wire.SOLVERSTATE_SPEC, values)
+    atomic_write(path, data + (wire.length_delimited(RESUME_FIELD, resume) if resume is not None else b""))

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from sfport.errors import CaffeFileError
-from sfport.formats import disk
+from sfport.formats import caffe_files, disk
+from sfport.protos import caffe_pb2
 
 
 def _h5py(path):
@@ -69,21 +70,46 @@ def read(path) -> dict[str, dict[int, np.ndarray]]:
         raise CaffeFileError(os.fspath(path), f"cannot be read as HDF5: {e}") from None
 
 
-def write_solverstate(path, iteration: int, learned_net: str, current_step: int, history: list) -> None:
-    """sgd_solver.cpp SnapshotSolverStateToHDF5: ``iter``, ``learned_net``, ``current_step`` and a group
-    ``history`` of one dataset per learnable blob, by index; written under a temporary name, then renamed."""
+def write_model(path, model: caffe_files.CaffeModel) -> None:
+    """A caffemodel's weights as Caffe's HDF5 weights (every layer with blobs; what ``snapshot_format: HDF5``
+    writes for the model)."""
+    write(path, [(name, dict(enumerate(model.blob_arrays(i)))) for name, i in model.weight_layers().items()])
+
+
+def read_model(path) -> caffe_files.CaffeModel:
+    """Caffe's HDF5 weights as a :class:`caffe_files.CaffeModel` of named layers with their blobs (what
+    Net::CopyTrainedLayersFromHDF5 matches by layer name)."""
+    stored = read(path)
+    net = caffe_pb2.NetParameter()
+    for name in stored:
+        net.layer.add(name=name)
+    model = caffe_files.CaffeModel.from_net(net, os.fspath(path))
+    for i, (name, blobs) in enumerate(stored.items()):
+        if sorted(blobs) != list(range(len(blobs))):
+            raise CaffeFileError(os.fspath(path), f"data/{name}: blobs {sorted(blobs)} are not numbered 0..{len(blobs) - 1}")
+        model.set_blob_arrays(i, [blobs[j] for j in range(len(blobs))])
+    return model
+
+
+def write_solverstate(path, st) -> None:
+    """sgd_solver.cpp SnapshotSolverStateToHDF5 of a :class:`caffe_files.SolverStateFile`: ``iter``,
+    ``learned_net``, ``current_step`` and a group ``history`` of one dataset per history blob, by index (sfport's
+    resume record, when there is one, as a byte dataset ``sfport_resume`` that Caffe does not read); written under a
+    temporary name, then renamed."""
     def fill(f):
-        f.create_dataset("iter", data=np.int32(iteration))
-        f.create_dataset("learned_net", data=learned_net)
-        f.create_dataset("current_step", data=np.int32(current_step))
+        f.create_dataset("iter", data=np.int32(st.state.iter))
+        f.create_dataset("learned_net", data=st.state.learned_net)
+        f.create_dataset("current_step", data=np.int32(st.state.current_step))
         group = f.create_group("history")
-        for j, array in enumerate(history):
+        for j, array in enumerate(st.history):
             group.create_dataset(str(j), data=np.asarray(array, dtype=np.float32))
+        if st.resume is not None:
+            f.create_dataset("sfport_resume", data=np.frombuffer(st.resume, dtype=np.uint8))
     _write_staged(path, fill)
 
 
-def read_solverstate(path) -> tuple[int, str, int, list[np.ndarray]]:
-    """(iter, learned_net, current_step, histories) of an HDF5 solver state (RestoreSolverStateFromHDF5)."""
+def read_solverstate(path) -> caffe_files.SolverStateFile:
+    """An HDF5 solver state (RestoreSolverStateFromHDF5) as a :class:`caffe_files.SolverStateFile`."""
     h5py = _h5py(path)
     disk.check_readable_file(path)
     where = os.fspath(path)
@@ -95,7 +121,15 @@ def read_solverstate(path) -> tuple[int, str, int, list[np.ndarray]]:
             learned = f["learned_net"][()] if "learned_net" in f else b""
             learned = learned.decode() if isinstance(learned, bytes) else str(learned)
             group = f["history"]
+            for j in range(len(group)):
+                if str(j) not in group or not isinstance(group[str(j)], h5py.Dataset):
+                    raise CaffeFileError(where, f"history/{j} is missing or not a dataset")
             history = [np.asarray(group[str(j)][()], dtype=np.float32) for j in range(len(group))]
-            return int(f["iter"][()]), learned, int(f["current_step"][()]), history
-    except (OSError, KeyError) as e:
+            resume = None
+            if isinstance(f.get("sfport_resume"), h5py.Dataset):
+                resume = np.asarray(f["sfport_resume"][()], dtype=np.uint8).tobytes()
+            state = caffe_pb2.SolverState(iter=int(f["iter"][()]), learned_net=learned,
+                                          current_step=int(f["current_step"][()]))
+            return caffe_files.SolverStateFile(where, state, history, resume)
+    except (OSError, KeyError, ValueError) as e:
         raise CaffeFileError(where, f"cannot be read as Caffe's HDF5 solver state: {e}") from None

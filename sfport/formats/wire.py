@@ -107,6 +107,22 @@ def top_fields(buf: bytes) -> set[tuple[int, int]]:
     return {(number, wire_type) for number, wire_type, _, _, _ in _fields(memoryview(buf), 0, len(buf))}
 
 
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One length-delimited field (wire type 2): its tag, its length and ``payload``."""
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + bytes(payload)
+
+
+def last_field(buf: bytes, number: int) -> bytes | None:
+    """The payload of the last top-level length-delimited field ``number`` of a message (protobuf's rule for a
+    repeated singular field), or None (WireError if the message does not parse)."""
+    mv = memoryview(buf)
+    found = None
+    for n, wire_type, _, payload, end in _fields(mv, 0, len(buf)):
+        if n == number and wire_type == 2:
+            found = (payload, end)
+    return None if found is None else bytes(mv[found[0]:found[1]])
+
+
 @dataclass
 class BlobValues:
     """The numeric payload of one BlobProto: any of data/diff/double_data/double_diff, as numpy arrays."""

@@ -14,10 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from sfport.netdef.netstate import NetState, included
+import numpy as np
 
-# The readers of sfport.data.feed, by what they read
-LIST, DB, HDF5 = "list", "db", "hdf5"
+from sfport.netdef.netstate import NetState, included
+from sfport.protos import caffe_pb2
+
+# The readers of sfport.data.feed, by what they read (ANNO: AnnotatedDatum records of an LMDB / LevelDB)
+LIST, DB, HDF5, ANNO = "list", "db", "hdf5", "annotated"
+# the SSD fork's label rows (annotated_data_layer.cpp): item_id, group_label, instance_id, xmin, ymin, xmax, ymax,
+# difficult; the label top is 1 x 1 x boxes x 8, its number of boxes that of each batch
+BOX_ROW = 8
 
 
 def _repeat(shapes: list, ntop: int) -> list:
@@ -51,6 +57,7 @@ class DataLayerSpec:
     label_shape: tuple = ()          # a label top's shape after the batch axis
     channels: int | None = None      # the channels its images always have (WindowData: colour windows)
     has_batch: bool = True           # its parameters hold a batch_size
+    label_blob: tuple | None = None  # a label top's whole shape when it does not follow the batch
     bottomless: bool = False         # a data layer only without bottoms (a Python layer with bottoms computes)
 
     @property
@@ -74,8 +81,9 @@ SPECS = {s.type: s for s in (
     DataLayerSpec("WindowData", "window_data_param", label_shape=(1, 1, 1), channels=3),
     # dummy_data_layer.cpp: filler values of the stated shapes
     DataLayerSpec("DummyData", "dummy_data_param", stated=_shapes, has_batch=False),
-    # the SSD fork's annotated_data_layer.cpp: its batch_size is data_param's
-    DataLayerSpec("AnnotatedData", "data_param"),
+    # the SSD fork's annotated_data_layer.cpp: AnnotatedDatum records of an LMDB / LevelDB, its batch_size is
+    # data_param's; its label top holds one row per box of the batch (one row here, the count of its first record)
+    DataLayerSpec("AnnotatedData", "data_param", reader=ANNO, label_blob=(1, 1, 1, BOX_ROW)),
     # a Python layer without bottoms (python_layer.hpp): its tops are whatever its setup says
     DataLayerSpec("Python", "python_param", named_tops=True, has_batch=False, bottomless=True),
 )}
@@ -158,12 +166,28 @@ def stated_tops(layer) -> list:
     return spec_of(layer).stated(params_of(layer), len(layer.top))
 
 
+def resized_size(p, width: int, height: int) -> tuple[int, int]:
+    """(width, height) of a ``width`` x ``height`` image after the SSD fork's resize_param ``p`` (im_transforms.cpp
+    InferNewSize): WARP and FIT_LARGE_SIZE_AND_PAD give p.width x p.height, FIT_SMALL_SIZE keeps the aspect with
+    the smaller side fitted (truncated)."""
+    w, h = int(p.width), int(p.height)
+    if p.resize_mode == caffe_pb2.ResizeParameter.FIT_SMALL_SIZE:
+        orig_aspect = np.float32(width) / np.float32(height)
+        if orig_aspect < np.float32(w) / np.float32(h):
+            h = int(np.float32(w) / orig_aspect)
+        else:
+            w = int(orig_aspect * np.float32(h))
+    return w, h
+
+
 def stated_image_shape(layer) -> tuple | None:
     """The shape of a data-set layer's first top as far as its definition fixes it, None for an axis it does not:
     batch_size; ImageData's channels (is_color), new_height/new_width or crop_size (image_data_layer.cpp
     DataLayerSetUp); WindowData's crop_size of colour images (window_data_layer.cpp); a Data layer's crop_size,
     and its channels when force_color / force_gray or one mean_value per channel say them (data_transformer.cpp
-    checks mean_value has 1 or C entries). None when nothing is stated."""
+    checks mean_value has 1 or C entries); AnnotatedData's resize_param height / width (but FIT_SMALL_SIZE's, which
+    depend on the image), then its crop_size (data_transformer.cpp InferBlobShape). None when nothing is
+    stated."""
     spec = spec_of(layer)
     tp = layer.transform_param
     n = batch_size(layer)
@@ -183,29 +207,44 @@ def stated_image_shape(layer) -> tuple | None:
             h, w = int(p.new_height), int(p.new_width)
     elif spec.channels:
         c = spec.channels
+    elif spec.reader == ANNO and tp.HasField("resize_param") and not tp.crop_size:
+        rp = tp.resize_param
+        if rp.resize_mode != caffe_pb2.ResizeParameter.FIT_SMALL_SIZE and rp.height and rp.width:
+            h, w = int(rp.height), int(rp.width)
     shape = (n, c, h, w)
     return None if all(d is None for d in shape) else shape
 
 
-def data_set_tops(layer, first) -> list:
+def data_set_tops(layer, first, boxes: int | None = None) -> list:
     """The tops' shapes of a layer that reads a data set, from what its first sample holds: a Data layer's first
     record decoded, ``first = (C, H, W)`` -> ``(batch, C, crop or H, crop or W)`` and labels ``(batch,)``
-    (data_layer.cpp DataLayerSetUp with DataTransformer::InferBlobShape); HDF5Data's datasets, ``first`` = each
-    top's trailing shape in the first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp)."""
+    (data_layer.cpp DataLayerSetUp with DataTransformer::InferBlobShape); an AnnotatedData layer's the same after
+    its resize_param (:func:`resized_size`), and labels ``1 x 1 x max(boxes, 1) x 8`` for the ``boxes`` of its
+    first record, ``(batch,)`` when its records have no annotation type (``boxes`` None;
+    annotated_data_layer.cpp DataLayerSetUp); HDF5Data's datasets, ``first`` = each top's trailing shape in the
+    first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp)."""
     n = batch_size(layer) or 0
-    if spec_of(layer).reader == HDF5:
+    spec = spec_of(layer)
+    if spec.reader == HDF5:
         return [(n,) + tuple(int(d) for d in t) for t in first]
     c, h, w = (int(d) for d in first)
+    label = (n,) + spec.label_shape
+    if spec.reader == ANNO:
+        if layer.transform_param.HasField("resize_param"):
+            w, h = resized_size(layer.transform_param.resize_param, w, h)
+        if boxes is not None:
+            label = (1, 1, max(int(boxes), 1), BOX_ROW)
     crop = int(layer.transform_param.crop_size)
     if crop:
         h = w = crop
-    return ([(n, c, h, w)] + [(n,) + spec_of(layer).label_shape] * (len(layer.top) - 1))[:len(layer.top)]
+    return ([(n, c, h, w)] + [label] * (len(layer.top) - 1))[:len(layer.top)]
 
 
 def data_tops(layer, given: dict) -> list:
     """Shapes of a data layer's tops: as given by name (for every kind, as pycaffe's reshape of an input), else
     what its parameters fix (Input and DummyData shapes, MemoryData sizes, the image shape a data-set layer
-    states in full); a label top (any top after the first, whatever its name) takes the batch size of the data."""
+    states in full); a label top (any top after the first, whatever its name) takes the batch size of the data, or
+    AnnotatedData's 1 x 1 x 1 x 8 (one box row standing in for the count each batch has)."""
     spec = spec_of(layer)
     if spec.shaped:
         return [tuple(given[t]) if t in given else s for t, s in zip(layer.top, stated_tops(layer))]
@@ -213,7 +252,9 @@ def data_tops(layer, given: dict) -> list:
     stated = stated_image_shape(layer)
     if fixed and fixed[0] is None and stated is not None and None not in stated:
         fixed[0] = stated
-    if spec.label_tops and fixed and fixed[0] is not None:
+    if spec.label_tops and spec.label_blob is not None:
+        fixed = fixed[:1] + [s if s is not None else spec.label_blob for s in fixed[1:]]
+    elif spec.label_tops and fixed and fixed[0] is not None:
         # labels: (batch,) for Data / ImageData, (batch, 1, 1, 1) for WindowData
         label = (fixed[0][0],) + spec.label_shape
         fixed = fixed[:1] + [s if s is not None else label for s in fixed[1:]]

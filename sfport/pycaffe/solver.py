@@ -4,8 +4,9 @@
 ``share_weights(net)``, ``param``, ``lr``.
 
 The nets are :class:`sfport.pycaffe.net.Net` (the test nets share the train net's weights, Solver::InitTestNets);
-the update is :func:`sfport.solver.sgd.sgd_update` with :func:`sfport.solver.sgd.learning_rate`, the one
-implementation of Caffe's SGD rule that ``sfport train`` runs too, on the very memory the blobs show.
+the update is the solver class's rule (:mod:`sfport.solver.state`: SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)
+with :func:`sfport.solver.sgd.learning_rate`, the one implementation of Caffe's rules that ``sfport train`` runs
+too, on the very memory the blobs show.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from sfport.errors import CaffeFileError
-from sfport.formats import caffe_files, hdf5_weights
+from sfport.formats import caffe_files
 from sfport.protos import caffe_pb2
 from sfport.pycaffe.common import set_random_seed
 from sfport.pycaffe.net import Net
 from sfport.report.progress import CaffeLog
 from sfport.solver import sgd
-from sfport.solver.checkpoint import snapshot_base
+from sfport.solver.state import STATES
+from sfport.solver import checkpoint
 from sfport.solver.config import net_states, nets_of, read_solver
 from sfport.solver.log import g6, output_line
 
@@ -30,7 +32,8 @@ _SGD = "SGD"
 
 
 class SGDSolver:
-    """``caffe.SGDSolver(solver_prototxt)``: Caffe's SGD solver (sgd_solver.cpp) on pycaffe nets."""
+    """``caffe.SGDSolver(solver_prototxt)``: Caffe's SGD solver (sgd_solver.cpp) on pycaffe nets; the other five
+    classes differ only in their rule (as in _caffe.cpp, the class decides the rule, not the file's ``type``)."""
 
     type = _SGD
 
@@ -56,12 +59,10 @@ class SGDSolver:
             test_net = Net(caffe_files.CaffeModel.from_net(tp, f), ts)
             test_net.share_with(self.net)   # Solver::InitTestNets: ShareTrainedLayersWith(net_)
             self.test_nets.append(test_net)
-        self.iter = 0
-        self.current_step = 0
         self._callbacks: list[tuple] = []
         self._losses: list[float] = []
         self.smoothed_loss = 0.0
-        self._state = sgd.SGDState(self._learnable())
+        self._state = STATES[self.type](self._learnable())
         self.log("Solver scaffolding done.", "solver.cpp:56")
 
     def _learnable(self) -> list[tuple]:
@@ -77,6 +78,23 @@ class SGDSolver:
                 spec = specs[j] if j < len(specs) else caffe_pb2.ParamSpec()
                 out.append((f"{name}/{j}", blob._param, spec.lr_mult, spec.decay_mult))
         return out
+
+    @property
+    def iter(self) -> int:
+        """Solver::iter(): the number of updates done (the solver state's own count)."""
+        return self._state.iter
+
+    @iter.setter
+    def iter(self, value: int) -> None:
+        self._state.iter = int(value)
+
+    @property
+    def current_step(self) -> int:
+        return self._state.current_step
+
+    @current_step.setter
+    def current_step(self, value: int) -> None:
+        self._state.current_step = int(value)
 
     @property
     def param(self) -> caffe_pb2.SolverParameter:
@@ -152,8 +170,7 @@ class SGDSolver:
             self.log(message, "sgd_solver.cpp:46")
         if sp.display and self.iter % sp.display == 0:
             self.log(f"Iteration {self.iter}, lr = {g6(rate)}", "sgd_solver.cpp:105")
-        info = sgd.sgd_update(self._state.blobs, rate, sp.momentum, sp.weight_decay, max(sp.iter_size, 1),
-                              sp.regularization_type or "L2", sp.clip_gradients)
+        info = self._state.rule(self._state.blobs, rate, sgd.Hyper.of(sp), self.iter)
         if info.clip_scale is not None:
             self.log(f"Gradient clipping: scaling down gradients (L2 norm {g6(info.clip_norm)} > "
                      f"{g6(sp.clip_gradients)}) by scale factor {g6(info.clip_scale)}", "sgd_solver.cpp:92")
@@ -207,62 +224,40 @@ class SGDSolver:
     # -- snapshots ---------------------------------------------------------------------------------------------
     def snapshot(self) -> str:
         """Solver::Snapshot: ``<prefix>_iter_<iter>.caffemodel`` and ``.solverstate`` (``snapshot_format: HDF5``:
-        ``.caffemodel.h5`` and ``.solverstate.h5``); returns the model file."""
-        sp = self._param
-        base = snapshot_base(sp, self.iter)
-        if sp.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            model = base + ".caffemodel.h5"
-            self.log(f"Snapshotting to HDF5 file {model}", "solver.cpp:461")
-            self.net.save_hdf5(model)
-            state = base + ".solverstate.h5"
-            self.log(f"Snapshotting solver state to HDF5 file {state}", "sgd_solver.cpp:290")
-            hdf5_weights.write_solverstate(state, self.iter, model, self.current_step,
-                                           [b.history.numpy() for b in self._state.blobs])
-            return model
-        model = base + ".caffemodel"
-        self.log(f"Snapshotting to binary proto file {model}", "solver.cpp:454")
-        caffe_files.write_caffemodel(model, self.net.to_proto(sp.snapshot_diff))
-        state = base + ".solverstate"
-        self.log(f"Snapshotting solver state to binary proto file {state}", "sgd_solver.cpp:273")
-        st = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
-        caffe_files.write_solverstate(state, st, [b.history.numpy() for b in self._state.blobs])
-        return model
+        ``.caffemodel.h5`` and ``.solverstate.h5``), both or neither (:func:`sfport.solver.checkpoint.write_snapshot`);
+        returns the model file."""
+        def write_model(path, hdf5):
+            if hdf5:
+                self.net.save_hdf5(path)
+            else:
+                caffe_files.write_caffemodel(path, self.net.to_proto(self._param.snapshot_diff))
+
+        st = self._state.to_solverstate("")
+        return checkpoint.write_snapshot(self._param, self.iter, write_model, st, self.log)[0]
 
     def restore(self, state_file) -> None:
-        """Solver::Restore: iteration, lr step and momentum histories of a ``.solverstate`` (``.h5``: Caffe's
-        HDF5 solver state), and the weights of the learned_net it names; checked whole before anything changes."""
+        """Solver::Restore: iteration, lr step and histories of a ``.solverstate`` (``.h5``: Caffe's HDF5 solver
+        state), and the weights of the learned_net it names; checked whole before anything changes."""
         path = os.fspath(state_file)
-        if path.endswith(".h5"):
-            it, learned, step, history = hdf5_weights.read_solverstate(path)
-            st = caffe_files.SolverStateFile(path, caffe_pb2.SolverState(iter=it, learned_net=learned,
-                                                                        current_step=step), history)
-        else:
-            st = caffe_files.read_solverstate(path)
+        st = checkpoint.read_state(path)
         it, step, history = self._state.check_solverstate(st)
         if st.state.learned_net:
             self.net.copy_from(st.state.learned_net)
         self._state.apply(it, step, history)
-        self.iter, self.current_step = it, step
 
 
-def _needs(kind: str):
-    class _Other(SGDSolver):
-        __doc__ = f"``caffe.{kind}Solver``: refused until sfport implements Caffe's {kind} rule."
-        type = kind
-
-        def __init__(self, path):
-            raise CaffeFileError(os.fspath(path), f"caffe.{kind}Solver needs Caffe's {kind} update, which sfport "
-                                                  f"does not implement yet (sfport has the SGD solver: "
-                                                  f"caffe.SGDSolver, solver type SGD)")
-    _Other.__name__ = _Other.__qualname__ = f"{kind}Solver"
-    return _Other
+def _solver_class(kind: str):
+    cls = type(f"{kind}Solver", (SGDSolver,), {"type": kind, "__doc__": f"``caffe.{kind}Solver``: Caffe's {kind} "
+                                                                          f"rule (sfport.solver.rules)."})
+    cls.__module__ = __name__
+    return cls
 
 
-NesterovSolver = _needs("Nesterov")
-AdaGradSolver = _needs("AdaGrad")
-RMSPropSolver = _needs("RMSProp")
-AdaDeltaSolver = _needs("AdaDelta")
-AdamSolver = _needs("Adam")
+NesterovSolver = _solver_class("Nesterov")
+AdaGradSolver = _solver_class("AdaGrad")
+RMSPropSolver = _solver_class("RMSProp")
+AdaDeltaSolver = _solver_class("AdaDelta")
+AdamSolver = _solver_class("Adam")
 
 
 def get_solver(path) -> SGDSolver:

@@ -1,7 +1,9 @@
 """Caffe's solver (solver.cpp, sgd_solver.cpp) around sfport's nets, and the verbs of Caffe's ``caffe.cpp``.
 
-The package, by concern: :mod:`~sfport.solver.sgd` (the SGD rule, the lr schedules and the solver state),
-:mod:`~sfport.solver.loop` (Solver: the Solve/Step loop), :mod:`~sfport.solver.evaluate` (the test nets),
+The package, by concern: :mod:`~sfport.solver.sgd` (the solver's checks, the lr schedules, the SGD rule),
+:mod:`~sfport.solver.rules` (the other five rules), :mod:`~sfport.solver.state` (the solver state of each rule),
+:mod:`~sfport.solver.signals` (Caffe's signal handling), :mod:`~sfport.solver.loop` (Solver: the Solve/Step loop), :mod:`~sfport.solver.evaluate` (the test nets;
+the SSD fork's detection test with :mod:`~sfport.solver.detection_map`, its average precision),
 :mod:`~sfport.solver.checkpoint` (snapshots and resuming), :mod:`~sfport.solver.log` (Caffe's log lines),
 :mod:`~sfport.solver.config` (the options, the nets a solver names), :mod:`~sfport.solver.paths` (the one rule the
 solver's and nets' paths follow), :mod:`~sfport.solver.curves` (training curves from Caffe's log lines:
@@ -15,7 +17,7 @@ package has not already imported.
 """
 import importlib
 
-_EXPORTS = {"CKPT_FORMAT": "sfport.solver.checkpoint", "Options": "sfport.solver.config",
+_EXPORTS = {"RECORD_FORMAT": "sfport.solver.checkpoint", "Options": "sfport.solver.config",
             "Feeder": "sfport.data.feed", "dist_env": "sfport.solver.launch", "launch": "sfport.solver.launch",
             "run": "sfport.solver.launch", "start": "sfport.solver.launch", "CaffeLog": "sfport.report.progress",
             "g6": "sfport.solver.log", "net_outputs": "sfport.solver.log", "Solver": "sfport.solver.loop",

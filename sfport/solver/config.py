@@ -33,6 +33,9 @@ class Options:
     margin_grad: str | None = None
     gpus: tuple = ()                  # the --gpu ids (for the log's "Using GPUs" line)
     plot: str | None = None           # --plot: the training curves' figure, rewritten at each snapshot and the end
+    sigint_effect: str = "stop"       # caffe.cpp -sigint_effect: stop | snapshot | none (sfport.solver.signals)
+    sighup_effect: str = "snapshot"   # caffe.cpp -sighup_effect
+    sigterm_effect: str | None = None  # None: as SIGINT
 
 
 def gpu_ids(gpu: str) -> list[int]:

@@ -14,6 +14,7 @@ from sfport.report import plots
 from sfport.errors import CaffeFileError
 from sfport.solver.config import Options, gpu_ids
 from sfport.solver.loop import Solver
+from sfport.solver import signals
 
 
 def dist_env() -> tuple[int, int, int] | None:
@@ -70,13 +71,19 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
           data_root: str | None = None, source: str | None = None, seed: int | None = None, amp: bool = False,
           workers: int | None = None, skip_bad_images: bool = False, keep_going: bool = False,
           synthetic_data: bool = False, data_shape: tuple | None = None, max_iter: int | None = None,
-          progress: bool | None = None, margin_grad: str | None = None, plot: str | None = None) -> None:
+          progress: bool | None = None, margin_grad: str | None = None, plot: str | None = None,
+          sigint_effect: str = "stop", sighup_effect: str = "snapshot", sigterm_effect: str | None = None) -> None:
     """``sfport train`` (caffe.cpp train): resolve ``gpu`` ('0', '0,1', 'all'; None: the CPU, or CUDA when
     torchrun set up several processes) and ``workers`` (None: the CPU count, at most 16), then :func:`launch`
     with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). ``plot``: the training curves'
     figure (png, svg, pdf; checked before training). Bad input (GPU ids, --amp without
     a GPU, the files) raises :class:`~sfport.errors.CaffeFileError`; divergence raises
     :class:`~sfport.solver.loop.TrainingStopped`."""
+    if weights and snapshot:   # caffe.cpp train: CHECK(!FLAGS_snapshot.size() || !FLAGS_weights.size())
+        raise CaffeFileError(None, "give --snapshot to resume training or --weights to finetune, but not both")
+    for option, effect in (("--sigint-effect", sigint_effect), ("--sighup-effect", sighup_effect),
+                           ("--sigterm-effect", sigterm_effect or sigint_effect)):
+        signals.check_effect(option, effect)
     if workers is not None and workers < 0:
         raise CaffeFileError(None, f"--workers {workers}: give 0 (read in this process) or more worker processes")
     if seed is not None and not 0 <= seed < 2**63:   # torch.manual_seed and numpy's SeedSequence take these
@@ -102,5 +109,5 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
                    skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
                    data_shape=tuple(data_shape) if data_shape else None, max_iter=max_iter, progress=progress,
                    channels_last=device.startswith("cuda"), margin_grad=margin_grad, gpus=tuple(gpus or ()),
-                   plot=plot)
+                   plot=plot, sigint_effect=sigint_effect, sighup_effect=sighup_effect, sigterm_effect=sigterm_effect)
     launch(solver_path, opts, gpus)

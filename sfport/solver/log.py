@@ -24,6 +24,22 @@ def net_outputs(net, blobs) -> list[tuple[str, np.ndarray, float]]:
             for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]) if u in blobs]
 
 
+def output_rows(net, blobs) -> list[tuple[str, np.ndarray | None]]:
+    """A net's outputs in :func:`net_outputs`' order as rows of 5 (DetectionEvaluate's top, read by the SSD
+    fork's Solver::TestDetection): the first ``height`` rows of each, float32; None for an output whose (legacy)
+    width is not 5."""
+    g = net.graph
+    out = []
+    for u in sorted(g.outputs, key=lambda u: g.caffe_name[u]):
+        if u not in blobs:
+            continue
+        b = blobs[u].detach().float().cpu()
+        legacy = [int(b.shape[k]) if k < b.dim() else 1 for k in range(4)]   # Blob::height(), Blob::width()
+        rows = b.reshape(-1)[:legacy[2] * 5].reshape(-1, 5).numpy() if legacy[3] == 5 and b.dim() <= 4 else None
+        out.append((g.caffe_name[u], rows))
+    return out
+
+
 def output_line(kind: str, n: int, name: str, value: float, weight: float) -> str:
     """Solver::Step's / Solver::Test's ``    Train net output #n: name = v (* w = w*v loss)``."""
     # the product in Dtype (float32), as solver.cpp computes loss_weight * score

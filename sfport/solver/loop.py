@@ -18,11 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sfport.formats import caffe_files
 from sfport.solver import sgd
+from sfport.solver.state import state_for
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
 from sfport.protos import caffe_pb2
-from sfport.solver import checkpoint, curves
+from sfport.solver import checkpoint, curves, signals
 from sfport.solver.config import Options, net_states, nets_of, read_solver
 from sfport.solver.evaluate import build_test_net, run_test_nets
 from sfport.data.feed import Feeder, num_classes
@@ -36,8 +37,8 @@ class TrainingStopped(Exception):
 
 
 class Solver:
-    """Caffe's SGDSolver around sfport nets. ``solve()`` runs to max_iter; ``step(n)`` runs n updates; the
-    iteration, lr step and histories are ``self.state`` (:class:`sfport.solver.sgd.SGDState`)."""
+    """Caffe's solver (the six types) around sfport nets. ``solve()`` runs to max_iter; ``step(n)`` runs n
+    updates; the iteration, lr step and histories are ``self.state`` (:class:`sfport.solver.state.SolverState`)."""
 
     def __init__(self, solver_path, opts: Options | None = None, rank: int = 0, world: int = 1,
                  log: CaffeLog | None = None):
@@ -89,7 +90,9 @@ class Solver:
             self.module = self.net.module.to(self.device)
             if opts.channels_last and self.device.type == "cuda":
                 self.module = self.module.to(memory_format=torch.channels_last)
-            self.state = sgd.SGDState(self.net.module.learnable_params())
+            self.state = state_for(sp, self.net.module.learnable_params())
+            self.signals: signals.SignalHandler | None = None   # set while solve() runs (sfport train)
+            self.requested_early_exit = False
             self.losses: list[float] = []
             self.smoothed_loss = 0.0
             self.last_snapshot: str | None = None
@@ -227,6 +230,8 @@ class Solver:
             it = self.state.iter
             if sp.test_interval and it % sp.test_interval == 0 and (it > 0 or sp.test_initialization):
                 self.test_all()
+                if self.requested_early_exit:   # a stop asked for while testing
+                    break
             display = sp.display and it % sp.display == 0
             loss = 0.0
             blobs = None
@@ -255,14 +260,24 @@ class Solver:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.smoothed_loss:.4g}")
-            if sp.snapshot and self.state.iter % sp.snapshot == 0 and self.rank == 0:
+            request = self.requested_action()
+            if (sp.snapshot and self.state.iter % sp.snapshot == 0 or request == signals.SNAPSHOT) \
+                    and self.rank == 0:
                 self.snapshot()
+            if request == signals.STOP:
+                self.requested_early_exit = True
+                break
         if bar is not None:
             bar.close()
             self.log.bar = None
 
+    def requested_action(self) -> str | None:
+        """Solver::GetRequestedAction: what a signal asked for since the last call (every rank the same)."""
+        action = self.signals.check() if self.signals is not None else None
+        return signals.agreed(action, self.world, self.device)
+
     def apply_update(self, display: bool = False) -> sgd.UpdateInfo:
-        """SGDSolver::ApplyUpdate and Solver::Step's ``++iter_`` (:meth:`sfport.solver.sgd.SGDState.step`), with their
+        """SGDSolver::ApplyUpdate and Solver::Step's ``++iter_`` (:meth:`sfport.solver.state.SolverState.step`), with their
         log lines: the MultiStep status, the rate on display iterations, the clipping."""
         sp = self.param
         info = self.state.step(sp)
@@ -276,14 +291,28 @@ class Solver:
         return info
 
     def solve(self) -> None:
-        """Solver::Solve: step to max_iter, the final snapshot, display forward and tests."""
+        """Solver::Solve: step to max_iter, the final snapshot, display forward and tests; under the run's
+        signal handling (caffe.cpp train: ``-sigint_effect``, ``-sighup_effect``; :mod:`sfport.solver.signals`)."""
+        o = self.opts
+        with signals.SignalHandler(o.sigint_effect, o.sighup_effect, o.sigterm_effect) as self.signals:
+            try:
+                self._solve()
+            finally:
+                self.signals = None
+
+    def _solve(self) -> None:
         sp = self.param
         self.log(f"Solving {self.net.graph.name}", "solver.cpp:272")
         self.log(f"Learning Rate Policy: {sp.lr_policy}", "solver.cpp:273")
+        self.requested_early_exit = False
         start_iter = self.state.iter
         self.step(sp.max_iter - self.state.iter)
         if sp.snapshot_after_train and (not sp.snapshot or self.state.iter % sp.snapshot != 0) and self.rank == 0:
             self.snapshot()
+        if self.requested_early_exit:
+            self.log("Optimization stopped early.", "solver.cpp:311")
+            self.write_curves()
+            return
         if sp.display and self.state.iter % sp.display == 0:
             self.feeder.start(self.state.iter)
             batch = self.feeder.next()
@@ -301,14 +330,13 @@ class Solver:
 
     def test_all(self) -> None:
         """Solver::TestAll (see :func:`sfport.solver.evaluate.run_test_nets`)."""
-        run_test_nets(self.test_nets, self.param, self.state.iter, self.device, self.log)
+        run_test_nets(self.test_nets, self.param, self.state.iter, self.device, self.log, solver=self)
 
     def snapshot(self) -> str:
-        """Solver::Snapshot (see :func:`sfport.solver.checkpoint.snapshot`); returns the files' common prefix."""
-        base = checkpoint.snapshot(self)
-        self.last_snapshot = base + ".pt"
+        """Solver::Snapshot (see :func:`sfport.solver.checkpoint.snapshot`); returns the solver state's path."""
+        self.last_snapshot = checkpoint.snapshot(self)
         self.write_curves()
-        return base
+        return self.last_snapshot
 
     def restore(self, path: str) -> None:
         """Solver::Restore (see :func:`sfport.solver.checkpoint.restore`)."""

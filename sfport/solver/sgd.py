@@ -1,11 +1,11 @@
-"""The SGD rule and its learning-rate schedules, as Caffe's SGDSolver (sgd_solver.cpp).
+"""The SGD rule, what every rule starts from, and the learning-rate schedules, as Caffe's SGDSolver
+(sgd_solver.cpp); the other five rules are :mod:`sfport.solver.rules`, the solver states :mod:`sfport.solver.state`.
 
-``check_solver`` is every rule a solver prototxt must keep (Caffe's CHECKs of solver.cpp and sgd_solver.cpp, and
-what Caffe would run silently wrong), checked once when the solver is read. ``learning_rate``
-(SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep ``current_step``) and ``sgd_update`` (SGDSolver::ApplyUpdate: clip, normalize, regularize, momentum with the rate
-inside the history, apply) are pure functions; :class:`SGDState` is the state they act on, what Caffe keeps in a
-``.solverstate`` (iteration, lr step, one history per learnable blob), with ``step`` (one update),
-``state_dict`` / ``load_state_dict`` (sfport checkpoints) and ``to_solverstate`` / ``load_solverstate``.
+``check_solver`` is every rule a solver prototxt must keep (Caffe's CHECKs of solver.cpp, sgd_solver.cpp and the
+solvers' constructors, and what Caffe would run silently wrong), checked once when the solver is read.
+``learning_rate`` (SGDSolver::GetLearningRate: the seven lr policies, with Caffe's ``iter`` and multistep
+``current_step``), ``gradients`` (ClipGradients, Normalize, Regularize) and ``sgd_update`` (momentum with the rate
+inside the history, then Net::Update) are pure functions of their arguments.
 
 The update differs from ``torch.optim.SGD``: Caffe keeps ``h = momentum*h + rate*lr_mult*g`` and steps ``w -= h``
 (the rate sits inside the history), torch keeps ``v = momentum*v + g`` and steps ``w -= lr*v``; they differ as soon
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sfport.formats import caffe_files
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
+from sfport.solver.detection_map import AP_VERSIONS
 
 f32 = np.float32
 
@@ -58,6 +58,9 @@ def expf(x) -> np.float32:
     return f32(math.exp(float(f32(x))))
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+# the solver types Caffe registers (REGISTER_SOLVER_CLASS in src/caffe/solvers/*.cpp); their rules are
+# sfport.solver.rules, their states sfport.solver.state
+TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 INT32_MAX = 2**31 - 1
 
 
@@ -75,12 +78,22 @@ def check_solver(p: caffe_pb2.SolverParameter, path) -> None:
     def bad(field: str, what: str):
         raise CaffeFileError(path, f"{field}: {what}")
 
-    if p.type not in ("", "SGD"):
-        bad("type", f"solver type '{p.type}' is not supported (sfport trains with SGD)")
-    for field in ("base_lr", "momentum", "weight_decay", "gamma", "power", "clip_gradients"):
+    kind = p.type or "SGD"
+    if kind not in TYPES:   # solver_factory.hpp SolverRegistry::CreateSolver: "Unknown solver type"
+        bad("type", f"unknown solver type '{p.type}' (known types: {', '.join(TYPES)})")
+    for field in ("base_lr", "momentum", "weight_decay", "gamma", "power", "clip_gradients", "delta", "momentum2",
+                  "rms_decay"):
         v = getattr(p, field)
         if not math.isfinite(v):
             bad(field, f"{v} is not a finite number")
+    if kind in ("AdaGrad", "RMSProp") and p.momentum != 0:   # sgd_solvers.hpp constructor_sanity_check
+        bad("momentum", f"{p.momentum:g}: momentum cannot be used with {kind} (Caffe: CHECK_EQ(0, momentum))")
+    if kind == "RMSProp" and not 0 <= p.rms_decay < 1:         # CHECK_GE(rms_decay, 0), CHECK_LT(rms_decay, 1)
+        bad("rms_decay", f"{p.rms_decay:g}: rms_decay should lie between 0 and 1")
+    if p.eval_type not in ("classification", "detection"):   # the SSD fork's TestAll: "Unknown evaluation type"
+        bad("eval_type", f"unknown evaluation type '{p.eval_type}' (classification or detection)")
+    if p.eval_type == "detection" and p.ap_version not in AP_VERSIONS:   # bbox_util.cpp ComputeAP: "Unknown ap_version"
+        bad("ap_version", f"unknown ap_version '{p.ap_version}' ({', '.join(AP_VERSIONS)})")
     if p.average_loss < 1:   # solver.cpp Solver::Init: CHECK_GE(param_.average_loss(), 1)
         bad("average_loss", f"{p.average_loss} must be at least 1 (Caffe: CHECK_GE(average_loss, 1))")
     if p.iter_size < 1:      # Solver::Step sums iter_size passes and SGDSolver::Normalize divides by it
@@ -160,12 +173,14 @@ def _pow(x: float, y: float) -> float:
 
 @dataclass
 class Blob:
-    """One learnable blob as the solver sees it: the parameter, its momentum history, its multipliers."""
+    """One learnable blob as the solver sees it: the parameter, its histories (Caffe's ``history_[i]`` and, for
+    AdaDelta and Adam, ``history_[N + i]``), its multipliers."""
     name: str
     param: torch.Tensor
     history: torch.Tensor
     lr_mult: float = 1.0
     decay_mult: float = 1.0
+    history2: torch.Tensor | None = None
 
 
 @dataclass
@@ -173,8 +188,34 @@ class UpdateInfo:
     rate: float
     clip_norm: float | None = None      # the L2 norm when clipping scaled the gradients down
     clip_scale: float | None = None
-    iter: int | None = None             # SGDState.step: the update's number (before ``iter += 1``)
-    message: str | None = None          # SGDState.step: 'MultiStep Status' when the lr step advanced
+    iter: int | None = None             # SolverState.step: the update's number (before ``iter += 1``)
+    message: str | None = None          # SolverState.step: 'MultiStep Status' when the lr step advanced
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The solver fields an update rule reads, as Caffe's ``Dtype`` (float32) values: ``momentum`` (Adam's
+    beta1), ``momentum2`` (Adam's beta2), ``delta`` (AdaGrad, RMSProp, AdaDelta; Adam's eps_hat), ``rms_decay``,
+    ``weight_decay``, ``iter_size``, ``regularization`` and ``clip_gradients``."""
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    iter_size: int = 1
+    regularization: str = "L2"
+    clip_gradients: float = -1.0
+    delta: float = 1e-8
+    momentum2: float = 0.999
+    rms_decay: float = 0.99
+
+    @classmethod
+    def of(cls, p: caffe_pb2.SolverParameter) -> "Hyper":
+        return cls(float(f32(p.momentum)), float(f32(p.weight_decay)), max(p.iter_size, 1),
+                   p.regularization_type or "L2", float(f32(p.clip_gradients)), float(f32(p.delta)),
+                   float(f32(p.momentum2)), float(f32(p.rms_decay)))
+
+
+def fmul(a: float, b: float) -> float:
+    """``Dtype(a) * Dtype(b)`` in float32, as a Python float (a coefficient Caffe computes in float)."""
+    return float(f32(a) * f32(b))
 
 
 @torch.no_grad()
@@ -187,161 +228,45 @@ def gradient_l2_norm(blobs: list[Blob]) -> float:
 
 
 @torch.no_grad()
-def sgd_update(blobs: list[Blob], rate: float, momentum: float, weight_decay: float, iter_size: int = 1,
-               regularization: str = "L2", clip_gradients: float = -1.0) -> UpdateInfo:
-    """One Caffe SGD update (SGDSolver::ApplyUpdate after the rate): clip the accumulated gradients by their global
-    L2 norm, then per blob ``g /= iter_size``; ``g += weight_decay*decay_mult * (w | sign(w))``;
-    ``h = momentum*h + rate*lr_mult*g``; ``w -= h``. Blobs with lr_mult 0 are left alone (no gradient, no
-    update; their history stays 0). Mutates params and histories in place; ``.grad`` is consumed."""
+def gradients(blobs: list[Blob], rate: float, hp: Hyper) -> tuple[UpdateInfo, list[torch.Tensor]]:
+    """What every rule starts from (SGDSolver::ApplyUpdate before ComputeUpdateValue, sgd_solver.cpp): the
+    accumulated gradients clipped by their global L2 norm (ClipGradients), then per blob ``g /= iter_size``
+    (Normalize) and ``g += weight_decay*decay_mult * (w | sign(w))`` (Regularize). Every learnable blob takes
+    part, lr_mult 0 too, as in Caffe (a blob without gradient has Caffe's cleared diff, 0). ``.grad`` is
+    consumed."""
     info = UpdateInfo(rate)
-    if clip_gradients >= 0:
+    if hp.regularization not in ("L1", "L2"):
+        raise ValueError(f"unknown regularization_type '{hp.regularization}' (Caffe has L1 and L2)")
+    if hp.clip_gradients >= 0:
         norm = gradient_l2_norm(blobs)
-        if norm > clip_gradients:
-            scale = clip_gradients / norm
+        if norm > hp.clip_gradients:
+            scale = hp.clip_gradients / norm
             info.clip_norm, info.clip_scale = norm, scale
             for b in blobs:
                 if b.param.grad is not None:
                     b.param.grad.mul_(scale)
-    if regularization not in ("L1", "L2"):
-        raise ValueError(f"unknown regularization_type '{regularization}' (Caffe has L1 and L2)")
+    out = []
     for b in blobs:
-        if b.lr_mult == 0:
-            continue
         g = b.param.grad
         if g is None:
             g = torch.zeros_like(b.param)
-        if iter_size > 1:
-            g = g.mul(1.0 / iter_size)
-        local_decay = weight_decay * b.decay_mult
+        if hp.iter_size > 1:
+            g = g.mul(float(f32(1) / f32(hp.iter_size)))
+        local_decay = fmul(hp.weight_decay, b.decay_mult)
         if local_decay:
             w = b.param.detach()
-            g = g.add(w if regularization == "L2" else torch.sign(w), alpha=local_decay)
-        b.history.mul_(momentum).add_(g, alpha=rate * b.lr_mult)
+            g = g.add(w if hp.regularization == "L2" else torch.sign(w), alpha=local_decay)
+        out.append(g)
+    return info, out
+
+
+@torch.no_grad()
+def sgd_update(blobs: list[Blob], rate: float, hp: Hyper, it: int = 0) -> UpdateInfo:
+    """One Caffe SGD update (SGDSolver::ComputeUpdateValue after :func:`gradients`): ``h = momentum*h +
+    rate*lr_mult*g``; ``w -= h`` (Net::Update). Mutates params and histories in place. ``it`` (the update's
+    number) is not used by SGD; every rule takes it (Adam's bias correction does)."""
+    info, grads = gradients(blobs, rate, hp)
+    for b, g in zip(blobs, grads):
+        b.history.mul_(hp.momentum).add_(g, alpha=fmul(rate, b.lr_mult))
         b.param.sub_(b.history)
     return info
-
-
-class SGDState:
-    """The solver's state around the pure rule above (as ``torch.optim.SGD`` is a thin class over its functional
-    core): the update count ``iter``, multistep's ``current_step`` and the learnable ``blobs`` (parameter,
-    momentum history, multipliers, in Caffe's learnable_params order). :meth:`step` is one update
-    (SGDSolver::ApplyUpdate, then Solver::Step's ``++iter_``); :meth:`state_dict` / :meth:`load_state_dict`
-    move the state in and out of sfport checkpoints, :meth:`to_solverstate` / :meth:`load_solverstate` in and out
-    of Caffe's ``.solverstate`` (SGDSolver::SnapshotSolverStateToBinaryProto / RestoreSolverStateFromBinaryProto).
-    """
-
-    def __init__(self, params: list[tuple[str, torch.Tensor, float, float]], iter: int = 0, current_step: int = 0):
-        """``params``: ``(name, parameter, lr_mult, decay_mult)`` per learnable blob; the histories start at 0."""
-        self.blobs = [Blob(name, p, torch.zeros_like(p), float(lr), float(dm)) for name, p, lr, dm in params]
-        self.iter = iter
-        self.current_step = current_step
-
-    def reset_history(self) -> None:
-        for b in self.blobs:
-            b.history = torch.zeros_like(b.param)
-
-    def zero_grad(self) -> None:
-        for b in self.blobs:
-            b.param.grad = None
-
-    def step(self, p: caffe_pb2.SolverParameter) -> UpdateInfo:
-        """One update with the solver's lr policy, momentum, decay, iter_size, regularization and clipping, from the
-        accumulated ``.grad``s; then ``iter += 1``. The info carries the rate, the clipping, the update's number
-        and the 'MultiStep Status' message when the lr step advanced."""
-        rate, self.current_step, message = learning_rate(p, self.iter, self.current_step)
-        info = sgd_update(self.blobs, rate, p.momentum, p.weight_decay, max(p.iter_size, 1),
-                          p.regularization_type or "L2", p.clip_gradients)
-        info.iter, info.message = self.iter, message
-        self.iter += 1
-        return info
-
-    # -- sfport checkpoints ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Plain ints, lists and CPU tensors (what ``torch.load(weights_only=True)`` reads back)."""
-        return {"iter": self.iter, "current_step": self.current_step,
-                "history": [b.history.detach().cpu() for b in self.blobs],
-                "blob_names": [b.name for b in self.blobs]}
-
-    def check_state_dict(self, d: dict, path=None) -> tuple[int, int, list[torch.Tensor]]:
-        """What :meth:`load_state_dict` would restore, (iter, lr step, histories), changing nothing: a container
-        of the wrong structure (a missing key, a count that is not an int32 >= 0, another number, order or shape
-        of histories, blob names of another net) is a :class:`CaffeFileError` naming ``path`` and the key."""
-        for key, kind in (("iter", int), ("current_step", int), ("history", list)):
-            if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
-                raise CaffeFileError(path, f"'{key}' is missing or not {'a list' if kind is list else 'an integer'}")
-        _check_counts(d["iter"], d["current_step"], path)
-        names = d.get("blob_names")
-        if names is not None:
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise CaffeFileError(path, "'blob_names' is not a list of names")
-            ours = [b.name for b in self.blobs]
-            if names != ours:
-                diff = next((f"blob {i} is '{a}', the net's is '{b}'" for i, (a, b) in enumerate(zip(names, ours))
-                             if a != b), f"{len(names)} blobs, the net has {len(ours)}")
-                raise CaffeFileError(path, f"'blob_names' are those of another net: {diff}")
-        history = d["history"]
-        self._check_history(history, path, "'history'")
-        for b, h in zip(self.blobs, history):
-            if h.dtype != torch.float32:
-                raise CaffeFileError(path, f"'history' of {b.name} is {str(h.dtype).replace('torch.', '')}, "
-                                           f"not float32")
-        return d["iter"], d["current_step"], history
-
-    def load_state_dict(self, d: dict, path=None) -> None:
-        """Restore from :meth:`state_dict`, checked first by :meth:`check_state_dict` (nothing changes when it
-        fails)."""
-        self.apply(*self.check_state_dict(d, path))
-
-    def apply(self, iter: int, current_step: int, history: list[torch.Tensor]) -> None:
-        """Set the state to what :meth:`check_state_dict` / :meth:`check_solverstate` returned."""
-        for b, h in zip(self.blobs, history):
-            b.history = h.to(b.param.device, b.param.dtype).clone()
-        self.iter, self.current_step = iter, current_step
-
-    # -- Caffe's .solverstate -------------------------------------------------------------------------------
-    def to_solverstate(self, learned_net: str) -> caffe_files.SolverStateFile:
-        """The ``.solverstate`` of this state, its weights in ``learned_net`` (for caffe_files.write_solverstate)."""
-        state = caffe_pb2.SolverState(iter=self.iter, learned_net=learned_net, current_step=self.current_step)
-        history = [b.history.detach().float().cpu().numpy() for b in self.blobs]
-        return caffe_files.SolverStateFile(None, state, history)
-
-    def check_solverstate(self, st: caffe_files.SolverStateFile) -> tuple[int, int, list[torch.Tensor]]:
-        """What :meth:`load_solverstate` would restore, changing nothing. Caffe's
-        SGDSolver::RestoreSolverStateFromBinaryProto (sgd_solver.cpp): ``CHECK_EQ(state.history_size(),
-        history_.size()) << "Incorrect length of history blobs."``, then Blob::FromProto per blob, which takes a
-        history of the parameter's element count in whatever shape it was stored (a legacy 4-D one): it is
-        reshaped to the parameter here."""
-        if len(st.history) != len(self.blobs):
-            raise CaffeFileError(st.path, f"incorrect length of history blobs: {len(st.history)} history blobs, the "
-                                          f"net has {len(self.blobs)} learnable blobs")
-        _check_counts(int(st.state.iter), int(st.state.current_step), st.path)
-        history = []
-        for b, h in zip(self.blobs, st.history):
-            if h.size != b.param.numel():
-                raise CaffeFileError(st.path, f"history of {b.name}: {list(h.shape)} does not fit "
-                                              f"{list(b.param.shape)}")
-            history.append(torch.from_numpy(np.array(h, dtype=np.float32)).reshape(b.param.shape))
-        self._check_history(history, st.path, "history")
-        return int(st.state.iter), int(st.state.current_step), history
-
-    def load_solverstate(self, st: caffe_files.SolverStateFile) -> None:
-        """Iteration, lr step and the histories of a ``.solverstate``, checked first by
-        :meth:`check_solverstate`."""
-        self.apply(*self.check_solverstate(st))
-
-    def _check_history(self, history: list, path, key: str) -> None:
-        if len(history) != len(self.blobs):
-            raise CaffeFileError(path, f"{len(history)} history blobs, the net has {len(self.blobs)} learnable blobs")
-        for b, h in zip(self.blobs, history):
-            if not isinstance(h, torch.Tensor):
-                raise CaffeFileError(path, f"{key} of {b.name} is not a tensor")
-            if h.shape != b.param.shape:
-                raise CaffeFileError(path, f"history of {b.name}: {list(h.shape)} does not fit {list(b.param.shape)}")
-
-
-def _check_counts(it: int, current_step: int, path) -> None:
-    """Caffe keeps the iteration and the lr step as int32 (SolverState.iter, current_step)."""
-    for key, v in (("iter", it), ("current_step", current_step)):
-        if not 0 <= v <= INT32_MAX:
-            raise CaffeFileError(path, f"'{key}' is {v}: negative or past int32 "
-                                       f"({'iteration' if key == 'iter' else 'lr step'})")

@@ -26,15 +26,21 @@ from sfport.solver.paths import RULE, resolve_path
 CONTINUOUS = ("exp", "inv", "poly", "sigmoid")   # a new rate every iteration: the schedule table is sampled
 POLICY_FIELDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",), "inv": ("gamma", "power"),
                  "multistep": ("gamma", "stepvalue"), "poly": ("power",), "sigmoid": ("gamma", "stepsize")}
+# the fields each update rule reads (sgd_solvers.hpp and the rules of sfport.solver.rules): Adam's beta1 and beta2
+# are momentum and momentum2, its eps_hat delta
+TYPE_FIELDS = {"SGD": ("momentum",), "Nesterov": ("momentum",), "AdaGrad": ("delta",),
+               "RMSProp": ("rms_decay", "delta"), "AdaDelta": ("momentum", "delta"),
+               "Adam": ("momentum", "momentum2", "delta")}
 SAMPLES = 10        # intervals of the sampled table of a continuous policy
 CURVE_POINTS = 500  # iterations the drawn curve of a continuous policy is evaluated at
 
 
 def important_fields(sp: caffe_pb2.SolverParameter) -> list[str]:
     """The settings shown even when the file leaves them at Caffe's defaults."""
-    return (["type", "base_lr", "lr_policy", *POLICY_FIELDS.get(sp.lr_policy, ()), "momentum", "weight_decay",
-             "regularization_type", "max_iter", "iter_size", "display", "test_iter", "test_interval", "snapshot",
-             "snapshot_prefix", "solver_mode", "random_seed"])
+    return (["type", "base_lr", "lr_policy", *POLICY_FIELDS.get(sp.lr_policy, ()),
+             *TYPE_FIELDS.get(sp.type or "SGD", ()), "weight_decay", "regularization_type", "clip_gradients",
+             "max_iter", "iter_size", "display", "test_iter", "test_interval", "snapshot", "snapshot_prefix",
+             "snapshot_format", "solver_mode", "random_seed"])
 
 
 def _value(msg, fd):
