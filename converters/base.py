@@ -90,6 +90,8 @@ class Converter:
     coord_bottoms: int | None = None  # the bottoms coord_map.py walks through (None: all; Crop: the first)
     param_field: str | None = None  # the LayerParameter field its parameters are read from, where the schema's
     #                                 <Type>Parameter naming does not say (Deconvolution: convolution_param)
+    fork_fields: tuple = ()         # fields of a fork's schema (``--proto``) it reads: ``my_param`` or
+    #                                 ``convolution_param.my_flag`` (sfport.formats.forkschema.check_layer)
 
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""

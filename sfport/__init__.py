@@ -72,6 +72,7 @@ PUBLIC_NAMES = {"Net": ("sfport.pycaffe.net", "Net"), "TorchNet": ("sfport.runti
                 "set_solver_rank": ("sfport.pycaffe.common", "set_solver_rank"),
                 "set_multiprocess": ("sfport.pycaffe.common", "set_multiprocess"), "Transformer": ("sfport.data.caffe_io", "Transformer"),
                 "merge": ("sfport.netdef.weight_match", "merge"),
+                "use_proto": ("sfport.formats.forkschema", "use"),
                 "summarize": ("sfport.netdef.inspection", "summarize"),
                 # pycaffe's (python/caffe/__init__.py) names that sfport ports so far
                 "NetSpec": ("sfport.pycaffe.net_spec", "NetSpec"), "layers": ("sfport.pycaffe.net_spec", "layers"),

@@ -16,7 +16,7 @@ import click
 
 from sfport.commands import data, draw, faces, model, score, solver, timing
 from sfport.errors import CaffeFileError
-from sfport.formats import disk
+from sfport.formats import disk, forkschema
 
 EXIT_BAD_INPUT = 2
 
@@ -66,11 +66,18 @@ class _Group(click.Group):
 @click.option("--python-layers", is_flag=True, help="Run the model's Python layers: import the modules their "
                                                      "python_param names (working directory, PYTHONPATH). That runs "
                                                      "their code; without this flag a Python layer is refused.")
+@click.option("--proto", "proto", metavar="CAFFE.PROTO", help="A Caffe fork's caffe.proto, merged with sfport's "
+                                                                "schema so that the fork's files parse (needs "
+                                                                "grpcio-tools: pip install 'sfport[proto]').")
 @click.version_option(package_name="sfport")
 @click.pass_context
-def cli(ctx, debug, max_file_size, python_layers):
+def cli(ctx, debug, max_file_size, python_layers, proto):
     """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
     ctx.ensure_object(dict)
+    forkschema.reset()   # each invocation starts from sfport's own schema
+    if proto:
+        for note in forkschema.use(proto):
+            click.echo(f"sfport: --proto {proto}: {note}", err=True)
     if python_layers:
         from sfport.pycaffe import pylayers
         pylayers.enable()

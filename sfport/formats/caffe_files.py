@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import atomic_write, check_readable_file, max_file_bytes
 from sfport.protos import caffe_pb2
-from sfport.formats import upgrade, wire
+from sfport.formats import forkschema, upgrade, wire
 
 TEXT = "text"
 BINARY = "binary"
@@ -145,6 +145,9 @@ def _parse_text(path, data: bytes, message):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
         where = f"{path}:{line}:{col}" if line is not None else str(path)
+        if "has no field named" in msg:   # a fork's field: its own caffe.proto can be merged
+            msg = msg.rstrip(".") + (" (the field of a Caffe fork? give that fork's caffe.proto with --proto)" if
+                    forkschema.in_use() is None else f" (nor has the schema of --proto {forkschema.in_use()})")
         raise CaffeFileError(where, f"syntax error: {_shorten(msg)}") from None
     return message
 

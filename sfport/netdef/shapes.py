@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from sfport import converters
-from sfport.formats import caffe_files
+from sfport.formats import caffe_files, forkschema
 from sfport.formats.caffe_files import as_text
 from sfport.errors import CaffeFileError
 from sfport.netdef.datalayers import data_tops, is_data_layer
@@ -105,6 +105,9 @@ def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
             continue
         wiring.add(layer)
         bottoms = [blobs.get(b) for b in layer.bottom]
+        converter = converters.find(layer.type)
+        if converter is not None or is_data_layer(layer):   # (an unknown type is its own error, below)
+            forkschema.check_layer(layer, converter)   # --proto: no fork field goes unread
         if is_data_layer(layer):
             tops, params = data_tops(layer, given), []
             for j, shape in enumerate(tops):

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from sfport.errors import CaffeFileError
-from sfport.formats import caffe_files, hdf5_weights
+from sfport.formats import caffe_files, forkschema, hdf5_weights
 from sfport.formats.caffe_files import as_text
 from sfport.netdef import datalayers, netstate
 from sfport.netdef.graph import loss_weights
@@ -51,8 +51,11 @@ class Net:
     """``caffe.Net(network_file, phase, level=0, stages=None, weights=None)`` or ``caffe.Net(network_file,
     weights_file, phase)``: pycaffe's Net (``phase`` may also be 'train' / 'test')."""
 
-    def __init__(self, network_file, *args, phase=None, level: int | None = None, stages=None, weights=None):
+    def __init__(self, network_file, *args, phase=None, level: int | None = None, stages=None, weights=None,
+                 proto=None):
         phase, weights = _phase_arg(args, phase, weights)
+        if proto is not None:   # sfport's: a fork's caffe.proto merged with the schema (sfport --proto)
+            forkschema.use(proto)
         model = network_file if isinstance(network_file, caffe_files.CaffeModel) else \
             caffe_files.read_net(network_file)
         self._path = model.path
