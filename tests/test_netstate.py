@@ -7,6 +7,7 @@ phase (if any) is the state's, min_level <= level <= max_level (where given), al
 and none of its not_stages."""
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from google.protobuf import text_format
 
 import sfport
@@ -15,6 +16,8 @@ from sfport.errors import CaffeFileError
 from sfport.netdef.netstate import NetState
 from sfport.protos import caffe_pb2
 from sfport.solver.config import net_states
+from sfport.cli import cli
+from tests.conftest import FIXTURES
 
 RULES = """
 name: "rules"
@@ -239,3 +242,19 @@ def test_a_loss_without_a_top_goes_and_the_classifier_is_the_output():
     assert deploy.net_outputs(netstate.filter_net(net, "TEST")) == ["accuracy"]
     d = deploy.derive(net)
     assert deploy.net_outputs(d.net) == ["fc8"] and d.inputs == {"data": (3, 3, 6, 6)}
+
+
+def test_a_training_definition_read_in_test_names_its_data_layer_and_the_option():
+    """MobileNet-SSD's train prototxt has its only data layer in TRAIN: deploy and inspect (TEST by default) name
+    that layer, its rule and the options that select it, in the one error line (issue 31 item 6)."""
+    path = str(FIXTURES / "ssd" / "MobileNetSSD_train.prototxt")
+    for args in (["deploy", path, "-o", "unused.prototxt"], ["inspect", path]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2
+        assert r.stderr.strip() == (
+            f"sfport: error: {path}: layer 'conv0' (Convolution): unknown bottom blob 'data' (bottom index 0): no "
+            f"earlier layer produces it; in this file layer 'data' (AnnotatedData) makes it with include "
+            f"{{ phase: TRAIN }}, and this net is TEST: choose the state that includes it with --phase, --stage or "
+            f"--level")
+    r = CliRunner().invoke(cli, ["inspect", "--phase", "TRAIN", path])
+    assert r.exit_code == 0 and "24 3 300 300" in r.output

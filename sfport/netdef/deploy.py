@@ -30,8 +30,8 @@ from sfport import converters
 from sfport.formats import caffe_files
 from sfport.netdef import datalayers
 from sfport.errors import CaffeFileError
-from sfport.netdef.netstate import NetState, filter_net, stored_phase
-from sfport.netdef.wiring import Wiring, without_splits
+from sfport.netdef.netstate import NetState, filter_net, missing_producer_hint, stored_phase
+from sfport.netdef.wiring import UnknownBottom, Wiring, without_splits
 from sfport.protos import caffe_pb2
 
 
@@ -93,7 +93,9 @@ def derive(net, state=None, input_shapes=None, path=None, already_filtered: bool
                 consumers.setdefault(v, []).append((len(records), j))
             records.append([layer, bottoms, tops, None])
     except CaffeFileError as e:
-        raise CaffeFileError(e.path or path, e.message) from None
+        hint = missing_producer_hint(net, e.blob, state) if isinstance(e, UnknownBottom) and not already_filtered \
+            else ""
+        raise CaffeFileError(e.path or path, e.message + hint) from None
 
     def label_use(v: int, seen=()) -> bool:
         """Whether a blob is read only as a label: by a loss or accuracy at a bottom after the first, at a label

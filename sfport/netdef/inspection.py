@@ -12,7 +12,8 @@ from sfport.netdef import builtin, datalayers, shapes, wiring
 from sfport.errors import CaffeFileError
 from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape
 from sfport.netdef import netstate
-from sfport.netdef.netstate import NetState, filter_net, stored_phase
+from sfport.netdef.netstate import NetState, filter_net, missing_producer_hint, stored_phase
+from sfport.netdef.wiring import UnknownBottom
 from sfport.protos import caffe_pb2
 
 from sfport.netdef.weight_match import MergeReport, merge
@@ -265,7 +266,11 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
         shown = read
     else:
         shown = CaffeModel(read.path, net, [[] for _ in net.layer], read.upgrades, read.kind)
-    walked = shape_walk(net, _given_shapes(net, input_shapes, path), path)
+    try:
+        walked = shape_walk(net, _given_shapes(net, input_shapes, path), path)
+    except UnknownBottom as e:   # a training definition read in a state without its data layer: say which has it
+        raise CaffeFileError(e.path or path, e.message + ("" if stored else
+                                                          missing_producer_hint(read.net, e.blob, state))) from None
     rows = _rows(shown, shown.net, walked, labels=[_phase_label(layer) for layer in net.layer])
     folded = 0
     if not splits:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from google.protobuf import text_format
+
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 
@@ -93,6 +95,25 @@ def included(layer, state: NetState, path=None) -> bool:
     if len(layer.include):
         return any(meets_rule(r, state) for r in layer.include)
     return not any(meets_rule(r, state) for r in layer.exclude)
+
+
+def missing_producer_hint(net, blob: str, state) -> str:
+    """For a bottom ``blob`` no layer of ``net`` in ``state`` produces: the layers of the file that do produce it
+    and the rules that leave them out, with the option that selects them ('' when no layer of the file makes it).
+    E.g. a training definition's only data layer in TRAIN, read in TEST."""
+    state = NetState.of(state).for_net(net)
+    found = []
+    for layer in net.layer:
+        if blob in layer.top and not included(layer, state):
+            rules = [text_format.MessageToString(r, as_one_line=True) for r in layer.include]
+            where = ("with include { " + " } or { ".join(rules) + " }") if rules else \
+                "except with exclude { " + " } or { ".join(text_format.MessageToString(r, as_one_line=True)
+                                                            for r in layer.exclude) + " }"
+            found.append(f"layer '{layer.name}' ({layer.type}) makes it {where}")
+    if not found:
+        return ""
+    return (f"; in this file {'; '.join(found)}, and this net is {state.describe()}: choose the state that includes "
+            f"it with --phase, --stage or --level")
 
 
 def stored_phase(net) -> int | None:

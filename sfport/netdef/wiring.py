@@ -29,6 +29,15 @@ def about_layer(layer, message: str) -> str:
     return f"layer '{as_text(layer.name)}' ({as_text(layer.type)}): {message}"
 
 
+class UnknownBottom(CaffeFileError):
+    """Net::AppendBottom's "Unknown bottom blob": ``blob`` (the name) is read before any layer produces it."""
+
+    def __init__(self, layer, blob: str, index: int):
+        super().__init__(None, about_layer(layer, f"unknown bottom blob '{blob}' (bottom index {index}): no earlier "
+                                                  f"layer produces it"))
+        self.blob = blob
+
+
 class Wiring:
     """The values of a net's blobs as its layers are added in order. ``add`` checks what Caffe checks: a bottom
     must have been produced before ("Unknown bottom blob"); a top is new, or in place - the same name as the
@@ -52,8 +61,7 @@ class Wiring:
         read = []
         for j, b in enumerate(names):
             if b not in self.current:
-                raise CaffeFileError(None, about_layer(layer, f"unknown bottom blob '{as_text(b)}' (bottom index "
-                                                              f"{j}): no earlier layer produces it"))
+                raise UnknownBottom(layer, as_text(b), j)
             v = self.current[b]
             self.readers[v] = self.readers.get(v, 0) + 1
             read.append(v)
@@ -126,8 +134,7 @@ def insert_splits(net):
     for i, layer in enumerate(net.layer):
         for j, b in enumerate(layer.bottom):
             if b not in last_top:
-                raise CaffeFileError(None, about_layer(layer, f"unknown bottom blob '{as_text(b)}' (bottom index "
-                                                              f"{j}): no earlier layer produces it"))
+                raise UnknownBottom(layer, as_text(b), j)
             source[(i, j)] = last_top[b]
             count[last_top[b]] = count.get(last_top[b], 0) + 1
         for j, t in enumerate(layer.top):
