@@ -45,6 +45,7 @@ from __future__ import annotations
 # The built-in families register themselves with the registry of .base when they are imported.
 from . import (activations, conv, detection_eval, hdf5, linear, loss, margin, multibox, norm, pooling,  # noqa: F401
                recurrent, resize, ssd, structure)
+from . import roi  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
                    find, folded_blobs, get, in_export_form, is_loss, is_sink, is_training_only, label_bottoms,
                    load_plugins, register, registered_types, unregister)

@@ -67,6 +67,24 @@ def pooling_geometry(p) -> tuple[tuple[int, int], tuple[int, int], tuple[int, in
     return (kh, kw), (sh, sw), (ph, pw)
 
 
+def pooling_ceil(layer) -> bool:
+    """Whether a Pooling layer rounds its output size up (ceil) rather than down (floor). BVLC 2018's
+    ``round_mode`` (pooling_layer.cpp Reshape: ``case PoolingParameter_RoundMode_CEIL``) and the ceil-mode forks'
+    (and OpenCV's) ``ceil_mode`` (their pooling_layer.cpp Reshape: ``if (ceil_mode_)``; sfport's field 2005) say
+    the same thing; neither set: ceil, both forms' default. A fork never has both: where both are set they must
+    agree, else the layer is refused (sfport cannot know which one its author meant)."""
+    p = layer.pooling_param
+    has_ceil = "ceil_mode" in p.DESCRIPTOR.fields_by_name and p.HasField("ceil_mode")
+    if not has_ceil:
+        return p.round_mode == p.CEIL
+    if p.HasField("round_mode") and p.ceil_mode != (p.round_mode == p.CEIL):
+        said = p.DESCRIPTOR.fields_by_name["round_mode"].enum_type.values_by_number[p.round_mode].name
+        raise ValueError(f"layer '{layer.name}': round_mode {said} and ceil_mode {str(p.ceil_mode).lower()} "
+                         f"disagree; give one of them (round_mode is BVLC's field, ceil_mode the ceil-mode forks' "
+                         f"and OpenCV's)")
+    return p.ceil_mode
+
+
 def pooled_size(height: int, width: int, kernel, stride, pad, ceil: bool = True) -> tuple[int, int]:
     """PoolingLayer::Reshape (pooling_layer.cpp): ``ceil`` (or ``floor``) of ``(H + 2 pad - k) / stride`` + 1,
     then, if either pad is nonzero (``if (pad_h_ || pad_w_)``, so for both axes), a last window that starts at

@@ -1,5 +1,6 @@
 """Normalisation layers: BatchNorm (three blobs: mean_sum, var_sum, scale factor), Scale, Bias, LRN (across and
-within channels), MVN, and the SSD fork's Normalize."""
+within channels), MVN, the SSD fork's Normalize, and the SegNet / ENet forks' BN (four blobs: slope, bias, the
+moving mean and the moving inverse standard deviation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SameShape, register
+from .base import SameShape, in_export_form, register
 from sfport.converters.fillers import constant
 from .geometry import canonical_axis
 
@@ -295,3 +296,117 @@ class NormalizeConverter(SameShape):
 
     def random_blobs(self, layer, shapes, rng):
         return _random_scales(shapes, rng)
+
+
+# ---- BN (the SegNet / ENet / yjxiong forks; the brocolli fork's bn_layer.cpp) -------------------------------------
+
+class _StoredStatsGrad(torch.autograd.Function):
+    """``(x - mean) * inv_std`` with the stored statistics, differentiated as BNLayer::Backward_cpu does when the
+    layer is not frozen: that backward always treats the statistics as the batch's (``x_norm_``, ``x_inv_std_`` are
+    what Forward_cpu saved, the stored ones in the TEST phase), ``dx = inv_std * (g - mean(g) - x_norm *
+    mean(g * x_norm))`` with the means over all axes but the channel, ``g`` the gradient of ``x_norm``. In the
+    TRAIN phase this is autograd's gradient of the batch normalisation; here, in the TEST phase, it is not the
+    derivative of the forward, but it is Caffe's. The statistics get no gradient (Backward_cpu writes no diff of
+    blobs 2 and 3)."""
+
+    @staticmethod
+    def forward(ctx, x, mean, inv_std):
+        x_norm = (x - mean) * inv_std
+        ctx.save_for_backward(x_norm, inv_std)
+        return x_norm
+
+    @staticmethod
+    def backward(ctx, g):
+        x_norm, inv_std = ctx.saved_tensors
+        dims = [0] + list(range(2, g.dim()))
+        dx = g - g.mean(dim=dims, keepdim=True) - x_norm * (g * x_norm).mean(dim=dims, keepdim=True)
+        return dx * inv_std, None, None
+
+
+class CaffeBN(nn.Module):
+    """The forks' BNLayer (brocolli-caffe 9.0.2 src/caffe/layers/bn_layer.cpp, from yjxiong's caffe). Blobs, each
+    1 x C: slope, bias, the moving mean and the moving *inverse standard deviation* (not a variance: Forward_cpu
+    multiplies by it as it is, with no eps).
+
+    Forward_cpu: frozen or in the TEST phase, ``(x - blob2) * blob3 * slope + bias``. In the TRAIN phase unless
+    frozen, the batch's mean and ``(mean((x - mean)^2) + eps)^-0.5`` (over all axes but the channel) instead, and
+    the moving blobs become ``(1 - momentum) * batch + momentum * blob`` (caffe_cpu_axpby) at every forward.
+    Backward_cpu: frozen, only ``dx = dy * slope * blob3`` (it returns before the parameter diffs, so slope and
+    bias get none); otherwise the slope and bias diffs and the batch-statistics ``dx`` (see
+    :class:`_StoredStatsGrad`, which gives it in the TEST phase too). Blobs 2 and 3 never get a diff; they stay
+    learnable blobs as in Caffe (param_propagate_down true: a solver with lr_mult != 0 weight-decays them)."""
+
+    def __init__(self, channels: int, momentum: float, eps: float, frozen: bool):
+        super().__init__()
+        self.slope = nn.Parameter(torch.ones(1, channels))
+        self.bias = nn.Parameter(torch.zeros(1, channels))
+        self.mean = nn.Parameter(torch.zeros(1, channels))
+        self.inv_std = nn.Parameter(torch.ones(1, channels))
+        self.caffe_blobs = ["slope", "bias", "mean", "inv_std"]
+        # the layer's Dtype values: bn_momentum_, 1 - bn_momentum_ and bn_eps_ as float
+        self.momentum = float(np.float32(momentum))
+        self.rest = float(np.float32(1) - np.float32(momentum))
+        self.eps, self.frozen = float(np.float32(eps)), frozen
+
+    def stored_stats(self) -> bool:
+        """Forward_cpu: ``if (frozen_ || this->phase_ == TEST)``: the moving blobs, not the batch's statistics."""
+        return self.frozen or not self.training
+
+    def forward(self, x):
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        slope, bias = self.slope.reshape(view), self.bias.reshape(view)
+        if self.stored_stats():
+            mean, inv_std = self.mean.detach().reshape(view), self.inv_std.detach().reshape(view)
+            if self.frozen:
+                return (x - mean) * inv_std * slope.detach() + bias.detach()
+            if torch.is_grad_enabled() and not in_export_form() and not torch.jit.is_tracing():
+                return _StoredStatsGrad.apply(x, mean, inv_std) * slope + bias
+            return (x - mean) * inv_std * slope + bias
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        centred = x - mean
+        inv_std = torch.pow((centred * centred).mean(dim=dims, keepdim=True) + self.eps, -0.5)
+        with torch.no_grad():
+            self.mean.mul_(self.momentum).add_(mean.detach().reshape(1, -1), alpha=self.rest)
+            self.inv_std.mul_(self.momentum).add_(inv_std.detach().reshape(1, -1), alpha=self.rest)
+        return centred * inv_std * slope + bias
+
+
+@register("BN")
+class BNConverter(SameShape):
+    fresh_top = True
+
+    def _check(self, layer, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if not 2 <= len(shape) <= 4:   # Reshape reads num/channels/height/width, the legacy accessors
+            raise ValueError(f"layer '{layer.name}': BN takes a blob of 2 to 4 axes, got {list(shape)}")
+        return shape[1]
+
+    def param_shapes(self, layer, bottom_shapes):
+        """LayerSetUp: four blobs of shape (1, C)."""
+        return [(1, self._check(layer, bottom_shapes))] * 4
+
+    def build(self, layer, bottom_shapes):
+        p = layer.bn_param
+        return CaffeBN(self._check(layer, bottom_shapes), p.momentum, p.eps, p.frozen)
+
+    def fillers(self, layer):
+        """LayerSetUp: slope_filler, bias_filler (each Caffe's default filler, constant 0, when not given), the
+        moving mean 0 and the moving inverse std 1."""
+        p = layer.bn_param
+        return [p.slope_filler, p.bias_filler, constant(0.0), constant(1.0)]
+
+    def random_blobs(self, layer, shapes, rng):
+        """A slope near 1, a small bias and mean, an inverse std in [0.5, 1.5]."""
+        c = shapes[0]
+        return [(1 + 0.1 * rng.standard_normal(c)).astype(np.float32), (0.1 * rng.standard_normal(c)).astype(
+            np.float32), (0.1 * rng.standard_normal(c)).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(
+            np.float32)]
+
+    def affine(self, layer, module, bottom_shape):
+        """With the stored statistics (frozen or TEST): ``(x - mean) * inv_std * slope + bias``."""
+        if not module.stored_stats():
+            return None
+        slope, bias, mean, inv = (getattr(module, n).detach().double().numpy().reshape(-1) for n in module.caffe_blobs)
+        a = inv * slope
+        return a, bias - mean * a

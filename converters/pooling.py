@@ -1,4 +1,5 @@
-"""Pooling: MAX / AVE / global, as Caffe's PoolingLayer (pooling_layer.cpp): ceil rounding (or round_mode FLOOR),
+"""Pooling: MAX / AVE / global, as Caffe's PoolingLayer (pooling_layer.cpp): ceil rounding (or round_mode FLOOR,
+or the ceil-mode forks' ``ceil_mode: false``: :func:`~.geometry.pooling_ceil`),
 with padding a last window that would start past the input dropped, AVE dividing by the window clipped to
 [-pad, H + pad); a MAX layer with two tops also gives the mask (the argmax's flat index in the input plane,
 which SegNet's Upsample takes). The modules take every size from the input tensor at run time and never read a
@@ -12,7 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Converter, NoParams, register
-from .geometry import coord_window, pooled_size, pooling_geometry  # noqa: F401 (pooled_size: this family's rule)
+from .geometry import (coord_window, pooled_size, pooling_ceil,  # noqa: F401 (pooled_size: this family's rule)
+                       pooling_geometry)
+
+
+FLT_MAX = 3.4028234663852886e38   # float's largest value, PoolingLayer::Forward_cpu's start value of a MAX output
 
 
 def _tail(k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
@@ -99,6 +104,13 @@ class MaxPool(_CaffePool):
             if self.mask:  # an index into the padded plane -> the index into the input plane
                 wp = xp.shape[-1]
                 idx = (idx // wp - self.pad[0]) * x.shape[-1] + (idx % wp - self.pad[1])
+            if any(self.tail) and not any(self.pad):
+                # ceil without padding keeps a last window that starts at the input's end (stride > kernel): it is
+                # empty, and Forward_cpu leaves its -FLT_MAX start value and mask -1 (no value is larger)
+                empty = y == float("-inf")
+                y = torch.where(empty, torch.full_like(y, -FLT_MAX), y)
+                if self.mask:
+                    idx = torch.where(empty, torch.full_like(idx, -1), idx)
         if not self.mask:
             return y
         return y, idx.to(x.dtype)
@@ -162,7 +174,7 @@ class PoolingConverter(NoParams):
             return [(n, c, 1, 1)] * len(layer.top)
         kernel, stride, pad = pooling_geometry(p)
         _check_geometry(layer.name, kernel, stride, pad)
-        return [(n, c) + pooled_size(h, w, kernel, stride, pad, p.round_mode == 0)] * len(layer.top)
+        return [(n, c) + pooled_size(h, w, kernel, stride, pad, pooling_ceil(layer))] * len(layer.top)
 
     def build(self, layer, bottom_shapes):
         p = layer.pooling_param
@@ -181,7 +193,7 @@ class PoolingConverter(NoParams):
             return GlobalMaxPool(mask) if method == "MAX" else GlobalAvePool()
         kernel, stride, pad = pooling_geometry(p)
         _check_geometry(layer.name, kernel, stride, pad)
-        return make_pool(method, kernel, stride, pad, p.round_mode == 0, mask)
+        return make_pool(method, kernel, stride, pad, pooling_ceil(layer), mask)
 
 
 # ---- SPP ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Layers that resize or reorder feature maps: Upsample (the nearest form of the YOLO forks and SegNet's unpooling
-form with a mask bottom), Interp (DeepLab / PSPNet bilinear) and ShuffleChannel (ShuffleNet). Each class names the
-C++ it follows; the modules take every size from their inputs at run time."""
+form with a mask bottom), Interp (DeepLab / PSPNet bilinear), ShuffleChannel (ShuffleNet), and the brocolli fork's
+MaxUnPool (unpooling to a stated size with a pooling mask) and PixelShuffle. Each class names the C++ it follows;
+the modules take every size from their inputs at run time."""
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,16 @@ class Upsample(NoBlobs):
         return y.reshape(*lead, h * self.sh, w * self.sw)
 
 
+def last_write(x, idx, like):
+    """``top[p, idx[p, i]] = x[p, i]`` for i in order into a zeroed top of ``like``'s shape (planes, out_h * out_w;
+    a tensor, so that a trace keeps the size dynamic): of two positions with the same index the later one wins,
+    as the C++ loops of the unpooling layers write them."""
+    pos = torch.arange(x.shape[1], device=x.device).expand_as(idx)
+    last = torch.full_like(like, -1, dtype=torch.long)
+    last = last.scatter_reduce(1, idx, pos, reduce="amax", include_self=True)  # the last i writing each place
+    return torch.where(last >= 0, x.gather(1, last.clamp(min=0)), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 class _Unpool(torch.autograd.Function):
     """SegNet's UpsampleLayer (alexgkendall/caffe-segnet, src/caffe/layers/upsample_layer.cpp) on planes
     flattened to (planes, positions): Forward_cpu zeroes the top and writes ``top[mask[i]] = bottom[i]`` for i in
@@ -41,13 +52,8 @@ class _Unpool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, idx, like):
-        # like: (planes, out_h * out_w), the top's shape (a tensor, so that a trace keeps the size dynamic)
-        pos = torch.arange(x.shape[1], device=x.device).expand_as(idx)
-        last = torch.full_like(like, -1, dtype=torch.long)
-        last = last.scatter_reduce(1, idx, pos, reduce="amax", include_self=True)  # the last i writing each place
         ctx.save_for_backward(idx)
-        return torch.where(last >= 0, x.gather(1, last.clamp(min=0)), torch.zeros((), dtype=x.dtype,
-                                                                                 device=x.device))
+        return last_write(x, idx, like)
 
     @staticmethod
     def backward(ctx, grad):
@@ -268,3 +274,100 @@ class ShuffleChannelConverter(NoParams):
 
     def build(self, layer, bottom_shapes):
         return ShuffleChannel(layer.name, self._group(layer, bottom_shapes))
+
+
+# ---- MaxUnPool and PixelShuffle (brocolli-caffe 9.0.2) ------------------------------------------------------------
+
+class MaxUnPool(NoBlobs):
+    """MaxUnPoolLayer (brocolli-caffe 9.0.2 src/caffe/layers/maxunpool_layer.cpp): per plane a zeroed ``dst_h x
+    dst_w`` top and, for i in order, ``top[static_cast<int>(mask[i])] = bottom[i]`` (Forward_cpu; a later i wins
+    an index it shares). An index past the plane is Caffe's LOG(FATAL) ("uppool top index ... out of range"), a
+    negative one its write before the buffer: both a ValueError naming the layer. Backward_cpu is empty (``{}`` in
+    maxunpool_layer.hpp): no gradient reaches either bottom, as in the fork."""
+
+    def __init__(self, name: str, dst_h: int, dst_w: int):
+        super().__init__()
+        self.name, self.dst_h, self.dst_w = name, dst_h, dst_w
+
+    def forward(self, x, mask):
+        n, c, h, w = x.shape
+        size = self.dst_h * self.dst_w
+        idx = mask.detach().reshape(n * c, h * w).to(torch.long)   # static_cast<int>: toward zero
+        if not torch.jit.is_tracing() and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+            bad = int(idx.max()) if int(idx.max()) >= size else int(idx.min())
+            raise ValueError(f"layer '{self.name}': uppool top index {bad} out of range [0, {size}) (dst_h x dst_w "
+                             f"{self.dst_h} x {self.dst_w}: the mask must come from a pooling of that size)")
+        y = last_write(x.detach().reshape(n * c, h * w), idx, x.new_empty(n * c, size))
+        return y.reshape(n, c, self.dst_h, self.dst_w)
+
+
+def _max_unpool_setup(layer, bottom_shapes) -> tuple[int, int]:
+    """MaxUnPoolLayer::LayerSetUp / Reshape: two bottoms, dst_h and dst_w both given (CHECK), a 4-D data bottom
+    (CHECK_EQ(4, num_axes)); the mask is read plane by plane with the data's offsets, so it must have the data's
+    shape (the fork does not check it and reads past a smaller one)."""
+    p, name = layer.max_unpool_param, layer.name
+    if len(layer.bottom) != 2:
+        raise ValueError(f"layer '{name}': MaxUnPool takes 2 bottoms (data and the pooling mask), got "
+                         f"{len(layer.bottom)}")
+    if not (p.HasField("dst_h") and p.HasField("dst_w")):
+        raise ValueError(f"layer '{name}': MaxUnPool needs max_unpool_param dst_h and dst_w (both are required)")
+    if p.dst_h < 1 or p.dst_w < 1:
+        raise ValueError(f"layer '{name}': MaxUnPool dst_h and dst_w must be positive, got {p.dst_h} x {p.dst_w}")
+    data, mask = (tuple(s) for s in bottom_shapes[:2])
+    if len(data) != 4 or data != mask:
+        raise ValueError(f"layer '{name}': MaxUnPool needs a 4-D data bottom and a mask of the same shape, got "
+                         f"{list(data)} and {list(mask)}")
+    return p.dst_h, p.dst_w
+
+
+@register("MaxUnPool")
+class MaxUnPoolConverter(NoParams):
+    def top_shapes(self, layer, bottom_shapes):
+        dst_h, dst_w = _max_unpool_setup(layer, bottom_shapes)
+        return [tuple(bottom_shapes[0][:2]) + (dst_h, dst_w)]
+
+    def build(self, layer, bottom_shapes):
+        return MaxUnPool(layer.name, *_max_unpool_setup(layer, bottom_shapes))
+
+
+class PixelShuffle(NoBlobs):
+    """PixelShuffleLayer (brocolli-caffe 9.0.2 src/caffe/layers/pixelshuffle_layer.cpp), Forward_cpu: ``top[n, p,
+    i*r + sh, j*r + sw] = bottom[n, p*r*r + sh*r + sw, i, j]`` for the ``C / (r*r)`` top channels p (integer
+    division: Reshape checks only ``C % r == 0``, so channels past ``(C / (r*r)) * r*r`` are not read). That is
+    PyTorch's pixel_shuffle (ONNX DepthToSpace, mode CRD). Backward_cpu is empty (``{}`` in pixelshuffle_layer.hpp):
+    no gradient reaches the bottom, as in the fork."""
+
+    def __init__(self, r: int):
+        super().__init__()
+        self.r = r
+
+    def forward(self, x):
+        used = (x.shape[1] // (self.r * self.r)) * self.r * self.r
+        if used != x.shape[1]:
+            x = x[:, :used]
+        return F.pixel_shuffle(x.detach(), self.r)
+
+
+def _pixel_shuffle_setup(layer, bottom_shapes) -> int:
+    """PixelShuffleLayer::LayerSetUp / Reshape: upscale_factor (``required`` in the fork's schema), ``CHECK_EQ(C %
+    r, 0)``; Forward_cpu indexes (n, c, h, w), so a 4-D bottom."""
+    r, shape, name = layer.pixelshuffle_param.upscale_factor, tuple(bottom_shapes[0]), layer.name
+    if r < 1:
+        raise ValueError(f"layer '{name}': PixelShuffle needs a positive pixelshuffle_param upscale_factor, got {r}")
+    if len(shape) != 4:
+        raise ValueError(f"layer '{name}': PixelShuffle takes a 4-D bottom, got {list(shape)}")
+    if shape[1] % r:
+        raise ValueError(f"layer '{name}': PixelShuffle needs channels divisible by upscale_factor {r}, got "
+                         f"{shape[1]}")
+    return r
+
+
+@register("PixelShuffle")
+class PixelShuffleConverter(NoParams):
+    def top_shapes(self, layer, bottom_shapes):
+        r = _pixel_shuffle_setup(layer, bottom_shapes)
+        n, c, h, w = bottom_shapes[0]
+        return [(n, c // (r * r), h * r, w * r)]
+
+    def build(self, layer, bottom_shapes):
+        return PixelShuffle(_pixel_shuffle_setup(layer, bottom_shapes))

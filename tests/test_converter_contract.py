@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from sfport import converters
 from sfport.netdef import shapes
 from sfport.protos import caffe_pb2
-from tests import (contract_catalogue, contract_io, contract_losses, contract_recurrent, contract_resize,
-                   contract_ssd)
+from tests import (contract_catalogue, contract_forks, contract_io, contract_losses,
+                   contract_recurrent, contract_resize, contract_roi, contract_ssd)
 
 IMG = (2, 3, 4, 5)
 FEATURES, LABELS = (4, 6), (4,)
@@ -60,7 +60,8 @@ CASES = {
     "InterClass": ("inter_class_param { num_output: 5 }", [FEATURES, LABELS], 1),
 }
 # the families added later keep their cases beside their tests
-for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io, contract_resize, contract_recurrent):
+for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io, contract_resize, contract_recurrent,
+                contract_forks, contract_roi):
     assert not set(_family.CASES) & set(CASES), set(_family.CASES) & set(CASES)
     CASES.update(_family.CASES)
 

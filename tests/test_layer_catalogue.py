@@ -20,9 +20,12 @@ Slice Softmax SoftmaxWithLoss Split SPP Swish TanH Threshold Tile WindowData""".
 
 # the forks' types sfport reads: SphereFace (MarginInnerProduct, InterClass), SSD (Normalize, PriorBox,
 # DetectionOutput, Permute, DetectionEvaluate, MultiBoxLoss), DeepLab (Interp), ShuffleNet (ShuffleChannel), MobileNet forks
-# (ReLU6, DepthwiseConvolution, ConvolutionDepthwise), SegNet / YOLO (Upsample)
+# (ReLU6, DepthwiseConvolution, ConvolutionDepthwise), SegNet / YOLO (Upsample), SegNet / ENet (BN), brocolli
+# (MaxUnPool, PixelShuffle)
 FORK_TYPES = """MarginInnerProduct InterClass Normalize PriorBox DetectionOutput Permute DetectionEvaluate MultiBoxLoss Interp
-ShuffleChannel ReLU6 DepthwiseConvolution ConvolutionDepthwise Upsample""".split()
+ShuffleChannel ReLU6 DepthwiseConvolution ConvolutionDepthwise Upsample BN MaxUnPool PixelShuffle""".split()
+# py-faster-rcnn (ROIPooling, SmoothL1Loss) and R-FCN (PSROIPooling): converters/roi.py
+FORK_TYPES += ["ROIPooling", "PSROIPooling", "SmoothL1Loss"]
 
 CANNOT_BE_IN_A_MODEL_FILE = {"Python"}   # its code is the user's module, never imported from a file
 
