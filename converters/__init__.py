@@ -35,6 +35,12 @@ Adding a type, also from outside sfport::
         def build(self, layer, bottom_shapes):
             return MyModule(...)                      # an nn.Module; list its nn.Parameters in .caffe_blobs
 
+A ``Python`` layer (python_layer.hpp) is code in the user's module, imported only on request (``sfport
+--python-layers``); a well-known one gets a built-in converter chosen by python_param's module and class instead,
+registered with ``@register_python("rpn.proposal_layer", "ProposalLayer")`` (:mod:`.proposal`), so nothing the file
+names is imported. :func:`get_for` / :func:`find_for` give a layer's converter (such a built-in first, else its
+type's): what every place that holds the LayerParameter asks.
+
 A converter that does not say its shapes (the base class answers None) still builds and runs; the net's later
 layers then need their input shapes some other way, and weights are not checked against it. Put the class in a
 module and either import it before building a net, name it in the environment variable ``SFPORT_CONVERTERS``
@@ -46,12 +52,14 @@ from __future__ import annotations
 from . import (activations, conv, detection_eval, hdf5, linear, loss, margin, multibox, norm, pooling,  # noqa: F401
                recurrent, resize, ssd, structure)
 from . import roi  # noqa: F401
+from . import proposal  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
-                   find, folded_blobs, get, in_export_form, is_loss, is_sink, is_training_only, label_bottoms,
-                   load_plugins, register, registered_types, unregister)
+                   find, find_for, folded_blobs, get, get_for, in_export_form, is_loss, is_sink, is_training_only,
+                   label_bottoms, load_plugins, python_builtin, python_builtins, register, register_python,
+                   registered_types, unregister)
 from .norm import affine_layer
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
            "affine_layer", "export_form", "find", "folded_blobs", "get", "in_export_form", "is_loss", "is_sink",
-           "is_training_only", "unregister",
-           "label_bottoms", "load_plugins", "register", "registered_types"]
+           "is_training_only", "unregister", "find_for", "get_for", "python_builtin", "python_builtins",
+           "register_python", "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -18,6 +18,10 @@ Shape = tuple  # of ints
 
 _REGISTRY: dict[str, "Converter"] = {}
 _PLUGINS_LOADED = False
+# Built-in converters of Caffe's Python layers, by python_param's (module, layer): python_layer.hpp runs the class
+# the file names; these are sfport's own code for a few well-known classes, so the user's module is never imported.
+_PYTHON_LAYERS: dict[tuple[str, str], "Converter"] = {}
+_PYTHON = "Python"   # python_layer.hpp's type (sfport.netdef.datalayers.PYTHON)
 
 # Caffe types sfport has no converter for yet, with their role in a net: a training net that holds one still
 # reduces to its deploy form, which drops them. A converter registered for one of these types takes over.
@@ -49,11 +53,12 @@ class UnknownLayerType(CaffeFileError):
     def __init__(self, layer_name: str, layer_type: str):
         self.layer_name, self.layer_type = layer_name, layer_type
         where = ("in a module named in SFPORT_CONVERTERS or in the 'sfport.converters' entry-point group")
-        if layer_type == "Python":   # python_layer.hpp: the code lives in the user's module, never run from a file
+        if layer_type == _PYTHON:   # python_layer.hpp: the code lives in the user's module, never run from a file
             what = (f"layer '{layer_name}' is a Python layer: its code is in your Python module, and sfport imports "
                     f"code named by a model file only when asked: run `sfport --python-layers ...` (the module is "
                     f"found in the working directory or on PYTHONPATH), use the pycaffe API (caffe.Net), or "
-                    f"register a converter with @sfport.converters.register('Python') {where}")
+                    f"register a converter with @sfport.converters.register('Python') {where} (built in, by "
+                    f"module and layer: {', '.join(python_builtins()) or 'none'})")
         else:
             what = (f"layer '{layer_name}' has type '{layer_type}', which sfport has no converter for; register one "
                     f"with @sfport.converters.register('{layer_type}') {where}")
@@ -75,7 +80,9 @@ class Converter:
     - training (:mod:`sfport.solver`, :mod:`sfport.data.feed`): ``class_count`` (the labels synthetic data
       draws from), ``loss_plateau`` (the value of a diverged loss);
     - pycaffe's coord_map.py (:mod:`sfport.pycaffe.coord_map`): ``coord_map``, ``coord_identity``,
-      ``coord_bottoms``."""
+      ``coord_bottoms``;
+    - inputs sfport makes up (``sfport verify``'s random inputs, export's checks): ``input_value`` (a meaningful
+      value for an input that feeds the layer directly: Proposal's im_info)."""
 
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
@@ -90,6 +97,8 @@ class Converter:
     coord_bottoms: int | None = None  # the bottoms coord_map.py walks through (None: all; Crop: the first)
     param_field: str | None = None  # the LayerParameter field its parameters are read from, where the schema's
     #                                 <Type>Parameter naming does not say (Deconvolution: convolution_param)
+    discrete: bool = False          # its tops change by steps with its bottoms (a sort, an NMS): export checks it
+    #                                 on its bottoms as onnxruntime computes them (sfport.runtime.export)
     fork_fields: tuple = ()         # fields of a fork's schema (``--proto``) it reads: ``my_param`` or
     #                                 ``convolution_param.my_flag`` (sfport.formats.forkschema.check_layer)
 
@@ -178,6 +187,10 @@ class Converter:
         """OpenCV's first output of this layer (batch ``num``) in the layout Caffe (and sfport) give it."""
         return out
 
+    def for_opencv(self, layer) -> None:
+        """Rewrite ``layer`` (already through ``for_reference``) in place into what OpenCV's Caffe importer runs
+        for it where that is not what pycaffe runs (a built-in Python layer as OpenCV's own layer type)."""
+
     def align_reference_output(self, layer, ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """The reference's first top in our order where that order is not defined by the layer (ties); values
         untouched. ``ref`` when there is nothing to align."""
@@ -190,6 +203,14 @@ class Converter:
         shifted by ``shift``); ``(None, 1, 0)`` for the identity of a pointwise layer; None where coord_map.py
         has no mapping (its UndefinedMapException)."""
         return (None, 1, 0) if self.coord_identity else None
+
+    # ---- inputs sfport makes up (sfport.runtime.verify, sfport.runtime.export) ----
+
+    def input_value(self, layer, bottom: int, shape: Shape, image_shape: Shape | None) -> np.ndarray | None:
+        """The float32 value (of ``shape``) of a net input that feeds bottom ``bottom`` of this layer directly,
+        where sfport makes inputs up; ``image_shape`` is the shape of the net's first 4-D input (None: it has
+        none). None (the default): random values."""
+        return None
 
     # ---- training (sfport.solver, sfport.data.feed) ----
 
@@ -273,6 +294,42 @@ def find(layer_type: str) -> Converter | None:
     """The converter of a type, or None when none is registered."""
     load_plugins()
     return _REGISTRY.get(layer_type)
+
+
+def register_python(module: str, layer: str):
+    """Class decorator: register a Converter subclass as sfport's built-in converter of the ``Python`` layers whose
+    python_param names this ``module`` and ``layer`` class (py-faster-rcnn's ``rpn.proposal_layer`` /
+    ``ProposalLayer``): such a layer runs without ``--python-layers`` and nothing it names is imported."""
+    def deco(cls):
+        inst = cls()
+        inst.types = (_PYTHON,)
+        _PYTHON_LAYERS[(module, layer)] = inst
+        return cls
+    return deco
+
+
+def python_builtin(layer) -> Converter | None:
+    """The built-in converter of a ``Python`` layer (a LayerParameter) by its python_param module and layer,
+    None for any other layer."""
+    if layer.type != _PYTHON:
+        return None
+    return _PYTHON_LAYERS.get((layer.python_param.module, layer.python_param.layer))
+
+
+def python_builtins() -> list[str]:
+    """``module.layer`` of every built-in Python layer."""
+    return sorted(f"{m}.{n}" for m, n in _PYTHON_LAYERS)
+
+
+def get_for(layer) -> Converter:
+    """The converter of a layer (a LayerParameter): a ``Python`` layer's built-in one by its module and class (before
+    any converter registered for the type), else its type's (:func:`get`; an unknown type: UnknownLayerType)."""
+    return python_builtin(layer) or get(layer.type, layer.name)
+
+
+def find_for(layer) -> Converter | None:
+    """:func:`get_for`, None where there is no converter."""
+    return python_builtin(layer) or find(layer.type)
 
 
 def registered_types() -> list[str]:

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from sfport import converters
 from sfport.netdef import shapes
 from sfport.protos import caffe_pb2
-from tests import (contract_catalogue, contract_forks, contract_io, contract_losses,
+from tests import (contract_catalogue, contract_forks, contract_io, contract_losses, contract_proposal,
                    contract_recurrent, contract_resize, contract_roi, contract_ssd)
 
 IMG = (2, 3, 4, 5)
@@ -61,7 +61,7 @@ CASES = {
 }
 # the families added later keep their cases beside their tests
 for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io, contract_resize, contract_recurrent,
-                contract_forks, contract_roi):
+                contract_forks, contract_roi, contract_proposal):
     assert not set(_family.CASES) & set(CASES), set(_family.CASES) & set(CASES)
     CASES.update(_family.CASES)
 

@@ -162,13 +162,20 @@ def test_every_shared_prototxt_verifies_or_is_one_line(shared, tmp_path):
             assert r.stdout.splitlines()[-1].startswith("passed: "), (path, r.stdout)
             outcome["passed"].append(path.name)
             continue
+        if r.exit_code == 1 and path.name.startswith(("faster_rcnn", "rfcn")):
+            # the two-stage detectors at their prototxt's 224 x 224: py-faster-rcnn's ProposalLayer keeps fewer
+            # than 300 rois there, OpenCV's Proposal always gives 300 rows (tests/test_detectors.py verifies them
+            # where both keep 300)
+            assert r.stdout.splitlines()[-1].endswith("first divergence at 'proposal' (rel err inf)"), r.stdout
+            outcome["error"].append(path.name)
+            continue
         assert r.exit_code == 2 and r.stdout == "", (path, r.output)
         lines = r.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("sfport: error: "), (path, r.stderr)
         outcome["error"].append(path.name)
     # every deploy net and every SphereFace training net passes; the errors are the solvers, the SSD nets
     # (fields of the SSD fork the schema lacks), the margin nets OpenCV cannot run and the two-stage detectors
-    # (their ROIPooling, PSROIPooling and Python ProposalLayer have no converter yet: one line naming the layer)
+    # (above)
     assert all(n in outcome["passed"] for n in ("sphereface_deploy.prototxt", "sphereface_model.prototxt",
                                                 "sphereface_64_model.prototxt", "sfplus_model.prototxt",
                                                 "det1.prototxt", "slim-320.prototxt", "lenet.prototxt")), outcome

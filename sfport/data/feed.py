@@ -237,7 +237,7 @@ def num_classes(net) -> int | None:
     """The classes of the first layer whose converter says how many it scores (``class_count``: the scores of a
     SoftmaxWithLoss or Accuracy, a MarginInnerProduct's logits): the labels of synthetic data."""
     for gl in net.graph.layers:
-        count = conv_registry.get(gl.type, gl.name).class_count(gl)
+        count = conv_registry.get_for(gl.param).class_count(gl)
         if count is not None:
             return count
     return None

@@ -66,7 +66,7 @@ def _affine_of(gl, module) -> tuple[np.ndarray, np.ndarray] | None:
     shape = gl.bottom_shapes[0]
     if shape is None or len(shape) < 2:
         return None
-    return conv_registry.get(gl.type, gl.name).affine(gl.param, module, tuple(shape))
+    return conv_registry.get_for(gl.param).affine(gl.param, module, tuple(shape))
 
 
 def optimize(net, outputs=None) -> Optimized:
@@ -108,7 +108,7 @@ def optimize(net, outputs=None) -> Optimized:
     i = 0
     while i < len(order):
         gl = layers[order[i]]
-        converter = conv_registry.get(gl.type, gl.name)
+        converter = conv_registry.get_for(gl.param)
         head = converter.folds_affine and private(gl) and len(gl.tops) == 1
         first = _affine_of(gl, module.module_of(gl.name)) if not head and private(gl) else None
         if not head and first is None:
@@ -142,7 +142,7 @@ def optimize(net, outputs=None) -> Optimized:
     training = module.training
     for k in order:
         gl = layers[k]
-        converter = conv_registry.get(gl.type, gl.name)
+        converter = conv_registry.get_for(gl.param)
         if converter.computes_nothing and not gl.tops:
             drop.add(k)
         elif not training and len(gl.bottoms) == 1 and gl.tops and not (set(gl.tops) & kept_values) \
@@ -194,7 +194,7 @@ def _write(net, plan, gone, drop, inputs, pruned) -> Optimized:
         new.CopyFrom(layer)
         for j, b in enumerate(gl.bottoms):   # a reader of a dropped identity's top reads its bottom
             new.bottom[j] = graph.caffe_name[value(b)]
-        converter = conv_registry.get(gl.type, gl.name)
+        converter = conv_registry.get_for(gl.param)
         arrays = converter.save(module.module_of(gl.name))
         tops = list(gl.tops)
         if k in plan:
@@ -229,7 +229,7 @@ def in_place_layers(graph, module) -> set[str]:
     for gl in graph.layers:
         for u in gl.bottoms:
             readers[u] = readers.get(u, 0) + 1
-    fresh = {t for gl in graph.layers if conv_registry.get(gl.type, gl.name).fresh_top for t in gl.tops}
+    fresh = {t for gl in graph.layers if conv_registry.get_for(gl.param).fresh_top for t in gl.tops}
     kept = set(graph.outputs) | {t for t, _ in module.loss_terms}
     return {gl.name for gl in graph.layers
             if hasattr(module.module_of(gl.name), "forward_") and len(gl.bottoms) == 1

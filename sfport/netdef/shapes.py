@@ -43,7 +43,7 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     of unknown shape, or a converter that does not say). A converter's complaint about the layer's parameters or
     bottoms (Caffe's CHECKs in LayerSetUp / Reshape) is a :class:`CaffeFileError` naming the layer."""
     ntop = len(layer.top)
-    converter = converters.get(layer.type, as_text(layer.name))   # an unknown type: LayerRegistry::CreateLayer fails
+    converter = converters.get_for(layer)   # an unknown type: LayerRegistry::CreateLayer fails
     if any(b is None for b in bottoms):
         return [None] * ntop, None
     try:
@@ -105,7 +105,7 @@ def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
             continue
         wiring.add(layer)
         bottoms = [blobs.get(b) for b in layer.bottom]
-        converter = converters.find(layer.type)
+        converter = converters.find_for(layer)
         if converter is not None or is_data_layer(layer):   # (an unknown type is its own error, below)
             forkschema.check_layer(layer, converter)   # --proto: no fork field goes unread
         if is_data_layer(layer):

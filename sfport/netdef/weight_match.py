@@ -141,7 +141,7 @@ def with_random_weights(definition: CaffeModel, seed: int = 0, phase: int = caff
         if need is None:
             raise CaffeFileError(definition.path, f"cannot infer the parameter shapes of layer "
                                                   f"'{as_text(layer.name)}' ({as_text(layer.type)})")
-        out.set_blob_arrays(i, converters.get(layer.type, as_text(layer.name)).random_blobs(layer, need, rng)
+        out.set_blob_arrays(i, converters.get_for(layer).random_blobs(layer, need, rng)
                             if need else [])
     return out
 

@@ -88,7 +88,7 @@ class Computed(_Kind):
 
     def __init__(self, param, phase: int):
         super().__init__(param, phase)
-        self.converter = converters.get(param.type, as_text(param.name))
+        self.converter = converters.get_for(param)
         self.module = None
         self.built_for: tuple | None = None
         self.record = None   # (inputs, outputs) of the last forward that autograd recorded
@@ -348,7 +348,7 @@ class PythonDriver:
 
 def make(param, phase: int):
     """The kind of layer ``param`` is."""
-    if datalayers.is_python(param):
+    if datalayers.is_python(param) and converters.python_builtin(param) is None:
         return PythonDriver(param, phase)
     spec = datalayers.spec_of(param)
     if spec is None:

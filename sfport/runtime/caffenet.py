@@ -38,7 +38,7 @@ class CaffeNet(nn.Module):
         self.keys: dict[str, str] = {}
         taken: set = set()
         for gl in graph.layers:
-            converter = conv_registry.get(gl.type, gl.name)
+            converter = conv_registry.get_for(gl.param)
             if any(s is None for s in gl.bottom_shapes):
                 raise CaffeFileError(None, f"layer '{gl.name}' ({gl.type}): the shape of its input is unknown; "
                                            f"give the input shape")
@@ -84,7 +84,7 @@ class CaffeNet(nn.Module):
         for gl in self.graph.layers:
             if names is not None and gl.name not in names:
                 continue
-            converter = conv_registry.get(gl.type, gl.name)
+            converter = conv_registry.get_for(gl.param)
             module = self.module_of(gl.name)
             described = []
             for j, (pname, spec) in enumerate(zip(module.caffe_blobs, converter.fillers(gl.param))):
@@ -118,7 +118,10 @@ class CaffeNet(nn.Module):
         m = self.module_of(layer_name)
         return [getattr(m, n) for n in m.caffe_blobs]
 
-    def run(self, inputs: dict, keep_all: bool = False) -> dict[str, torch.Tensor]:
+    def run(self, inputs: dict, keep_all: bool = False, keep: tuple = (),
+            overrides: dict | None = None) -> dict[str, torch.Tensor]:
+        """Every blob by unique name (``keep_all``), else the outputs, loss tops and ``keep`` (unique names); a top
+        in ``overrides`` ({unique name: tensor}) takes that value once computed (export's checks)."""
         blobs: dict[str, torch.Tensor] = {}
         for name in self.input_names:
             caffe = self.graph.caffe_name[name]
@@ -137,7 +140,7 @@ class CaffeNet(nn.Module):
             for gl in self.graph.layers:
                 for b in gl.bottoms:
                     remaining[b] = remaining.get(b, 0) + 1
-        outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms}
+        outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms} | set(keep)
         in_place = bool(self.in_place) and not keep_all and not torch.is_grad_enabled() \
             and not conv_registry.in_export_form()
         for gl in self.graph.layers:
@@ -149,7 +152,7 @@ class CaffeNet(nn.Module):
             if isinstance(out, torch.Tensor):
                 out = (out,)
             for name, t in zip(gl.tops, out):
-                blobs[name] = t
+                blobs[name] = t if overrides is None or name not in overrides else overrides[name]
             if not keep_all:
                 for b in gl.bottoms:
                     remaining[b] -= 1
@@ -218,9 +221,13 @@ class _Positional(nn.Module):
         super().__init__()
         self.net = net
         self.outputs = outputs
+        self.overrides: dict | None = None   # {Caffe blob name: tensor}: set by export's checks for a while
 
     def forward(self, *xs):
+        final = self.net.graph.final
+        unique = [final.get(o, o) for o in self.outputs]
+        overrides = None if not self.overrides else {final.get(k, k): v for k, v in self.overrides.items()}
         with conv_registry.export_form():
-            blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False)
-        return tuple(blobs[self.net.graph.final[o]] if o in self.net.graph.final else blobs[o]
-                     for o in self.outputs)
+            blobs = self.net.run(dict(zip(self.net.input_names, xs)), keep_all=False, keep=tuple(unique),
+                                 overrides=overrides)
+        return tuple(blobs[u] for u in unique)

@@ -6,7 +6,12 @@ width; TorchScript: a trace that follows the input's size) when the net is: the 
 is built and run eagerly at a second input size, and the export must give that eager net's outputs there. A net
 that cannot run at another size (InnerProduct, Reshape or Flatten over the spatial axes, ...) is exported at its
 size, and the result says why. An export that runs at a second size where eager runs but gives other outputs is
-an :class:`ExportMismatch`: nothing is written, nothing is cropped silently."""
+an :class:`ExportMismatch`: nothing is written, nothing is cropped silently.
+
+A layer whose tops change by steps with its bottoms (``Converter.discrete``: Proposal's sort and NMS) turns the
+last-bit differences of onnxruntime's kernels before it into other rows. The ONNX check then compares its bottoms
+as onnxruntime computes them (extra outputs of the checked model, not of the file written) with eager's, and the
+outputs with eager's run from those bottoms on: every operation is checked, each on the same values."""
 from __future__ import annotations
 
 import io as _io
@@ -17,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfport import converters as conv_registry
 from sfport.formats import disk
 from sfport.runtime.net import Net
 from sfport.protos import caffe_pb2
-from sfport.runtime.verify import relative_error
+from sfport.runtime.verify import input_values, relative_error
 
 ONNX_OPSET = 18
 
@@ -91,9 +97,13 @@ def _shapes_at(net, size: tuple[int, int]) -> dict[str, tuple]:
     return {n: (tuple(s[:2]) + (s[2] + dh, s[3] + dw)) if len(s) == 4 else tuple(s) for n, s in net.inputs.items()}
 
 
-def _inputs(shapes: dict[str, tuple], batch: int, seed: int) -> tuple:
+def _inputs(net, shapes: dict[str, tuple], batch: int, seed: int) -> tuple:
+    """Uniform(-1, 1) inputs at ``batch``, except those a layer they feed gives a value (Proposal's im_info:
+    :func:`sfport.runtime.verify.input_values`)."""
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.rand([batch] + list(s[1:]), generator=g) * 2 - 1 for s in shapes.values())
+    x = [torch.rand([batch] + list(s[1:]), generator=g) * 2 - 1 for s in shapes.values()]
+    made = input_values(net, {n: (batch,) + tuple(s[1:]) for n, s in shapes.items()})
+    return tuple(torch.from_numpy(made[n][0]) if n in made else t for n, t in zip(shapes, x))
 
 
 def _rebuilt(net, shapes: dict[str, tuple]) -> Net:
@@ -111,10 +121,11 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass
 class _Run:
-    """One check: the inputs and the eager outputs to compare with."""
+    """One check: the inputs and the eager outputs to compare with (of ``module``; None: the net's own)."""
     label: str
     inputs: tuple
     want: list
+    module: object = None
 
 
 def _eager(module, inputs) -> list[np.ndarray]:
@@ -122,14 +133,15 @@ def _eager(module, inputs) -> list[np.ndarray]:
         return [t.numpy() for t in module(*inputs)]
 
 
-def _plan(net, module, dynamic: bool | None, sizes) -> tuple[list[_Run], list[_Run], str | None]:
+def _plan(net, module, dynamic: bool | None, sizes, outputs=None) -> tuple[list[_Run], list[_Run], str | None]:
     """The runs at the net's own size (batch 1, 2 and its own) and, when the net is size-polymorphic, at the
-    second sizes (batch 2) against the eager net built there; and the reason H, W stay fixed (None if not)."""
+    second sizes (batch 2) against the eager net built there (its ``outputs``: default the net's); and the reason
+    H, W stay fixed (None if not)."""
     own = dict(net.inputs)
     batch = next(iter(own.values()))[0] if own else 1
     runs = []
     for b in [1, 2] + ([batch] if batch not in (1, 2) else []):
-        x = _inputs(own, b, b)
+        x = _inputs(net, own, b, b)
         runs.append(_Run(_shape_text(t.shape for t in x), x, _eager(module, x)))
     if dynamic is False:
         return runs, [], "fixed by request"
@@ -141,14 +153,15 @@ def _plan(net, module, dynamic: bool | None, sizes) -> tuple[list[_Run], list[_R
         where = _shape_text([(2,) + s[1:] for s in shapes.values()])
         try:
             other = _rebuilt(net, shapes)
-            x = _inputs(shapes, 2, 3 + k)
-            want = _eager(other.exportable().eval(), x)
+            x = _inputs(net, shapes, 2, 3 + k)
+            other_module = other.exportable(outputs).eval()
+            want = _eager(other_module, x)
         except Exception as e:  # the net cannot run there: size-specific
             reason = f"the net does not run at {where} ({_one_line(e)})"
             if dynamic:
                 raise ExportMismatch(f"not size-polymorphic: {reason}") from None
             return runs, [], reason
-        extra.append(_Run(where, x, want))
+        extra.append(_Run(where, x, want, other_module))
     return runs, extra, None
 
 
@@ -166,7 +179,7 @@ def _check(name: str, run: _Run, got, tol: float) -> float:
     return worst
 
 
-def _run_all(name: str, fn, runs: list[_Run], tol: float) -> list[tuple[str, float]]:
+def _run_all(name: str, fn, runs: list[_Run], tol: float, check=_check) -> list[tuple[str, float]]:
     out = []
     for run in runs:
         try:
@@ -175,7 +188,7 @@ def _run_all(name: str, fn, runs: list[_Run], tol: float) -> list[tuple[str, flo
             raise
         except Exception as e:
             raise ExportMismatch(f"{name} at {run.label}: does not run ({_one_line(e)})") from None
-        out.append((run.label, _check(name, run, got, tol)))
+        out.append((run.label, check(name, run, got, tol)))
     return out
 
 
@@ -238,6 +251,36 @@ def _onnx_axes(net, runs: list[_Run], extra: list[_Run]) -> dict[str, dict[int, 
     return axes
 
 
+def _probes(net) -> list[str]:
+    """The blobs (Caffe names) read by the net's discrete layers (``Converter.discrete``) that are neither inputs
+    nor outputs and hold that value to the end (not overwritten in place)."""
+    g, out = net.graph, []
+    for gl in g.layers:
+        if not conv_registry.get_for(gl.param).discrete:
+            continue
+        for b in gl.bottoms:
+            name = g.caffe_name[b]
+            if b not in g.inputs and g.final.get(name) == b and name not in out and name not in net.outputs:
+                out.append(name)
+    return out
+
+
+def _from_probes(module, probes: list[str], count: int):
+    """The check of a run with probes: the probes (the last outputs) against eager's, then the ``count`` outputs
+    against eager's run with the probes' blobs as onnxruntime computed them."""
+    def check(name: str, run: _Run, got, tol: float) -> float:
+        worst = _check(f"{name} (the bottoms of its discrete layers)", _Run(run.label, run.inputs, run.want[count:]),
+                       got[count:], tol)
+        m = run.module or module
+        m.overrides = {p: torch.from_numpy(np.asarray(v)) for p, v in zip(probes, got[count:])}
+        try:
+            want = _eager(m, run.inputs)[:count]
+        finally:
+            m.overrides = None
+        return max(worst, _check(name, _Run(run.label, run.inputs, want), got[:count], tol))
+    return check
+
+
 def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,
                 sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, ExportResult]:
     """Export to ONNX (``opset``; inputs and outputs named by their Caffe blobs) with a dynamic batch and, for a
@@ -246,29 +289,35 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
     import onnx
     import onnxruntime as ort
 
-    module = net.exportable().eval()
-    runs, extra, reason = _plan(net, module, dynamic, sizes)
-    in_names, out_names = list(net.inputs), list(net.outputs)
+    in_names, out_names, probes = list(net.inputs), list(net.outputs), _probes(net)
+    module = net.exportable(out_names + probes).eval()
+    runs, extra, reason = _plan(net, module, dynamic, sizes, out_names + probes)
     axes = _onnx_axes(net, runs, extra)
+    for k, p in enumerate(probes):
+        axes[p] = {a: f"{p}_axis{a}" for a in range(runs[0].want[len(out_names) + k].ndim)}
     buf = _io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset,
-                          input_names=in_names, output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
-    data = buf.getvalue()
+        torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset, input_names=in_names,
+                          output_names=out_names + probes, dynamic_axes=axes, do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
     notes, meta = _export_forms(module)
-    if meta:   # what finishing an exported-early layer needs travels in the file
-        proto = onnx.load_from_string(data)
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        data = proto.SerializeToString()
+    for k, v in meta.items():   # what finishing an exported-early layer needs travels in the file
+        proto.metadata_props.add(key=k, value=v)
+    checked_data = proto.SerializeToString()
+    for _ in probes:            # the file written has the net's outputs only
+        proto.graph.output.pop()
+    data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(checked_data, providers=["CPUExecutionProvider"])
 
     def call(inputs):
-        return sess.run(out_names, {n: x.numpy() for n, x in zip(in_names, inputs)})
+        return sess.run(out_names + probes, {n: x.numpy() for n, x in zip(in_names, inputs)})
 
-    checked = _run_all("ONNX", call, runs + extra, tol)
+    if probes:
+        notes.append(f"checked from {', '.join(probes)} as onnxruntime computes them (they feed a sort or an NMS)")
+    checked = _run_all("ONNX", call, runs + extra, tol,
+                       _from_probes(module, probes, len(out_names)) if probes else _check)
     return data, ExportResult("onnx", max(e for _, e in checked), reason is None, reason, checked, axes,
                               method="exported", opset=opset, notes=notes)
 

@@ -140,7 +140,7 @@ class Net:
         # NHWC where it is faster on the CPU: for grouped (depthwise) convolutions, 1.1-1.8x for MobileFaceNet;
         # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)
         self.module.channels_last = any(getattr(self.module.module_of(gl.name), "groups", 1) > 1
-                                        for gl in self.graph.layers if conv_registry.get(gl.type, gl.name).folds_affine)
+                                        for gl in self.graph.layers if conv_registry.get_for(gl.param).folds_affine)
         self.module.in_place = optimize_mod.in_place_layers(self.graph, self.module)
         self.optimization, self.origin = opt, origin
 
@@ -168,7 +168,7 @@ class Net:
         for gl in self.graph.layers:
             if gl.name in chosen:
                 try:
-                    conv_registry.get(gl.type, gl.name).load(self.module.module_of(gl.name),
+                    conv_registry.get_for(gl.param).load(self.module.module_of(gl.name),
                                                              weights.blob_arrays(chosen[gl.name]))
                 except ValueError as e:
                     raise CaffeFileError(weights.path, f"does not fit {self.path or 'the net'}: layer "
@@ -193,7 +193,7 @@ class Net:
             gl = index.get(layer.name)
             if gl is None or gl.index != i:
                 continue
-            arrays = conv_registry.get(gl.type, gl.name).save(self.module.module_of(gl.name))
+            arrays = conv_registry.get_for(gl.param).save(self.module.module_of(gl.name))
             if arrays:
                 out.set_blob_arrays(i, arrays)
         return out

@@ -151,7 +151,7 @@ def opencv_reference(prototxt: str, caffemodel: str, inputs: dict[str, np.ndarra
     out = {}
     for n, o in zip(names, outs):
         layer = caffe_layers.get(n)
-        converter = conv_registry.find(layer.type) if layer is not None else None
+        converter = conv_registry.find_for(layer) if layer is not None else None
         out[n] = converter.opencv_layout(layer, np.asarray(o), num) if converter is not None else np.asarray(o)
     return out
 
@@ -290,17 +290,20 @@ class Verification:
                                      "worst": worst.name if worst else None})
 
 
-def reference_definition(net):
+def reference_definition(net, opencv: bool = False):
     """The inference net sfport runs, as a NetParameter the references read: each layer as its converter's
     ``for_reference`` writes it (fork types under their BVLC names, defaults a reference reads differently written
-    out: the same net under the fork's schema)."""
+    out: the same net under the fork's schema); for OpenCV (``opencv``) then as its ``for_opencv`` writes it (a
+    built-in Python layer as OpenCV's own type)."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net.definition)
     index = {gl.name: gl for gl in net.graph.layers}
     for layer in out.layer:
-        converter = conv_registry.find(layer.type)
+        converter = conv_registry.find_for(layer)
         if converter is not None:
             converter.for_reference(layer, index.get(layer.name))
+            if opencv:
+                converter.for_opencv(layer)
     return out
 
 
@@ -309,7 +312,7 @@ def reference_weights(net) -> caffe_files.CaffeModel:
     gives them (the same layer for Caffe; e.g. a BatchNorm's zero scale factor, which OpenCV divides by)."""
     m = net.to_caffemodel()
     for i, layer in enumerate(m.net.layer):
-        converter = conv_registry.find(layer.type)
+        converter = conv_registry.find_for(layer)
         if converter is None or not len(layer.blobs):
             continue
         arrays = m.blob_arrays(i)
@@ -317,6 +320,23 @@ def reference_weights(net) -> caffe_files.CaffeModel:
         if changed is not arrays:
             m.set_blob_arrays(i, changed)
     return m
+
+
+def input_values(net, shapes: dict) -> dict[str, tuple[np.ndarray, str]]:
+    """The inputs of ``net`` (at ``shapes``, {input: shape}) whose made-up value a layer they feed directly gives
+    (``Converter.input_value``: a Proposal layer's im_info), as {input: (float32 value, that layer's name)}; the
+    image is the first 4-D input."""
+    image = next((tuple(v) for v in shapes.values() if len(v) == 4), None)
+    out = {}
+    for gl in net.graph.layers:
+        for j, b in enumerate(gl.bottoms):
+            name = net.graph.caffe_name.get(b)
+            if b not in net.graph.inputs or name not in shapes or name in out:
+                continue
+            value = conv_registry.get_for(gl.param).input_value(gl.param, j, tuple(shapes[name]), image)
+            if value is not None:
+                out[name] = (np.asarray(value, dtype=np.float32).reshape(shapes[name]), gl.name)
+    return out
 
 
 def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
@@ -335,9 +355,13 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level, seed=seed)
     model = net.path if model is None and prototxt is None else model   # the built-in net
     sources = input_sources(input, net.inputs)
+    made = input_values(net, net.inputs)
     feeds = {}
     for k, (name, in_shape) in enumerate(net.inputs.items()):
-        feeds[name] = make_input(in_shape, sources[name], seed + k)
+        if sources[name] == "random" and name in made:    # im_info and the like: meaningful, not noise
+            feeds[name], sources[name] = made[name][0], f"made for layer '{made[name][1]}'"
+        else:
+            feeds[name] = make_input(in_shape, sources[name], seed + k)
     in_shape = next(iter(net.inputs.values()), ())
     ours_net = net.optimized() if optimize else net
     ours_net.forward(**feeds)
@@ -345,7 +369,7 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     with tempfile.TemporaryDirectory() as tmp:
         prototxt_used = str(Path(tmp) / "deploy.prototxt")
         weights_used = str(Path(tmp) / "weights.caffemodel")
-        definition = reference_definition(net)
+        definition = reference_definition(net, opencv=reference == "opencv")
         caffe_files.write_prototxt(prototxt_used, definition)
         caffe_files.write_caffemodel(weights_used, reference_weights(net))
         layer_outputs = {gl.name: values[gl.tops[0]].detach().numpy() for gl in net.graph.layers
@@ -362,7 +386,7 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
             order = [gl.name for gl in net.graph.layers]
             for gl in net.graph.layers:
                 if gl.name in ref and gl.name in ours:
-                    ref[gl.name] = conv_registry.get(gl.type, gl.name).align_reference_output(
+                    ref[gl.name] = conv_registry.get_for(gl.param).align_reference_output(
                         gl.param, ours[gl.name], ref[gl.name])
         else:
             ref = caffe_reference(prototxt_used, weights_used, feeds) if reference == "caffe" \

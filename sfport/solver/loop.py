@@ -200,7 +200,7 @@ class Solver:
             for gl in self.net.graph.layers:
                 if not gl.tops or gl.tops[0] not in blobs:
                     continue
-                plateau = conv_registry.get(gl.type, gl.name).loss_plateau(gl.param)
+                plateau = conv_registry.get_for(gl.param).loss_plateau(gl.param)
                 if plateau is not None:
                     v = float(blobs[gl.tops[0]].detach())
                     if abs(v - plateau) < 1e-3:
