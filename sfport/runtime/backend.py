@@ -182,7 +182,7 @@ class Runner:
         if fast is data:
             return session(data, path)
         sess = session(fast, path)
-        x = export._inputs({self.input: self.net.inputs[self.input]}, 1, 0)[0].numpy()
+        x = export._inputs(self.net, {self.input: self.net.inputs[self.input]}, 1, 0)[0].numpy()
         got, want = run_session(sess, self.outputs, self.input, x), self._eager(x)
         if all(relative_error(got[o].reshape(want[o].shape), want[o]) <= 1e-5 for o in self.outputs):
             return sess
