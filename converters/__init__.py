@@ -52,6 +52,7 @@ from __future__ import annotations
 from . import (activations, conv, detection_eval, hdf5, linear, loss, margin, multibox, norm, pooling,  # noqa: F401
                recurrent, resize, ssd, structure)
 from . import roi  # noqa: F401
+from . import brocolli  # noqa: F401
 from . import proposal  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
                    find, find_for, folded_blobs, get, get_for, in_export_form, is_loss, is_sink, is_training_only,

@@ -6,4 +6,9 @@ CASES: dict = {
     "BN": ("bn_param { momentum: 0.8 eps: 0.001 }", [(2, 3, 4, 5)], 1),
     "MaxUnPool": ("max_unpool_param { dst_h: 8 dst_w: 10 }", [(2, 3, 4, 5), (2, 3, 4, 5)], 1),
     "PixelShuffle": ("pixelshuffle_param { upscale_factor: 2 }", [(2, 8, 4, 5)], 1),
+    # converters/brocolli.py (parity: tests/test_brocolli.py)
+    "HardSigmoid": ("hardsigmoid_param { alpha: 0.3 }", [(2, 3, 4, 5)], 1),
+    "HardSwish": ("", [(2, 3, 4, 5)], 1),
+    "Pad": ("pad_param { pad_u: 1 pad_l: 2 }", [(2, 3, 4, 5)], 1),
+    "Unsqueeze": ("unsqueeze_param { dim: 1 }", [(2, 3, 4)], 1),
 }

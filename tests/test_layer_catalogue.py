@@ -26,6 +26,8 @@ FORK_TYPES = """MarginInnerProduct InterClass Normalize PriorBox DetectionOutput
 ShuffleChannel ReLU6 DepthwiseConvolution ConvolutionDepthwise Upsample BN MaxUnPool PixelShuffle""".split()
 # py-faster-rcnn (ROIPooling, SmoothL1Loss) and R-FCN (PSROIPooling): converters/roi.py
 FORK_TYPES += ["ROIPooling", "PSROIPooling", "SmoothL1Loss"]
+# the brocolli fork's own small layers: converters/brocolli.py
+FORK_TYPES += ["HardSigmoid", "HardSwish", "Pad", "Unsqueeze"]
 # the C++ Proposal of the py-faster-rcnn forks (the oracle's brocolli-caffe): converters/proposal.py
 FORK_TYPES += ["Proposal"]
 
