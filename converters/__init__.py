@@ -55,12 +55,15 @@ from . import roi  # noqa: F401
 from . import brocolli  # noqa: F401
 from . import proposal  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
-                   find, find_for, folded_blobs, get, get_for, in_export_form, is_loss, is_sink, is_training_only,
+                   export_option, export_options,
+                   find, find_for, fixed_time, folded_blobs, get, get_for, in_export_form,
+                   in_fixed_time, is_loss, is_sink, is_training_only,
                    label_bottoms, load_plugins, python_builtin, python_builtins, register, register_python,
                    registered_types, unregister)
 from .norm import affine_layer
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
-           "affine_layer", "export_form", "find", "folded_blobs", "get", "in_export_form", "is_loss", "is_sink",
+           "affine_layer", "export_form", "export_option", "export_options", "find", "fixed_time", "folded_blobs", "get", "in_export_form",
+           "in_fixed_time", "is_loss", "is_sink",
            "is_training_only", "unregister", "find_for", "get_for", "python_builtin", "python_builtins",
            "register_python", "label_bottoms", "load_plugins", "register", "registered_types"]

@@ -34,8 +34,9 @@ _EXPORT_FORM = contextvars.ContextVar("sfport_export_form", default=False)
 @contextlib.contextmanager
 def export_form():
     """Within: modules compute the form an exported graph (TorchScript, ONNX) holds. A layer whose eager
-    computation cannot be a graph (DetectionOutput's NMS) returns what comes before that part, says so in its
-    module's ``export_note`` and puts what finishing needs in ``export_metadata`` (written into an ONNX file)."""
+    computation is not exported as a graph (DetectionOutput asked for ``pre_nms``: :func:`export_options`, or with
+    an adaptive NMS) returns what comes before that part, says so in its module's ``export_note`` and puts what
+    finishing needs in ``export_metadata`` (written into an ONNX file)."""
     token = _EXPORT_FORM.set(True)
     try:
         yield
@@ -45,6 +46,42 @@ def export_form():
 
 def in_export_form() -> bool:
     return _EXPORT_FORM.get()
+
+
+_EXPORT_OPTIONS = contextvars.ContextVar("sfport_export_options", default={})
+
+
+@contextlib.contextmanager
+def export_options(**options):
+    """Within: the options an export was asked for (``pre_nms``: DetectionOutput's top before its NMS), read by a
+    module in its export form with :func:`export_option`; nested calls add to the options around them."""
+    token = _EXPORT_OPTIONS.set({**_EXPORT_OPTIONS.get(), **options})
+    try:
+        yield
+    finally:
+        _EXPORT_OPTIONS.reset(token)
+
+
+def export_option(name: str, default=None):
+    return _EXPORT_OPTIONS.get().get(name, default)
+
+
+_FIXED_TIME = contextvars.ContextVar("sfport_fixed_time", default=False)
+
+
+@contextlib.contextmanager
+def fixed_time():
+    """Within: an export keeps the time axis (``Converter.input_axes``' "time") at the traced length, so a
+    recurrent layer's loop over it is unrolled; outside, a trace keeps the loop (a scripted loop, ONNX Loop)."""
+    token = _FIXED_TIME.set(True)
+    try:
+        yield
+    finally:
+        _FIXED_TIME.reset(token)
+
+
+def in_fixed_time() -> bool:
+    return _FIXED_TIME.get()
 
 
 class UnknownLayerType(CaffeFileError):
@@ -82,7 +119,8 @@ class Converter:
     - pycaffe's coord_map.py (:mod:`sfport.pycaffe.coord_map`): ``coord_map``, ``coord_identity``,
       ``coord_bottoms``;
     - inputs sfport makes up (``sfport verify``'s random inputs, export's checks): ``input_value`` (a meaningful
-      value for an input that feeds the layer directly: Proposal's im_info)."""
+      value for an input that feeds the layer directly: Proposal's im_info), ``input_axes`` (which axis of a
+      bottom is the batch N, and which the time T, where it is not N on axis 0: the recurrent layers)."""
 
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
@@ -210,6 +248,12 @@ class Converter:
         """The float32 value (of ``shape``) of a net input that feeds bottom ``bottom`` of this layer directly,
         where sfport makes inputs up; ``image_shape`` is the shape of the net's first 4-D input (None: it has
         none). None (the default): random values."""
+        return None
+
+    def input_axes(self, layer, bottom: int, shape: Shape) -> dict[int, str] | None:
+        """The axes of bottom ``bottom`` (of ``shape``) that an export keeps dynamic, {axis: "batch" or "time"}:
+        the batch N, and a time axis T that no weight depends on (a recurrent layer's). None (the default): N on
+        axis 0, as Caffe's blobs lay it out."""
         return None
 
     # ---- training (sfport.solver, sfport.data.feed) ----

@@ -32,7 +32,7 @@ import torch
 from sfport.errors import CaffeFileError
 from sfport.formats import disk
 from .base import NoBlobs, NoParams, register
-from .ssd import libstdcxx_sort
+from .nms import libstdcxx_sort
 
 _F = np.float32
 

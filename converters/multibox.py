@@ -28,7 +28,7 @@ import torch
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 from .base import NoBlobs, NoParams, register
-from .ssd import libstdcxx_sort
+from .nms import libstdcxx_sort
 
 F32 = np.float32
 FLT_MIN = float(np.finfo(np.float32).tiny)

@@ -36,13 +36,12 @@ sort does, not as sort_box.
 """
 import math
 import re
-from typing import List, Optional, Tuple
-
 import numpy as np
 import torch
 
 from sfport.errors import CaffeFileError
 from .base import NoBlobs, NoParams, register, register_python
+from .nms import OnnxNMS, float_threshold, scripted_select
 
 PY_MODULE, PY_LAYER = "rpn.proposal_layer", "ProposalLayer"
 # py-faster-rcnn lib/fast_rcnn/config.py: RPN_PRE_NMS_TOP_N, RPN_POST_NMS_TOP_N, RPN_NMS_THRESH, RPN_MIN_SIZE
@@ -191,7 +190,7 @@ class _Setup:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# sort_box and the NMS
+# sort_box (the NMS: .nms)
 # ---------------------------------------------------------------------------------------------------------
 
 def sort_box(scores: np.ndarray, num_top: int) -> np.ndarray:
@@ -226,97 +225,6 @@ def sort_box(scores: np.ndarray, num_top: int) -> np.ndarray:
         if right + 1 < num_top and right + 1 < end:
             stack.append((right + 1, end))
     return idx
-
-
-def greedy_nms(boxes: torch.Tensor, thresh: float, inclusive: bool, disjoint_zero: bool,
-               limit: int) -> torch.Tensor:
-    """The kept positions of ``boxes`` (k x 4 float, in order): each box not yet suppressed is kept and suppresses
-    the later ones it overlaps, until ``limit`` are kept. IoU in float with pixel sizes: ``w = max(0, min(x2) -
-    max(x1) + 1)``, ``inter / (area_i + area_j - inter)``. ``inclusive``: suppressed at ``IoU >= thresh`` compared in
-    double (cpu_nms.pyx); else at ``IoU > thresh`` in float (nms.cpp), where ``disjoint_zero`` makes boxes that do not
-    touch 0 (nms.cpp's iou)."""
-    k = boxes.size(0)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    alive = torch.ones(k, dtype=torch.bool, device=boxes.device)
-    keep: List[int] = []
-    for i in range(k):
-        if len(keep) >= limit:
-            break
-        if not bool(alive[i]):
-            continue
-        keep.append(i)
-        w = torch.clamp(torch.minimum(x2[i], x2[i + 1:]) - torch.maximum(x1[i], x1[i + 1:]) + 1, min=0.0)
-        h = torch.clamp(torch.minimum(y2[i], y2[i + 1:]) - torch.maximum(y1[i], y1[i + 1:]) + 1, min=0.0)
-        inter = w * h
-        ovr = inter / (areas[i] + areas[i + 1:] - inter)
-        if inclusive:
-            hit = ovr.double() >= thresh
-        else:
-            if disjoint_zero:
-                apart = (x1[i] > x2[i + 1:]) | (y1[i] > y2[i + 1:]) | (x2[i] < x1[i + 1:]) | (y2[i] < y1[i + 1:])
-                ovr = torch.where(apart, torch.zeros_like(ovr), ovr)
-            hit = ovr > torch.tensor(thresh, dtype=torch.float32, device=boxes.device)
-        alive[i + 1:] = alive[i + 1:] & ~hit
-    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
-
-
-def select(cand: torch.Tensor, cand_scores: torch.Tensor, floor: Optional[float], thresh: float, inclusive: bool,
-           disjoint_zero: bool, limit: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(image, position) of every kept candidate: per image (``cand`` N x k x 4 in order, ``cand_scores`` N x k)
-    :func:`greedy_nms` over the candidates scored above ``floor`` (None: all), which lead the order."""
-    images: List[torch.Tensor] = []
-    positions: List[torch.Tensor] = []
-    for j in range(cand.size(0)):
-        count = cand.size(1) if floor is None else int((cand_scores[j] > floor).sum())
-        kept = greedy_nms(cand[j, :count], thresh, inclusive, disjoint_zero, limit)
-        images.append(torch.full_like(kept, j))
-        positions.append(kept)
-    return torch.cat(images), torch.cat(positions)
-
-
-_SCRIPTED: list = []
-
-
-def _select(*args):
-    """:func:`select`, scripted while tracing (a TorchScript export keeps its loops)."""
-    if not torch.jit.is_tracing():
-        return select(*args)
-    if not _SCRIPTED:
-        _SCRIPTED.append(torch.jit.script(select))
-    return _SCRIPTED[0](*args)
-
-
-class _OnnxNMS(torch.autograd.Function):
-    """onnx's NonMaxSuppression over ``boxes`` (N x k x 4, given as ``[x1, y1, x2 + 1, y2 + 1]``: its IoU has no
-    +1) and ``scores`` (N x 1 x k), at most ``limit`` per image, suppressed above ``iou`` (float), candidates above
-    ``floor`` (None: all). Eagerly (while the exporter traces) the selection :func:`greedy_nms` makes."""
-
-    @staticmethod
-    def forward(ctx, boxes, scores, limit: int, iou: float, floor, inclusive: bool, disjoint_zero: bool):
-        rows = []
-        for n in range(boxes.shape[0]):
-            count = int((scores[n, 0] > floor).sum()) if floor is not None else boxes.shape[1]
-            keep = greedy_nms(boxes[n, :count], iou, False, disjoint_zero, limit)
-            rows.append(torch.stack([torch.full_like(keep, n), torch.zeros_like(keep), keep], 1))
-        return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long)
-
-    @staticmethod
-    def symbolic(g, boxes, scores, limit, iou, floor, inclusive, disjoint_zero):
-        plus = g.op("Add", boxes, g.op("Constant", value_t=torch.tensor([0.0, 0.0, 1.0, 1.0])))
-        args = [plus, scores, g.op("Constant", value_t=torch.tensor([limit], dtype=torch.int64)),
-                g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32))]
-        if floor is not None:
-            args.append(g.op("Constant", value_t=torch.tensor([floor], dtype=torch.float32)))
-        return g.op("NonMaxSuppression", *args, center_point_box_i=0)
-
-
-def _float_threshold(t: float, inclusive: bool) -> float:
-    """The float ``f`` with ``IoU > f`` (onnx's test, in float) exactly where the layer suppresses."""
-    f = np.float32(t)
-    if inclusive and float(f) >= t:          # IoU >= t (double): above the float just below t
-        f = np.nextafter(f, np.float32(-np.inf))
-    return float(f)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,11 +306,11 @@ class Proposal(NoBlobs):
         limit = post if post > 0 else 2 ** 31 - 1
         floor = -float(np.finfo(np.float32).max) if s.python else None
         if torch.onnx.is_in_onnx_export():
-            sel = _OnnxNMS.apply(cand, cand_scores.unsqueeze(1), limit, _float_threshold(thresh, s.python), floor,
-                                 s.python, not s.python)
+            sel = OnnxNMS.apply(cand, cand_scores.unsqueeze(1), limit, float_threshold(thresh, s.python), floor,
+                                s.python, not s.python, 1.0)
             image, pos = sel[:, 0], sel[:, 2]
         else:
-            image, pos = _select(cand, cand_scores, floor, thresh, s.python, not s.python, limit)
+            image, pos = scripted_select(cand, cand_scores, floor, thresh, s.python, not s.python, limit, 1.0)
         flat = image * k + pos
         rois = torch.cat([image.to(torch.float32).unsqueeze(1), cand.reshape(-1, 4)[flat]], 1)
         top_scores = cand_scores.reshape(-1)[flat]

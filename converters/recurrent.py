@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sfport.errors import CaffeFileError
 
-from .base import Converter, register
+from .base import Converter, in_export_form, in_fixed_time, register
 
 
 def _bad(layer, what: str) -> CaffeFileError:
@@ -64,6 +65,39 @@ def lstm_unit(c_prev: torch.Tensor, x: torch.Tensor, cont: torch.Tensor):
     return c, o * torch.tanh(c)
 
 
+def _lstm_scan(wx: torch.Tensor, ws: torch.Tensor, cont: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+               w_hc: torch.Tensor):
+    """CaffeLSTM's loop over t (the same operations as ``_step``, ``ws`` 0 without a static input) in a form
+    TorchScript compiles: called from a trace it stays a loop (ONNX Loop), so T stays dynamic. (top, h_T, c_T)"""
+    outs = []
+    for t in range(wx.size(0)):
+        ct = cont[t]
+        gate = F.linear(h * ct.unsqueeze(-1), w_hc) + wx[t] + ws
+        c, h = lstm_unit(c, gate, ct)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def _rnn_scan(wx: torch.Tensor, ws: torch.Tensor, cont: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor,
+              w_ho: torch.Tensor, b_o: torch.Tensor):
+    """CaffeRNN's loop over t in TorchScript's form (see :func:`_lstm_scan`): (top o, h_T)."""
+    outs = []
+    for t in range(wx.size(0)):
+        h = torch.tanh(F.linear(h * cont[t].unsqueeze(-1), w_hh) + wx[t] + ws)
+        outs.append(torch.tanh(F.linear(h, w_ho, b_o)))
+    return torch.stack(outs), h
+
+
+_SCRIPTED: dict = {}
+
+
+def _scripted(fn):
+    """``fn`` compiled by TorchScript, once (on first export, not at import)."""
+    if fn not in _SCRIPTED:
+        _SCRIPTED[fn] = torch.jit.script(fn)
+    return _SCRIPTED[fn]
+
+
 class CaffeLSTMUnit(nn.Module):
     caffe_blobs: tuple = ()
 
@@ -73,12 +107,17 @@ class CaffeLSTMUnit(nn.Module):
 
 
 class _Recurrent(nn.Module):
-    """The unrolled net of RNNLayer / LSTMLayer (recurrent_layer.cpp, and the type's FillUnrolledNet)."""
+    """The unrolled net of RNNLayer / LSTMLayer (recurrent_layer.cpp, and the type's FillUnrolledNet).
+
+    In :func:`sfport.converters.export_form` (export and its checks) the module is a pure function of its bottoms:
+    without expose_hidden it starts from the zero state (Caffe's first forward, or after ``Reset``) and keeps no
+    state; a trace calls the scripted loop (``_lstm_scan`` / ``_rnn_scan``: T dynamic, ONNX Loop), or unrolls the
+    loop over the traced T within :func:`sfport.converters.fixed_time`."""
 
     num_states = 1
 
     def __init__(self, num_output: int, input_dim: int, static_dim: int | None, expose_hidden: bool, gates: int,
-                 names: tuple):
+                 names: tuple, layer_name: str = "", type_: str = ""):
         super().__init__()
         rows = gates * num_output
         self.num_output, self.static, self.expose_hidden = num_output, static_dim is not None, expose_hidden
@@ -93,6 +132,11 @@ class _Recurrent(nn.Module):
         self.caffe_blobs = [name for name, _ in shapes]
         self._names = names
         self._state = None   # recur_output_blobs_: the final states of the last forward (no expose_hidden)
+        if not expose_hidden:
+            self.export_note = (f"layer '{layer_name}' ({type_}) is exported without the state Caffe carries from one "
+                                f"forward to the next: every run starts from zero h_0{', c_0' * (gates == 4)} "
+                                f"(Caffe's first forward, or after Reset); expose_hidden carries it as bottoms "
+                                f"and tops")
 
     def reset(self):
         """RecurrentLayer::Reset: zero the carried hidden state."""
@@ -106,6 +150,8 @@ class _Recurrent(nn.Module):
                     raise ValueError(f"bottom[{j}] shape must match hidden state input shape {list(shape)}, "
                                      f"not {list(h.shape)}")
             return [h.detach().to(like)[0] for h in hidden]    # ShareData only: no diff to h_0 / c_0
+        if in_export_form():   # an exported graph is a function of its inputs: the zero state
+            return [like.new_zeros(shape[1:]) for _ in range(self.num_states)]
         if self._state is not None and all(tuple(s.shape) == shape for s in self._state):
             return [s.to(like)[0] for s in self._state]
         return [like.new_zeros(shape[1:]) for _ in range(self.num_states)]
@@ -122,14 +168,17 @@ class _Recurrent(nn.Module):
         ws = F.linear(static.reshape(n, -1), getattr(self, w_static)) if self.static else None  # axis 1, no bias
         cont = cont.detach().to(x.dtype)                               # no gradient to sequence indicators
         states = self._initial(hidden, n, wx)
-        outs = []
-        for t in range(t_):
-            ct = cont[t]
-            states, out = self._step(states, wx[t], ws, ct)
-            outs.append(out)
-        if not self.expose_hidden and not torch.jit.is_tracing():
+        if torch.jit.is_tracing() and in_export_form() and not in_fixed_time():
+            top, states = self._scan(states, wx, wx.new_zeros(()) if ws is None else ws, cont)
+        else:
+            outs = []
+            for t in range(t_):
+                ct = cont[t]
+                states, out = self._step(states, wx[t], ws, ct)
+                outs.append(out)
+            top = torch.stack(outs)
+        if not self.expose_hidden and not torch.jit.is_tracing() and not in_export_form():
             self._state = [s.detach().unsqueeze(0) for s in states]
-        top = torch.stack(outs)
         if self.expose_hidden:   # the final states' tops share data only: no gradient flows back from them
             return (top, *[s.detach().unsqueeze(0) for s in states])
         return top
@@ -138,8 +187,13 @@ class _Recurrent(nn.Module):
 class CaffeLSTM(_Recurrent):
     num_states = 2   # h, c (RecurrentInputBlobNames: h_0, c_0; RecurrentOutputBlobNames: h_T, c_T)
 
-    def __init__(self, num_output, input_dim, static_dim, expose_hidden):
-        super().__init__(num_output, input_dim, static_dim, expose_hidden, 4, ("W_xc", "b_c", "W_xc_static", "W_hc"))
+    def __init__(self, num_output, input_dim, static_dim, expose_hidden, name=""):
+        super().__init__(num_output, input_dim, static_dim, expose_hidden, 4, ("W_xc", "b_c", "W_xc_static", "W_hc"),
+                         name, "LSTM")
+
+    def _scan(self, states, wx, ws, cont):
+        top, h, c = _scripted(_lstm_scan)(wx, ws, cont, states[0], states[1], self.W_hc)
+        return top, [h, c]
 
     def _step(self, states, wx_t, ws, ct):
         h, c = states
@@ -152,8 +206,9 @@ class CaffeLSTM(_Recurrent):
 
 
 class CaffeRNN(_Recurrent):
-    def __init__(self, num_output, input_dim, static_dim, expose_hidden):
-        super().__init__(num_output, input_dim, static_dim, expose_hidden, 1, ("W_xh", "b_h", "W_xh_static", "W_hh"))
+    def __init__(self, num_output, input_dim, static_dim, expose_hidden, name=""):
+        super().__init__(num_output, input_dim, static_dim, expose_hidden, 1, ("W_xh", "b_h", "W_xh_static", "W_hh"),
+                         name, "RNN")
         self.W_ho = nn.Parameter(torch.zeros(num_output, num_output))
         self.b_o = nn.Parameter(torch.zeros(num_output))
         self.caffe_blobs = self.caffe_blobs + ["W_ho", "b_o"]
@@ -167,6 +222,22 @@ class CaffeRNN(_Recurrent):
         h = torch.tanh(pre)                                            # h_neuron_t
         o = torch.tanh(F.linear(h, self.W_ho, self.b_o))                # o_neuron_t: tanh(W_ho h_t + b_o)
         return [h], o
+
+    def _scan(self, states, wx, ws, cont):
+        top, h = _scripted(_rnn_scan)(wx, ws, cont, states[0], self.W_hh, self.W_ho, self.b_o)
+        return top, [h]
+
+
+def _cont_value(shape) -> np.ndarray:
+    """A made-up ``cont`` (T x N) with both of its meanings: even streams start a sequence at t = 0 (0) and again
+    in the middle, odd streams continue (1) from the initial state (expose_hidden's h_0, c_0)."""
+    t_, n = shape
+    cont = np.ones((t_, n), np.float32)
+    cont[0, 0::2] = 0
+    if t_ > 1:
+        for j in range(0, n, 2):
+            cont[1 + (j // 2) % (t_ - 1), j] = 0
+    return cont
 
 
 class _RecurrentConverter(Converter):
@@ -222,7 +293,21 @@ class _RecurrentConverter(Converter):
 
     def build(self, layer, bottom_shapes):
         _, _, k, ks, expose, d = self._setup(layer, bottom_shapes)
-        return self.module_class(d, k, ks, expose)
+        return self.module_class(d, k, ks, expose, layer.name)
+
+    def input_axes(self, layer, bottom, shape):
+        """recurrent_layer.cpp Reshape: x and cont are T x N, x_static N x ..., h_0 / c_0 1 x N x D. N may change
+        at any forward; T is the one LayerSetUp unrolled the net for (CHECK_EQ(T_, ...): "input number of
+        timesteps changed"), but no blob depends on it: the same model set up at another T runs there."""
+        nh = self.num_states if layer.recurrent_param.expose_hidden else 0
+        if bottom < 2:
+            return {0: "time", 1: "batch"}
+        if bottom == 2 and len(layer.bottom) > 2 + nh:
+            return {0: "batch"}
+        return {1: "batch"}
+
+    def input_value(self, layer, bottom, shape, image_shape):
+        return _cont_value(shape) if bottom == 1 and len(shape) == 2 else None
 
     def fillers(self, layer):
         """Every InnerProduct of the unrolled net takes recurrent_param's weight_filler (and bias_filler)."""
@@ -287,3 +372,9 @@ class LSTMUnitConverter(Converter):
     def build(self, layer, bottom_shapes):
         self._check(layer, bottom_shapes)
         return CaffeLSTMUnit()
+
+    def input_axes(self, layer, bottom, shape):
+        return {1: "batch"}                       # 1 x N x ...: one time step of N streams
+
+    def input_value(self, layer, bottom, shape, image_shape):
+        return _cont_value(shape) if bottom == 2 and len(shape) == 2 else None

@@ -5,10 +5,12 @@ DetectionOutput (detection_output_layer.cpp with util/bbox_util.cpp). Normalize,
 Both compute in float32 the way the fork does: PriorBox's corner arithmetic in double then stored as float
 (its ``/ 2.`` and ``/ img_width`` are double), DetectionOutput's decoding, sizes and overlaps in float.
 
-Export: DetectionOutput's NMS is data-dependent Python. In an exported graph (TorchScript, ONNX) the layer's
-top holds what comes before the NMS, one row per prior: the decoded boxes of every location class (4 values
-each) and then the class scores (``num_classes`` values), shape ``N x num_priors x (4 * num_loc_classes +
-num_classes)``; :func:`detections` turns that into the layer's real output, equal to the eager net's.
+Export: DetectionOutput's top is the layer's own rows, computed with standard operations (:mod:`.ssd_export`:
+TopK, NonMaxSuppression, gathers), equal to the eager rows except in the order of equal scores at the keep_top_k
+cut. Asked for ``pre_nms`` (``sfport convert --pre-nms``; ``export_options(pre_nms=True)``), and for a layer with
+``nms_param.eta`` < 1, the top holds what comes before the NMS, one row per prior: the decoded boxes of every
+location class (4 values each) and then the class scores (``num_classes`` values), shape ``N x num_priors x
+(4 * num_loc_classes + num_classes)``; :func:`detections` turns that into the layer's output, equal to eager's.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from google.protobuf import text_format
 
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
-from .base import Converter, NoBlobs, NoParams, in_export_form, register
+from . import ssd_export
+from .nms import libstdcxx_sort
+from .base import Converter, NoBlobs, NoParams, export_option, in_export_form, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -313,115 +317,6 @@ def _nms(s: _DetSetup, boxes: np.ndarray, size: np.ndarray, scores: np.ndarray) 
     return [int(order[k]) for k in kept]
 
 
-def libstdcxx_sort(a: list, less) -> None:
-    """``std::sort(a.begin(), a.end(), less)`` as GCC's libstdc++ (bits/stl_algo.h) performs it, in place: an
-    introsort (median-of-three pivot moved to the front, unguarded partition, heapsort past 2 log2(n) levels)
-    down to runs of 16, then one insertion sort. The sort is not stable, so where keys tie (saturated scores
-    at the keep_top_k cut) only the same algorithm keeps what Caffe, built with GCC, keeps."""
-    n = len(a)
-    if n < 2:
-        return
-
-    def swap(i, j):
-        a[i], a[j] = a[j], a[i]
-
-    def adjust_heap(first, hole, length, value):          # std::__adjust_heap + std::__push_heap
-        top, child = hole, hole
-        while child < (length - 1) // 2:
-            child = 2 * (child + 1)
-            if less(a[first + child], a[first + child - 1]):
-                child -= 1
-            a[first + hole] = a[first + child]
-            hole = child
-        if length % 2 == 0 and child == (length - 2) // 2:
-            child = 2 * (child + 1)
-            a[first + hole] = a[first + child - 1]
-            hole = child - 1
-        parent = (hole - 1) // 2
-        while hole > top and less(a[first + parent], value):
-            a[first + hole] = a[first + parent]
-            hole = parent
-            parent = (hole - 1) // 2
-        a[first + hole] = value
-
-    def heap_sort(first, last):                             # std::__partial_sort(first, last, last)
-        length = last - first
-        if length >= 2:                                     # std::__make_heap
-            parent = (length - 2) // 2
-            while True:
-                adjust_heap(first, parent, length, a[first + parent])
-                if parent == 0:
-                    break
-                parent -= 1
-        while last - first > 1:                             # std::__sort_heap / std::__pop_heap
-            last -= 1
-            value = a[last]
-            a[last] = a[first]
-            adjust_heap(first, 0, last - first, value)
-
-    def partition_pivot(first, last):                       # std::__unguarded_partition_pivot
-        mid = first + (last - first) // 2
-        x, y, z = first + 1, mid, last - 1                  # std::__move_median_to_first(first, x, y, z)
-        if less(a[x], a[y]):
-            if less(a[y], a[z]):
-                swap(first, y)
-            elif less(a[x], a[z]):
-                swap(first, z)
-            else:
-                swap(first, x)
-        elif less(a[x], a[z]):
-            swap(first, x)
-        elif less(a[y], a[z]):
-            swap(first, z)
-        else:
-            swap(first, y)
-        lo, hi, pivot = first + 1, last, first              # std::__unguarded_partition
-        while True:
-            while less(a[lo], a[pivot]):
-                lo += 1
-            hi -= 1
-            while less(a[pivot], a[hi]):
-                hi -= 1
-            if not lo < hi:
-                return lo
-            swap(lo, hi)
-            lo += 1
-
-    def introsort(first, last, depth):                      # std::__introsort_loop
-        while last - first > 16:
-            if depth == 0:
-                heap_sort(first, last)
-                return
-            depth -= 1
-            cut = partition_pivot(first, last)
-            introsort(cut, last, depth)
-            last = cut
-
-    def linear_insert(i):                                   # std::__unguarded_linear_insert
-        value = a[i]
-        while less(value, a[i - 1]):
-            a[i] = a[i - 1]
-            i -= 1
-        a[i] = value
-
-    def insertion_sort(first, last):                        # std::__insertion_sort
-        for i in range(first + 1, last):
-            if less(a[i], a[first]):
-                value = a[i]
-                a[first + 1:i + 1] = a[first:i]
-                a[first] = value
-            else:
-                linear_insert(i)
-
-    introsort(0, n, 2 * (n.bit_length() - 1))               # 2 * std::__lg(n)
-    if n > 16:                                              # std::__final_insertion_sort
-        insertion_sort(0, 16)
-        for i in range(16, n):
-            linear_insert(i)
-    else:
-        insertion_sort(0, n)
-
-
 def _select(s: _DetSetup, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """DetectionOutputLayer::Forward_cpu after decoding: per image and class (background skipped) the NMS, then
     keep_top_k over the image's detections (std::sort by descending score, ties as libstdc++ leaves them: see
@@ -460,17 +355,29 @@ def _select(s: _DetSetup, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
 class DetectionOutput(NoBlobs):
     """``forward(loc, conf, prior) -> 1 x 1 x K x 7`` (see :func:`_select`); ``loc`` is N x (P * L * 4),
     ``conf`` N x (P * C) (probabilities: the net's Softmax comes before), ``prior`` PriorBox's 1 x 2 x (P * 4).
-    In :func:`sfport.converters.export_form` it returns the pre-NMS rows instead (see the module)."""
+    In :func:`sfport.converters.export_form`: :mod:`.ssd_export`'s rows, or the pre-NMS rows (see the module)."""
 
     def __init__(self, setup: _DetSetup, param_text: str = ""):
         super().__init__()
         self.setup = setup
         key = f"sfport:DetectionOutput:{setup.name}"
-        self.export_note = (f"layer '{setup.name}' (DetectionOutput) is exported before its NMS: its top holds "
-                            f"N x priors x (4 x {setup.num_loc_classes} + {setup.num_classes}) rows; finish with "
-                            f"sfport.converters.ssd.detections(<the '{key}' metadata (ONNX) or extra file "
-                            f"(TorchScript)>, rows)")
-        self.export_metadata = {key: param_text}
+        why = "" if ssd_export.supported(setup) else " (nms_param.eta < 1: no standard operation adapts the threshold)"
+        self._note = (f"layer '{setup.name}' (DetectionOutput) is exported before its NMS{why}: its top holds N x "
+                      f"priors x (4 x {setup.num_loc_classes} + {setup.num_classes}) rows; finish with "
+                      f"sfport.converters.ssd.detections(<the '{key}' metadata (ONNX) or extra file (TorchScript)>, "
+                      f"rows)")
+        self._metadata = {key: param_text}
+
+    def pre_nms_form(self) -> bool:
+        return bool(export_option("pre_nms")) or not ssd_export.supported(self.setup)
+
+    @property
+    def export_note(self):
+        return self._note if self.pre_nms_form() else None
+
+    @property
+    def export_metadata(self):
+        return self._metadata if self.pre_nms_form() else {}
 
     def pre_nms(self, loc, conf, prior):
         s = self.setup
@@ -490,7 +397,10 @@ class DetectionOutput(NoBlobs):
             _check_priors(s, prior)
         rows = self.pre_nms(loc, conf, prior)
         if in_export_form():
-            return rows
+            if self.pre_nms_form():
+                return rows
+            boxes = rows[..., :4 * s.num_loc_classes].reshape(num, p, s.num_loc_classes, 4)
+            return ssd_export.detection_rows(s, boxes, rows[..., 4 * s.num_loc_classes:])
         return torch.from_numpy(finish(s, rows.detach().cpu().numpy())).to(loc.device)
 
 
@@ -522,6 +432,8 @@ def detections(layer_or_param, rows) -> np.ndarray:
 
 @register("DetectionOutput")
 class DetectionOutputConverter(NoParams):
+    discrete = True     # an NMS: export checks it from its bottoms as onnxruntime computes them
+
     def top_shapes(self, layer, bottom_shapes):
         """DetectionOutputLayer::Reshape: ``1 x 1 x 1 x 7`` (the count of rows is known only after the NMS)."""
         if len(layer.bottom) != 3:

@@ -1,7 +1,7 @@
 """The SSD fork's PriorBox and DetectionOutput (weiliu89/caffe, branch ssd): MobileNet-SSD (../shared/fixtures/ssd)
 against OpenCV 4 blob by blob including detection_out, its train/test definitions against its deploy net, the
-export before the NMS, and hand-built cases whose expected rows are worked out here from the fork's
-prior_box_layer.cpp, detection_output_layer.cpp and bbox_util.cpp."""
+export before the NMS (pre_nms; the whole layer's export is test_ssd_export.py), and hand-built cases whose expected
+rows are worked out here from the fork's prior_box_layer.cpp, detection_output_layer.cpp and bbox_util.cpp."""
 import math
 import shutil
 import subprocess
@@ -164,7 +164,7 @@ def test_onnx_export_before_the_nms_gives_eager_detections(deploy):
     import onnxruntime as ort
     p, w = deploy
     net = Net(p, w)
-    data, res = export.onnx_export(net)
+    data, res = export.onnx_export(net, pre_nms=True)
     assert res.dynamic_size and "exported before its NMS" in res.summary()
     proto = onnx.load_from_string(data)
     meta = {m.key: m.value for m in proto.metadata_props}
@@ -183,7 +183,7 @@ def test_torchscript_export_carries_the_parameters_as_an_extra_file(deploy):
     import io
     p, w = deploy
     net = Net(p, w)
-    data, res = export.torchscript_export(net, dynamic=False)
+    data, res = export.torchscript_export(net, dynamic=False, pre_nms=True)
     extra = {"sfport:DetectionOutput:detection_out": ""}
     loaded = torch.jit.load(io.BytesIO(data), _extra_files=extra)
     x = verify.make_input((1, 3, 300, 300), "random", 2)

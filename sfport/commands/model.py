@@ -213,10 +213,16 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
 @click.option("--tol", type=float, default=1e-5, show_default=True,
               help="Largest error, relative to max|output|, an export may show against the eager net.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
-@click.option("--static", is_flag=True, help="Export at the net's own input size only (no dynamic height/width).")
+@click.option("--static", is_flag=True, help="Export at the net's own input size only (no dynamic height/width; "
+                                             "a recurrent net's time axis T fixed, its loop unrolled).")
 @click.option("--optimize", is_flag=True, help="Convert the inference-optimized net: BatchNorm / Scale / Bias "
                                                "folded into the layer before, Dropout, Split and Silence dropped.")
-def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, tol, opset, static, optimize):
+@click.option("--pre-nms", is_flag=True,
+              help="TorchScript / ONNX of an SSD: its detection output layer's top before its NMS (N x priors x (4 + classes): "
+                   "decoded boxes, then scores; finish with sfport.converters.ssd.detections) instead of its "
+                   "1 x 1 x N x 7 detection rows.")
+def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, tol, opset, static, optimize,
+            pre_nms):
     """Convert a Caffe model to PyTorch (pt), TorchScript, ONNX, or back to a caffemodel.
 
     The net converted is the inference form of the definition (--prototxt, or the one stored in the
@@ -224,8 +230,10 @@ def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, to
     --shape), their label tops, the loss and accuracy layers go (see `sfport deploy`). pt is sfport's
     self-contained file (net definition + state_dict, loadable with torch.load(weights_only=True) and
     sfport.TorchNet). TorchScript and ONNX are checked against the eager net (ONNX on onnxruntime) before they are
-    written; a mismatch writes nothing and exits 1. Without MODEL: the built-in SphereFace-20 deploy net with
-    its fillers' weights (seed --seed), as ONNX to sphereface20.onnx - a demonstration, not a face model.
+    written; a mismatch writes nothing and exits 1. An SSD's detection output layer is exported whole (its NMS
+    as ONNX NonMaxSuppression: the 1 x 1 x N x 7 rows Caffe gives), or before its NMS with --pre-nms. Without
+    MODEL: the built-in SphereFace-20 deploy net with its fillers' weights (seed --seed), as ONNX to
+    sphereface20.onnx - a demonstration, not a face model.
 
     \b
     Examples:
@@ -253,7 +261,7 @@ def convert(model, prototxt, output, fmt, seed, phase, stages, level, shapes, to
         net = net.optimized()
         click.echo(net.optimization.summary(), err=True)
     try:
-        result = export.save(net, output, fmt, tol, opset=opset, dynamic=False if static else None)
+        result = export.save(net, output, fmt, tol, opset=opset, dynamic=False if static else None, pre_nms=pre_nms)
     except export.ExportMismatch as e:
         click.echo(f"sfport: error: {output}: not written: {e}", err=True)
         raise SystemExit(1)

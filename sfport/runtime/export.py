@@ -14,6 +14,8 @@ as onnxruntime computes them (extra outputs of the checked model, not of the fil
 outputs with eager's run from those bottoms on: every operation is checked, each on the same values."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import io as _io
 import warnings
 from dataclasses import dataclass, field
@@ -97,12 +99,40 @@ def _shapes_at(net, size: tuple[int, int]) -> dict[str, tuple]:
     return {n: (tuple(s[:2]) + (s[2] + dh, s[3] + dw)) if len(s) == 4 else tuple(s) for n, s in net.inputs.items()}
 
 
-def _inputs(net, shapes: dict[str, tuple], batch: int, seed: int) -> tuple:
-    """Uniform(-1, 1) inputs at ``batch``, except those a layer they feed gives a value (Proposal's im_info:
+def _input_axes(net) -> dict[str, dict[int, str]]:
+    """Each input's dynamic axes, {axis: "batch" or "time"}, as the layers reading it say (``Converter.input_axes``:
+    a recurrent layer's T x N), directly or through one-bottom layers that keep those leading axes (an Embed
+    before an LSTM); else the batch on axis 0."""
+    g, found = net.graph, {}
+    producer = {t: gl for gl in g.layers for t in gl.tops}
+    for gl in g.layers:
+        for j, b in enumerate(gl.bottoms):
+            axes = conv_registry.get_for(gl.param).input_axes(gl.param, j, tuple(gl.bottom_shapes[j] or ()))
+            k = max(axes or [0]) + 1
+            while axes and b not in g.inputs and b in producer:
+                p = producer[b]
+                top = p.top_shapes[p.tops.index(b)] if p.top_shapes else None
+                if len(p.bottoms) != 1 or not top or not p.bottom_shapes[0] \
+                        or tuple(p.bottom_shapes[0][:k]) != tuple(top[:k]):
+                    break
+                b = p.bottoms[0]
+            if axes and b in g.inputs:
+                found.setdefault(g.caffe_name[b], axes)
+    return {n: found.get(n, {0: "batch"}) for n in net.inputs}
+
+
+def _inputs(net, shapes: dict[str, tuple], batch: int, seed: int, time: int | None = None) -> tuple:
+    """Uniform(-1, 1) inputs at ``batch`` (on each input's batch axis: :func:`_input_axes`) and ``time`` (None:
+    the given length), except those a layer they feed gives a value (Proposal's im_info, a recurrent layer's cont:
     :func:`sfport.runtime.verify.input_values`)."""
-    g = torch.Generator().manual_seed(seed)
-    x = [torch.rand([batch] + list(s[1:]), generator=g) * 2 - 1 for s in shapes.values()]
-    made = input_values(net, {n: (batch,) + tuple(s[1:]) for n, s in shapes.items()})
+    g, axes, sized = torch.Generator().manual_seed(seed), _input_axes(net), {}
+    for n, s in shapes.items():
+        s = list(s)
+        for a, role in axes.get(n, {0: "batch"}).items():
+            s[a] = batch if role == "batch" else (time or s[a])
+        sized[n] = tuple(s)
+    x = [torch.rand(list(s), generator=g) * 2 - 1 for s in sized.values()]
+    made = input_values(net, sized)
     return tuple(torch.from_numpy(made[n][0]) if n in made else t for n, t in zip(shapes, x))
 
 
@@ -126,6 +156,7 @@ class _Run:
     inputs: tuple
     want: list
     module: object = None
+    time: bool = False      # a run at another length of the time axis
 
 
 def _eager(module, inputs) -> list[np.ndarray]:
@@ -138,7 +169,8 @@ def _plan(net, module, dynamic: bool | None, sizes, outputs=None) -> tuple[list[
     second sizes (batch 2) against the eager net built there (its ``outputs``: default the net's); and the reason
     H, W stay fixed (None if not)."""
     own = dict(net.inputs)
-    batch = next(iter(own.values()))[0] if own else 1
+    first = next(iter(own), None)
+    batch = own[first][next(a for a, r in _input_axes(net)[first].items() if r == "batch")] if own else 1
     runs = []
     for b in [1, 2] + ([batch] if batch not in (1, 2) else []):
         x = _inputs(net, own, b, b)
@@ -163,6 +195,43 @@ def _plan(net, module, dynamic: bool | None, sizes, outputs=None) -> tuple[list[
             return runs, [], reason
         extra.append(_Run(where, x, want, other_module))
     return runs, extra, None
+
+
+def _time_plan(net, dynamic: bool | None, outputs=None) -> tuple[list[_Run], str]:
+    """A net with a time axis (a recurrent layer's T: recurrent_layer.cpp LayerSetUp unrolls its net for the
+    bottom's T, and Reshape refuses another T later, but no weight depends on T, so the same model set up at another
+    T runs there): the runs at two other lengths (batch 2) against the eager net built at each, unless ``dynamic`` is
+    False or the net does not run there (then T stays fixed and the trace unrolls the loop: empty runs); and the
+    note that says which."""
+    axes = _input_axes(net)
+    timed = {n: next(a for a, r in ax.items() if r == "time") for n, ax in axes.items() if "time" in ax.values()}
+    if not timed:
+        return [], ""
+    name, axis = next(iter(timed.items()))
+    own = net.inputs[name][axis]
+    where = ", ".join(f"{n} axis {a}" for n, a in timed.items())
+    if dynamic is False:
+        return [], f"time axis T ({where}) fixed at {own}, by request: the loop over T is unrolled"
+    runs, lengths = [], [own + 3, 1] if own != 1 else [4]
+    for k, t in enumerate(lengths):
+        shapes = {n: tuple(t if n in timed and a == timed[n] else d for a, d in enumerate(s))
+                  for n, s in net.inputs.items()}
+        try:
+            other = _rebuilt(net, shapes).exportable(outputs).eval()
+            x = _inputs(net, shapes, 2, 11 + k, t)
+            runs.append(_Run(f"T={t}: {_shape_text(v.shape for v in x)}", x, _eager(other, x), other, True))
+        except Exception as e:
+            reason = f"the net does not run at T={t} ({_one_line(e)})"
+            if dynamic:
+                raise ExportMismatch(f"time axis not dynamic: {reason}") from None
+            return [], f"time axis T ({where}) fixed at {own}: {reason}; the loop over T is unrolled"
+    return runs, (f"time axis T ({where}) dynamic: a loop over T (TorchScript loop, ONNX Loop), checked at "
+                  f"T={', '.join(str(t) for t in [own] + lengths)}")
+
+
+def _unrolled(time_runs: list[_Run], note: str):
+    """Where the time axis stays fixed, the trace unrolls the recurrent loops (converters.fixed_time)."""
+    return conv_registry.fixed_time() if note and not time_runs else contextlib.nullcontext()
 
 
 def _check(name: str, run: _Run, got, tol: float) -> float:
@@ -192,8 +261,19 @@ def _run_all(name: str, fn, runs: list[_Run], tol: float, check=_check) -> list[
     return out
 
 
+def _with_options(export):
+    """``export`` taking the export options too (``pre_nms``: DetectionOutput's top before its NMS, as it was
+    before the layer exported whole; ``converters.export_options``), in effect while it builds, runs and checks."""
+    @functools.wraps(export)
+    def with_options(net, *args, pre_nms: bool = False, **kwargs):
+        with conv_registry.export_options(pre_nms=pre_nms):
+            return export(net, *args, **kwargs)
+    return with_options
+
+
 # -- TorchScript ------------------------------------------------------------------------------------------------
 
+@_with_options
 def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
                        sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, ExportResult]:
     """Script the net if TorchScript can compile it, else trace it at its own input size (positional inputs,
@@ -203,7 +283,9 @@ def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
     polymorphism. Returns the file bytes and what was checked."""
     module = net.exportable().eval()
     runs, extra, reason = _plan(net, module, dynamic, sizes)
-    with torch.no_grad(), warnings.catch_warnings():
+    time_runs, time_note = _time_plan(net, dynamic)
+    runs += time_runs
+    with torch.no_grad(), warnings.catch_warnings(), _unrolled(time_runs, time_note):
         warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic; jit's deprecation notices
         try:
             compiled, method = torch.jit.script(module), "scripted"
@@ -213,6 +295,7 @@ def torchscript_export(net, tol: float = 1e-5, *, dynamic: bool | None = None,
             method = f"traced at {_shape_text(t.shape for t in example)}"
         buf = _io.BytesIO()
         notes, meta = _export_forms(module)
+        notes += [time_note] if time_note else []
         torch.jit.save(compiled, buf, _extra_files=meta)   # what finishing an exported-early layer needs
         loaded = torch.jit.load(_io.BytesIO(buf.getvalue()))
 
@@ -238,6 +321,16 @@ def _onnx_axes(net, runs: list[_Run], extra: list[_Run]) -> dict[str, dict[int, 
     """Dynamic axes: the batch of every input and output; with ``extra`` (a polymorphic net) also axes 2 and 3
     of every 4-D input and each axis of an output whose length changed between the net's size and the second."""
     axes = {n: {0: "batch"} for n in list(net.inputs) + list(net.outputs)}
+    if any(ax != {0: "batch"} for ax in _input_axes(net).values()):   # a recurrent net's T x N ...
+        timed = [r for r in runs if r.time]
+        for n, ax in _input_axes(net).items():
+            axes[n] = {a: r for a, r in ax.items() if r == "batch" or timed}
+        for k, n in enumerate(net.outputs):   # ... and its outputs' axes: those that changed with N, with T
+            axes[n] = {a: "batch" for a, (p, q) in enumerate(zip(runs[0].want[k].shape, runs[1].want[k].shape))
+                       if p != q}
+            if timed:
+                axes[n].update({a: "time" for a, (p, q) in enumerate(zip(runs[1].want[k].shape,
+                                                                          timed[0].want[k].shape)) if p != q})
     if not extra:
         return axes
     for n in _spatial_inputs(net):
@@ -281,6 +374,7 @@ def _from_probes(module, probes: list[str], count: int):
     return check
 
 
+@_with_options
 def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,
                 sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, ExportResult]:
     """Export to ONNX (``opset``; inputs and outputs named by their Caffe blobs) with a dynamic batch and, for a
@@ -292,16 +386,19 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
     in_names, out_names, probes = list(net.inputs), list(net.outputs), _probes(net)
     module = net.exportable(out_names + probes).eval()
     runs, extra, reason = _plan(net, module, dynamic, sizes, out_names + probes)
+    time_runs, time_note = _time_plan(net, dynamic, out_names + probes)
+    runs += time_runs
     axes = _onnx_axes(net, runs, extra)
     for k, p in enumerate(probes):
         axes[p] = {a: f"{p}_axis{a}" for a in range(runs[0].want[len(out_names) + k].ndim)}
     buf = _io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _unrolled(time_runs, time_note):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset, input_names=in_names,
                           output_names=out_names + probes, dynamic_axes=axes, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
     notes, meta = _export_forms(module)
+    notes += [time_note] if time_note else []
     for k, v in meta.items():   # what finishing an exported-early layer needs travels in the file
         proto.metadata_props.add(key=k, value=v)
     checked_data = proto.SerializeToString()
@@ -340,9 +437,10 @@ def default_output(model, fmt: str) -> str:
 
 
 def save(net, path, fmt: str, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,
-         sizes: list[tuple[int, int]] | None = None) -> ExportResult | None:
+         sizes: list[tuple[int, int]] | None = None, pre_nms: bool = False) -> ExportResult | None:
     """Write ``net`` as ``fmt`` (pt, torchscript, onnx, caffemodel); TorchScript and ONNX only once checked
-    (:func:`torchscript_export`, :func:`onnx_export`), returning what was checked (None for pt, caffemodel)."""
+    (:func:`torchscript_export`, :func:`onnx_export`; ``pre_nms`` as they take it), returning what was checked
+    (None for pt, caffemodel)."""
     if fmt == "pt":
         net.save(path)
         return None
@@ -350,9 +448,9 @@ def save(net, path, fmt: str, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dyn
         net.save_caffemodel(path)
         return None
     if fmt == "torchscript":
-        data, result = torchscript_export(net, tol, dynamic=dynamic, sizes=sizes)
+        data, result = torchscript_export(net, tol, dynamic=dynamic, sizes=sizes, pre_nms=pre_nms)
     elif fmt == "onnx":
-        data, result = onnx_export(net, tol, opset=opset, dynamic=dynamic, sizes=sizes)
+        data, result = onnx_export(net, tol, opset=opset, dynamic=dynamic, sizes=sizes, pre_nms=pre_nms)
     else:
         raise ValueError(f"unknown export format '{fmt}' (one of {', '.join(EXTENSIONS)})")
     disk.atomic_write(path, data)
