@@ -237,3 +237,23 @@ def test_pooling_shape_inference_is_caffes():
     assert pooling.pooled_size(9, 9, (2, 3), (3, 2), (0, 0)) == (4, 4)     # no pad: kept, as in Caffe
     assert pooling.pooled_size(5, 5, (2, 2), (2, 2), (1, 1)) == (3, 3)     # ceil(5/2)+1 = 4, last starts at 5
     assert pooling.pooled_size(7, 7, (3, 3), (2, 2), (1, 1), ceil=False) == (4, 4)
+
+
+def test_an_input_that_is_also_an_output_keeps_its_name(tmp_path):
+    """A data layer's top nothing reads is one of Caffe's net outputs: the ONNX file takes it as the input named
+    'label' and gives it back as the output 'label' (torch.onnx alone renames the input to 'label.1', which no
+    caller feeds), and the check on onnxruntime runs."""
+    path = tmp_path / "lbl.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 1 dim: 3 '
+                    'dim: 8 dim: 8 } shape { dim: 1 } } }\nlayer { name: "conv" type: "Convolution" bottom: "data" '
+                    'top: "conv" convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" } } }\n')
+    net = Net(str(path), weights=None)
+    data, result = export.onnx_export(net)
+    assert result.worst <= 1e-5
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["data", "label"]
+    x, label = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32), np.array([3, 5], np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"data": x, "label": label})))
+    assert np.array_equal(got["label"], label)
+    want = net.forward(data=torch.from_numpy(x), label=torch.from_numpy(label))["conv"].numpy()
+    assert np.abs(got["conv"] - want).max() <= 1e-5

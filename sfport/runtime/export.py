@@ -397,6 +397,7 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
         torch.onnx.export(module, net.example_inputs(), buf, dynamo=False, opset_version=opset, input_names=in_names,
                           output_names=out_names + probes, dynamic_axes=axes, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
+    _inputs_by_their_names(proto, in_names)
     notes, meta = _export_forms(module)
     notes += [time_note] if time_note else []
     for k, v in meta.items():   # what finishing an exported-early layer needs travels in the file
@@ -417,6 +418,25 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
                        _from_probes(module, probes, len(out_names)) if probes else _check)
     return data, ExportResult("onnx", max(e for _, e in checked), reason is None, reason, checked, axes,
                               method="exported", opset=opset, notes=notes)
+
+
+def _inputs_by_their_names(proto, in_names: list[str]) -> None:
+    """An input that is also a net output (a data layer's top nothing reads: Caffe's net outputs are the blobs no
+    layer consumes) comes out of torch.onnx renamed (``label.1``) with an Identity to ``label``: the graph gets its
+    input back under its Caffe name, the output reading it directly."""
+    graph = proto.graph
+    for k, name in enumerate(in_names):
+        traced = graph.input[k].name
+        if traced == name:
+            continue
+        for node in list(graph.node):
+            if node.op_type == "Identity" and list(node.input) == [traced] and list(node.output) == [name]:
+                graph.node.remove(node)
+        for node in graph.node:
+            for j, x in enumerate(node.input):
+                if x == traced:
+                    node.input[j] = name
+        graph.input[k].name = name
 
 
 def onnx_bytes(net, tol: float = 1e-5, **kwargs) -> tuple[bytes, float]:
