@@ -458,22 +458,32 @@ def _loc_plan(s: _Setup, matches: list, truth: dict, loc, pb, pv) -> dict:
     return plan
 
 
+def _positives(s: _Setup, matches: dict, truth):
+    """An image's matched priors per label, in label order, with the class each is trained to (the
+    agnostic class when mapped so, else its ground truth's label, which must lie in [0, num_classes))."""
+    for lab in sorted(matches):
+        idx = matches[lab][0]
+        js = np.nonzero(idx > -1)[0]
+        gl = np.full(len(js), s.background + 1) if s.map_agnostic else truth.labels[idx[js]]
+        if bool(((gl < 0) | (gl >= s.num_classes)).any()):
+            raise _bad(s.name, f"a matched ground-truth label is outside [0, {s.num_classes})")
+        yield js, gl
+
+
 def _conf_targets(s: _Setup, matches: list, negs: list, truth: dict, N: int, P: int):
     """EncodeConfPrediction: with mining the rows (image, prior) of the positives then the negatives of each
     image with ground truth and their targets; without, every prior in order and the targets. SOFTMAX targets are
     labels, LOGISTIC ones N x C indicator rows filled with background_label_id (its caffe_set) around the ones."""
-    C, agnostic = s.num_classes, s.background + 1
+    C = s.num_classes
     if s.neg_mining:
         image, prior, label = [], [], []
         for i in range(N):
             if i not in truth:
                 continue
-            for lab in sorted(matches[i]):
-                idx = matches[i][lab][0]
-                js = np.nonzero(idx > -1)[0]
+            for js, gl in _positives(s, matches[i], truth[i]):
                 image += [i] * len(js)
                 prior += js.tolist()
-                label += [agnostic] * len(js) if s.map_agnostic else truth[i].labels[idx[js]].tolist()
+                label += gl.tolist()
             image += [i] * len(negs[i])
             prior += negs[i]
             label += [-1] * len(negs[i])                     # a negative
@@ -491,12 +501,7 @@ def _conf_targets(s: _Setup, matches: list, negs: list, truth: dict, N: int, P: 
     for i in range(N):
         if i not in truth:
             continue
-        for lab in sorted(matches[i]):
-            idx = matches[i][lab][0]
-            js = np.nonzero(idx > -1)[0]
-            gl = np.full(len(js), agnostic) if s.map_agnostic else truth[i].labels[idx[js]]
-            if bool(((gl < 0) | (gl >= C)).any()):
-                raise _bad(s.name, f"a matched ground-truth label is outside [0, {C})")
+        for js, gl in _positives(s, matches[i], truth[i]):
             if s.conf_loss == _M.SOFTMAX:
                 flat[i * P + js] = gl
             else:   # conf_gt_data advances by num_priors per image (not num_priors * num_classes)

@@ -3,16 +3,15 @@ and SegNet (pooling masks, Upsample with the mask) verify blob by blob against a
 weights at two input sizes, and export to ONNX checked on onnxruntime at both sizes against the eager net built
 at each.
 
-FCN-8s and DeepLab-LargeFOV are their published prototxts (tests/data/segmentation, PROVENANCE.md), read as data;
-the reference is OpenCV 4's Caffe importer (its own Crop, Deconvolution, dilated Convolution and Interp). Their
-channel counts are divided by ``THIN`` (the classifier's 21 kept) so that random weights stay small and the file
-runs in seconds: kernels, pads, strides, dilations, crop offsets and zoom, everything that sets a size or a
-position, are the published ones. SegNet's prototxt is CC BY-NC and not committed: a structurally equivalent
-SegNet-Basic is built here, and the reference is the oracle pycaffe (brocolli-caffe), whose MaxUnPool is
+No model file is committed: FCN-8s and DeepLab-LargeFOV are written here layer for layer as their published
+prototxts have them (fcn8s, deeplab_largefov: the repositories and commits in their docstrings), and the reference
+is OpenCV 4's Caffe importer (its own Crop, Deconvolution, dilated Convolution and Interp). Their channel counts
+are divided by ``THIN`` (the classifier's 21 kept) so that random weights stay small and the file runs in seconds:
+kernels, pads, strides, dilations, crop offsets and zoom, everything that sets a size or a position, are the
+published ones. SegNet-Basic (its prototxt is CC BY-NC) is built here likewise, and the reference is the oracle pycaffe (brocolli-caffe), whose MaxUnPool is
 caffe-segnet's mask Upsample with the output size written out (both write ``top[mask[i]] = bottom[i]`` in order).
 """
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,11 @@ from google.protobuf import text_format
 
 import sfport
 from sfport.formats import caffe_files
-from sfport.netdef.deploy import deploy_net
 from sfport.netdef.weight_match import with_random_weights
 from sfport.protos import caffe_pb2
 from sfport.runtime import export, verify
 from sfport.runtime.net import Net
 
-DATA = Path(__file__).parent / "data" / "segmentation"
 ORACLE = os.environ.get("SFPORT_ORACLE_PYTHON", "/tmp/oracle/venv/bin/python")
 TOL = 1e-5
 THIN = 16
@@ -41,12 +38,6 @@ def _thin(net: caffe_pb2.NetParameter, classes: int = 21) -> caffe_pb2.NetParame
         p = layer.convolution_param
         if layer.type == "Convolution" and p.num_output != classes:
             p.num_output = max(1, p.num_output // THIN)
-    return net
-
-
-def _with_input(net: caffe_pb2.NetParameter, h: int, w: int) -> caffe_pb2.NetParameter:
-    shape = next(layer for layer in net.layer if layer.type == "Input").input_param.shape[0]
-    shape.dim[2], shape.dim[3] = h, w
     return net
 
 
@@ -93,13 +84,64 @@ def _export_checked(p, w, sizes):
 
 # ---- FCN-8s ----------------------------------------------------------------------------------------------------
 
+def _conv(name, bottom, n, k, pad=0, dilation=1, stride=1, relu=True, bias=True):
+    dil = f" dilation: {dilation}" if dilation != 1 else ""
+    out = (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param {{ '
+           f'num_output: {n} pad: {pad} kernel_size: {k} stride: {stride}{dil}'
+           f'{"" if bias else " bias_term: false"} }} }}\n')
+    return out + (f'layer {{ name: "relu{name[4:] if name.startswith("conv") else name[2:]}" type: "ReLU" '
+                   f'bottom: "{name}" top: "{name}" }}\n' if relu else "")
+
+
+def _pool(name, bottom, k, stride, pad=0, method="MAX"):
+    return (f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}" pooling_param {{ pool: '
+            f'{method} kernel_size: {k} stride: {stride} pad: {pad} }} }}\n')
+
+
+def _input(h: int, w: int) -> str:
+    return f'layer {{ name: "input" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: {h} dim: {w} }} }} }}\n'
+
+
+def _vgg16(first_pad: int, pools, dilation5: int = 1) -> str:
+    """VGG16's thirteen 3x3 convolutions (first padded ``first_pad``, conv5 dilated ``dilation5``) and its five
+    poolings ``pools`` [(kernel, stride, pad)]: the trunk FCN-8s and DeepLab-LargeFOV share."""
+    text, bottom = "", "data"
+    for stage, (reps, n) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], 1):
+        for r in range(1, reps + 1):
+            pad = first_pad if (stage, r) == (1, 1) else (dilation5 if stage == 5 else 1)
+            text += _conv(f"conv{stage}_{r}", bottom, n, 3, pad, dilation5 if stage == 5 else 1)
+            bottom = f"conv{stage}_{r}"
+        text += _pool(f"pool{stage}", bottom, *pools[stage - 1])
+        bottom = f"pool{stage}"
+    return text
+
+
+def fcn8s(h: int, w: int) -> str:
+    """voc-fcn8s/deploy.prototxt of shelhamer/fcn.berkeleyvision.org (c779f6cc), layer for layer: VGG16 with pad
+    100, fc6/fc7 as 7x7 / 1x1 convolutions, three 2x / 2x / 8x Deconvolutions (4/4/16, no bias) fused with the
+    pool4 and pool3 scores through Crops at offsets 5, 9 and 31 (the published file is not copied here)."""
+    crop = ('layer {{ name: "{0}" type: "Crop" bottom: "{1}" bottom: "{2}" top: "{0}" crop_param {{ axis: 2 '
+            'offset: {3} }} }}\n')
+    deconv = ('layer {{ name: "{0}" type: "Deconvolution" bottom: "{1}" top: "{0}" convolution_param {{ '
+              'num_output: 21 bias_term: false kernel_size: {2} stride: {3} }} }}\n')
+    fuse = 'layer {{ name: "{0}" type: "Eltwise" bottom: "{1}" bottom: "{2}" top: "{0}" eltwise_param {{ operation: SUM }} }}\n'
+    return (f'name: "FCN8s"\n{_input(h, w)}'
+            + _vgg16(100, [(2, 2, 0)] * 5) + _conv("fc6", "pool5", 4096, 7) + _conv("fc7", "fc6", 4096, 1)
+            + _conv("score_fr", "fc7", 21, 1, relu=False) + deconv.format("upscore2", "score_fr", 4, 2)
+            + _conv("score_pool4", "pool4", 21, 1, relu=False)
+            + crop.format("score_pool4c", "score_pool4", "upscore2", 5)
+            + fuse.format("fuse_pool4", "upscore2", "score_pool4c") + deconv.format("upscore_pool4", "fuse_pool4", 4, 2)
+            + _conv("score_pool3", "pool3", 21, 1, relu=False)
+            + crop.format("score_pool3c", "score_pool3", "upscore_pool4", 9)
+            + fuse.format("fuse_pool3", "upscore_pool4", "score_pool3c") + deconv.format("upscore8", "fuse_pool3", 16, 8)
+            + crop.format("score", "upscore8", "data", 31))
+
+
 def test_fcn8s_verifies_against_opencv_and_exports_at_two_sizes(tmp_path):
-    """voc-fcn8s/deploy.prototxt: pad 100, three Deconvolutions and three Crops (offsets 5, 9, 31). The score is
-    cropped to the data's size at every input size, the Crop offsets read from the published file."""
-    net = _thin(caffe_files.read_prototxt(DATA / "fcn8s_voc_deploy.prototxt").net)
-    crops = [(layer.name, layer.crop_param.offset[0]) for layer in net.layer if layer.type == "Crop"]
-    assert crops == [("score_pool4c", 5), ("score_pool3c", 9), ("score", 31)]
-    p, w = _write(_with_input(net, *SIZES[0]), tmp_path, "fcn8s")
+    """FCN-8s (pad 100, three Deconvolutions, three Crops): the score is cropped to the data's size at every
+    input size."""
+    net = _thin(text_format.Parse(fcn8s(*SIZES[0]), caffe_pb2.NetParameter()))
+    p, w = _write(net, tmp_path, "fcn8s")
     for (h, wd), v in zip(SIZES, _verify_opencv(p, w, SIZES)):
         names = [c.name for c in v.checks]
         assert {"upscore2", "score_pool4c", "upscore_pool4", "score_pool3c", "upscore8", "score"} <= set(names)
@@ -109,35 +151,17 @@ def test_fcn8s_verifies_against_opencv_and_exports_at_two_sizes(tmp_path):
 
 # ---- DeepLab-LargeFOV ------------------------------------------------------------------------------------------
 
-_V1_TYPES = {"CONVOLUTION": "Convolution", "RELU": "ReLU", "POOLING": "Pooling", "DROPOUT": "Dropout",
-             "INTERP": "Interp", "SILENCE": "Silence", "IMAGE_SEG_DATA": "ImageData"}
-_V1_DROPPED = {"MAT_WRITE", "SEG_ACCURACY"}   # writes .mat files; the fork's accuracy (reads the label)
-
-
-def _top_blocks(text: str) -> list[str]:
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch == "{") - (ch == "}")
-        if ch == "}" and depth == 0:
-            out.append(text[start:i + 1])
-            start = i + 1
-    return out
-
-
-def deeplab_as_v2(text: str, labels: int = 21, exp: str = "voc12") -> str:
-    """DeepLab v1's template as its scripts fill it (``${NUM_LABELS}``, ``${EXP}``), in BVLC's V2 names: the fork's
-    ``hole`` is Caffe's ``dilation`` (im2col with holes: the same taps), its V1 enum types the V2 type strings;
-    ``strict_dim`` and ``has_label`` (fork fields without an effect on the test net's values) and the writer and
-    accuracy layers are left out."""
-    text = re.sub(r"#[^\n]*", "", text.replace("${NUM_LABELS}", str(labels)).replace("${EXP}", exp))
-    text = re.sub(r'\bname: "\$\{NET_ID\}"', "", text)   # the net's name, given by the scripts
-    blocks = [b for b in _top_blocks(text) if re.search(r"\btype: ([A-Z_]+)", b)
-              and re.search(r"\btype: ([A-Z_]+)", b).group(1) not in _V1_DROPPED]
-    text = 'name: "DeepLab-LargeFOV"\n' + "\n".join(blocks)
-    text = re.sub(r"\bhole:", "dilation:", text)
-    text = re.sub(r"\n\s*(strict_dim|has_label):[^\n]*", "", text)
-    text = re.sub(r"\btype: ([A-Z_]+)", lambda m: f'type: "{_V1_TYPES[m.group(1)]}"', text)
-    return re.sub(r"\blayers \{", "layer {", text)
+def deeplab_largefov(h: int, w: int, labels: int = 21) -> str:
+    """DeepLab v1 LargeFOV's test net (config/DeepLab-LargeFOV/test.prototxt of TheLegendAli/DeepLab-Context,
+    f6d04455) in its deploy form and BVLC's names (the fork's ``hole`` is Caffe's ``dilation``: the same taps):
+    VGG16 with 3x3 poolings (stride 2, 2, 2, 1, 1, pad 1), conv5 dilated 2, a 3x3 AVE pool5a, fc6 3x3 dilated 12
+    (1024), fc7 1x1, fc8 and Interp zoom_factor 8 (the published file is not copied here)."""
+    return (f'name: "DeepLab-LargeFOV"\n{_input(h, w)}'
+            + _vgg16(1, [(3, 2, 1)] * 3 + [(3, 1, 1)] * 2, dilation5=2) + _pool("pool5a", "pool5", 3, 1, 1, "AVE")
+            + _conv("fc6", "pool5a", 1024, 3, 12, 12) + _conv("fc7", "fc6", 1024, 1)
+            + _conv("fc8_voc12", "fc7", labels, 1, relu=False)
+            + 'layer { name: "fc8_interp" type: "Interp" bottom: "fc8_voc12" top: "fc8_interp" interp_param { '
+              'zoom_factor: 8 } }\n')
 
 
 def _zoomed(n: int) -> int:
@@ -147,16 +171,9 @@ def _zoomed(n: int) -> int:
 
 
 def test_deeplab_largefov_verifies_against_opencv_and_exports_at_two_sizes(tmp_path):
-    """DeepLab v1 LargeFOV's test net (its deploy form, as ``sfport deploy`` derives it: the data layer an Input,
-    the label dropped): dilation 2 in conv5, 12 in fc6, 3x3 stride-1 poolings, Interp with zoom_factor 8."""
-    net = caffe_pb2.NetParameter()
-    text_format.Parse(deeplab_as_v2((DATA / "deeplab_largefov_test.prototxt").read_text()), net)
-    dilations = {layer.name: list(layer.convolution_param.dilation) for layer in net.layer
-                 if layer.convolution_param.dilation}
-    assert dilations == {"conv5_1": [2], "conv5_2": [2], "conv5_3": [2], "fc6": [12]}
-    deploy = _thin(deploy_net(net, input_shapes=(1, 3) + SIZES[0]))
-    assert [layer.type for layer in deploy.layer][0] == "Input" and deploy.layer[-1].type == "Interp"
-    p, w = _write(deploy, tmp_path, "deeplab_largefov")
+    """DeepLab v1 LargeFOV: dilation 2 in conv5, 12 in fc6, 3x3 stride-1 poolings, Interp with zoom_factor 8."""
+    net = _thin(text_format.Parse(deeplab_largefov(*SIZES[0]), caffe_pb2.NetParameter()))
+    p, w = _write(net, tmp_path, "deeplab_largefov")
     for (h, wd), v in zip(SIZES, _verify_opencv(p, w, SIZES)):
         assert v.checks[-1].name == "fc8_interp"
         # three 3x3 stride-2 pad-1 poolings (Caffe's ceil: n -> ceil((n - 1) / 2) + 1), zoomed 8 times:

@@ -101,12 +101,17 @@ def _merge_message(ours: descriptor_pb2.DescriptorProto, theirs: descriptor_pb2.
             _merge_message(nested[m.name], m, f"{full}.{m.name}", added, notes, counter)
         else:
             ours.nested_type.add().CopyFrom(m)
-    enums = {e.name: e for e in ours.enum_type}
-    for e in theirs.enum_type:
-        if e.name in enums:
-            _merge_enum(enums[e.name], e, f"{full}.{e.name}", notes)
+    _merge_enums(ours.enum_type, theirs.enum_type, full, notes)
+
+
+def _merge_enums(ours, theirs, scope: str, notes: list) -> None:
+    """The enums of a message or file: one sfport lacks is added whole, one it has gets the values it lacks."""
+    by_name = {e.name: e for e in ours}
+    for e in theirs:
+        if e.name in by_name:
+            _merge_enum(by_name[e.name], e, f"{scope}.{e.name}", notes)
         else:
-            ours.enum_type.add().CopyFrom(e)
+            ours.add().CopyFrom(e)
 
 
 def merge(ours: descriptor_pb2.FileDescriptorProto, theirs: descriptor_pb2.FileDescriptorProto) -> tuple:
@@ -124,12 +129,7 @@ def merge(ours: descriptor_pb2.FileDescriptorProto, theirs: descriptor_pb2.FileD
         else:
             merged.message_type.add().CopyFrom(m)
             added[full] = {"*"}
-    enums = {e.name: e for e in merged.enum_type}
-    for e in theirs.enum_type:
-        if e.name in enums:
-            _merge_enum(enums[e.name], e, f"caffe.{e.name}", notes)
-        else:
-            merged.enum_type.add().CopyFrom(e)
+    _merge_enums(merged.enum_type, theirs.enum_type, "caffe", notes)
     return merged, added, notes
 
 
