@@ -54,6 +54,7 @@ from . import (activations, conv, detection_eval, hdf5, linear, loss, margin, mu
 from . import roi  # noqa: F401
 from . import brocolli  # noqa: F401
 from . import proposal  # noqa: F401
+from . import segmentation  # noqa: F401
 from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
                    export_option, export_options,
                    find, find_for, fixed_time, folded_blobs, get, get_for, in_export_form,

@@ -111,17 +111,20 @@ class Dropout(NoBlobs):
     """Caffe DropoutLayer: identity at test time; when training, x * mask / (1 - ratio). With py-faster-rcnn's
     ``scale_train: false`` (caffe-fast-rcnn dropout_layer.cpp Forward_cpu) the training output is x * mask and
     the test output x * (1 / scale_), where ``scale_ = 1. / (1. - threshold_)`` is a float and the factor
-    ``1. / scale_`` is rounded to float by caffe_scal."""
+    ``1. / scale_`` is rounded to float by caffe_scal. With caffe-segnet's ``sample_weights_test`` (Bayesian
+    SegNet's Monte Carlo dropout; its dropout_layer.cpp Forward_cpu: ``phase_ == TRAIN || sample_weights_test``)
+    masks are drawn at test time too."""
 
-    def __init__(self, ratio: float, scale_train: bool = True):
+    def __init__(self, ratio: float, scale_train: bool = True, sample_test: bool = False):
         super().__init__()
         self.ratio = ratio
         self.scale_train = scale_train
+        self.sample_test = sample_test
         scale = np.float32(1.0 / (1.0 - float(np.float32(ratio))))
         self.test_factor = float(np.float32(1.0 / float(scale)))
 
     def forward(self, x):
-        if self.training and self.ratio > 0:
+        if (self.training or self.sample_test) and self.ratio > 0:
             keep = (torch.rand_like(x) >= self.ratio).to(x.dtype)
             return x * keep / (1.0 - self.ratio) if self.scale_train else x * keep
         if not self.training and not self.scale_train:
@@ -213,12 +216,17 @@ class ElementwiseConverter(SameShape):
 class DropoutConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
-        return Dropout(layer.dropout_param.dropout_ratio, layer.dropout_param.scale_train)
+        p = layer.dropout_param
+        if p.sample_weights_test and not p.scale_train:
+            raise ValueError(f"layer '{layer.name}': sample_weights_test (caffe-segnet) and scale_train: false "
+                             f"(caffe-fast-rcnn) are fields of two forks; no Dropout has both")
+        return Dropout(p.dropout_ratio, p.scale_train, p.sample_weights_test)
 
     def identity_at_inference(self, layer):
         """dropout_layer.cpp Forward_cpu at TEST: caffe_copy (BVLC); with py-faster-rcnn's ``scale_train: false``
-        it scales by ``1 / scale_`` instead (caffe-fast-rcnn), which is no identity."""
-        return layer.dropout_param.scale_train
+        it scales by ``1 / scale_`` instead (caffe-fast-rcnn), and with caffe-segnet's ``sample_weights_test`` it
+        draws masks: neither is an identity."""
+        return layer.dropout_param.scale_train and not layer.dropout_param.sample_weights_test
 
 
 @register("Clip")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .base import Converter, NoParams, register
 from sfport.formats import caffe_files
+from sfport.data.imagedata import read_list_text
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 from .geometry import canonical_axis
@@ -33,12 +34,24 @@ class SoftmaxWithLoss(nn.Module):
     """``forward(scores, label) -> loss`` (and the softmax as a second top when asked). The loss of one sample is
     ``-log(max(p_y, FLT_MIN))`` (so at most 87.3365); its gradient is Caffe's ``p - onehot`` even where the
     value was clamped. Normalizer: FULL = all, VALID = non-ignored labels, BATCH_SIZE = outer count, NONE = 1,
-    never below 1."""
+    never below 1.
 
-    def __init__(self, axis: int, normalization: int, ignore_label: int | None, with_prob: bool):
+    The forks' class weights (``class_weights``, one per class): a sample's loss and gradient are multiplied by
+    its label's weight. caffe-segnet (``loss_param { weight_by_label_freqs: true class_weighting: ... }``, its
+    softmax_loss_layer.cpp) keeps the normalizer above; DeepLab v1 (``softmaxloss_param { weight_source }``, its
+    softmax_loss_layer.cpp) divides by the sum of the weights of the samples counted (``by_weight``) and may
+    ignore several labels (``ignore_label`` a tuple)."""
+
+    def __init__(self, axis: int, normalization: int, ignore_label, with_prob: bool,
+                 class_weights=None, by_weight: bool = False):
         super().__init__()
         self.caffe_blobs: list[str] = []
-        self.axis, self.normalization, self.ignore_label, self.with_prob = axis, normalization, ignore_label, with_prob
+        self.axis, self.normalization, self.with_prob = axis, normalization, with_prob
+        if ignore_label is None or isinstance(ignore_label, int):
+            ignore_label = () if ignore_label is None else (ignore_label,)
+        self.ignore_labels = tuple(int(v) for v in ignore_label)
+        self.class_weights = None if class_weights is None else [float(np.float32(w)) for w in class_weights]
+        self.by_weight = by_weight
 
     def forward(self, scores, label):
         axis = canonical_axis(self.axis, scores.dim())
@@ -47,7 +60,9 @@ class SoftmaxWithLoss(nn.Module):
         inner = math.prod(scores.shape[axis + 1:])
         label = label.reshape(outer, inner).long()
         logp_f = logp.movedim(axis, -1).reshape(outer, inner, -1)
-        valid = torch.ones_like(label, dtype=torch.bool) if self.ignore_label is None else label != self.ignore_label
+        valid = torch.ones_like(label, dtype=torch.bool)
+        for v in self.ignore_labels:
+            valid = valid & (label != v)
         safe = torch.where(valid, label, torch.zeros_like(label))
         if bool(((safe < 0) | (safe >= logp_f.shape[-1])).any()):
             raise ValueError(f"SoftmaxWithLoss: a label is outside 0..{logp_f.shape[-1] - 1}")
@@ -55,12 +70,21 @@ class SoftmaxWithLoss(nn.Module):
         # value: -log(max(p, FLT_MIN)); gradient: that of -log p (Caffe's p - 1 for the label)
         clamped = torch.clamp(picked.detach(), min=-LOSS_CAP)
         nll = -(picked + (clamped - picked.detach()))
+        w = None
+        if self.class_weights is not None:
+            w = torch.tensor(self.class_weights, dtype=nll.dtype, device=nll.device)[safe]
+            nll = nll * w
         total = torch.where(valid, nll, torch.zeros_like(nll)).sum()
         n = self.normalization
+        if self.by_weight:
+            # DeepLab: loss / batch_weight, the sum of the counted samples' weights (no floor at 1)
+            norm = float(valid.sum()) if w is None else float(torch.where(valid, w, torch.zeros_like(w)).sum())
+            loss = total / norm
+            return (loss, logp.exp()) if self.with_prob else loss
         if n == caffe_pb2.LossParameter.FULL:
             norm = float(outer * inner)
         elif n == caffe_pb2.LossParameter.VALID:
-            norm = float(valid.sum()) if self.ignore_label is not None else float(outer * inner)
+            norm = float(valid.sum()) if self.ignore_labels else float(outer * inner)
         elif n == caffe_pb2.LossParameter.BATCH_SIZE:
             norm = float(outer)
         else:
@@ -113,8 +137,27 @@ class SoftmaxWithLossConverter(NoParams):
 
     def build(self, layer, bottom_shapes):
         lp = layer.loss_param
+        classes = bottom_shapes[0][canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0]))]
+        if layer.HasField("softmaxloss_param"):
+            # DeepLab v1's SOFTMAX_LOSS (its softmax_loss_layer.cpp LayerSetUp): the weights of weight_source, one
+            # non-negative number per class, else 1; any number of ignored labels; the loss over the weights' sum
+            if lp.HasField("ignore_label") or lp.weight_by_label_freqs:
+                raise _bad(layer, "softmaxloss_param (DeepLab) and loss_param's ignore_label / class weighting "
+                                  "are two forks' fields; give one")
+            sp = layer.softmaxloss_param
+            weights = _weight_source(layer, sp.weight_source, classes) if sp.HasField("weight_source") else None
+            return SoftmaxWithLoss(layer.softmax_param.axis, _normalization(layer), tuple(sp.ignore_label),
+                                   len(layer.top) > 1, weights, by_weight=True)
+        weights = None
+        if lp.weight_by_label_freqs:
+            # caffe-segnet softmax_loss_layer.cpp LayerSetUp: CHECK_EQ(class_weighting_size, channels)
+            if len(lp.class_weighting) != classes:
+                raise _bad(layer, f"weight_by_label_freqs needs one class_weighting per class: "
+                                  f"{len(lp.class_weighting)} given for {classes} classes")
+            weights = list(lp.class_weighting)
         return SoftmaxWithLoss(layer.softmax_param.axis, _normalization(layer),
-                               lp.ignore_label if lp.HasField("ignore_label") else None, len(layer.top) > 1)
+                               lp.ignore_label if lp.HasField("ignore_label") else None, len(layer.top) > 1,
+                               weights)
 
     def class_count(self, graph_layer):
         return _scores_width(graph_layer.bottom_shapes[0])
@@ -122,6 +165,22 @@ class SoftmaxWithLossConverter(NoParams):
     def loss_plateau(self, layer):
         """softmax_loss_layer.cpp Forward_cpu: ``loss -= log(std::max(prob, Dtype(FLT_MIN)))``."""
         return LOSS_CAP
+
+
+def _weight_source(layer, path: str, classes: int) -> list[float]:
+    """DeepLab's weight_source: whitespace-separated numbers, read until the first that is not one (its
+    ``while (infile >> tmp_val)``), each >= 0, as many as classes."""
+    values = []
+    for token in read_list_text(path, "class weights file", "a class weights file").split():
+        try:
+            values.append(float(np.float32(float(token))))
+        except ValueError:
+            break
+    if any(v < 0 for v in values):
+        raise _bad(layer, "Weights cannot be negative", path)
+    if len(values) != classes:
+        raise _bad(layer, f"weight_source holds {len(values)} weights for {classes} classes", path)
+    return values
 
 
 def _scores_width(shape) -> int | None:

@@ -1,6 +1,6 @@
 """Normalisation layers: BatchNorm (three blobs: mean_sum, var_sum, scale factor), Scale, Bias, LRN (across and
-within channels), MVN, the SSD fork's Normalize, and the SegNet / ENet forks' BN (four blobs: slope, bias, the
-moving mean and the moving inverse standard deviation)."""
+within channels), MVN, the SSD fork's Normalize, and the forks' BN: caffe-segnet's (two blobs: scale and shift, ``bn_mode``) and the
+brocolli / yjxiong forks' (four blobs: slope, bias, the moving mean and the moving inverse standard deviation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -372,39 +372,125 @@ class CaffeBN(nn.Module):
         return centred * inv_std * slope + bias
 
 
+class SegNetBN(nn.Module):
+    """caffe-segnet's BNLayer (alexgkendall/caffe-segnet src/caffe/layers/bn_layer.cpp). Two blobs, each
+    1 x C x 1 x 1: scale and shift. It does not look at the phase, only at ``bn_mode``:
+
+    INFERENCE: ``scale * x + shift`` (the statistics folded into the blobs by SegNet's compute_bn_statistics.py).
+    LEARN: the batch's statistics, every time, as Forward_cpu computes them: the mean over H, W then over N, the
+    variance as ``E(x^2) - (E x)^2`` (not ``E((x - E x)^2)``), then ``(x - mean) / sqrt(var + 1e-9) * scale +
+    shift``; tops 1 and 2, when present, are that batch mean and variance (1 x C x 1 x 1). Backward_cpu is, in
+    both modes, the derivative of that forward (``dx = (g - mean(g) - x_norm mean(g x_norm)) / sqrt(var + eps)``
+    with ``g = dy * scale`` in LEARN), so autograd gives it."""
+
+    EPS = 1e-9   # LayerSetUp: var_eps_ = 1e-9
+
+    def __init__(self, channels: int, learn: bool):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.caffe_blobs = ["scale", "shift"]
+        self.learn = learn
+
+    def forward(self, x):
+        if not self.learn:
+            return x * self.scale + self.shift
+        n, hw = x.shape[0], x.shape[2] * x.shape[3]
+        # caffe_cpu_gemv with 1/(H W) over the spatial axes, then with 1/N over the batch
+        mean = (x.sum(dim=(2, 3), keepdim=True) * (1.0 / hw)).sum(dim=0, keepdim=True) * (1.0 / n)
+        square = ((x * x).sum(dim=(2, 3), keepdim=True) * (1.0 / hw)).sum(dim=0, keepdim=True) * (1.0 / n)
+        var = square - mean * mean
+        y = (x - mean) / torch.sqrt(var + self.EPS) * self.scale + self.shift
+        return y, mean, var
+
+
+def _is_segnet_bn(layer) -> bool:
+    """A BN layer is caffe-segnet's when its bn_param names one of that fork's fields (scale_filler, shift_filler,
+    bn_mode: every published SegNet prototxt does), the brocolli / yjxiong fork's otherwise. A layer that names
+    fields of both is refused: sfport cannot know which layer its author meant."""
+    p = layer.bn_param
+    segnet = [f for f in ("scale_filler", "shift_filler", "bn_mode") if p.HasField(f)]
+    other = [f for f in ("slope_filler", "bias_filler", "momentum", "eps", "frozen") if p.HasField(f)]
+    if segnet and other:
+        raise ValueError(f"layer '{layer.name}': bn_param mixes caffe-segnet's BN fields ({', '.join(segnet)}) "
+                         f"with the brocolli/yjxiong BN's ({', '.join(other)}): no fork's BN has both")
+    return bool(segnet)
+
+
 @register("BN")
 class BNConverter(SameShape):
+    """The forks' BN: caffe-segnet's two-blob layer (:class:`SegNetBN`) or the brocolli / yjxiong forks' four-blob
+    one (:class:`CaffeBN`), told apart by the fields of bn_param (:func:`_is_segnet_bn`)."""
     fresh_top = True
 
     def _check(self, layer, bottom_shapes):
         shape = tuple(bottom_shapes[0])
-        if not 2 <= len(shape) <= 4:   # Reshape reads num/channels/height/width, the legacy accessors
+        if _is_segnet_bn(layer):
+            if len(shape) != 4:   # bn_layer.cpp reads num/channels/height/width and gemms over H x W
+                raise ValueError(f"layer '{layer.name}': caffe-segnet's BN takes a 4-D blob, got {list(shape)}")
+            learn = layer.bn_param.bn_mode == layer.bn_param.LEARN
+            if len(layer.top) > (3 if learn else 1):
+                raise ValueError(f"layer '{layer.name}': caffe-segnet's BN has tops 1 and 2 (the batch mean and "
+                                 f"variance) in bn_mode LEARN only; it has {len(layer.top)} tops")
+        elif not 2 <= len(shape) <= 4:   # Reshape reads num/channels/height/width, the legacy accessors
             raise ValueError(f"layer '{layer.name}': BN takes a blob of 2 to 4 axes, got {list(shape)}")
+        elif len(layer.top) != 1:
+            raise ValueError(f"layer '{layer.name}': BN has one top, not {len(layer.top)}")
         return shape[1]
 
+    def top_shapes(self, layer, bottom_shapes):
+        c = self._check(layer, bottom_shapes)
+        return [tuple(bottom_shapes[0])] + [(1, c, 1, 1)] * (len(layer.top) - 1)
+
     def param_shapes(self, layer, bottom_shapes):
-        """LayerSetUp: four blobs of shape (1, C)."""
-        return [(1, self._check(layer, bottom_shapes))] * 4
+        """LayerSetUp: caffe-segnet's two blobs of shape (1, C, 1, 1), or four of shape (1, C)."""
+        c = self._check(layer, bottom_shapes)
+        return [(1, c, 1, 1)] * 2 if _is_segnet_bn(layer) else [(1, c)] * 4
 
     def build(self, layer, bottom_shapes):
         p = layer.bn_param
-        return CaffeBN(self._check(layer, bottom_shapes), p.momentum, p.eps, p.frozen)
+        c = self._check(layer, bottom_shapes)
+        if _is_segnet_bn(layer):
+            return SegNetBN(c, p.bn_mode == p.LEARN)
+        return CaffeBN(c, p.momentum, p.eps, p.frozen)
 
     def fillers(self, layer):
-        """LayerSetUp: slope_filler, bias_filler (each Caffe's default filler, constant 0, when not given), the
-        moving mean 0 and the moving inverse std 1."""
+        """LayerSetUp: scale_filler and shift_filler (caffe-segnet), or slope_filler, bias_filler (each Caffe's
+        default filler, constant 0, when not given), the moving mean 0 and the moving inverse std 1."""
         p = layer.bn_param
+        if _is_segnet_bn(layer):
+            return [p.scale_filler, p.shift_filler]
         return [p.slope_filler, p.bias_filler, constant(0.0), constant(1.0)]
 
     def random_blobs(self, layer, shapes, rng):
-        """A slope near 1, a small bias and mean, an inverse std in [0.5, 1.5]."""
-        c = shapes[0]
-        return [(1 + 0.1 * rng.standard_normal(c)).astype(np.float32), (0.1 * rng.standard_normal(c)).astype(
+        """A slope (scale) near 1, a small bias (shift) and mean, an inverse std in [0.5, 1.5]."""
+        c = int(np.prod(shapes[0]))
+        blobs = [(1 + 0.1 * rng.standard_normal(c)).astype(np.float32), (0.1 * rng.standard_normal(c)).astype(
             np.float32), (0.1 * rng.standard_normal(c)).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(
             np.float32)]
+        return [b.reshape(s) for b, s in zip(blobs, shapes)]
+
+    def for_reference(self, layer, graph_layer):
+        """caffe-segnet's INFERENCE-mode BN is BVLC's Scale with a bias (``scale * x + shift`` per channel), which
+        OpenCV and BVLC pycaffe run; its blobs follow (:meth:`reference_blobs`)."""
+        if _is_segnet_bn(layer) and layer.bn_param.bn_mode == layer.bn_param.INFERENCE:
+            layer.type = "Scale"
+            layer.ClearField("bn_param")
+            layer.scale_param.bias_term = True
+
+    def reference_blobs(self, layer, arrays):
+        """For the Scale of :meth:`for_reference`: the two 1 x C x 1 x 1 blobs as vectors of C."""
+        if layer.type == "Scale" or (_is_segnet_bn(layer) and layer.bn_param.bn_mode == layer.bn_param.INFERENCE):
+            return [np.asarray(a).reshape(-1) for a in arrays]
+        return arrays
 
     def affine(self, layer, module, bottom_shape):
-        """With the stored statistics (frozen or TEST): ``(x - mean) * inv_std * slope + bias``."""
+        """caffe-segnet's INFERENCE mode: ``scale * x + shift``; the four-blob BN with the stored statistics
+        (frozen or TEST): ``(x - mean) * inv_std * slope + bias``. None where the batch's statistics are used."""
+        if isinstance(module, SegNetBN):
+            if module.learn:
+                return None
+            return tuple(getattr(module, n).detach().double().numpy().reshape(-1) for n in module.caffe_blobs)
         if not module.stored_stats():
             return None
         slope, bias, mean, inv = (getattr(module, n).detach().double().numpy().reshape(-1) for n in module.caffe_blobs)

@@ -11,4 +11,8 @@ CASES: dict = {
     "HardSwish": ("", [(2, 3, 4, 5)], 1),
     "Pad": ("pad_param { pad_u: 1 pad_l: 2 }", [(2, 3, 4, 5)], 1),
     "Unsqueeze": ("unsqueeze_param { dim: 1 }", [(2, 3, 4)], 1),
+    # the brocolli fork's Resize, BilinearInterpolate and BatchNormKyle (converters/brocolli.py)
+    "Resize": ("resize_param { height: 5 width: 7 }", [(2, 3, 4, 5)], 1),
+    "BilinearInterpolate": ("bilinear_interpolate_param { scale_factor: 1.5 align_corners: false }", [(2, 3, 4, 5)], 1),
+    "BatchNormKyle": ("batch_norm_param { moving_average_fraction: 0.9 use_alpha_beta: true }", [(2, 3, 4, 5)], 1),
 }

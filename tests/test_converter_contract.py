@@ -12,7 +12,7 @@ from sfport import converters
 from sfport.netdef import shapes
 from sfport.protos import caffe_pb2
 from tests import (contract_catalogue, contract_forks, contract_io, contract_losses, contract_proposal,
-                   contract_recurrent, contract_resize, contract_roi, contract_ssd)
+                   contract_recurrent, contract_resize, contract_roi, contract_segmentation, contract_ssd)
 
 IMG = (2, 3, 4, 5)
 FEATURES, LABELS = (4, 6), (4,)
@@ -61,7 +61,7 @@ CASES = {
 }
 # the families added later keep their cases beside their tests
 for _family in (contract_ssd, contract_catalogue, contract_losses, contract_io, contract_resize, contract_recurrent,
-                contract_forks, contract_roi, contract_proposal):
+                contract_forks, contract_roi, contract_proposal, contract_segmentation):
     assert not set(_family.CASES) & set(CASES), set(_family.CASES) & set(CASES)
     CASES.update(_family.CASES)
 

@@ -63,14 +63,15 @@ def _verify_opencv(p, w, sizes):
 def _export_checked(p, w, sizes):
     """ONNX made once at the first size (sfport's own check: the second size too), then the file itself run on
     onnxruntime at every size, batch 1 and 2, against the eager net built from the same files at that size."""
-    net = Net(str(p), str(w))
+    # as `sfport convert --shape` loads it: data layers inputs (of the first size), sinks dropped
+    net = Net(str(p), str(w), inference=True, input_shapes=(1, 3) + tuple(sizes[0]))
     data, r = export.onnx_export(net, sizes=[sizes[1]])
     assert r.dynamic_size and r.worst <= TOL, r.summary()
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     name = next(iter(net.inputs))
     errors = {}
     for n, (h, wd) in [(1, sizes[0]), (2, sizes[1]), (1, sizes[1])]:
-        eager = Net(str(p), str(w), input_shapes={name: (n, 3, h, wd)})
+        eager = Net(str(p), str(w), input_shapes={name: (n, 3, h, wd)}, inference=True)
         x = verify.make_input((n, 3, h, wd), "random", seed=h + wd + n)
         with torch.no_grad():
             want = [t.numpy() for t in eager.exportable().eval()(torch.from_numpy(x))]
@@ -151,17 +152,53 @@ def test_fcn8s_verifies_against_opencv_and_exports_at_two_sizes(tmp_path):
 
 # ---- DeepLab-LargeFOV ------------------------------------------------------------------------------------------
 
-def deeplab_largefov(h: int, w: int, labels: int = 21) -> str:
-    """DeepLab v1 LargeFOV's test net (config/DeepLab-LargeFOV/test.prototxt of TheLegendAli/DeepLab-Context,
-    f6d04455) in its deploy form and BVLC's names (the fork's ``hole`` is Caffe's ``dilation``: the same taps):
-    VGG16 with 3x3 poolings (stride 2, 2, 2, 1, 1, pad 1), conv5 dilated 2, a 3x3 AVE pool5a, fc6 3x3 dilated 12
-    (1024), fc7 1x1, fc8 and Interp zoom_factor 8 (the published file is not copied here)."""
-    return (f'name: "DeepLab-LargeFOV"\n{_input(h, w)}'
-            + _vgg16(1, [(3, 2, 1)] * 3 + [(3, 1, 1)] * 2, dilation5=2) + _pool("pool5a", "pool5", 3, 1, 1, "AVE")
-            + _conv("fc6", "pool5a", 1024, 3, 12, 12) + _conv("fc7", "fc6", 1024, 1)
-            + _conv("fc8_voc12", "fc7", labels, 1, relu=False)
-            + 'layer { name: "fc8_interp" type: "Interp" bottom: "fc8_voc12" top: "fc8_interp" interp_param { '
-              'zoom_factor: 8 } }\n')
+def _v1(name, type_, bottom, top, params="", extra=""):
+    return (f'layers {{\n  bottom: "{bottom}"\n  top: "{top}"\n  name: "{name}"\n  type: {type_}\n{extra}'
+            + (f"  {params}\n" if params else "") + "}\n")
+
+
+def deeplab_largefov(size: int, labels: int = 21, root: str = "/data/VOC2012", exp: str = "voc12",
+                     test_set: str = "val", features: str = "features", thin: int = THIN) -> str:
+    """DeepLab v1 LargeFOV's test net as published (config/DeepLab-LargeFOV/test.prototxt of
+    TheLegendAli/DeepLab-Context, f6d04455), filled in as its run_pascal.sh fills the template (${NUM_LABELS},
+    ${EXP}, ${DATA_ROOT}, ${TEST_SET}, ${FEATURE_DIR}), crop_size ``size`` for its 513: Caffe's V1 format with
+    DeepLab's names (the published file is not copied here). An IMAGE_SEG_DATA layer (has_label: false, three
+    mean_values, crop_size), VGG16 with 3x3 poolings (stride 2, 2, 2, 1, 1, pad 1), conv5 with ``hole: 2``, a 3x3
+    AVE pool5a, fc6 3x3 with ``hole: 12`` (1024), fc7 1x1, DROPOUTs, fc8, INTERP zoom_factor 8 and the MAT_WRITE
+    of fc8_interp, ``strict_dim: false`` on the fc layers. Widths divided by ``thin`` as the other nets here."""
+    text = (f'name: "deeplab_largefov"\n\nlayers {{\n  name: "data"\n  type: IMAGE_SEG_DATA\n  top: "data"\n'
+            f'  top: "label"\n  image_data_param {{\n    root_folder: "{root}"\n    source: "{exp}/list/{test_set}.txt"\n'
+            f'    batch_size: 1\n    has_label: false\n  }}\n  transform_param {{\n    mean_value: 104.008\n'
+            f'    mean_value: 116.669\n    mean_value: 122.675\n    crop_size: {size}\n    mirror: false\n  }}\n'
+            f'  include: {{ phase: TEST }}\n}}\n')
+    bottom = "data"
+    for stage, (reps, n) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], 1):
+        for r in range(1, reps + 1):
+            name = f"conv{stage}_{r}"
+            geometry = "pad: 2 hole: 2" if stage == 5 else "pad: 1"
+            text += _v1(name, "CONVOLUTION", bottom, name,
+                        f"convolution_param {{ num_output: {n // thin} {geometry} kernel_size: 3 }}")
+            text += _v1(f"relu{stage}_{r}", "RELU", name, name)
+            bottom = name
+        text += _v1(f"pool{stage}", "POOLING", bottom, f"pool{stage}",
+                    f"pooling_param {{ pool: MAX kernel_size: 3 stride: {2 if stage <= 3 else 1} pad: 1 }}")
+        bottom = f"pool{stage}"
+    text += _v1("pool5a", "POOLING", "pool5", "pool5a", "pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 }")
+    fc = "  strict_dim: false\n"
+    text += _v1("fc6", "CONVOLUTION", "pool5a", "fc6", f"convolution_param {{ num_output: {1024 // thin} pad: 12 "
+                "hole: 12 kernel_size: 3 }", fc)
+    for k in (6, 7):
+        text += _v1(f"relu{k}", "RELU", f"fc{k}", f"fc{k}")
+        text += _v1(f"drop{k}", "DROPOUT", f"fc{k}", f"fc{k}", "dropout_param { dropout_ratio: 0.5 }")
+        if k == 6:
+            text += _v1("fc7", "CONVOLUTION", "fc6", "fc7",
+                        f"convolution_param {{ num_output: {1024 // thin} kernel_size: 1 }}", fc)
+    text += _v1(f"fc8_{exp}", "CONVOLUTION", "fc7", f"fc8_{exp}",
+                f"convolution_param {{ num_output: {labels} kernel_size: 1 }}", fc)
+    text += _v1("fc8_interp", "INTERP", f"fc8_{exp}", "fc8_interp", "interp_param { zoom_factor: 8 }")
+    return text + (f'layers {{\n  name: "fc8_mat"\n  type: MAT_WRITE\n  bottom: "fc8_interp"\n  mat_write_param {{\n'
+                   f'    prefix: "{features}/{test_set}/fc8/"\n    source: "{exp}/list/{test_set}_id.txt"\n'
+                   f'    strip: 0\n    period: 1\n  }}\n  include: {{ phase: TEST }}\n}}\n')
 
 
 def _zoomed(n: int) -> int:
@@ -170,16 +207,29 @@ def _zoomed(n: int) -> int:
     return 8 * (n - 1) + 1
 
 
+# DeepLab's crop_size is square: two odd sizes of its 8 k + 1 form (its 513)
+DEEPLAB_SIZES = [65, 81]
+
+
 def test_deeplab_largefov_verifies_against_opencv_and_exports_at_two_sizes(tmp_path):
-    """DeepLab v1 LargeFOV: dilation 2 in conv5, 12 in fc6, 3x3 stride-1 poolings, Interp with zoom_factor 8."""
-    net = _thin(text_format.Parse(deeplab_largefov(*SIZES[0]), caffe_pb2.NetParameter()))
-    p, w = _write(net, tmp_path, "deeplab_largefov")
-    for (h, wd), v in zip(SIZES, _verify_opencv(p, w, SIZES)):
+    """DeepLab v1 LargeFOV as published (V1 layers, IMAGE_SEG_DATA, ``hole``, INTERP, MAT_WRITE): its data layer
+    is the input at crop_size, MAT_WRITE a sink the deploy form drops; dilation 2 in conv5, 12 in fc6, 3x3
+    stride-1 poolings, Interp with zoom_factor 8."""
+    p, w = tmp_path / "test.prototxt", tmp_path / "deeplab_largefov.caffemodel"
+    p.write_text(deeplab_largefov(DEEPLAB_SIZES[0]))
+    m = caffe_files.read_prototxt(p)
+    types = [layer.type for layer in m.net.layer]
+    assert types[:2] == ["ImageSegData", "Convolution"] and types[-2:] == ["Interp", "MatWrite"]
+    assert [list(layer.convolution_param.dilation) for layer in m.net.layer if layer.name in ("conv5_1", "fc6")] \
+        == [[2], [12]]
+    caffe_files.write_caffemodel(w, with_random_weights(m, seed=3))
+    sizes = [(s, s) for s in DEEPLAB_SIZES]
+    for (h, wd), v in zip(sizes, _verify_opencv(p, w, sizes)):
         assert v.checks[-1].name == "fc8_interp"
         # three 3x3 stride-2 pad-1 poolings (Caffe's ceil: n -> ceil((n - 1) / 2) + 1), zoomed 8 times:
         # 8 (n - 1) + 1 (interp_layer.cpp)
         assert v.checks[-1].shape == [1, 21, _zoomed(h), _zoomed(wd)]
-    _export_checked(p, w, SIZES)
+    _export_checked(p, w, sizes)
 
 
 # ---- SegNet ----------------------------------------------------------------------------------------------------
@@ -190,18 +240,28 @@ def _layer(name, type_, bottoms, tops, params=""):
     return f'layer {{ name: "{name}" type: "{type_}"{b}{t} {params} }}\n'
 
 
-def segnet_basic(h: int, w: int, channels: int = 8, classes: int = 11) -> str:
-    """SegNet-Basic's inference net (Models/segnet_basic_inference.prototxt) with ``channels`` instead of 64 and
-    caffe-segnet's INFERENCE-mode BN (``scale * x + shift`` per channel) written as Scale with a bias."""
+SEGNET_BN = ('bn_param {\n\tbn_mode: INFERENCE\n\tscale_filler {\n\t  type: "constant"\n\t  value: 1\n\t}\n'
+             '\tshift_filler {\n\t  type: "constant"\n\t  value: 0.001\n\t}\n }')
+
+
+def segnet_basic(channels: int = 8, classes: int = 11) -> str:
+    """SegNet-Basic's inference net as published (Models/segnet_basic_inference.prototxt of
+    alexgkendall/SegNet-Tutorial, 7004d437), with ``channels`` instead of 64 (the file is CC BY-NC and not
+    copied here): caffe-segnet's DenseImageData data layer (its source a path of the authors' machine, no size:
+    the images set it), LRN, four encoder stages of 7x7 convolution, caffe-segnet's two-blob BN (``bn_mode:
+    INFERENCE``, scale_filler / shift_filler, tab-indented as published), ReLU and MAX pooling with its mask top,
+    four decoder stages of Upsample with that mask, convolution and BN, a 1x1 classifier and a CAFFE-engine
+    Softmax."""
     conv = f"convolution_param {{ num_output: {channels} kernel_size: 7 pad: 3 }}"
-    affine = "scale_param { bias_term: true }"
-    text = (f'name: "segnet"\nlayer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 '
-            f'dim: 3 dim: {h} dim: {w} }} }} }}\n')
+    affine = SEGNET_BN
+    text = ('name: "segnet"\nlayer {\n  name: "data"\n  type: "DenseImageData"\n  top: "data"\n  top: "label"\n'
+            '  dense_image_data_param {\n    source: "/SegNet/CamVid/test.txt"\t# Change this to the absolute path '
+            'to your data file\n    batch_size: 1\n  }\n}\n')
     text += _layer("norm", "LRN", ["data"], ["norm"], "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }")
     x = "norm"
     for k in range(1, 5):
         text += _layer(f"conv{k}", "Convolution", [x], [f"conv{k}"], conv)
-        text += _layer(f"conv{k}_bn", "Scale", [f"conv{k}"], [f"conv{k}"], affine)
+        text += _layer(f"conv{k}_bn", "BN", [f"conv{k}"], [f"conv{k}"], affine)
         text += _layer(f"relu{k}", "ReLU", [f"conv{k}"], [f"conv{k}"])
         text += _layer(f"pool{k}", "Pooling", [f"conv{k}"], [f"pool{k}", f"pool{k}_mask"],
                        "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
@@ -211,11 +271,11 @@ def segnet_basic(h: int, w: int, channels: int = 8, classes: int = 11) -> str:
         text += _layer(f"upsample{k}", "Upsample", [x, f"pool{k}_mask"], [f"upsample{k}"],
                        f"upsample_param {{ scale: 2{pad} }}")
         text += _layer(f"conv_decode{k}", "Convolution", [f"upsample{k}"], [f"conv_decode{k}"], conv)
-        text += _layer(f"conv_decode{k}_bn", "Scale", [f"conv_decode{k}"], [f"conv_decode{k}"], affine)
+        text += _layer(f"conv_decode{k}_bn", "BN", [f"conv_decode{k}"], [f"conv_decode{k}"], affine)
         x = f"conv_decode{k}"
     text += _layer("conv_classifier", "Convolution", [x], ["conv_classifier"],
                    f"convolution_param {{ num_output: {classes} kernel_size: 1 }}")
-    return text + _layer("prob", "Softmax", ["conv_classifier"], ["prob"])
+    return text + _layer("prob", "Softmax", ["conv_classifier"], ["prob"], "softmax_param {engine: CAFFE}")
 
 
 def _as_max_unpool(definition: caffe_pb2.NetParameter, net: Net) -> caffe_pb2.NetParameter:
@@ -236,13 +296,30 @@ def _as_max_unpool(definition: caffe_pb2.NetParameter, net: Net) -> caffe_pb2.Ne
 SEGNET_SIZES = [(72, 64), (88, 96)]
 
 
+def _segnet_files(tmp_path):
+    """The published SegNet-Basic syntax as its file, with random weights (two blobs per caffe-segnet BN)."""
+    p, w = tmp_path / "segnet_basic_inference.prototxt", tmp_path / "segnet.caffemodel"
+    p.write_text(segnet_basic())
+    sized = caffe_files.read_prototxt(p)   # the weights' shapes do not depend on the image size: state one
+    sized.net.layer[0].dense_image_data_param.new_height, sized.net.layer[0].dense_image_data_param.new_width = 72, 64
+    caffe_files.write_caffemodel(w, with_random_weights(sized, seed=3))
+    return p, w
+
+
+def test_segnet_published_syntax_reads():
+    net = text_format.Parse(segnet_basic(), caffe_pb2.NetParameter())
+    bn = [layer for layer in net.layer if layer.type == "BN"]
+    assert len(bn) == 8 and all(b.bn_param.bn_mode == caffe_pb2.BNParameter.INFERENCE for b in bn)
+    assert net.layer[0].type == "DenseImageData" and net.layer[0].dense_image_data_param.batch_size == 1
+
+
 @pytest.mark.skipif(not Path(ORACLE).exists(), reason=f"the oracle pycaffe ({ORACLE}) is not installed")
 @pytest.mark.parametrize("size", SEGNET_SIZES)
 def test_segnet_basic_verifies_against_the_oracle_pycaffe(tmp_path, size):
-    text = segnet_basic(*size)
-    net_param = text_format.Parse(text, caffe_pb2.NetParameter())
-    p, w = _write(net_param, tmp_path, "segnet")
-    net = Net(str(p), str(w))
+    """The oracle (brocolli-caffe) runs caffe-segnet's INFERENCE BN as the Scale with bias it is
+    (BNConverter.for_reference) and the mask Upsample as its MaxUnPool."""
+    p, w = _segnet_files(tmp_path)
+    net = Net(str(p), str(w), inference=True, input_shapes=(1, 3) + size)
     ref_p, ref_w = tmp_path / "ref.prototxt", tmp_path / "ref.caffemodel"
     caffe_files.write_prototxt(ref_p, _as_max_unpool(verify.reference_definition(net), net))
     caffe_files.write_caffemodel(ref_w, verify.reference_weights(net))
@@ -252,7 +329,7 @@ def test_segnet_basic_verifies_against_the_oracle_pycaffe(tmp_path, size):
     ref_dir.mkdir()
     for name, value in ref.items():
         np.save(ref_dir / f"{name}.npy", value)
-    v = verify.run(str(w), str(p), str(ref_dir))
+    v = verify.run(str(w), str(p), str(ref_dir), shape=(1, 3) + size)
     print(f"SegNet-Basic {size} against the oracle, error by depth:", _by_depth(v.checks))
     names = [c.name for c in v.checks]
     assert {"pool4_mask", "upsample4", "upsample1", "prob"} <= set(names), names
@@ -263,7 +340,6 @@ def test_segnet_basic_verifies_against_the_oracle_pycaffe(tmp_path, size):
 
 
 def test_segnet_basic_exports_at_two_sizes(tmp_path):
-    text = segnet_basic(*SEGNET_SIZES[0])
-    p, w = _write(text_format.Parse(text, caffe_pb2.NetParameter()), tmp_path, "segnet")
+    p, w = _segnet_files(tmp_path)
     _, want = _export_checked(p, w, SEGNET_SIZES)
     assert want[0].shape == (1, 11) + SEGNET_SIZES[1]

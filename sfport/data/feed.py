@@ -1,6 +1,7 @@
-"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB), HDF5Data or the SSD
-fork's AnnotatedData layer (a DataLoader over the deterministic streams of sfport.data.imagedata, sfport.data.db and
-sfport.data.annotated), or synthetic images and labels for benchmarks."""
+"""Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB), HDF5Data, the SSD
+fork's AnnotatedData or the segmentation forks' DenseImageData / ImageSegData layer (a DataLoader over the
+deterministic streams of sfport.data.imagedata, sfport.data.db, sfport.data.annotated and sfport.data.segdata), or
+synthetic images and labels for benchmarks."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ import torch
 from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, loader
 from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
 from sfport.data.annotated import AnnotatedDataset, collate_for
+from sfport.data import segdata
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
@@ -71,8 +73,8 @@ class Feeder:
             self.batch = shape[0] if shape else 1
         else:
             raise CaffeFileError(None, f"data layer '{layer.name}' is {layer.type}: sfport reads ImageData "
-                                       f"lists, Data (LMDB / LevelDB), AnnotatedData and HDF5Data (or "
-                                       f"--synthetic-data)")
+                                       f"lists, Data (LMDB / LevelDB), AnnotatedData, HDF5Data, DenseImageData and "
+                                       f"ImageSegData (or --synthetic-data)")
         if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
             raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
                                        f"{self.batch}")
@@ -132,6 +134,8 @@ class Feeder:
             for t, shape in zip(layer.top, data_set_tops(layer, self.dataset.top_shapes())):
                 self.inputs[t] = shape
             self.chw = tuple(self.inputs[layer.top[0]][1:])
+        elif spec.reader in datalayers.SEG_READERS:   # dense_image_data_layer.cpp, image_seg_data_layer.cpp
+            self._setup_seg(layer, spec, phase, opts, base, seed, log)
         else:   # datalayers.LIST: image_data_layer.cpp
             self.dataset = ImageDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
                                                    data_root=opts.data_root, base_dir=base,
@@ -139,7 +143,7 @@ class Feeder:
             log(f"A total of {len(self.dataset)} images.", "image_data_layer.cpp:63")
             self.chw = self.dataset.shape()
             log(f"output data size: {self.batch},{','.join(str(d) for d in self.chw)}", "image_data_layer.cpp:90")
-        if spec.reader != datalayers.HDF5 or self.synthetic:
+        if spec.reader not in (datalayers.HDF5,) + datalayers.SEG_READERS or self.synthetic:
             self.inputs[self.data_top] = (self.batch,) + tuple(self.chw)
             if self.label_top:
                 self.inputs[self.label_top] = label_shape
@@ -151,6 +155,25 @@ class Feeder:
                                            f"Caffe blob holds (INT_MAX)")
         self.num_classes: int | None = None   # labels of synthetic data; set once the net is built
         self._it = None
+
+    def _setup_seg(self, layer, spec, phase: int, opts: Options, base: Path | None, seed: int, log: CaffeLog):
+        """The segmentation forks' layers: the list read, the first image read, every top shaped by it
+        (DataLayerSetUp), with the forks' log lines."""
+        dense = spec.reader == datalayers.DENSE
+        where = "dense_image_data_layer.cpp" if dense else "image_seg_data_layer.cpp"
+        log(f"Opening file {datalayers.params_of(layer).source}", f"{where}:{41 if dense else 45}")
+        self.dataset = segdata.SegDataset.from_layer(layer, train=(phase == caffe_pb2.TRAIN), seed=seed,
+                                                     data_root=opts.data_root, base_dir=base,
+                                                     skip_bad=opts.skip_bad_images)
+        log(f"A total of {len(self.dataset)} {'examples' if dense else 'images'}.", f"{where}:{56 if dense else 67}")
+        tops = data_set_tops(layer, self.dataset.first)
+        self.chw = tuple(tops[0][1:])
+        lines = (109,) if dense else (113, 117, 121)
+        for name, top, shape, line in zip(("data", "label", "data_dim"), layer.top, tops, lines + (0, 0)):
+            self.inputs[top] = shape
+            if line:
+                log(f"output {name} size: {','.join(str(d) for d in shape)}", f"{where}:{line}")
+        self.collate = segdata.collate_for(self.dataset)
 
     def start(self, first_update: int, stop_update: int | None = None, pin: bool = False):
         if self.synthetic:
@@ -179,7 +202,8 @@ class Feeder:
                 raise CaffeFileError(*error)
             return dict(zip(self.layer.top, rows))
         while True:
-            x, y, positions, bad, _ = check(next(self._it))
+            batch = check(next(self._it))
+            x, y, positions, bad = batch[:4]
             if bad:
                 self._count_bad(positions, x is None)
             if x is not None:
@@ -191,6 +215,8 @@ class Feeder:
         out = {self.data_top: x}
         if self.label_top:
             out[self.label_top] = y
+        for top, value in zip(self.layer.top[2:], batch[5] if len(batch) > 5 else ()):   # ImageSegData's data_dim
+            out[top] = value
         return out
 
     @property

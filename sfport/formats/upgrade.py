@@ -26,6 +26,9 @@ V1_TYPE_NAMES = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
     "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    # DeepLab v1's types, under the names DeepLab v2 gives them (its upgrade_proto.cpp UpgradeV1LayerType)
+    "IMAGE_SEG_DATA": "ImageSegData", "SEG_ACCURACY": "SegAccuracy", "INTERP": "Interp", "PADDING": "Padding",
+    "MAT_WRITE": "MatWrite", "MAT_READ": "MatRead", "DENSE_CRF": "DenseCRF",
 }
 
 # V0 layer type strings -> V1 enum names (UpgradeV0LayerType)
@@ -83,7 +86,8 @@ _V1_COPIED = [
     "hdf5_output_param", "hinge_loss_param", "image_data_param", "infogain_loss_param", "inner_product_param",
     "lrn_param", "memory_data_param", "mvn_param", "pooling_param", "power_param", "relu_param",
     "sigmoid_param", "softmax_param", "slice_param", "tanh_param", "threshold_param", "window_data_param",
-    "transform_param", "loss_param",
+    "transform_param", "loss_param", "interp_param", "mat_write_param", "seg_accuracy_param", "softmaxloss_param",
+    "padding_param",
 ]
 
 
@@ -176,7 +180,8 @@ def _upgrade_v0_net(net, path) -> list[str]:
 def _upgrade_data_transform(net) -> int:
     """UpgradeNetDataTransformation: scale/mean_file/crop_size/mirror of V1 data layers -> transform_param."""
     moved = 0
-    kinds = {V1.DATA: "data_param", V1.IMAGE_DATA: "image_data_param", V1.WINDOW_DATA: "window_data_param"}
+    kinds = {V1.DATA: "data_param", V1.IMAGE_DATA: "image_data_param", V1.WINDOW_DATA: "window_data_param",
+             V1.IMAGE_SEG_DATA: "image_data_param"}
     for layer in net.layers:
         sub_name = kinds.get(layer.type)
         if sub_name is None or not layer.HasField(sub_name):
@@ -220,6 +225,9 @@ def _upgrade_v1_layer(v1, problems: list[str]):
     for name in _V1_COPIED:
         if v1.HasField(name):
             getattr(layer, name).CopyFrom(getattr(v1, name))
+    if v1.HasField("strict_dim") and not v1.strict_dim:
+        problems.append(f"layer '{v1.name}': DeepLab's strict_dim: false is not kept (its weights must have the "
+                        f"layer's blob shapes, as Caffe's Blob::ShapeEquals)")
     if v1.HasField("layer"):
         problems.append(f"layer '{v1.name}' still has a V0 layer; ignored")
     return layer
@@ -255,6 +263,32 @@ def _upgrade_input(net) -> str:
     return note
 
 
+def _upgrade_hole(net, path) -> int:
+    """DeepLab v1's ``hole`` / ``hole_h`` + ``hole_w`` (its conv_layer.cpp ConvolutionLayer::LayerSetUp: one or the
+    other, the effective kernel ``k + (k - 1)(hole - 1)``) is the dilation BVLC added later: written as
+    ``dilation``, so that every reader of the net (OpenCV included) sees it."""
+    moved = 0
+    for layer in net.layer:
+        if not layer.HasField("convolution_param"):
+            continue
+        p = layer.convolution_param
+        has = [p.HasField(f) for f in ("hole", "hole_h", "hole_w")]
+        if not any(has):
+            continue
+        if has != [True, False, False] and has != [False, True, True]:
+            raise CaffeFileError(path, f"layer '{layer.name}': hole is hole OR hole_h and hole_w are required")
+        hole = [p.hole] if has[0] else [p.hole_h, p.hole_w]
+        if len(p.dilation) and list(p.dilation) != hole and set(hole) != {1}:
+            raise CaffeFileError(path, f"layer '{layer.name}': DeepLab's hole {hole} and dilation "
+                                       f"{list(p.dilation)} disagree")
+        if set(hole) != {1} and not len(p.dilation):
+            p.dilation.extend(hole if len(set(hole)) > 1 else hole[:1])
+        for f in ("hole", "hole_h", "hole_w"):
+            p.ClearField(f)
+        moved += 1
+    return moved
+
+
 def upgrade_net(net, path=None) -> list[str]:
     """Bring a NetParameter to the current format in place (UpgradeNetAsNeeded); return what was done."""
     notes: list[str] = []
@@ -283,6 +317,9 @@ def upgrade_net(net, path=None) -> list[str]:
         notes.append(f"V1LayerParameter 'layers' -> LayerParameter 'layer' ({n} layers: enum types to names, "
                      "blobs_lr/weight_decay to param lr_mult/decay_mult)"
                      + (f" (problems: {'; '.join(problems)})" if problems else ""))
+    holes = _upgrade_hole(net, path)
+    if holes:
+        notes.append(f"DeepLab's convolution hole -> dilation ({holes} layers)")
     if len(net.input):
         try:
             notes.append(_upgrade_input(net))

@@ -1,13 +1,13 @@
 """Caffe's data layers, one specification per type: the one home of what each reads and states.
 
 A data layer feeds a net: its tops become the net's inputs (Caffe's Input and the layers of data_layers.hpp:
-Data, ImageData, HDF5Data, MemoryData, WindowData, DummyData, the SSD fork's AnnotatedData, and a Python layer
-without bottoms). Per type, :data:`SPECS` says which parameter field it reads (its ``batch_size``, ``source``),
-whether its definition fixes its tops' shapes or a data set does, whether its tops name what they read (in no
-fixed order) rather than data and labels by position, the shape of its labels, and which of sfport's readers
-reads its data set. Shape inference (:mod:`.shapes`), the deploy form (:mod:`.deploy`), the data feeder
-(:mod:`sfport.data.feed`), the solver's paths, ``sfport inspect SOLVER`` and ``sfport test`` / ``time`` ask
-here; none of them names a data layer's type.
+Data, ImageData, HDF5Data, MemoryData, WindowData, DummyData, the SSD fork's AnnotatedData, caffe-segnet's
+DenseImageData, DeepLab's ImageSegData, and a Python layer without bottoms). Per type, :data:`SPECS` says which
+parameter field it reads (its ``batch_size``, ``source``), whether its definition fixes its tops' shapes or a data
+set does, whether its tops name what they read (in no fixed order) rather than data and labels by position, the
+shape of its labels, and which of sfport's readers reads its data set. Shape inference (:mod:`.shapes`), the
+deploy form (:mod:`.deploy`), the data feeder (:mod:`sfport.data.feed`), the solver's paths, ``sfport inspect
+SOLVER`` and ``sfport test`` / ``time`` ask here; none of them names a data layer's type.
 """
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ import numpy as np
 from sfport.netdef.netstate import NetState, included
 from sfport.protos import caffe_pb2
 
-# The readers of sfport.data.feed, by what they read (ANNO: AnnotatedDatum records of an LMDB / LevelDB)
+# The readers of sfport.data.feed, by what they read (ANNO: AnnotatedDatum records of an LMDB / LevelDB; DENSE and
+# IMAGE_SEG: the segmentation forks' lists of images and label images, sfport.data.segdata)
 LIST, DB, HDF5, ANNO = "list", "db", "hdf5", "annotated"
+DENSE, IMAGE_SEG = "dense", "imageseg"
+SEG_READERS = (DENSE, IMAGE_SEG)
+# the readers of image lists whose parameters say is_color / new_height / new_width
+IMAGE_LISTS = (LIST,) + SEG_READERS
 # the SSD fork's label rows (annotated_data_layer.cpp): item_id, group_label, instance_id, xmin, ymin, xmax, ymax,
 # difficult; the label top is 1 x 1 x boxes x 8, its number of boxes that of each batch
 BOX_ROW = 8
@@ -38,6 +43,19 @@ def _shapes(p, ntop: int) -> list:
     legacy = [(n, c, h, w) for n, c, h, w in zip(*(getattr(p, f, ()) for f in ("num", "channels", "height",
                                                                               "width")))]
     return _repeat([tuple(s.dim) for s in p.shape] or legacy, ntop)
+
+
+def _dense_label(data: tuple) -> list:
+    """caffe-segnet's label top: one label image per sample, of the data's height and width."""
+    n, _, h, w = data
+    return [(n, 1, h, w)]
+
+
+def _seg_labels(data: tuple) -> list:
+    """DeepLab's label top (one label image per sample, the data's height and width) and its data_dim top (each
+    image's height and width, 1 x 1 x 2 per sample)."""
+    n, _, h, w = data
+    return [(n, 1, h, w), (n, 1, 1, 2)]
 
 
 def _memory(p, ntop: int) -> list:
@@ -59,6 +77,7 @@ class DataLayerSpec:
     has_batch: bool = True           # its parameters hold a batch_size
     label_blob: tuple | None = None  # a label top's whole shape when it does not follow the batch
     bottomless: bool = False         # a data layer only without bottoms (a Python layer with bottoms computes)
+    label_of: Callable | None = None  # the data top's (N, C, H, W) -> the shapes of the tops after it (label images)
 
     @property
     def shaped(self) -> bool:
@@ -84,6 +103,11 @@ SPECS = {s.type: s for s in (
     # the SSD fork's annotated_data_layer.cpp: AnnotatedDatum records of an LMDB / LevelDB, its batch_size is
     # data_param's; its label top holds one row per box of the batch (one row here, the count of its first record)
     DataLayerSpec("AnnotatedData", "data_param", reader=ANNO, label_blob=(1, 1, 1, BOX_ROW)),
+    # caffe-segnet's dense_image_data_layer.cpp: `image label_image` pairs of a list; labels (batch, 1, H, W)
+    DataLayerSpec("DenseImageData", "dense_image_data_param", reader=DENSE, label_of=_dense_label),
+    # DeepLab's image_seg_data_layer.cpp (V1 IMAGE_SEG_DATA): images and label images (label_type PIXEL), one
+    # label per image (IMAGE) or none (NONE) from image_data_param's list; labels (batch, 1, H, W), then data_dim
+    DataLayerSpec("ImageSegData", "image_data_param", reader=IMAGE_SEG, label_of=_seg_labels),
     # a Python layer without bottoms (python_layer.hpp): its tops are whatever its setup says
     DataLayerSpec("Python", "python_param", named_tops=True, has_batch=False, bottomless=True),
 )}
@@ -186,8 +210,10 @@ def stated_image_shape(layer) -> tuple | None:
     DataLayerSetUp); WindowData's crop_size of colour images (window_data_layer.cpp); a Data layer's crop_size,
     and its channels when force_color / force_gray or one mean_value per channel say them (data_transformer.cpp
     checks mean_value has 1 or C entries); AnnotatedData's resize_param height / width (but FIT_SMALL_SIZE's, which
-    depend on the image), then its crop_size (data_transformer.cpp InferBlobShape). None when nothing is
-    stated."""
+    depend on the image), then its crop_size (data_transformer.cpp InferBlobShape); DenseImageData's crop_size,
+    else its crop_height / crop_width, else new_height / new_width, channels is_color (dense_image_data_layer.cpp
+    DataLayerSetUp); ImageSegData's crop_size (smaller images are padded to it), else new_height / new_width,
+    channels is_color (image_seg_data_layer.cpp DataLayerSetUp). None when nothing is stated."""
     spec = spec_of(layer)
     tp = layer.transform_param
     n = batch_size(layer)
@@ -200,10 +226,12 @@ def stated_image_shape(layer) -> tuple | None:
         c = 1
     elif len(tp.mean_value) > 1:
         c = len(tp.mean_value)
-    if spec.reader == LIST:
-        p = layer.image_data_param
+    if spec.reader in IMAGE_LISTS:
+        p = params_of(layer)
         c = 3 if p.is_color else 1
-        if not tp.crop_size and p.new_height and p.new_width:
+        if not tp.crop_size and spec.reader == DENSE and p.crop_height and p.crop_width:
+            h, w = int(p.crop_height), int(p.crop_width)
+        elif not tp.crop_size and p.new_height and p.new_width:
             h, w = int(p.new_height), int(p.new_width)
     elif spec.channels:
         c = spec.channels
@@ -222,7 +250,10 @@ def data_set_tops(layer, first, boxes: int | None = None) -> list:
     its resize_param (:func:`resized_size`), and labels ``1 x 1 x max(boxes, 1) x 8`` for the ``boxes`` of its
     first record, ``(batch,)`` when its records have no annotation type (``boxes`` None;
     annotated_data_layer.cpp DataLayerSetUp); HDF5Data's datasets, ``first`` = each top's trailing shape in the
-    first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp)."""
+    first file -> ``(batch,) + trailing`` (hdf5_data_layer.cpp LayerSetUp); DenseImageData's and ImageSegData's
+    first image (resized to new_height / new_width) -> its crop_size (DenseImageData: or crop_height /
+    crop_width), else its size, and their label images ``(batch, 1, H, W)`` (ImageSegData: and data_dim
+    ``(batch, 1, 1, 2)``)."""
     n = batch_size(layer) or 0
     spec = spec_of(layer)
     if spec.reader == HDF5:
@@ -235,8 +266,13 @@ def data_set_tops(layer, first, boxes: int | None = None) -> list:
         if boxes is not None:
             label = (1, 1, max(int(boxes), 1), BOX_ROW)
     crop = int(layer.transform_param.crop_size)
+    dense = layer.dense_image_data_param
+    if spec.reader == DENSE and dense.crop_height and dense.crop_width:
+        h, w = int(dense.crop_height), int(dense.crop_width)
     if crop:
         h = w = crop
+    if spec.label_of is not None:
+        return ([(n, c, h, w)] + spec.label_of((n, c, h, w)))[:len(layer.top)]
     return ([(n, c, h, w)] + [label] * (len(layer.top) - 1))[:len(layer.top)]
 
 
@@ -244,7 +280,8 @@ def data_tops(layer, given: dict) -> list:
     """Shapes of a data layer's tops: as given by name (for every kind, as pycaffe's reshape of an input), else
     what its parameters fix (Input and DummyData shapes, MemoryData sizes, the image shape a data-set layer
     states in full); a label top (any top after the first, whatever its name) takes the batch size of the data, or
-    AnnotatedData's 1 x 1 x 1 x 8 (one box row standing in for the count each batch has)."""
+    AnnotatedData's 1 x 1 x 1 x 8 (one box row standing in for the count each batch has), or the segmentation
+    layers' label images of the data's height and width (and ImageSegData's data_dim)."""
     spec = spec_of(layer)
     if spec.shaped:
         return [tuple(given[t]) if t in given else s for t, s in zip(layer.top, stated_tops(layer))]
@@ -254,6 +291,10 @@ def data_tops(layer, given: dict) -> list:
         fixed[0] = stated
     if spec.label_tops and spec.label_blob is not None:
         fixed = fixed[:1] + [s if s is not None else spec.label_blob for s in fixed[1:]]
+    elif spec.label_of is not None and fixed and fixed[0] is not None:
+        labels = spec.label_of(tuple(fixed[0]))
+        fixed = fixed[:1] + [s if s is not None else (labels[j] if j < len(labels) else None)
+                             for j, s in enumerate(fixed[1:])]
     elif spec.label_tops and fixed and fixed[0] is not None:
         # labels: (batch,) for Data / ImageData, (batch, 1, 1, 1) for WindowData
         label = (fixed[0][0],) + spec.label_shape
