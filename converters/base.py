@@ -234,6 +234,13 @@ class Converter:
         untouched. ``ref`` when there is nothing to align."""
         return ref
 
+    def align_reference_tops(self, layer, bottoms: list, ours: list, ref: list, tol: float) -> list:
+        """The reference's tops (``ref``, None where it gave none) where they differ from ``ours`` only by a choice
+        the layer makes between values equal within ``tol`` (relative to max(1, max |bottom|)) of its ``bottoms``
+        (ours): such a choice is the reference's arithmetic, not the layer's definition (a MAX pooling's mask at a
+        near-tie). ``ref`` when there is nothing to align."""
+        return ref
+
     # ---- pycaffe's coord_map.py (sfport.pycaffe.coord_map) ----
 
     def coord_map(self, layer) -> tuple | None:

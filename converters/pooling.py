@@ -8,6 +8,7 @@ size. SPP (spp_layer.cpp) is a pyramid of these poolings whose windows depend on
 levels for each size it meets (a trace keeps the geometry of the size it was traced at)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -165,6 +166,28 @@ class PoolingConverter(NoParams):
             return None
         axis, stride, extent, pad = window
         return axis, 1 / stride, (pad - (extent - 1) / 2) / stride
+
+    def align_reference_tops(self, layer, bottoms, ours, ref, tol):
+        """MAX pooling's mask top (Forward_cpu: the first maximum of the window, ``bottom_data[index] >
+        top_data[pool_index]``): where the reference's index differs from ours and the bottom holds the same value
+        at both within ``tol``, the two windows' maxima tie up to the arithmetic of the layers before, and the
+        reference's index counts as ours."""
+        if len(ours) < 2 or len(ref) < 2 or ref[1] is None or ours[1] is None or ours[1].shape != ref[1].shape:
+            return ref
+        mine, theirs = ours[1], ref[1]
+        differ = np.argwhere(mine != theirs)
+        if not len(differ):
+            return ref
+        x = bottoms[0]
+        planes = x.reshape(x.shape[0] * x.shape[1], -1)
+        limit = tol * max(1.0, float(np.abs(x).max()))
+        aligned = theirs.copy()
+        for n, c, h, w in differ:
+            a, b = int(mine[n, c, h, w]), int(theirs[n, c, h, w])
+            plane = planes[n * x.shape[1] + c]
+            if 0 <= b < plane.size and abs(float(plane[a]) - float(plane[b])) <= limit:
+                aligned[n, c, h, w] = mine[n, c, h, w]
+        return [ref[0], aligned] + list(ref[2:])
 
     def top_shapes(self, layer, bottom_shapes):
         """PoolingLayer::Reshape: global pooling gives 1x1; else :func:`pooled_size`."""

@@ -444,3 +444,31 @@ def test_padding_pads_with_zeros_or_crops(beg, end):
 def test_impossible_padding_is_one_line(extra, what):
     with pytest.raises(CaffeFileError, match=what):
         one_layer("Padding", extra, [(1, 2, 7, 6)])
+
+
+def test_verify_takes_a_mask_index_at_a_tie_as_equal(tmp_path):
+    """A MAX pooling mask (SegNet's) is a choice: where the reference picked another place of the window holding
+    the same value (up to the arithmetic before it), verify counts it as equal; any other index still fails."""
+    from sfport.runtime import verify
+
+    text = ('name: "m"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 '
+            'dim: 4 } } }\nlayer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
+            'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
+    p = tmp_path / "m.prototxt"
+    p.write_text(text)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = 20.0                 # window (0, 0): a tie between flat indices 0 and 5
+    x[0, 0, 2, 2] = 15.0 + 1e-4                           # window (1, 1): 15.0001 vs 15, a tie within 2e-4
+    np.save(tmp_path / "x.npy", x)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    np.save(ref / "data.npy", x)
+    np.save(ref / "pool.npy", np.array([[[[20, 7], [13, 15]]]], np.float32))
+    mask = np.array([[[[5, 7], [13, 15]]]], np.float32)   # the reference took the ties' other places
+    np.save(ref / "mask.npy", mask)
+    v = verify.run(str(p), None, str(ref), input=str(tmp_path / "x.npy"))
+    assert v.passed, verify.format_table(v.checks)
+    mask[0, 0, 1, 1] = 14                                   # 14 against 15.0001: a real difference
+    np.save(ref / "mask.npy", mask)
+    v = verify.run(str(p), None, str(ref), input=str(tmp_path / "x.npy"))
+    assert not v.passed and [c.name for c in v.checks if not c.ok] == ["mask"]

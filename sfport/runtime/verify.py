@@ -290,6 +290,25 @@ class Verification:
                                      "worst": worst.name if worst else None})
 
 
+def _align_ties(net, values: dict, ours: dict, ref: dict, tol: float) -> None:
+    """Each layer's tops in ``ref`` (by Caffe blob name) as its converter's ``align_reference_tops`` gives them:
+    a choice between values that tie within ``tol`` (a MAX pooling mask) taken as ours. Only a top whose blob
+    is not changed later in place is compared this way (its final value is the layer's)."""
+    for gl in net.graph.layers:
+        names = [net.graph.caffe_name[t] for t in gl.tops]
+        if len(names) < 2 or not all(t in values for t in gl.tops) or not all(b in values for b in gl.bottoms):
+            continue
+        if any(net.graph.final.get(n) not in (None, t) for n, t in zip(names, gl.tops)):
+            continue
+        mine = [values[t].detach().numpy() for t in gl.tops]
+        theirs = [ref.get(n) for n in names]
+        aligned = conv_registry.get_for(gl.param).align_reference_tops(
+            gl.param, [values[b].detach().numpy() for b in gl.bottoms], mine, theirs, tol)
+        for n, a in zip(names, aligned):
+            if a is not None:
+                ref[n] = a
+
+
 def reference_definition(net, opencv: bool = False):
     """The inference net sfport runs, as a NetParameter the references read: each layer as its converter's
     ``for_reference`` writes it (fork types under their BVLC names, defaults a reference reads differently written
@@ -393,6 +412,7 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
                 else dir_reference(reference)
             ours = {n: values[u].detach().numpy() for n, u in net.graph.final.items() if u in values}
             ours.update({n: v for n, v in layer_outputs.items() if n not in ours})
+            _align_ties(net, values, ours, ref, tol)
             order = list(dict.fromkeys([net.graph.caffe_name[t] for gl in net.graph.layers for t in gl.tops]
                                        + [gl.name for gl in net.graph.layers]))
     inputs = {n: {"shape": list(net.inputs[n]), "source": sources[n]} for n in net.inputs}
