@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# GPU check (issue 15, item 6): on a CUDA machine with sfport installed, in one go and within 8 minutes,
+# GPU check (issue 15, item 6; issue 32, item 4): on a CUDA machine with sfport installed, in one go and within
+# 8 minutes,
 #   1. the tests that take a CUDA branch (tests/test_train_run.py, tests/test_pycaffe_net.py: set_mode_gpu),
 #   2. bench/bench_train.py --device cuda, fp32 and --amp (bf16 autocast),
 #   3. sfport train prototxt/sphereface20_solver.prototxt --synthetic-data --shape 3,112,96 --gpu 0 for a few
 #      iterations (in a temporary folder, so the snapshots do not land in the repository), its speed and final
 #      loss read from the log,
 #   4. the same on --gpu 0,1 (DistributedDataParallel) when there are two GPUs or more,
-# then one markdown summary table (step | status | seconds | key number).
+#   5. bench/gpu_forward.py: SphereFace-20 forward img/s at batch 1, 64 and 256 in fp32, TF32 and bf16 for sfport's
+#      eager net, the same net hand-written in plain torch, sfport's TorchScript export and its ONNX export on
+#      onnxruntime's CUDA provider (when installed),
+#   6. sfport train prototxt/sfplus_m4_solver.prototxt (SphereFace+ m4: MarginInnerProduct + InterClass) at batch
+#      256 --synthetic-data --gpu 0 --max-iter 100: img/s between the log's display lines of iterations 10 and 90,
+#      and the GPU's utilisation then (nvidia-smi sampled every 500 ms; "n/a" without nvidia-smi),
+#   7. its peer, bench/gpu_train_peer.py run: the same net and step in a plain hand-written PyTorch loop
+#      (torch.optim.SGD), 10 warm-up then 80 timed iterations, img/s and GPU utilisation,
+#   8. the m4 solver again on 512 face-like 112x96 JPEGs (written here) through the ImageData loader (--source,
+#      --data-root; the default DataLoader workers),
+# then one markdown summary table (step | status | seconds | key number) and one table of ratios, sfport against
+# its plain-PyTorch peer (forward and training).
 #
 # On a machine without CUDA every step that needs it is skipped ("skipped: no CUDA device") in a second or two.
+# GPU_CHECK_CPU_SMOKE=1 runs steps 5-8 on the CPU instead, tiny (batch 1-2, 28x24 images, 64 classes, a few
+# iterations; the other steps are skipped), so that a CPU machine exercises their code (tests/test_gpu_check.py).
 # Exit status: 0 when no step failed (skips are fine), 1 when one did.
 #
 #     bash bench/gpu_check.sh          # from any folder; PYTHON=... picks the interpreter (default: python)
@@ -24,12 +38,14 @@ BUDGET=${GPU_CHECK_BUDGET:-460}
 TRAIN_ITERS=100     # a multiple of the solver's display (100): the log then has the final "Iteration N, loss ="
 MULTI_ITERS=20      # the 2-GPU run: a few iterations (speed from the log's timestamps)
 SOLVER="$ROOT/prototxt/sphereface20_solver.prototxt"
+M4_SOLVER="$ROOT/prototxt/sfplus_m4_solver.prototxt"
 NO_CUDA="skipped: no CUDA device"
+SMOKE=${GPU_CHECK_CPU_SMOKE:-0}
 
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/sfport-gpu-check.XXXXXX") || { echo "gpu_check: mktemp failed" >&2; exit 1; }
 FAILED=0
 # shellcheck disable=SC2317  # called by the trap
-cleanup() { if [ "$FAILED" = 0 ]; then rm -rf "$LOGDIR"; fi; }
+cleanup() { util_stop; if [ "$FAILED" = 0 ]; then rm -rf "$LOGDIR"; fi; }
 trap cleanup EXIT
 
 START_NS=$(date +%s%N)
@@ -76,6 +92,27 @@ why_failed() {
 fail() { FAILED=1; FAILED_LOGS+=("$1"); }
 FAILED_LOGS=()
 
+# GPU utilisation in the background (steps 6-8): nvidia-smi's samples, every 500 ms, into a file; nothing without
+# nvidia-smi or off the GPU (the steps then say "GPU util n/a")
+UTIL_PID=""
+util_start() {
+    : >"$1"
+    if [ "$DEV" = cuda ] && command -v nvidia-smi >/dev/null 2>&1; then
+        local gpu=${CUDA_VISIBLE_DEVICES:-0}    # torch's cuda:0, as nvidia-smi names it (an index or a UUID)
+        nvidia-smi -i "${gpu%%,*}" --query-gpu=timestamp,utilization.gpu --format=csv,noheader,nounits -lms 500 \
+            >"$1" 2>/dev/null &
+        UTIL_PID=$!
+    fi
+}
+# shellcheck disable=SC2317  # also called by the trap
+util_stop() {
+    if [ -n "$UTIL_PID" ]; then
+        kill "$UTIL_PID" 2>/dev/null
+        wait "$UTIL_PID" 2>/dev/null
+        UTIL_PID=""
+    fi
+}
+
 # ---- 0. devices ------------------------------------------------------------------------------------------
 T0=$(now_ns)
 DETECT=$(timeout 60 "$PY" -c "import torch
@@ -95,6 +132,15 @@ else
     row "detect CUDA devices" "failed: the torch device probe with $PY (exit $RC; see log)" "$(secs "$T0")" "-"
     fail "$LOGDIR/detect.log"
     SKIP="skipped: device detection failed"
+fi
+# DEV: where steps 5-8 run (cuda; cpu in the smoke mode; empty: skipped with $SKIP)
+DEV=""
+if [ "$SMOKE" = 1 ]; then
+    DEV=cpu
+    NGPU=0
+    SKIP="skipped: CPU smoke mode"
+elif [ "$NGPU" -ge 1 ]; then
+    DEV=cuda
 fi
 
 # ---- 1. the tests that take a CUDA branch ----------------------------------------------------------------
@@ -231,6 +277,147 @@ train() {   # train NAME GPUS ITERS NEEDED
 train "sfport train SF-20 --gpu 0 --max-iter $TRAIN_ITERS" 0 "$TRAIN_ITERS" 1
 train "sfport train SF-20 --gpu 0,1 --max-iter $MULTI_ITERS" 0,1 "$MULTI_ITERS" 2
 
+# ---- 5.-8. forward paths, SphereFace+ m4 training against its plain-PyTorch peer -------------------------------
+PEER="$ROOT/bench/gpu_train_peer.py"
+if [ "$DEV" = cpu ]; then      # the smoke mode: the same scripts, tiny, on the CPU
+    # one thread: it checks the code paths, not the speed, and OpenMP's barriers stall on a busy machine
+    export OMP_NUM_THREADS=1
+    FWD_BATCHES=1,2
+    FWD_ARGS=(--device cpu --batches "$FWD_BATCHES" --size 28x24 --warmup 1 --repeat 1 --min-time 0)
+    M4_BATCH=2
+    M4_ITERS=3                 # display 1 (the smoke copy of the solver): speed between iterations 1 and 2
+    M4_SHAPE=3,28,24
+    M4_DEV=(--workers 0)
+    PEER_ARGS=(--device cpu --batch 2 --classes 64 --size 28x24 --warmup 1 --iters 2)
+    N_JPEGS=8
+else
+    FWD_ARGS=(--device cuda)
+    FWD_BATCHES=1,64,256
+    M4_BATCH=256
+    M4_ITERS=100               # display 10: speed between iterations 10 and 90 (80 iterations)
+    M4_SHAPE=3,112,96
+    M4_DEV=(--gpu 0)
+    PEER_ARGS=(--device cuda --batch 256 --warmup 10 --iters 80)
+    N_JPEGS=512
+fi
+DEV_NAME=${DEV:-cuda}
+
+# 5. forward
+NAME="SF-20 forward --device $DEV_NAME: eager, plain torch, TorchScript, onnxruntime"
+if [ -z "$DEV" ]; then
+    row "$NAME" "$SKIP" "0.0" "-"
+else
+    LOG="$LOGDIR/forward.log"
+    run_step "$NAME" "$LOG" 150 "$PY" "$ROOT/bench/gpu_forward.py" "${FWD_ARGS[@]}" --json "$LOGDIR/forward.json"
+    T=$(secs "$T0")
+    if [ "$RC" = skip ]; then
+        row "$NAME" "skipped: time budget spent" "$T" "-"
+    else
+        KEY=""
+        [ -s "$LOGDIR/forward.json" ] && KEY=$("$PY" "$PEER" key "$LOGDIR/forward.json" 2>/dev/null)
+        if [ "$RC" = 0 ] && [ -n "$KEY" ]; then
+            row "$NAME" "passed" "$T" "$KEY"
+        elif [ -n "$KEY" ] && [ "$RC" = 1 ]; then
+            row "$NAME" "failed: a cell failed (see its row)" "$T" "$KEY"
+            fail "$LOG"
+        else
+            row "$NAME" "$(why_failed "$RC" "$LOG")" "$T" "${KEY:--}"
+            fail "$LOG"
+        fi
+        grep -E '^(\||SphereFace-20|  onnxruntime)' "$LOG" | sed 's/^/    /'
+    fi
+fi
+
+# the smoke mode's copy of the m4 solver and net: batch 2, 28x24 images, 64 classes, display 1, no final snapshot
+M4_RUN_SOLVER=$M4_SOLVER
+if [ "$DEV" = cpu ]; then
+    M4_RUN_SOLVER="$LOGDIR/smoke/solver.prototxt"
+    timeout 60 "$PY" "$PEER" smoke-solver "$LOGDIR/smoke" --batch "$M4_BATCH" --display 1 >"$LOGDIR/smoke.log" 2>&1 ||
+        echo "gpu_check: could not write the smoke solver (see $LOGDIR/smoke.log)" >&2
+fi
+
+# m4_train NAME KEY LIMIT ARGS...: sfport train on the m4 solver (+ ARGS) in a temporary folder, with the GPU's
+# utilisation sampled; img/s from the log (bench/gpu_train_peer.py parse-log) into $LOGDIR/KEY.json
+m4_train() {
+    local name=$1 key=$2 limit=$3
+    shift 3
+    if [ -z "$DEV" ]; then
+        row "$name" "$SKIP" "0.0" "-"
+        return
+    fi
+    local run="$LOGDIR/run_$key" log="$LOGDIR/$key.log" json="$LOGDIR/$key.json"
+    mkdir -p "$run/result"     # the solver's snapshot_prefix result/...: here, not beside the solver
+    cd "$run" || { row "$name" "failed: cannot cd to $run" "0.0" "-"; FAILED=1; return; }
+    util_start "$LOGDIR/$key.util"
+    run_step "$name" "$log" "$limit" "$PY" -m sfport train "$M4_RUN_SOLVER" "$@" "${M4_DEV[@]}" \
+        --max-iter "$M4_ITERS" --no-progress
+    util_stop
+    cd "$ROOT" || exit 1
+    local t key_number prc
+    t=$(secs "$T0")
+    rm -rf "$run"
+    if [ "$RC" = skip ]; then
+        row "$name" "skipped: time budget spent" "$t" "-"
+        return
+    fi
+    key_number=$("$PY" "$PEER" parse-log "$log" --batch "$M4_BATCH" --util "$LOGDIR/$key.util" --json "$json" \
+                 2>"$log.parse")
+    prc=$?
+    if [ "$RC" = 0 ] && [ "$prc" = 0 ]; then
+        row "$name" "passed" "$t" "$key_number"
+    elif [ "$RC" = 0 ]; then
+        row "$name" "failed: the log has no speed/finite final loss/Optimization Done" "$t" "${key_number:--}"
+        fail "$log"
+    else
+        [ "$RC" = 3 ] && grep -q "sfport: stopped" "$log" && RC="3 (training stopped)"
+        row "$name" "$(why_failed "$RC" "$log")" "$t" "${key_number:--}"
+        fail "$log"
+    fi
+}
+
+# 6. m4 on synthetic data
+m4_train "sfport train SF+ m4 --device $DEV_NAME batch $M4_BATCH, synthetic data" m4_synthetic 120 \
+    --synthetic-data --shape "$M4_SHAPE"
+
+# 7. the peer: the same step in a plain PyTorch loop
+NAME="peer: plain PyTorch loop, SF+ m4 --device $DEV_NAME batch $M4_BATCH, synthetic data"
+if [ -z "$DEV" ]; then
+    row "$NAME" "$SKIP" "0.0" "-"
+else
+    LOG="$LOGDIR/peer.log"
+    util_start "$LOGDIR/peer.util"
+    run_step "$NAME" "$LOG" 90 "$PY" "$PEER" run "${PEER_ARGS[@]}" --check --json "$LOGDIR/peer.json"
+    util_stop
+    T=$(secs "$T0")
+    if [ "$RC" = skip ]; then
+        row "$NAME" "skipped: time budget spent" "$T" "-"
+    else
+        KEY=$("$PY" "$PEER" util "$LOGDIR/peer.json" "$LOGDIR/peer.util" 2>/dev/null)
+        if [ "$RC" = 0 ] && [ -n "$KEY" ]; then
+            row "$NAME" "passed" "$T" "$KEY"
+        else
+            row "$NAME" "$(why_failed "$RC" "$LOG")" "$T" "${KEY:--}"
+            fail "$LOG"
+        fi
+    fi
+fi
+
+# 8. m4 on JPEGs through the ImageData loader
+JPEGS="$LOGDIR/jpegs"
+NAME="sfport train SF+ m4 --device $DEV_NAME batch $M4_BATCH, $N_JPEGS JPEGs through ImageData"
+if [ -z "$DEV" ]; then
+    row "$NAME" "$SKIP" "0.0" "-"
+elif [ "$(left)" -lt 30 ]; then
+    row "$NAME" "skipped: time budget spent" "0.0" "-"
+elif ! timeout 60 "$PY" "$PEER" jpegs "$JPEGS" --images "$N_JPEGS" >"$LOGDIR/jpegs.log" 2>&1; then
+    row "$NAME" "failed: writing the JPEGs: $(grep -v '^[[:space:]]*$' "$LOGDIR/jpegs.log" | tail -n 1 | cut -c1-100)" \
+        "0.0" "-"
+    fail "$LOGDIR/jpegs.log"
+else
+    m4_train "$NAME" m4_jpeg 120 --source "$JPEGS/list.txt" --data-root "$JPEGS"
+fi
+rm -rf "$JPEGS"
+
 # ---- the failed steps' log tails, then the summary -------------------------------------------------------
 for f in "${FAILED_LOGS[@]+"${FAILED_LOGS[@]}"}"; do
     echo
@@ -244,6 +431,11 @@ for r in "${ROWS[@]}"; do
     IFS=$'\t' read -r a b c d <<<"$r"
     echo "| $a | $b | $c | $d |"
 done
+echo
+echo "sfport against its plain-PyTorch peer (same run, same device):"
+echo
+"$PY" "$PEER" ratios --batches "$FWD_BATCHES" --train-batch "$M4_BATCH" --forward "$LOGDIR/forward.json" \
+    --train-synthetic "$LOGDIR/m4_synthetic.json" --train-jpeg "$LOGDIR/m4_jpeg.json" --peer "$LOGDIR/peer.json"
 echo
 echo "total $(secs "$START_NS")s"
 if [ "$FAILED" != 0 ]; then
