@@ -1,8 +1,10 @@
 """Caffe's training databases (sfport.data.db): a Data layer on an LMDB / LevelDB written by `sfport convert-imageset`
 gives batches bit-identical to ImageData on the same images; HDF5Data gives the arrays the test wrote; both feed
 `sfport train` to the same weights as ImageData."""
+import os
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -431,3 +433,28 @@ def test_worker_processes_read_the_same_batches(tmp_path):
     it = iter(imagedata.loader(ds, imagedata.MicroBatches(3, stop_update=4), 2, False))
     for (x, y, p, _, e), (x0, y0, p0, _, e0) in zip(it, batches(ds, 3, 4)):
         assert e is None and p == p0 and torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_default_workers_by_what_the_layer_reads(tmp_path, monkeypatch):
+    """`sfport train` without --workers (Options.workers None): HDF5Data reads in the main process (its rows are in
+    memory; workers only add the copy between processes), the decoding readers one worker per core, up to 16; an
+    explicit count is kept."""
+    from sfport.data.feed import Feeder
+    from sfport.report.progress import CaffeLog
+    from sfport.solver.config import Options
+
+    write_h5(tmp_path, [5, 3])
+    net = caffe_pb2.NetParameter()
+    net.layer.add().CopyFrom(hdf5_layer(tmp_path / "h5.txt"))
+    make = lambda w: Feeder(net, caffe_pb2.TRAIN, Options(workers=w), None, 0, 1, 0, 1,  # noqa: E731
+                            CaffeLog(enabled=False))
+    assert make(None).workers == 0 and make(3).workers == 3
+    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((4, 5, 3), np.uint8))[1].tobytes())
+    (tmp_path / "list.txt").write_text("a.png 1\n")
+    del net.layer[:]
+    net.layer.add().CopyFrom(layer(f'name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ '
+                                   f'source: "{tmp_path / "list.txt"}" root_folder: "{tmp_path}/" batch_size: 1 }}'))
+    monkeypatch.setattr(os, "cpu_count", lambda: 40)
+    assert make(None).workers == 16
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert make(None).workers == 2 and make(0).workers == 0

@@ -20,7 +20,8 @@ from sfport.errors import CaffeFileError
 @click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
 @click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
 @click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
-@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16).")
+@click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16; none for HDF5Data, whose rows are "
+                   "in memory already).")
 @click.option("--skip-bad-images", is_flag=True, help="Skip and count unreadable images instead of stopping.")
 @click.option("--keep-going", is_flag=True, help="Do not stop on a NaN loss or the 87.3365 plateau.")
 @click.option("--synthetic-data", is_flag=True, help="Random images and labels (benchmarks; no list needed).")

@@ -22,7 +22,7 @@ class Options:
     seed: int | None = None
     device: str = "cpu"
     amp: bool = False
-    workers: int = 2
+    workers: int | None = 2     # None: the data layer's default (Feeder)
     skip_bad_images: bool = False
     keep_going: bool = False
     synthetic_data: bool = False

@@ -74,7 +74,7 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
           progress: bool | None = None, margin_grad: str | None = None, plot: str | None = None,
           sigint_effect: str = "stop", sighup_effect: str = "snapshot", sigterm_effect: str | None = None) -> None:
     """``sfport train`` (caffe.cpp train): resolve ``gpu`` ('0', '0,1', 'all'; None: the CPU, or CUDA when
-    torchrun set up several processes) and ``workers`` (None: the CPU count, at most 16), then :func:`launch`
+    torchrun set up several processes) and ``workers`` (None: the data layer's default, :class:`sfport.data.feed.Feeder`), then :func:`launch`
     with the other :class:`Options` (on CUDA: channels_last, cudnn.benchmark). ``plot``: the training curves'
     figure (png, svg, pdf; checked before training). Bad input (GPU ids, --amp without
     a GPU, the files) raises :class:`~sfport.errors.CaffeFileError`; divergence raises
@@ -105,7 +105,7 @@ def start(solver_path, gpu: str | None = None, *, weights=(), snapshot: str | No
     if amp and not device.startswith("cuda"):
         raise CaffeFileError(None, "--amp needs a GPU (--gpu)")
     opts = Options(weights=list(weights), snapshot=snapshot, data_root=data_root, source=source, seed=seed,
-                   device=device, amp=amp, workers=min(16, os.cpu_count() or 2) if workers is None else workers,
+                   device=device, amp=amp, workers=workers,
                    skip_bad_images=skip_bad_images, keep_going=keep_going, synthetic_data=synthetic_data,
                    data_shape=tuple(data_shape) if data_shape else None, max_iter=max_iter, progress=progress,
                    channels_last=device.startswith("cuda"), margin_grad=margin_grad, gpus=tuple(gpus or ()),
