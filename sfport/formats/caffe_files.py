@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from sfport.errors import CaffeFileError
 from sfport.formats.disk import atomic_write, check_readable_file, max_file_bytes
 from sfport.protos import caffe_pb2
-from sfport.formats import forkschema, upgrade, wire
+from sfport.formats import fasttext, forkschema, upgrade, wire
 
 TEXT = "text"
 BINARY = "binary"
@@ -136,6 +136,8 @@ def _shorten(message: str, keep: int = 60) -> str:
 
 def _parse_text(path, data: bytes, message):
     text = _decode(data, path)
+    if fasttext.merge(text, message):   # the common case, several times faster; anything else as protobuf reads it
+        return message
     try:
         text_format.Merge(text, message)  # Merge: a repeated singular field keeps the last value
     except text_format.ParseError as e:
@@ -153,8 +155,11 @@ def _parse_text(path, data: bytes, message):
 
 
 def _parses_as(data: bytes, message) -> bool:
+    text = _decode(data)
+    if fasttext.merge(text, message):
+        return True
     try:
-        text_format.Merge(_decode(data), message)
+        text_format.Merge(text, message)
     except text_format.ParseError:
         return False
     return True
