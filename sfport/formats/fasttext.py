@@ -37,9 +37,9 @@ class _Fallback(Exception):
     """The text holds something this fast path leaves to protobuf's parser."""
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
-    out = []
-    append = out.append
+def _tokens(text: str):
+    """The tokens of ``text`` as (kind, text), lazily: a parse that gives up stops reading there (a 10 MB file of
+    garbage costs nothing more than its first bad token)."""
     pos = 0
     for m in _TOKEN.finditer(text):
         if m.start() != pos:   # a character no token starts with
@@ -47,10 +47,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         pos = m.end()
         kind = m.lastgroup
         if kind != "space":
-            append((kind, m.group()))
+            yield kind, m.group()
     if pos != len(text):
         raise _Fallback
-    return out
 
 
 def _int(token: str) -> int:
@@ -65,16 +64,28 @@ def _int(token: str) -> int:
 
 
 class _Parser:
+    _END = (None, None)
+
     def __init__(self, tokens):
-        self.tokens, self.i = tokens, 0
+        self._next = tokens.__next__
+        self.head = self._pull()
+
+    def _pull(self):
+        try:
+            return self._next()
+        except StopIteration:
+            return self._END
 
     def peek(self):
-        return self.tokens[self.i] if self.i < len(self.tokens) else (None, None)
+        return self.head
 
     def take(self):
-        tok = self.peek()
-        self.i += 1
+        tok = self.head
+        self.head = self._pull()
         return tok
+
+    def skip(self) -> None:
+        self.head = self._pull()
 
     def message(self, msg, close: str | None) -> None:
         fields = msg.DESCRIPTOR.fields_by_name
@@ -85,37 +96,37 @@ class _Parser:
                     raise _Fallback
                 return
             if kind == "punct" and value == close:
-                self.i += 1
+                self.skip()
                 return
             if kind != "word":
                 raise _Fallback
-            self.i += 1
+            self.skip()
             field = fields.get(value)
             if field is None or field.is_extension:
                 raise _Fallback
             kind, value = self.peek()
             if field.type in (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP):
                 if kind == "punct" and value == ":":
-                    self.i += 1
+                    self.skip()
                     kind, value = self.peek()
                 if kind == "punct" and value == "[" and field.is_repeated:
-                    self.i += 1
+                    self.skip()
                     self._message_list(msg, field)
                 else:
                     self._sub_message(msg, field)
             else:
                 if not (kind == "punct" and value == ":"):
                     raise _Fallback
-                self.i += 1
+                self.skip()
                 kind, value = self.peek()
                 if kind == "punct" and value == "[" and field.is_repeated:
-                    self.i += 1
+                    self.skip()
                     self._scalar_list(msg, field)
                 else:
                     self._scalar(msg, field)
             kind, value = self.peek()
             if kind == "punct" and value in ",;":
-                self.i += 1
+                self.skip()
 
     def _sub_message(self, msg, field) -> None:
         kind, value = self.take()
@@ -139,7 +150,7 @@ class _Parser:
     def _scalar_list(self, msg, field) -> None:
         kind, value = self.peek()
         if kind == "punct" and value == "]":
-            self.i += 1
+            self.skip()
             return
         while True:
             self._scalar(msg, field)
