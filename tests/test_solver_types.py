@@ -92,6 +92,21 @@ def test_trajectory_matches_caffe(run_dir, kind):
     assert worst <= 1e-5
 
 
+def _caffe_solverstate(kind: str, folder: Path) -> Path:
+    """The .solverstate Caffe wrote at update 5, written back from its fields (tests/data/solvers/<kind>.npz) with
+    plain protobuf in SGDSolver::SnapshotSolverStateToBinaryProto's field order: the bytes of Caffe's file (see
+    make_reference.py), none of sfport's writing code involved."""
+    with np.load(DATA / f"{kind}.npz") as z:
+        state = caffe_pb2.SolverState(iter=int(z["caffe_state_iter"]), learned_net=str(z["caffe_state_learned_net"]),
+                                      current_step=int(z["caffe_state_current_step"]))
+        for i in range(int(z["caffe_state_histories"])):
+            h = z[f"caffe_history_{i}"]
+            state.history.add(data=h.reshape(-1).tolist(), shape=caffe_pb2.BlobShape(dim=list(h.shape)))
+    path = folder / f"{kind}_caffe_iter_5.solverstate"
+    path.write_bytes(state.SerializeToString())
+    return path
+
+
 @pytest.mark.parametrize("kind", ("AdaDelta", "Adam"))
 def test_caffe_solverstate_resumes_in_sfport(run_dir, kind, tmp_path):
     """A .solverstate Caffe wrote at update 5 (2 x 16 history blobs: Caffe's history_ with the second set after
@@ -101,7 +116,7 @@ def test_caffe_solverstate_resumes_in_sfport(run_dir, kind, tmp_path):
     s.step(5)
     model = tmp_path / "own_iter_5.caffemodel"
     s.net.save_caffemodel(str(model))
-    st = sfport.read_solverstate(DATA / f"{kind}_iter_5.solverstate")
+    st = sfport.read_solverstate(_caffe_solverstate(kind, tmp_path))
     assert len(st.history) == 2 * len(s.state.blobs) and st.state.iter == 5
     st.state.learned_net = str(model)
     mixed = tmp_path / "caffe_iter_5.solverstate"
@@ -125,7 +140,7 @@ def test_solverstate_round_trip_and_layout(run_dir, kind, tmp_path):
     shapes = [tuple(b.param.shape) for b in straight.state.blobs]
     assert [tuple(h.shape) for h in st.history] == shapes * sets
     if kind in ("AdaDelta", "Adam"):
-        caffe = sfport.read_solverstate(DATA / f"{kind}_iter_5.solverstate")
+        caffe = sfport.read_solverstate(_caffe_solverstate(kind, tmp_path))
         assert [tuple(h.shape) for h in caffe.history] == shapes * sets
         for ours, theirs in zip(st.history, caffe.history):
             assert np.abs(ours - theirs).max() <= 1e-5 * max(1.0, float(np.abs(theirs).max()))
@@ -138,12 +153,12 @@ def test_solverstate_round_trip_and_layout(run_dir, kind, tmp_path):
         assert torch.equal(h1, h2)
 
 
-def test_a_solverstate_of_another_layout_is_refused(run_dir):
+def test_a_solverstate_of_another_layout_is_refused(run_dir, tmp_path):
     """RestoreSolverStateFromBinaryProto's CHECK_EQ(history_size, history_.size()): an SGD state (16 histories)
     does not resume an Adam solver (32)."""
     path, _ = _solver(run_dir, "Adam", snapshot=0, snapshot_after_train="false")
     s = tr.Solver(str(path), tr.Options(weights=[str(run_dir / "init.caffemodel")], progress=False))
-    sgd_state = sfport.read_solverstate(DATA / "AdaDelta_iter_5.solverstate")
+    sgd_state = sfport.read_solverstate(_caffe_solverstate("AdaDelta", tmp_path))
     sgd_state.history = sgd_state.history[:16]
     with pytest.raises(CaffeFileError, match=r"incorrect length of history blobs: 16 history blobs, where the Adam "
                                              r"solver of this net has 32 \(2 per learnable blob\)"):
