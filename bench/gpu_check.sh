@@ -236,6 +236,24 @@ print(("ok " if ok else "bad ") + (", ".join(parts) or "-"))
 EOF
 }
 
+
+# the row of one `sfport train` step, from its exit status ($RC) and whether its log gave the numbers ($3: 1 or 0):
+# passed, a log without its numbers, or why it failed (fail keeps the log)
+train_row() {   # name seconds log-parsed key-number log
+    local name=$1 t=$2 parsed_ok=$3 key=$4 log=$5
+    if [ "$RC" = 0 ] && [ "$parsed_ok" = 1 ]; then
+        row "$name" "passed" "$t" "$key"
+        return
+    fi
+    if [ "$RC" = 0 ]; then
+        row "$name" "failed: the log has no speed/finite final loss/Optimization Done" "$t" "$key"
+    else
+        [ "$RC" = 3 ] && grep -q "sfport: stopped" "$log" && RC="3 (training stopped)"
+        row "$name" "$(why_failed "$RC" "$log")" "$t" "$key"
+    fi
+    fail "$log"
+}
+
 train() {   # train NAME GPUS ITERS NEEDED
     local name=$1 gpus=$2 iters=$3 needed=$4
     if [ "$NGPU" -lt 1 ]; then
@@ -263,16 +281,7 @@ train() {   # train NAME GPUS ITERS NEEDED
         return
     fi
     parsed=$(parse_train_log "$log" 2>"$log.parse")
-    if [ "$RC" = 0 ] && [ "${parsed%% *}" = ok ]; then
-        row "$name" "passed" "$t" "${parsed#* }"
-    elif [ "$RC" = 0 ]; then
-        row "$name" "failed: the log has no speed/finite final loss/Optimization Done" "$t" "${parsed#* }"
-        fail "$log"
-    else
-        [ "$RC" = 3 ] && grep -q "sfport: stopped" "$log" && RC="3 (training stopped)"
-        row "$name" "$(why_failed "$RC" "$log")" "$t" "${parsed#* }"
-        fail "$log"
-    fi
+    train_row "$name" "$t" "$([ "${parsed%% *}" = ok ] && echo 1 || echo 0)" "${parsed#* }" "$log"
 }
 train "sfport train SF-20 --gpu 0 --max-iter $TRAIN_ITERS" 0 "$TRAIN_ITERS" 1
 train "sfport train SF-20 --gpu 0,1 --max-iter $MULTI_ITERS" 0,1 "$MULTI_ITERS" 2
@@ -363,16 +372,7 @@ m4_train() {
     key_number=$("$PY" "$PEER" parse-log "$log" --batch "$M4_BATCH" --util "$LOGDIR/$key.util" --json "$json" \
                  2>"$log.parse")
     prc=$?
-    if [ "$RC" = 0 ] && [ "$prc" = 0 ]; then
-        row "$name" "passed" "$t" "$key_number"
-    elif [ "$RC" = 0 ]; then
-        row "$name" "failed: the log has no speed/finite final loss/Optimization Done" "$t" "${key_number:--}"
-        fail "$log"
-    else
-        [ "$RC" = 3 ] && grep -q "sfport: stopped" "$log" && RC="3 (training stopped)"
-        row "$name" "$(why_failed "$RC" "$log")" "$t" "${key_number:--}"
-        fail "$log"
-    fi
+    train_row "$name" "$t" "$([ "$prc" = 0 ] && echo 1 || echo 0)" "${key_number:--}" "$log"
 }
 
 # 6. m4 on synthetic data

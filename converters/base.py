@@ -44,6 +44,12 @@ def export_form():
         _EXPORT_FORM.reset(token)
 
 
+def layer_error(layer, what: str, path=None) -> CaffeFileError:
+    """The one-line error about a layer's definition: ``layer 'name' (Type): what`` (naming ``path`` when the
+    fault is in a file the layer reads)."""
+    return CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): {what}")
+
+
 def in_export_form() -> bool:
     return _EXPORT_FORM.get()
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from sfport.protos import caffe_pb2
 from .base import NoBlobs, NoParams, SameShape, in_export_form, register
+from .norm import BatchNormConverter
 
 
 def _clamp01(v: torch.Tensor) -> torch.Tensor:
@@ -439,13 +440,11 @@ class BatchNormKyle(nn.Module):
 
 
 @register("BatchNormKyle")
-class BatchNormKyleConverter(SameShape):
+class BatchNormKyleConverter(BatchNormConverter):
+    """BatchNorm's converter (its blobs, random statistics, the references' zero scale factor, the affine form with
+    global statistics) with alpha and beta added where use_alpha_beta says so."""
     param_field = "batch_norm_param"
-    fresh_top = True
-    # fields of the fork's BatchNormParameter that sfport's schema lacks: read where --proto adds them (the
-    # fillers and do_all_reduce are read by the fork's LayerSetUp and not used: not here either)
-    fork_fields = ("batch_norm_param.use_alpha_beta", "batch_norm_param.do_all_reduce",
-                   "batch_norm_param.weight_filler", "batch_norm_param.bias_filler")
+    coord_identity = False   # not one of pycaffe coord_map.py's PASS_THROUGH_LAYERS
 
     def top_shapes(self, layer, bottom_shapes):
         """BatchNormKyleLayer::Reshape: the bottom's shape; it reads the channels at axis 1 (CHECK_EQ(shape(1),
@@ -468,11 +467,10 @@ class BatchNormKyleConverter(SameShape):
                              p.use_global_stats if p.HasField("use_global_stats") else None, _alpha_beta(layer))
 
     def random_blobs(self, layer, shapes, rng):
-        """Statistics with a positive variance and a scale factor of 1; alpha near 1, beta small."""
-        c = shapes[0][0]
-        blobs = [rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32),
-                 np.ones(shapes[2], np.float32)]
+        """BatchNorm's statistics; alpha near 1, beta small."""
+        blobs = super().random_blobs(layer, shapes[:3], rng)
         if len(shapes) == 5:
+            c = shapes[0][0]
             blobs += [rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32)]
         return blobs
 
@@ -487,24 +485,13 @@ class BatchNormKyleConverter(SameShape):
             if f in p.DESCRIPTOR.fields_by_name:
                 p.ClearField(f)
 
-    def reference_blobs(self, layer, arrays):
-        """A zero scale factor (Forward_cpu: the statistics count as 0) as zero statistics with factor 1, as
-        BatchNorm's: the same layer for Caffe, which OpenCV would otherwise divide by 0."""
-        if len(arrays) != 3 or float(np.asarray(arrays[2]).ravel()[0]) != 0:
-            return arrays
-        return [np.zeros_like(arrays[0]), np.zeros_like(arrays[1]), np.ones_like(arrays[2])]
-
     def affine(self, layer, module, bottom_shape):
         """With global statistics: Forward_cpu's ``alpha * (x - f * mean_sum) / sqrt(f * var_sum + eps) + beta``
         with ``f = s == 0 ? 0 : 1 / s`` in float."""
-        if not module.global_stats():
+        ab = super().affine(layer, module, bottom_shape)
+        if ab is None:
             return None
-        s = float(module.scale_factor.detach().double()[0])
-        factor = 0.0 if s == 0 else float(np.float32(1) / np.float32(s))
-        mean = module.mean_sum.detach().double().numpy() * factor
-        var = module.var_sum.detach().double().numpy() * factor
-        a = 1.0 / np.sqrt(var + float(np.float32(module.eps)))
-        b = -mean * a
+        a, b = ab
         if module.alpha is not None:
             alpha = module.alpha.detach().double().numpy()
             a, b = alpha * a, alpha * b + module.beta.detach().double().numpy()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Converter, NoParams, register
+from .base import NoParams, layer_error as _bad, register
 from sfport.formats import caffe_files
 from sfport.data.imagedata import read_list_text
 from sfport.errors import CaffeFileError
@@ -217,10 +217,6 @@ class AccuracyConverter(NoParams):
 
 # MultinomialLogisticLoss and InfogainLoss clamp probabilities at kLOG_THRESHOLD (loss.hpp) before the log.
 LOG_THRESHOLD = 1e-20
-def _bad(layer, what: str, path=None) -> CaffeFileError:
-    return CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): {what}")
-
-
 def _count(shape, start: int = 0, end: int | None = None) -> int:
     return math.prod(tuple(shape)[start:end])
 

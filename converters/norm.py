@@ -29,12 +29,12 @@ class CaffeBatchNorm(nn.Module):
         self.caffe_blobs = ["mean_sum", "var_sum", "scale_factor"]
         self.eps, self.beta, self.use_global_stats = eps, beta, use_global_stats
 
-    def _global(self) -> bool:
+    def global_stats(self) -> bool:
         return (not self.training) if self.use_global_stats is None else self.use_global_stats
 
     def forward(self, x):
         view = (1, -1) + (1,) * (x.dim() - 2)
-        if self._global():
+        if self.global_stats():
             s = self.scale_factor[0]
             factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
             # one fused kernel (and ONNX BatchNormalization, which onnxruntime folds into a preceding Conv). The
@@ -167,8 +167,9 @@ class BatchNormConverter(SameShape):
 
     def affine(self, layer, module, bottom_shape):
         """With global statistics: batch_norm_layer.cpp Forward_cpu, ``(x - mean_sum * f) / sqrt(var_sum * f +
-        eps)`` with ``f = blob[2] == 0 ? 0 : 1 / blob[2]`` computed in float."""
-        if not module._global():
+        eps)`` with ``f = blob[2] == 0 ? 0 : 1 / blob[2]`` computed in float (for BatchNorm and the modules of its
+        forks that keep its three blobs and ``global_stats()``: brocolli's BatchNormKyle)."""
+        if not module.global_stats():
             return None
         s = float(module.scale_factor.detach().double()[0])
         factor = 0.0 if s == 0 else float(np.float32(1) / np.float32(s))

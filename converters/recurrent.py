@@ -43,13 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sfport.errors import CaffeFileError
 
-from .base import Converter, in_export_form, in_fixed_time, register
-
-
-def _bad(layer, what: str) -> CaffeFileError:
-    return CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): {what}")
+from .base import Converter, in_export_form, in_fixed_time, layer_error as _bad, register
 
 
 def lstm_unit(c_prev: torch.Tensor, x: torch.Tensor, cont: torch.Tensor):

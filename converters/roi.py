@@ -20,13 +20,9 @@ import numpy as np
 import torch
 
 from sfport.errors import CaffeFileError
-from .base import NoBlobs, NoParams, in_export_form, register
+from .base import NoBlobs, NoParams, in_export_form, layer_error as _bad, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def _bad(layer, what: str) -> CaffeFileError:
-    return CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): {what}")
 
 
 def _round_half_away(x: torch.Tensor) -> torch.Tensor:

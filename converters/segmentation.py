@@ -4,7 +4,6 @@ upgrades to SegAccuracy, MatWrite and Padding): the confusion-matrix accuracy of
 (mat_write_layer.cpp with Blob::ToMat), and the zero padding or crop of H and W (padding_layer.cpp)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,7 @@ from sfport.errors import CaffeFileError
 from sfport.formats import disk
 from sfport.data.imagedata import read_list_text
 
-from .base import Converter, NoBlobs, NoParams, in_export_form, register
-
-
-def _bad(layer, what: str, path=None) -> CaffeFileError:
-    return CaffeFileError(path, f"layer '{layer.name}' ({layer.type}): {what}")
+from .base import Converter, NoBlobs, NoParams, in_export_form, layer_error as _bad, register
 
 
 class SegAccuracy(NoBlobs):
@@ -124,13 +119,9 @@ def mat_bytes(blob: np.ndarray) -> bytes:
     """Blob::ToMat of DeepLab's Caffe: a MAT-file (v5, no compression) with one variable ``data``, single, of
     dims (W, H, C, N): the blob's memory read in MATLAB's column-major order, so ``data(w, h, c, n)`` is the
     blob's ``(n, c, h, w)``."""
-    import scipy.io
-
     a = np.asarray(blob, dtype=np.float32)
     a = a.reshape((1,) * (4 - a.ndim) + a.shape) if a.ndim < 4 else a
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, {"data": np.ascontiguousarray(a.transpose(3, 2, 1, 0))}, do_compression=False)
-    return buf.getvalue()
+    return disk.mat_file_bytes({"data": np.ascontiguousarray(a.transpose(3, 2, 1, 0))})
 
 
 class MatWrite(NoBlobs):

@@ -24,13 +24,9 @@ from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
 from . import ssd_export
 from .nms import libstdcxx_sort
-from .base import Converter, NoBlobs, NoParams, export_option, in_export_form, register
+from .base import NoBlobs, NoParams, export_option, in_export_form, layer_error as _bad, register
 
 _FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def _bad(layer, what: str) -> CaffeFileError:
-    return CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): {what}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -86,3 +86,10 @@ def test_errors_are_protobufs_with_line_and_column(tmp_path):
 
 def test_an_integer_of_many_digits_goes_to_protobuf():
     assert not fasttext.merge("layer { convolution_param { num_output: " + "9" * 5000 + " } }", caffe_pb2.NetParameter())
+
+
+@pytest.mark.parametrize("text", ['layer [ { name: "a" }, { name: "b" } ]', 'layer: [ ]',
+                                  'layer { bottom: [] top: ["a", "b"] loss_weight: [1, 2.5] }'])
+def test_lists_of_messages_and_scalars(text):
+    ref, fast = _both(text)
+    assert fast.SerializeToString(deterministic=True) == ref.SerializeToString(deterministic=True)

@@ -152,13 +152,10 @@ layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" softmax_param {
     b.write_bytes(m.net.SerializeToString())
     again = caffe_pb2.NetParameter.FromString(b.read_bytes())
     assert again.layer[2].bn_param == bn.bn_param and again.layer[3].dropout_param.sample_weights_test
-    net = Net(str(p), weights=None, allow_random=True) if "allow_random" in Net.__init__.__code__.co_varnames else None
-    if net is None:
-        from sfport.netdef.weight_match import with_random_weights
-        w = tmp_path / "segnet.caffemodel"
-        caffe_files.write_caffemodel(w, with_random_weights(m, seed=0))
-        net = Net(str(p), str(w))
-    blobs = net.params["conv1_bn"]
+    from sfport.netdef.weight_match import with_random_weights
+    w = tmp_path / "segnet.caffemodel"
+    caffe_files.write_caffemodel(w, with_random_weights(m, seed=0))
+    blobs = Net(str(p), str(w)).params["conv1_bn"]
     assert [tuple(x.data.shape) for x in blobs] == [(1, 4, 1, 1)] * 2
 
 

@@ -25,7 +25,8 @@ import torch
 from sfport.face import align
 from sfport.errors import CaffeFileError
 from sfport.data.imagedata import read_list_text
-from sfport.formats.disk import Staged, atomic_write, check_output, check_readable_file, write_files
+from sfport.formats.disk import (Staged, atomic_write, check_output, check_readable_file, mat_file_bytes,
+                                 write_files)
 from sfport.data.images import read_image
 from sfport.runtime.backend import Runner, bound_heap_growth, check_backend, run_session, session
 from sfport.runtime.net import load_net
@@ -310,13 +311,9 @@ MAT_FEATURES, MAT_IMAGES = "features", "images"
 def mat_bytes(features: np.ndarray, images: list[str]) -> bytes:
     """A MAT-file (v5, scipy.io.savemat) of ``features`` (N x D, as given: row i = image i, as the ``.npy``) and
     ``images`` (an N x 1 cell array of the image paths), as bytes."""
-    import scipy.io
-
-    buf = _io.BytesIO()
     names = np.empty((len(images), 1), dtype=object)
     names[:, 0] = list(images)
-    scipy.io.savemat(buf, {MAT_FEATURES: np.asarray(features), MAT_IMAGES: names})
-    return buf.getvalue()
+    return mat_file_bytes({MAT_FEATURES: np.asarray(features), MAT_IMAGES: names})
 
 
 def read_mat(path, what: str = "features MAT-file") -> dict:

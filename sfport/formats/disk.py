@@ -92,6 +92,17 @@ def check_readable_file(path: str | os.PathLike, what: str = "file") -> int:
     return st.st_size
 
 
+def mat_file_bytes(variables: dict) -> bytes:
+    """A MAT-file (v5, no compression; scipy.io.savemat, imported here only) holding ``variables``, as bytes for
+    :func:`atomic_write` / :func:`write_files`: what MATLAB's ``load`` reads."""
+    import io
+    import scipy.io
+
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, variables, do_compression=False)
+    return buf.getvalue()
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename: readers never see half a file."""
     p = check_output(path)

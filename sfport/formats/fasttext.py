@@ -111,7 +111,7 @@ class _Parser:
                     kind, value = self.peek()
                 if kind == "punct" and value == "[" and field.is_repeated:
                     self.skip()
-                    self._message_list(msg, field)
+                    self._list(msg, field, self._sub_message)
                 else:
                     self._sub_message(msg, field)
             else:
@@ -121,7 +121,7 @@ class _Parser:
                 kind, value = self.peek()
                 if kind == "punct" and value == "[" and field.is_repeated:
                     self.skip()
-                    self._scalar_list(msg, field)
+                    self._list(msg, field, self._scalar)
                 else:
                     self._scalar(msg, field)
             kind, value = self.peek()
@@ -138,22 +138,14 @@ class _Parser:
         sub.SetInParent()   # `name { }` sets the field, as protobuf's parser does
         self.message(sub, "}" if value == "{" else ">")
 
-    def _message_list(self, msg, field) -> None:
-        while True:
-            self._sub_message(msg, field)
-            kind, value = self.take()
-            if kind == "punct" and value == "]":
-                return
-            if not (kind == "punct" and value == ","):
-                raise _Fallback
-
-    def _scalar_list(self, msg, field) -> None:
+    def _list(self, msg, field, item) -> None:
+        """``[a, b, ...]`` of a repeated field (after its ``[``), each element read by ``item``; ``[]`` is empty."""
         kind, value = self.peek()
         if kind == "punct" and value == "]":
             self.skip()
             return
         while True:
-            self._scalar(msg, field)
+            item(msg, field)
             kind, value = self.take()
             if kind == "punct" and value == "]":
                 return
