@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from sfport.converters import margin as mg
-from sfport.converters.loss import SoftmaxWithLoss
+from sfport.converters.modules import margin as mg
+from sfport.converters.modules.loss import SoftmaxWithLoss
 from sfport.protos import caffe_pb2
 
 

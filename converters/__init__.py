@@ -8,7 +8,11 @@ first top has loss_weight 1 by default; ``training_only``: dropped with the loss
 inference (:mod:`sfport.netdef.shapes`), random weights and merging (:mod:`sfport.netdef.weight_match`), the net
 (:mod:`sfport.runtime.net`) and the graph (:mod:`sfport.netdef.graph`) ask the registry; none of them switches on type names.
 Modules keep their parameters in Caffe's layout and order (``module.caffe_blobs`` names them), so loading and
-saving are plain copies and a round trip is exact.
+saving are plain copies and a round trip is exact. A family's modules are its torch side, :mod:`.modules`
+(``modules/conv.py`` for ``conv.py``), imported inside the converter methods that need torch (``build``, ``load``,
+...): the families themselves import no torch, so reading a definition (``sfport inspect``, ``upgrade``,
+``deploy``: shapes, roles, hooks) needs none. The torch side's names are still importable from the families (and
+``NoBlobs`` from here), imported on first use.
 
 A type's part in what else sfport does is a hook of its converter too, each with a default in
 :class:`Converter` that means "nothing special": for the optimized net (:mod:`sfport.netdef.optimize`)
@@ -55,13 +59,23 @@ from . import roi  # noqa: F401
 from . import brocolli  # noqa: F401
 from . import proposal  # noqa: F401
 from . import segmentation  # noqa: F401
-from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoBlobs, NoParams, SameShape, UnknownLayerType, export_form,
+from .base import (ROLES_WITHOUT_CONVERTER, Converter, NoParams, SameShape, UnknownLayerType, export_form,
                    export_option, export_options,
                    find, find_for, fixed_time, folded_blobs, get, get_for, in_export_form,
                    in_fixed_time, is_loss, is_sink, is_training_only,
                    label_bottoms, load_plugins, python_builtin, python_builtins, register, register_python,
                    registered_types, unregister)
 from .norm import affine_layer
+
+
+def __getattr__(name: str):
+    """``NoBlobs`` (an ``nn.Module``: the torch side, :mod:`.modules.base`) imported on first use (PEP 562), so that
+    reading a net's definition imports no torch."""
+    if name == "NoBlobs":
+        from .modules.base import NoBlobs
+        return NoBlobs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ROLES_WITHOUT_CONVERTER", "Converter", "NoBlobs", "NoParams", "SameShape", "UnknownLayerType",
            "affine_layer", "export_form", "export_option", "export_options", "find", "fixed_time", "folded_blobs", "get", "in_export_form",

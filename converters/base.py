@@ -7,12 +7,14 @@ import importlib
 import math
 import os
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from sfport.errors import CaffeFileError
+
+if TYPE_CHECKING:   # the torch side (modules, tensors) is imported when a net is built, not to read a file
+    from torch import nn
 
 Shape = tuple  # of ints
 
@@ -184,6 +186,7 @@ class Converter:
             stored, need = tuple(np.shape(a)), tuple(p.shape)
             if stored != need and stored != (1,) * (len(stored) - len(need)) + need:  # Blob::ShapeEquals
                 raise ValueError(f"blob {j} has shape {list(stored)}, the layer needs {list(need)}")
+        import torch
         with torch.no_grad():
             for p, a in zip(params, arrays):
                 p.copy_(torch.tensor(np.asarray(a, dtype=np.float32)).reshape(p.shape))
@@ -279,11 +282,6 @@ class Converter:
         """The value of this loss when every label has probability 0 (a loss stuck there has diverged), or
         None when it has no such value."""
         return None
-
-
-class NoBlobs(nn.Module):
-    """Base of the modules of parameter-free layers."""
-    caffe_blobs: tuple = ()
 
 
 class NoParams(Converter):

@@ -27,11 +27,10 @@ import math
 import re
 
 import numpy as np
-import torch
 
 from sfport.errors import CaffeFileError
 from sfport.formats import disk
-from .base import NoBlobs, NoParams, register
+from .base import NoParams, register
 from .nms import libstdcxx_sort
 
 _F = np.float32
@@ -264,23 +263,6 @@ def evaluate(s: EvalSetup, det: np.ndarray, gt: np.ndarray, count: int = 0) -> t
     return top, count
 
 
-class DetectionEvaluate(NoBlobs):
-    """``forward(detections, ground_truth) -> 1 x 1 x (P + N) x 5`` (see :func:`evaluate`). Keeps the fork's
-    ``count_`` (the position in ``name_size_file``) across forwards."""
-
-    def __init__(self, setup: EvalSetup, bottoms: list[str]):
-        super().__init__()
-        self.setup, self.bottoms = setup, list(bottoms)
-        self.count = 0
-
-    def forward(self, det, gt):
-        n = check_bottoms(self.setup.name, self.bottoms, [tuple(det.shape), tuple(gt.shape)])
-        g = _legacy(gt.shape)[2]
-        top, self.count = evaluate(self.setup, det.detach().float().cpu().reshape(-1)[:n * 7].numpy(),
-                                   gt.detach().float().cpu().reshape(-1)[:g * 8].numpy(), self.count)
-        return torch.from_numpy(top).reshape(1, 1, -1, 5).to(det.device)
-
-
 @register("DetectionEvaluate")
 class DetectionEvaluateConverter(NoParams):
     training_only = True    # a test net's evaluation: the deploy form drops it
@@ -298,5 +280,14 @@ class DetectionEvaluateConverter(NoParams):
         return [(1, 1, s.num_pos_classes + n, 5)]
 
     def build(self, layer, bottom_shapes):
+        from .modules.detection_eval import DetectionEvaluate
         self.top_shapes(layer, bottom_shapes)
         return DetectionEvaluate(EvalSetup(layer), list(layer.bottom))
+
+
+def __getattr__(name: str):
+    """The torch side's names (:mod:`.modules.detection_eval`), importable from here as before the split (PEP 562)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from .modules import detection_eval
+    return getattr(detection_eval, name)

@@ -7,10 +7,12 @@ so a filled net has the same statistics as Caffe's, not the same values. Fan-in 
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from sfport.protos import caffe_pb2
+
+if TYPE_CHECKING:
+    import torch
 
 TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
@@ -43,44 +45,46 @@ def describe(p) -> str:
     return t
 
 
-@torch.no_grad()
 def fill(tensor: torch.Tensor, p, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fill ``tensor`` in place as Caffe's filler ``p`` (a FillerParameter) would; returns it."""
-    t = p.type
-    shape = tuple(tensor.shape)
-    g = generator
-    if t == "constant":
-        tensor.fill_(p.value)
-    elif t == "uniform":
-        tensor.uniform_(p.min, p.max, generator=g)
-    elif t == "gaussian":
-        tensor.normal_(p.mean, p.std, generator=g)
-        if p.sparse >= 0:  # each output keeps on average `sparse` non-zero inputs
-            fan_in = _fans(shape)[0] if len(shape) >= 2 else 1
-            keep = min(1.0, p.sparse / max(fan_in, 1))
-            tensor.mul_((torch.rand(shape, generator=g) < keep).to(tensor.dtype))
-    elif t == "positive_unitball":
-        tensor.uniform_(0, 1, generator=g)
-        flat = tensor.view(shape[0], -1) if shape else tensor.view(1, -1)
-        flat.div_(flat.sum(dim=1, keepdim=True))
-    elif t == "xavier":
-        scale = math.sqrt(3.0 / _norm_n(p, shape))
-        tensor.uniform_(-scale, scale, generator=g)
-    elif t == "msra":
-        tensor.normal_(0.0, math.sqrt(2.0 / _norm_n(p, shape)), generator=g)
-    elif t == "bilinear":
-        if len(shape) != 4 or shape[2] != shape[3]:
-            raise ValueError("the bilinear filler needs a square 4-D blob")
-        k = shape[3]
-        f = math.ceil(k / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
-        idx = torch.arange(k * k, dtype=torch.float64)
-        x, y = idx % k, (idx // k) % k
-        kernel = ((1 - (x / f - c).abs()) * (1 - (y / f - c).abs())).reshape(k, k)
-        tensor.copy_(kernel.expand(shape))
-    else:
-        raise ValueError(f"unknown filler type '{t}' (Caffe has {', '.join(TYPES)})")
-    return tensor
+    """Fill ``tensor`` in place as Caffe's filler ``p`` (a FillerParameter) would, without recording gradients;
+    returns it."""
+    import torch   # when a net is filled, not when a file is read
+    with torch.no_grad():
+        t = p.type
+        shape = tuple(tensor.shape)
+        g = generator
+        if t == "constant":
+            tensor.fill_(p.value)
+        elif t == "uniform":
+            tensor.uniform_(p.min, p.max, generator=g)
+        elif t == "gaussian":
+            tensor.normal_(p.mean, p.std, generator=g)
+            if p.sparse >= 0:  # each output keeps on average `sparse` non-zero inputs
+                fan_in = _fans(shape)[0] if len(shape) >= 2 else 1
+                keep = min(1.0, p.sparse / max(fan_in, 1))
+                tensor.mul_((torch.rand(shape, generator=g) < keep).to(tensor.dtype))
+        elif t == "positive_unitball":
+            tensor.uniform_(0, 1, generator=g)
+            flat = tensor.view(shape[0], -1) if shape else tensor.view(1, -1)
+            flat.div_(flat.sum(dim=1, keepdim=True))
+        elif t == "xavier":
+            scale = math.sqrt(3.0 / _norm_n(p, shape))
+            tensor.uniform_(-scale, scale, generator=g)
+        elif t == "msra":
+            tensor.normal_(0.0, math.sqrt(2.0 / _norm_n(p, shape)), generator=g)
+        elif t == "bilinear":
+            if len(shape) != 4 or shape[2] != shape[3]:
+                raise ValueError("the bilinear filler needs a square 4-D blob")
+            k = shape[3]
+            f = math.ceil(k / 2.0)
+            c = (2 * f - 1 - f % 2) / (2.0 * f)
+            idx = torch.arange(k * k, dtype=torch.float64)
+            x, y = idx % k, (idx // k) % k
+            kernel = ((1 - (x / f - c).abs()) * (1 - (y / f - c).abs())).reshape(k, k)
+            tensor.copy_(kernel.expand(shape))
+        else:
+            raise ValueError(f"unknown filler type '{t}' (Caffe has {', '.join(TYPES)})")
+        return tensor
 
 
 def constant(value: float):

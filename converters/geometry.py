@@ -102,3 +102,24 @@ def pooled_size(height: int, width: int, kernel, stride, pad, ceil: bool = True)
         if (ow - 1) * sw >= width + pw:
             ow -= 1
     return oh, ow
+
+
+def spp_level(level: int, height: int, width: int) -> tuple[tuple, tuple, tuple]:
+    """SPPLayer::GetPoolingParam (BVLC spp_layer.cpp): (kernel, stride, pad) of pyramid level ``level`` with
+    ``2^level`` bins per axis: kernel = stride = ceil(H / bins), pad = (kernel * bins - H + 1) / 2 (integer)."""
+    bins = 2 ** level
+    kh, kw = -(-height // bins), -(-width // bins)
+    ph, pw = (kh * bins - height + 1) // 2, (kw * bins - width + 1) // 2
+    return (kh, kw), (kh, kw), (ph, pw)
+
+
+def spp_levels(name: str, levels: int, height: int, width: int) -> list[tuple[tuple, tuple, tuple]]:
+    """Every level's :func:`spp_level` for this input size, each checked as its PoolingLayer checks it (SPP's
+    shapes and its module, which builds its levels for each size it meets)."""
+    geometry = [spp_level(i, height, width) for i in range(levels)]
+    for i, (kernel, stride, pad) in enumerate(geometry):
+        if any(q >= k for k, q in zip(kernel, pad)):  # the level's PoolingLayer::LayerSetUp: CHECK_LT(pad, kernel)
+            raise ValueError(f"layer '{name}': SPP level {i} of a {height} x {width} input needs pad {list(pad)} "
+                             f"with kernel {list(kernel)}; Caffe's pooling requires pad < kernel (the input is too "
+                             f"small for pyramid_height {levels})")
+    return geometry

@@ -1,18 +1,13 @@
 """Layers that route, reshape or combine blobs: Eltwise, Concat, Slice, Split, Flatten, Reshape, Crop, Permute,
 Softmax, ArgMax, Silence, Tile, Reduction, BatchReindex, Filter, Parameter. Each operation is its own small
-module, chosen once at build."""
+module (:mod:`.modules.structure`), chosen once at build."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from sfport.errors import CaffeFileError
-
-from .base import Converter, NoBlobs, NoParams, SameShape, register
+from .base import Converter, NoParams, SameShape, register
 from .geometry import canonical_axis
 
 
@@ -21,157 +16,6 @@ def _checked_axis(layer, axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"layer '{layer.name}' ({layer.type}): axis {axis} is out of range for a {ndim}-D bottom")
     return canonical_axis(axis, ndim)
-
-
-class EltwiseProd(NoBlobs):
-    def forward(self, *xs):
-        y = xs[0]
-        for t in xs[1:]:
-            y = y * t
-        return y
-
-
-class EltwiseMax(NoBlobs):
-    def forward(self, *xs):
-        y = xs[0]
-        for t in xs[1:]:
-            y = torch.maximum(y, t)
-        return y
-
-
-class EltwiseSum(NoBlobs):
-    """Caffe EltwiseLayer SUM: sum of coeff_i * x_i (a coefficient of 1 multiplies nothing)."""
-
-    def __init__(self, coeff: list[float]):
-        super().__init__()
-        self.coeff = coeff
-
-    def forward(self, *xs):
-        y = xs[0] if self.coeff[0] == 1 else xs[0] * self.coeff[0]
-        for c, t in zip(self.coeff[1:], xs[1:]):
-            y = y + (t if c == 1 else t * c)
-        return y
-
-
-class Concat(NoBlobs):
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, *xs):
-        return torch.cat(xs, dim=self.axis)
-
-
-class Slice(NoBlobs):
-    def __init__(self, axis: int, sizes: list[int]):
-        super().__init__()
-        self.axis, self.sizes = axis, sizes
-
-    def forward(self, x):
-        return tuple(torch.split(x, self.sizes, dim=self.axis))
-
-
-class Split(NoBlobs):
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def forward(self, x):
-        return tuple(x for _ in range(self.n))
-
-
-class Flatten(NoBlobs):
-    def __init__(self, axis: int, end_axis: int):
-        super().__init__()
-        self.axis, self.end_axis = axis, end_axis
-
-    def forward(self, x):
-        return torch.flatten(x, self.axis, self.end_axis)
-
-
-class Reshape(NoBlobs):
-    """Caffe ReshapeLayer: dims replace axes [start, end); 0 copies the bottom's dim, one -1 is inferred."""
-
-    def __init__(self, start: int, end: int | None, dims: list[int]):
-        super().__init__()
-        self.start, self.end, self.dims = start, end, dims
-
-    def forward(self, x):
-        end = x.dim() if self.end is None else self.end
-        shape = list(x.shape[:self.start]) + [x.shape[self.start + i] if d == 0 else d
-                                              for i, d in enumerate(self.dims)] + list(x.shape[end:])
-        return x.reshape(shape)
-
-
-class Crop(NoBlobs):
-    """Caffe CropLayer: the first bottom cut to the second's shape from ``axis`` on, at ``offsets``."""
-
-    def __init__(self, axis: int, offsets: list[int]):
-        super().__init__()
-        self.axis, self.offsets = axis, offsets
-
-    def forward(self, x, ref):
-        y = x
-        for ax, off in zip(range(self.axis, x.dim()), self.offsets):
-            y = y.narrow(ax, off, ref.shape[ax])
-        return y
-
-
-class Permute(NoBlobs):
-    def __init__(self, order: list[int]):
-        super().__init__()
-        self.order = order
-
-    def forward(self, x):
-        return x.permute(self.order)
-
-
-class Softmax(NoBlobs):
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, x):
-        return F.softmax(x, dim=self.axis)
-
-
-class ArgMax(NoBlobs):
-    """Caffe ArgMaxLayer (argmax_layer.cpp). Without axis: over each sample flattened, [indices] or, with
-    out_max_val, [indices; values], in the top shape of ``_argmax_setup``; with axis: the top_k indices (or
-    their values with out_max_val) along it. Forward_cpu ranks pairs (value, index) with
-    ``std::partial_sort(..., std::greater<std::pair<Dtype, int> >())``: by value, and among equal values the
-    larger index first - here a stable descending sort of the reversed axis. (NaN has no place in that order
-    in Caffe; here it ranks first.) Caffe has no Backward for ArgMax."""
-
-    def __init__(self, top_k: int, out_max_val: bool, axis: int | None, top_shape: tuple):
-        super().__init__()
-        self.top_k, self.out_max_val, self.axis, self.top_shape = top_k, out_max_val, axis, tuple(top_shape)
-
-    def _top(self, x):
-        """Values and indices of the top_k along the last axis, Caffe's tie order (larger index first): the
-        first of equal values in the reversed axis. Eager and traced: a stable sort (torch.topk leaves the order
-        of ties open). In an ONNX export, TopK, whose specification breaks ties by the lower index."""
-        n = x.shape[-1]
-        if torch.onnx.is_in_onnx_export():
-            vals, rev = torch.topk(x.flip(-1), self.top_k, dim=-1)
-        else:
-            vals, rev = torch.sort(x.flip(-1), dim=-1, descending=True, stable=True)
-            vals, rev = vals[..., :self.top_k], rev[..., :self.top_k]
-        return vals, (n - 1 - rev).to(x.dtype)
-
-    def forward(self, x):
-        if self.axis is None:
-            vals, idx = self._top(x.reshape(x.shape[0], -1))
-            out = torch.stack([idx, vals], dim=1) if self.out_max_val else idx.unsqueeze(1)
-            return out.reshape((x.shape[0],) + self.top_shape[1:])
-        last = x.dim() - 1   # nonnegative: ONNX export writes movedim's permutation as given
-        vals, idx = self._top(x.movedim(self.axis, last))
-        return (vals if self.out_max_val else idx).movedim(last, self.axis)
-
-
-class Silence(NoBlobs):
-    def forward(self, *xs):
-        return ()
 
 
 @register("Eltwise")
@@ -199,6 +43,7 @@ class EltwiseConverter(SameShape):
         return super().top_shapes(layer, bottom_shapes)
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import EltwiseMax, EltwiseProd, EltwiseSum
         self._check(layer, bottom_shapes)
         p = layer.eltwise_param
         if p.operation == p.PROD:
@@ -222,6 +67,7 @@ class ConcatConverter(NoParams):
         return [tuple(top)]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Concat
         return Concat(_concat_axis(layer, len(bottom_shapes[0])))
 
 
@@ -246,6 +92,7 @@ class SliceConverter(NoParams):
         return [tuple(bottom_shapes[0][:axis]) + (n,) + tuple(bottom_shapes[0][axis + 1:]) for n in sizes]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Slice
         return Slice(*_slice_sizes(layer, bottom_shapes[0]))
 
 
@@ -255,6 +102,7 @@ class SplitConverter(SameShape):
     copies_bottom = True    # split_layer.cpp: each top a copy of the one bottom (what insert_splits.cpp inserts)
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Split
         return Split(len(layer.top))
 
     def identity_at_inference(self, layer):
@@ -274,6 +122,7 @@ class FlattenConverter(NoParams):
         return [tuple(b0[:a]) + (math.prod(b0[a:e + 1]),) + tuple(b0[e + 1:])]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Flatten
         return Flatten(*_flatten_axes(layer, len(bottom_shapes[0])))
 
 
@@ -298,6 +147,7 @@ class ReshapeConverter(NoParams):
         return [tuple(shape)]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Reshape
         p = layer.reshape_param
         return Reshape(*_reshape_range(p, len(bottom_shapes[0])), [int(d) for d in p.shape.dim])
 
@@ -317,6 +167,7 @@ class CropConverter(NoParams):
         return [tuple(bottom_shapes[0][:axis]) + tuple(bottom_shapes[1][axis:])]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Crop
         p, nd = layer.crop_param, len(bottom_shapes[0])
         axis = canonical_axis(p.axis, nd)
         offsets = list(p.offset) or [0]
@@ -337,6 +188,7 @@ class PermuteConverter(NoParams):
         return [tuple(b0[i] for i in _permute_order(layer, len(b0)))]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Permute
         return Permute(_permute_order(layer, len(bottom_shapes[0])))
 
 
@@ -347,6 +199,7 @@ class SoftmaxConverter(SameShape):
         return super().top_shapes(layer, bottom_shapes)
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Softmax
         return Softmax(canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0])))
 
 
@@ -379,6 +232,7 @@ class ArgMaxConverter(NoParams):
         return [_argmax_setup(layer, bottom_shapes[0])[1]]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import ArgMax
         axis, top = _argmax_setup(layer, bottom_shapes[0])
         p = layer.argmax_param
         return ArgMax(p.top_k, p.out_max_val, axis, top)
@@ -393,24 +247,11 @@ class SilenceConverter(NoParams):
         return []
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Silence
         return Silence()
 
 
 # ---- Tile, Reduction, BatchReindex, Filter, Parameter ----------------------------------------------------------
-
-class Tile(NoBlobs):
-    """Caffe TileLayer (tile_layer.cpp): Forward_cpu copies each block of count(axis) values ``tiles`` times in a
-    row, i.e. the bottom repeated ``tiles`` times along ``axis``; Backward_cpu sums the tiles' diffs (autograd's
-    gradient of repeat)."""
-
-    def __init__(self, axis: int, tiles: int):
-        super().__init__()
-        self.axis, self.tiles = axis, tiles
-
-    def forward(self, x):
-        reps = [1] * x.dim()
-        reps[self.axis] = self.tiles
-        return x.repeat(reps)
 
 
 def _tile_setup(layer, shape) -> tuple[int, int]:
@@ -433,28 +274,8 @@ class TileConverter(NoParams):
         return [tuple(top)]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Tile
         return Tile(*_tile_setup(layer, bottom_shapes[0]))
-
-
-class Reduction(NoBlobs):
-    """Caffe ReductionLayer (reduction_layer.cpp): each of the count(0, axis) rows of count(axis) values becomes
-    one value - SUM / MEAN (dot with ones), ASUM (sum of |x|), SUMSQ (dot(x, x)) - scaled by coeff_ (coeff,
-    divided by the row length for MEAN, in float as Reshape does). Backward_cpu: coeff_ * top_diff for SUM /
-    MEAN, times sign(x) (0 at 0) for ASUM, times 2x for SUMSQ - the true derivatives, which autograd gives."""
-
-    def __init__(self, op: str, axis: int, coeff: float):
-        super().__init__()
-        self.op, self.axis, self.coeff = op, axis, coeff
-
-    def forward(self, x):
-        rows = x.flatten(self.axis) if self.axis < x.dim() - 1 else x
-        if self.op == "ASUM":
-            y = rows.abs().sum(-1)
-        elif self.op == "SUMSQ":
-            y = (rows * rows).sum(-1)
-        else:
-            y = rows.sum(-1)
-        return y if self.coeff == 1 else y * self.coeff
 
 
 _REDUCTION_OPS = {1: "SUM", 2: "ASUM", 3: "SUMSQ", 4: "MEAN"}
@@ -479,27 +300,8 @@ class ReductionConverter(NoParams):
         return [tuple(bottom_shapes[0][:axis])]     # the axes before the reduced one; () for axis 0
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Reduction
         return Reduction(*_reduction_setup(layer, bottom_shapes[0]))
-
-
-class BatchReindex(NoBlobs):
-    """Caffe BatchReindexLayer (batch_reindex_layer.cpp): top[i] = data[permut[i]]. check_batch_reindex CHECKs
-    0 <= permut[i] < N on the values (so 2.5 passes and ``static_cast<int>`` makes it 2); Backward_cpu zeroes
-    the data's diff and adds each top row's diff into its source row (index_select's gradient); it CHECKs that
-    the indices are not back-propagated to."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-
-    def forward(self, data, permut):
-        p = permut.detach().reshape(-1)
-        n = data.shape[0]
-        bad = (p < 0) | (p >= n) | torch.isnan(p)
-        if not torch.jit.is_tracing() and p.numel() and bool(bad.any()):   # a data check: not part of a graph
-            raise CaffeFileError(None, f"layer '{self.name}' (BatchReindex): index {p[bad][0].item():g} is outside "
-                                       f"0..{n - 1} (the batch of {n})")
-        return data.index_select(0, p.long())
 
 
 @register("BatchReindex")
@@ -516,21 +318,9 @@ class BatchReindexConverter(NoParams):
         return [(permut[0],) + tuple(data[1:])]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import BatchReindex
         self.top_shapes(layer, bottom_shapes)
         return BatchReindex(layer.name)
-
-
-class Filter(NoBlobs):
-    """Caffe FilterLayer (filter_layer.cpp): every bottom but the last keeps the items (first-axis rows) whose
-    selector value is nonzero (``if (*tmp_data_selector)``: NaN counts as nonzero, -0 as zero), in order.
-    Backward_cpu copies each top row's diff back to its item and zeroes the others (index_select's gradient);
-    back-propagating to the selector is a LOG(FATAL) there, and it gets no gradient here."""
-
-    def forward(self, *bottoms):
-        *data, selector = bottoms
-        keep = torch.nonzero(selector.detach().reshape(-1) != 0).reshape(-1)   # Reshape CHECKed: N x 1 x 1 ...
-        tops = tuple(b.index_select(0, keep) for b in data)
-        return tops[0] if len(tops) == 1 else tops
 
 
 @register("Filter")
@@ -555,22 +345,9 @@ class FilterConverter(NoParams):
         return [tuple(b) for b in bottom_shapes[:-1]]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import Filter
         self.top_shapes(layer, bottom_shapes)
         return Filter()
-
-
-class ParameterBlob(nn.Module):
-    """Caffe ParameterLayer (parameter_layer.hpp): no bottoms, one learnable blob of parameter_param.shape;
-    Forward_cpu shares the blob's data and diff with the top, so the top is the blob and its gradient is the
-    blob's. Caffe allocates the blob without a filler: it starts at zero."""
-
-    def __init__(self, shape: tuple):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(shape))
-        self.caffe_blobs = ["weight"]
-
-    def forward(self):
-        return self.weight
 
 
 def _parameter_shape(layer) -> tuple:
@@ -589,6 +366,15 @@ class ParameterConverter(Converter):
         return [_parameter_shape(layer)]
 
     def build(self, layer, bottom_shapes):
+        from .modules.structure import ParameterBlob
         if bottom_shapes:
             raise ValueError(f"layer '{layer.name}' (Parameter): takes no bottoms, not {len(bottom_shapes)}")
         return ParameterBlob(_parameter_shape(layer))
+
+
+def __getattr__(name: str):
+    """The torch side's names (:mod:`.modules.structure`), importable from here as before the split (PEP 562)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from .modules import structure
+    return getattr(structure, name)

@@ -1,16 +1,23 @@
 """The layout rules of the code base: sfport's modules import each other at module level only (so the import graph
-is visible and a cycle cannot hide inside a function), and that graph has no cycle. The two exceptions import
-lazily for start-up time, not to dodge a cycle: ``sfport/__init__.py`` and the command line load the torch-based
-parts on first use, so reading Caffe files needs no torch. ARCHITECTURE.md has a row for every module and command,
-no module is much over 600 lines, only the command line imports the face application, and layer types' names are
-written in their homes only."""
+is visible and a cycle cannot hide inside a function), and that graph has no cycle. The exceptions import lazily
+for start-up time, not to dodge a cycle: ``sfport/__init__.py`` and the command line load the torch-based parts on
+first use, so reading Caffe files needs no torch; and a converter family (``converters/<family>.py``: shapes,
+roles, hooks, read by inspect, upgrade and deploy) imports its torch side (``converters/modules/<family>.py``: the
+modules it builds) inside the methods that need it (build, load, ...), and nothing else lazily. Those lazy edges
+are part of the graph the cycle check walks, a family and its torch side counting as one node (the torch side
+imports the family's setups and checks; the family imports the torch side when it builds): any other cycle through
+them is found. The converter side, the net definition and the file formats import no torch at module level.
+ARCHITECTURE.md has a row for every module and command, no module is much over 600 lines, only the command line
+imports the face application, and layer types' names are written in their homes only."""
 import ast
 import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters", "sfport.protos": ROOT / "protos"}
+PACKAGES = {"sfport": ROOT / "sfport", "sfport.converters": ROOT / "converters",
+            "sfport.converters.modules": ROOT / "converters" / "modules", "sfport.protos": ROOT / "protos"}
 LAZY_ALLOWED = {"sfport", "sfport.cli"}  # and the command modules under sfport.commands
+TORCH_SIDE = "sfport.converters.modules"  # what the converter side (sfport.converters.*) may import lazily
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -59,14 +66,35 @@ def _imports():
     return top, lazy
 
 
+def _converter_side(module: str) -> bool:
+    return module.startswith("sfport.converters") and not module.startswith(TORCH_SIDE)
+
+
+def _torch_side_imports(module: str, targets) -> list[str]:
+    """The lazy imports of ``module`` that are a converter's of its torch side."""
+    return [t for t in targets if _converter_side(module) and t.startswith(TORCH_SIDE + ".")]
+
+
 def test_no_function_level_imports_of_sfport_modules():
     _, lazy = _imports()
-    offenders = {m: t for m, t in lazy.items() if t and m not in LAZY_ALLOWED and not m.startswith("sfport.commands.")}
+    offenders = {m: sorted(set(t) - set(_torch_side_imports(m, t))) for m, t in lazy.items()
+                 if t and m not in LAZY_ALLOWED and not m.startswith("sfport.commands.")}
+    offenders = {m: t for m, t in offenders.items() if t}
     assert not offenders, offenders
 
 
+def _node(module: str, known) -> str:
+    """A converter family's torch side counts as the family (one node of the import graph)."""
+    family = "sfport.converters." + module[len(TORCH_SIDE) + 1:] if module.startswith(TORCH_SIDE + ".") else module
+    return family if family in known else module
+
+
 def test_the_module_import_graph_has_no_cycle():
-    top, _ = _imports()
+    modules, lazy = _imports()
+    top = {}
+    for m, targets in modules.items():   # with the converters' lazy imports of their torch side
+        edges = {_node(t, modules) for t in set(targets) | set(_torch_side_imports(m, lazy.get(m, ())))}
+        top.setdefault(_node(m, modules), set()).update(edges - {_node(m, modules)})
     state: dict[str, int] = {}
     path: list[str] = []
 
@@ -99,6 +127,59 @@ def test_the_cycle_check_can_fail(tmp_path, monkeypatch):
         assert "sfport.a -> sfport.b -> sfport.a" in str(e)
     else:
         raise AssertionError("no cycle found")
+
+
+def test_the_cycle_check_sees_the_torch_side(tmp_path, monkeypatch):
+    """A cycle through a converter's lazy import of its torch side is found: family ``a`` builds with
+    ``modules.b``, which imports family ``c``, which imports ``a``."""
+    conv = tmp_path / "converters"
+    mods = conv / "modules"
+    mods.mkdir(parents=True)
+    for folder in (conv, mods):
+        (folder / "__init__.py").write_text("")
+    (conv / "a.py").write_text("def build():\n    from .modules import b\n")
+    (mods / "b.py").write_text("from ..c import x\n")
+    (conv / "c.py").write_text("from . import a\nx = 1\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGES", {"sfport.converters": conv,
+                                                           "sfport.converters.modules": mods})
+    try:
+        test_the_module_import_graph_has_no_cycle()
+    except AssertionError as e:
+        assert "sfport.converters.a -> sfport.converters.modules.b -> sfport.converters.c -> sfport.converters.a" \
+            in str(e), str(e)
+    else:
+        raise AssertionError("no cycle found")
+
+
+# the rooms whose modules import no torch when imported: the converter side, the net definition, the file formats
+TORCH_FREE = ("converters/", "sfport/netdef/", "sfport/formats/", "protos/")
+
+
+def _module_level_imports(node) -> list[str]:
+    """The modules the statements of ``node`` import when it runs (not in functions, not under ``if
+    TYPE_CHECKING``)."""
+    out = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+            continue
+        if isinstance(child, ast.Import):
+            out += [a.name for a in child.names]
+        elif isinstance(child, ast.ImportFrom) and not child.level:
+            out.append(child.module or "")
+        else:
+            out += _module_level_imports(child)
+    return out
+
+
+def test_the_converter_side_imports_no_torch():
+    """Reading a net's definition (inspect, upgrade, deploy) imports no torch: only the converters' torch side
+    (converters/modules/) imports it at module level; tests/test_startup.py checks the commands themselves."""
+    found = {m: t for m, p in _files().items() if m.startswith(TORCH_FREE) and not m.startswith("converters/modules/")
+             and (t := [n for n in _module_level_imports(ast.parse(p.read_text()))
+                        if n == "torch" or n.startswith("torch.")])}
+    assert not found, found
 
 
 # --- the map (ARCHITECTURE.md), the rooms' rules, one home per layer type ---

@@ -1,5 +1,5 @@
-"""DetectionOutput exported whole (converters/ssd_export.py): MobileNet-SSD's ``detection_out`` from its ONNX file on
-onnxruntime and from its TorchScript file equals OpenCV 4's (cv2.dnn's DetectionOutput) on the same weights and
+"""DetectionOutput exported whole (converters/modules/ssd_export.py): MobileNet-SSD's ``detection_out`` from its ONNX
+file on onnxruntime and from its TorchScript file equals OpenCV 4's (cv2.dnn's DetectionOutput) on the same weights and
 input, at batch 1 and 2, with the conf heads scaled so that many priors pass confidence_threshold (keep_top_k cut
 or not); hand-built nets of the one layer against the fork's own C++ (the oracle pycaffe, when installed) and the
 rules of detection_output_layer.cpp Forward_cpu: ties at the keep_top_k cut, an image without detections, the

@@ -21,7 +21,7 @@ For each image and class other than the background, in one batch of image x clas
    image, as Forward_cpu writes.
 
 ``nms_param.eta`` < 1 (the adaptive threshold) has no standard operation: such a layer is exported before its NMS
-(:mod:`.ssd`), as is every DetectionOutput when the export is asked for ``pre_nms``.
+(:mod:`sfport.converters.ssd`), as is every DetectionOutput when the export is asked for ``pre_nms``.
 """
 from __future__ import annotations
 

@@ -1,0 +1,86 @@
+"""The torch side of :mod:`sfport.converters.conv`: the convolution module and Im2col's windows."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import NoBlobs
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class CaffeConv(nn.Module):
+    """Caffe ConvolutionLayer / DeconvolutionLayer: weight (out, in/group, *k) or (in, out/group, *k), bias."""
+
+    def __init__(self, weight_shape, bias: bool, stride, pad, dilation, groups: int, transpose: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.caffe_blobs = ["weight"]
+        if bias:
+            n_out = weight_shape[1] * groups if transpose else weight_shape[0]
+            self.bias = nn.Parameter(torch.zeros(n_out))
+            self.caffe_blobs.append("bias")
+        else:
+            self.bias = None
+        self.stride, self.pad, self.dilation = tuple(stride), tuple(pad), tuple(dilation)
+        self.groups, self.transpose = groups, transpose
+        self.nd = len(weight_shape) - 2
+
+    def forward(self, x):
+        if self.transpose:
+            return _DECONV[self.nd](x, self.weight, self.bias, self.stride, self.pad, 0, self.groups, self.dilation)
+        stride, pad = self.stride, self.pad
+        spatial = [int(v) for v in x.shape[-self.nd:]]
+        room = [size + 2 * p - (d * (k - 1) + 1) for size, p, d, k in
+                zip(spatial, pad, self.dilation, self.weight.shape[2:])]
+        if any(r < 0 or s > r + 1 for r, s in zip(room, stride)):
+            # one output position along an axis (conv_out): a stride past it changes nothing in Caffe but
+            # overflows PyTorch's kernels (2^31 - 1 crashes the backward), and a window that overhangs the padded
+            # input by less than the stride reads zeros there (im2col_cpu)
+            stride = tuple(min(s, max(r, 0) + 1) for r, s in zip(room, stride))
+            if any(r < 0 for r in room):
+                widths = [(p, p - min(r, 0)) for p, r in zip(pad, room)]
+                x = F.pad(x, [v for w in reversed(widths) for v in w])
+                pad = (0,) * self.nd
+        return _CONV[self.nd](x, self.weight, self.bias, stride, pad, self.dilation, self.groups)
+
+
+class Im2col(NoBlobs):
+    """Caffe Im2colLayer (im2col_layer.cpp with util/im2col.cpp, im2col_cpu / im2col_nd_cpu): per image, row
+    ``(c * kh + i) * kw + j`` of the top holds, at output position (y, x), the input at ``(y * stride - pad + i *
+    dilation, x * stride - pad + j * dilation)`` of channel c, 0 outside the input; the top is
+    (..., C * kh * kw, out_h, out_w). Any number of spatial axes (im2col_nd). Backward_cpu is col2im, the
+    adjoint, which is autograd's gradient of these windows."""
+
+    def __init__(self, name: str, axis: int, kernel, stride, pad, dilation):
+        super().__init__()
+        self.name, self.axis = name, axis
+        self.kernel, self.stride, self.pad, self.dilation = tuple(kernel), tuple(stride), tuple(pad), tuple(dilation)
+
+    def forward(self, x):
+        lead, c, spatial = x.shape[:self.axis], x.shape[self.axis], x.shape[self.axis + 1:]
+        n = len(spatial)
+        widths = []
+        for size, k, p, s, d in zip(spatial, self.kernel, self.pad, self.stride, self.dilation):
+            extent, num = d * (k - 1) + 1, int(size) + 2 * p - (d * (k - 1) + 1)
+            if num <= -s:  # C++ division gives no output position (Reshape's size <= 0)
+                raise ValueError(f"layer '{self.name}': Im2col of a {[int(v) for v in spatial]} input with kernel "
+                                 f"{list(self.kernel)}, pad {list(self.pad)}, dilation {list(self.dilation)} has no "
+                                 f"output position")
+            # padded by pad on both sides the windows are Caffe's (num // s + 1 of them); for -s < num < 0 C++'s
+            # division toward zero still gives one, which reads zeros past the end
+            widths.append((p, p if num >= 0 else extent - int(size) - p))
+        y = F.pad(x.reshape(-1, c, *spatial), [v for w in reversed(widths) for v in w])
+        for a, (k, s, d) in enumerate(zip(self.kernel, self.stride, self.dilation)):
+            y = y.unfold(2 + a, d * (k - 1) + 1, s)  # windows along axis a, each appended as a last axis
+        y = y[(Ellipsis,) + tuple(slice(None, None, d) for d in self.dilation)]  # each window's kernel taps
+        y = y.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (M, C, k..., out...)
+        return y.reshape(*lead, c * math.prod(self.kernel), *y.shape[2 + n:])
+
