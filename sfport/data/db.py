@@ -349,6 +349,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
             self.counts.append(n)
         self.total = int(sum(self.counts))
         self._cache: tuple | None = None   # (file index, arrays) of the file last read: Caffe holds one file
+        self._orders: tuple | None = None  # (epoch, file order, {file: row order}) of the epoch last read
 
     @classmethod
     def from_layer(cls, layer, seed: int = 0, base_dir=None) -> "HDF5Dataset":
@@ -364,7 +365,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_cache"] = None
+        state["_cache"] = state["_orders"] = None
         return state
 
     def __len__(self) -> int:
@@ -383,9 +384,15 @@ class HDF5Dataset(torch.utils.data.Dataset):
     def locate(self, pos: int) -> tuple[int, int]:
         """(file index, row) of stream position ``pos``."""
         epoch, r = divmod(pos, self.total)
-        for f in self.file_order(epoch):
+        if self._orders is None or self._orders[0] != epoch:   # one epoch's orders, drawn once
+            self._orders = (epoch, self.file_order(epoch), {})
+        _, files, rows = self._orders
+        for f in files:
             if r < self.counts[f]:
-                return int(f), int(self.row_order(epoch, int(f))[r])
+                f = int(f)
+                if f not in rows:
+                    rows[f] = self.row_order(epoch, f)
+                return f, int(rows[f][r])
             r -= self.counts[f]
         raise AssertionError("unreachable")
 

@@ -74,6 +74,7 @@ class CaffeNet(nn.Module):
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
         # (unique top name, weight) of every top that enters the loss, in Caffe's order
         self.loss_terms = [(t, w) for gl in graph.layers for t, w in zip(gl.tops, gl.loss_weights) if w]
+        self._plans: dict = {}   # run's walk per (keep_all, keep): _plan
 
     def fill(self, layers=None, generator: torch.Generator | None = None, apply: bool = True) -> dict[str, list[str]]:
         """Initialise parameters by their Caffe fillers (all layers, or those named), as Caffe's LayerSetUp
@@ -118,6 +119,23 @@ class CaffeNet(nn.Module):
         m = self.module_of(layer_name)
         return [getattr(m, n) for n in m.caffe_blobs]
 
+    def _plan(self, keep_all: bool, keep: tuple) -> list[tuple]:
+        """The walk ``run`` makes, worked out once per kind of call: per layer (GraphLayer, module key, bottoms,
+        tops, the blobs freed after it: those whose last consumer it is, unless an output, a loss top or kept)."""
+        k = (keep_all, keep)
+        plan = self._plans.get(k)
+        if plan is None:
+            last: dict[str, int] = {}
+            for i, gl in enumerate(self.graph.layers):
+                for b in gl.bottoms:
+                    last[b] = i
+            kept = set(self.graph.outputs) | {t for t, _ in self.loss_terms} | set(keep)
+            plan = [(gl, self.keys[gl.name], tuple(gl.bottoms), tuple(gl.tops),
+                     () if keep_all else tuple(dict.fromkeys(b for b in gl.bottoms if last[b] == i and b not in kept)))
+                    for i, gl in enumerate(self.graph.layers)]
+            self._plans[k] = plan
+        return plan
+
     def run(self, inputs: dict, keep_all: bool = False, keep: tuple = (),
             overrides: dict | None = None) -> dict[str, torch.Tensor]:
         """Every blob by unique name (``keep_all``), else the outputs, loss tops and ``keep`` (unique names); a top
@@ -135,29 +153,22 @@ class CaffeNet(nn.Module):
             for name, t in blobs.items():
                 if t.dim() == 4:
                     blobs[name] = t.contiguous(memory_format=torch.channels_last)
-        remaining = {}
-        if not keep_all:  # free a blob after its last consumer
-            for gl in self.graph.layers:
-                for b in gl.bottoms:
-                    remaining[b] = remaining.get(b, 0) + 1
-        outputs = set(self.graph.outputs) | {t for t, _ in self.loss_terms} | set(keep)
         in_place = bool(self.in_place) and not keep_all and not torch.is_grad_enabled() \
             and not conv_registry.in_export_form()
-        for gl in self.graph.layers:
-            module = self.layers[self.keys[gl.name]]
+        modules = self.layers._modules
+        for gl, key, bottoms, tops, frees in self._plan(keep_all, keep):
+            module = modules[key]
             if in_place and gl.name in self.in_place:   # its bottom is read by it alone and freed after it
-                out = module.forward_(blobs[gl.bottoms[0]])
+                out = module.forward_(blobs[bottoms[0]])
             else:
-                out = module(*[blobs[b] for b in gl.bottoms])
+                out = module(*[blobs[b] for b in bottoms])
             if isinstance(out, torch.Tensor):
-                out = (out,)
-            for name, t in zip(gl.tops, out):
-                blobs[name] = t if overrides is None or name not in overrides else overrides[name]
-            if not keep_all:
-                for b in gl.bottoms:
-                    remaining[b] -= 1
-                    if remaining[b] == 0 and b not in outputs:
-                        blobs.pop(b, None)
+                blobs[tops[0]] = out if overrides is None or tops[0] not in overrides else overrides[tops[0]]
+            else:
+                for name, t in zip(tops, out):
+                    blobs[name] = t if overrides is None or name not in overrides else overrides[name]
+            for b in frees:
+                blobs.pop(b, None)
         return blobs
 
     def forward(self, *args, **kwargs):

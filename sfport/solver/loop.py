@@ -44,6 +44,7 @@ class Solver:
                  log: CaffeLog | None = None):
         self.opts = opts = opts or Options()
         self.rank, self.world = rank, world
+        self._plateaus: list | None = None   # (layer, top, plateau) of the losses _check_loss watches
         self.log = log or (RecordingLog if opts.plot else CaffeLog)(enabled=(rank == 0))
         # setup's log lines are written when it is done: bad input found on the way is its one error line
         with self.log.held():
@@ -197,14 +198,15 @@ class Solver:
         if not math.isfinite(loss):
             bad = f"the loss is {loss}"
         else:
-            for gl in self.net.graph.layers:
-                if not gl.tops or gl.tops[0] not in blobs:
-                    continue
-                plateau = conv_registry.get_for(gl.param).loss_plateau(gl.param)
-                if plateau is not None:
-                    v = float(blobs[gl.tops[0]].detach())
+            if self._plateaus is None:   # the layers whose loss has a plateau, asked once
+                self._plateaus = [(gl.name, gl.tops[0], plateau) for gl in self.net.graph.layers if gl.tops
+                                  for plateau in [conv_registry.get_for(gl.param).loss_plateau(gl.param)]
+                                  if plateau is not None]
+            for name, top, plateau in self._plateaus:
+                if top in blobs:
+                    v = float(blobs[top].detach())
                     if abs(v - plateau) < 1e-3:
-                        bad = f"{gl.name} = {v:.4f}, the -log(FLT_MIN) plateau: every label has probability 0"
+                        bad = f"{name} = {v:.4f}, the -log(FLT_MIN) plateau: every label has probability 0"
         if bad is None:
             return
         msg = (f"Iteration {self.state.iter}: {bad}; training diverged. Last good snapshot: "
