@@ -68,15 +68,18 @@ def measure(path: str, proto: str, weights: str, batch: int, repeat: int, thread
         runner = Runner(net, [out_name], backend="auto" if path == "default" else "torch")
         assert runner.backend == ("onnxruntime" if path == "default" else "torch"), runner.line
         fn = lambda: runner(x)[out_name]        # noqa: E731
-    else:
-        if path == "torchscript":
-            module = torch.jit.load(_io.BytesIO(export.torchscript_bytes(net)[0]))
-        else:
-            module = net.exportable().eval()
+    elif path == "torchscript":
+        module = torch.jit.load(_io.BytesIO(export.torchscript_bytes(net)[0]))
 
         def fn():
             with torch.inference_mode():
                 return module(xt)[0].numpy()
+    else:   # sfport.Net's module: what sfport.Net, verify, training and a user's own script run
+        module = net.module.eval()
+
+        def fn():
+            with torch.inference_mode():
+                return module(xt)[out_name].numpy()
     assert verify.relative_error(np.asarray(fn()).reshape(ref.shape), ref) <= 1e-4, f"{path}: outputs disagree"
     return batch / best_time(fn, repeat)
 

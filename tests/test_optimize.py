@@ -61,10 +61,24 @@ def test_conv_bn_scale_in_place_folds_into_the_convolution():
             + layer("sc", "Scale", ["conv"], ["conv"], SCALE) + layer("relu", "ReLU", ["conv"], ["conv"]))
     a, b, worst, n = _compare(_net(body, (2, 3, 9, 7)), (2, 3, 9, 7))
     assert [gl.type for gl in b.graph.layers] == ["Convolution", "ReLU"]
-    assert not b.module.channels_last      # dense convolutions keep NCHW
+    assert b.module.channels_last_from == 16      # dense convolutions: NCHW below batch 16
     assert b.optimization.folded == [("conv", ["bn", "sc"])]
     assert worst < 1e-6 and n == 3      # data, the folded conv (= sc's top), relu
     assert b.definition.layer[1].convolution_param.bias_term
+
+
+def test_dense_convolutions_take_nhwc_from_batch_16_with_the_same_values():
+    body = layer("conv", "Convolution", ["data"], ["conv"], CONV) + layer("relu", "ReLU", ["conv"], ["conv"])
+    m = _net(body, (2, 3, 9, 7))
+    a, b = Net(m), Net(m, optimize=True)
+    data = next(iter(b.graph.inputs))
+    for n in (2, 15, 16, 33):
+        x = np.random.default_rng(n).uniform(-1, 1, (n, 3, 9, 7)).astype(np.float32)
+        want = a.forward(data=x)["conv"].detach().numpy()
+        got = b.forward(data=x)["conv"]
+        assert b.unique_blobs[data].is_contiguous(memory_format=torch.channels_last) == (n >= 16)
+        assert b.unique_blobs[data].is_contiguous() == (n < 16)
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
 
 
 def test_fold_computes_caffe_batchnorm_with_its_scale_factor():
@@ -225,7 +239,7 @@ def test_mobilefacenet_folds_every_batchnorm():
     assert "BatchNorm" not in types and "Scale" not in types
     assert sum(len(f) for _, f in b.optimization.folded) == 100
     # grouped convolutions: the optimized net takes its input as channels_last, with the same values
-    assert b.module.channels_last
+    assert b.module.channels_last_from == 0
     a = Net(str(mfn / "mxnet2caffe_mobilefacenet.prototxt"), str(mfn / "mxnet2caffe_mobilefacenet.caffemodel"))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
     want = a.forward(data=x)["fc1"].detach().numpy()

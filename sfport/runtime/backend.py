@@ -190,7 +190,7 @@ class Runner:
 
     def _eager(self, x) -> dict[str, np.ndarray]:
         x = torch.as_tensor(x)
-        with torch.no_grad():
+        with torch.inference_mode():   # no autograd bookkeeping at all (a few % at batch 1 over no_grad)
             blobs = self.net.module.run({self.input: x.to(self.device)})
         final = self.net.graph.final
         return {o: blobs[final[o]].float().cpu().numpy() for o in self.outputs}

@@ -67,8 +67,9 @@ class CaffeNet(nn.Module):
                         and spec.lr_mult == 0:
                     getattr(module, module.caffe_blobs[j]).requires_grad_(False)
         self.input_names = list(graph.inputs)
-        # 4-D inputs fed as channels_last (NHWC in memory): set by Net.optimized where it is faster
-        self.channels_last = False
+        # 4-D inputs of at least this batch fed as channels_last (NHWC in memory), None: never; set by
+        # Net.optimized where it is faster
+        self.channels_last_from: int | None = None
         # layers run in place on their bottom when nothing else needs it (no autograd, blobs freed): Net.optimized
         self.in_place: set[str] = set()
         self.output_names = [graph.caffe_name[u] for u in graph.outputs]
@@ -149,9 +150,9 @@ class CaffeNet(nn.Module):
                 blobs[name] = inputs[caffe]
             else:
                 raise KeyError(f"missing input '{caffe}'")
-        if self.channels_last and not conv_registry.in_export_form():
+        if self.channels_last_from is not None and not conv_registry.in_export_form():
             for name, t in blobs.items():
-                if t.dim() == 4:
+                if t.dim() == 4 and t.shape[0] >= self.channels_last_from:
                     blobs[name] = t.contiguous(memory_format=torch.channels_last)
         in_place = bool(self.in_place) and not keep_all and not torch.is_grad_enabled() \
             and not conv_registry.in_export_form()

@@ -26,6 +26,8 @@ from sfport.protos import caffe_pb2
 from sfport.runtime.caffenet import CaffeNet, _Positional
 
 PT_FORMAT = "sfport-net"
+# the batch from which an optimized net of dense 2-D convolutions takes its input as channels_last (Net._optimize)
+DENSE_NHWC_BATCH = 16
 PT_VERSION = 1
 
 
@@ -137,10 +139,14 @@ class Net:
             for j, t in enumerate(gl.tops):
                 origin[t] = opt.origin[(gl.name, j)]
         self.definition, self.graph, self.module = other.definition, other.graph, other.module
-        # NHWC where it is faster on the CPU: for grouped (depthwise) convolutions, 1.1-1.8x for MobileFaceNet;
-        # dense 3x3 convolutions (SphereFace) run slower so at batch 1 (bench/bench_forward.py)
-        self.module.channels_last = any(getattr(self.module.module_of(gl.name), "groups", 1) > 1
-                                        for gl in self.graph.layers if conv_registry.get_for(gl.param).folds_affine)
+        # NHWC where it is faster on the CPU (oneDNN): grouped (depthwise) convolutions at any batch, 1.1-1.8x for
+        # MobileFaceNet; dense 3x3 convolutions (SphereFace-20) from batch 16 on (1.08x at 16, 1.16x at 64),
+        # slower below (0.81x at batch 1, 0.90x at 4)
+        convs = [self.module.module_of(gl.name) for gl in self.graph.layers
+                 if conv_registry.get_for(gl.param).folds_affine]
+        grouped = any(getattr(m, "groups", 1) > 1 for m in convs)
+        dense_2d = any(getattr(m, "nd", 0) == 2 for m in convs)
+        self.module.channels_last_from = 0 if grouped else DENSE_NHWC_BATCH if dense_2d else None
         self.module.in_place = optimize_mod.in_place_layers(self.graph, self.module)
         self.optimization, self.origin = opt, origin
 
