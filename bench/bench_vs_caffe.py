@@ -415,7 +415,9 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    default_workers = min(16, os.cpu_count() or 2)
+    from sfport.data import feed
+    from sfport.netdef import datalayers
+    default_workers = feed.default_workers(datalayers.HDF5)
     rows = []
     for b in fwd_batches:
         rows += [(f"forward SphereFace-20, batch {b}, img/s: sfport default (onnxruntime)", f"caffe fwd {b}",

@@ -25,6 +25,14 @@ from sfport.solver.config import Options
 from sfport.report.progress import CaffeLog
 
 
+def default_workers(reader) -> int:
+    """The DataLoader workers of a data layer's reader (``datalayers`` SPECS' reader) when --workers is not given.
+    HDF5Data's rows are in memory already: a worker only adds the copy between processes (the golden tiny net,
+    batch 8, 2 cores: 449 iterations/s in the main process, 296 with 2 workers; bench/bench_vs_caffe.py). The readers
+    that decode images take one worker per core, up to 16 (bench/bench_loader.py)."""
+    return 0 if reader == datalayers.HDF5 else min(16, os.cpu_count() or 2)
+
+
 class Feeder:
     """Micro-batches for one net: from its ImageData layer (a DataLoader over the deterministic stream) or
     synthetic (random images, uniform labels) for benchmarks."""
@@ -77,10 +85,7 @@ class Feeder:
                                        f"lists, Data (LMDB / LevelDB), AnnotatedData, HDF5Data, DenseImageData and "
                                        f"ImageSegData (or --synthetic-data)")
         if self.workers is None:
-            # HDF5Data's rows are in memory already: a worker only adds the copy between processes (the golden tiny
-            # net, batch 8, 2 cores: 449 iterations/s in the main process, 296 with 2 workers;
-            # bench/bench_vs_caffe.py). The readers that decode images take one worker per core, up to 16.
-            self.workers = 0 if spec.reader == datalayers.HDF5 else min(16, os.cpu_count() or 2)
+            self.workers = default_workers(spec.reader)
         if self.batch <= 0:   # image_data_layer.cpp, data_layer.cpp, hdf5_data_layer.cpp: CHECK_GT(batch_size, 0)
             raise CaffeFileError(None, f"layer '{layer.name}' ({layer.type}): batch_size must be positive, not "
                                        f"{self.batch}")
