@@ -63,6 +63,10 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.option("--max-file-size", metavar="SIZE", help="Largest input file read (default 2G, or "
                                                       "$SFPORT_MAX_FILE_BYTES): e.g. 4G, 500M.")
+@click.option("--max-text-size", metavar="SIZE", help="Largest text definition (prototxt, solver) parsed (default "
+                                                      "16M, about 270,000 layers, or $SFPORT_MAX_TEXT_BYTES): text "
+                                                      "is parsed in Python, about 0.5 s per MB; e.g. "
+                                                      "sfport --max-text-size 64M inspect huge.prototxt.")
 @click.option("--python-layers", is_flag=True, help="Run the model's Python layers: import the modules their "
                                                      "python_param names (working directory, PYTHONPATH). That runs "
                                                      "their code; without this flag a Python layer is refused.")
@@ -71,7 +75,7 @@ class _Group(click.Group):
                                                                 "grpcio-tools: pip install 'sfport[proto]').")
 @click.version_option(package_name="sfport")
 @click.pass_context
-def cli(ctx, debug, max_file_size, python_layers, proto):
+def cli(ctx, debug, max_file_size, max_text_size, python_layers, proto):
     """sfport: SphereFace / SphereFace+ Caffe models in PyTorch, exactly."""
     ctx.ensure_object(dict)
     forkschema.reset()   # each invocation starts from sfport's own schema
@@ -86,6 +90,10 @@ def cli(ctx, debug, max_file_size, python_layers, proto):
         disk.set_max_file_bytes(max_file_size or None)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-file-size") from None
+    try:
+        disk.set_max_text_bytes(max_text_size or None)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-text-size") from None
 
 
 for _command in (model.inspect, model.upgrade, model.convert, model.deploy, model.verify, data.convert_imageset,

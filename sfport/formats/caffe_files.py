@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from sfport.errors import CaffeFileError
+from sfport.formats import disk
 from sfport.formats.disk import atomic_write, check_readable_file, max_file_bytes
 from sfport.protos import caffe_pb2
 from sfport.formats import fasttext, forkschema, upgrade, wire
@@ -135,6 +136,7 @@ def _shorten(message: str, keep: int = 60) -> str:
 
 
 def _parse_text(path, data: bytes, message):
+    disk.check_text_size(path, data)
     text = _decode(data, path)
     if fasttext.merge(text, message):   # the common case, several times faster; anything else as protobuf reads it
         return message
@@ -384,6 +386,7 @@ def iter_blob_messages(net) -> Iterator[tuple[tuple, object]]:
 def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
     net = caffe_pb2.NetParameter()
     if kind == TEXT:
+        disk.check_text_size(path, data)
         try:
             _parse_text(path, data, net)
         except CaffeFileError:
@@ -510,6 +513,8 @@ def write_solver(path: str | os.PathLike, solver) -> None:
 def is_solver_prototxt(path: str | os.PathLike) -> bool:
     """Is ``path`` a text solver prototxt (it parses as a SolverParameter and not as a NetParameter)?"""
     data = read_bytes(path)
+    if sniff(data) == TEXT:
+        disk.check_text_size(path, data)
     return sniff(data) == TEXT and not _parses_as(data, caffe_pb2.NetParameter()) and \
         _parses_as(data, caffe_pb2.SolverParameter())
 
@@ -519,6 +524,7 @@ def read_solver(path: str | os.PathLike) -> Solver:
     data = read_bytes(path)
     if sniff(data) == BINARY:
         raise CaffeFileError(path, "is a binary protobuf, but a text solver .prototxt was expected")
+    disk.check_text_size(path, data)
     try:
         param = _parse_text(path, data, caffe_pb2.SolverParameter())
     except CaffeFileError:

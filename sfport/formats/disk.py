@@ -67,6 +67,53 @@ def max_file_bytes() -> int:
     return MAX_FILE_BYTES
 
 
+# The largest text definition parsed (prototxt, solver): $SFPORT_MAX_TEXT_BYTES or 16 MiB (about 270,000 layers),
+# changed by set_max_text_bytes (the command line's --max-text-size). Text is parsed in Python (fasttext, else
+# protobuf's text_format), at about 0.3-0.6 s per MB on the 2-core machine: past the limit a file is refused in one
+# line instead of keeping the user waiting for minutes (issue 33: 1,000,000 layers took over a minute).
+DEFAULT_MAX_TEXT_BYTES = 16 * 2 ** 20
+_TEXT_LIMIT: int | None = None   # None: $SFPORT_MAX_TEXT_BYTES or the default
+
+
+def set_max_text_bytes(n: int | str | None) -> None:
+    """Set the size limit of a text definition: a number of bytes, a size such as '64M', or None for
+    $SFPORT_MAX_TEXT_BYTES (or the default) again. ValueError for anything else."""
+    global _TEXT_LIMIT
+    if isinstance(n, str):
+        n = parse_size(n)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"the text size limit must be a positive number of bytes, not {n!r}")
+    _TEXT_LIMIT = n
+
+
+def max_text_bytes() -> int:
+    """The text size limit now in force (a bad $SFPORT_MAX_TEXT_BYTES is a one-line error here)."""
+    if _TEXT_LIMIT is not None:
+        return _TEXT_LIMIT
+    text = os.environ.get("SFPORT_MAX_TEXT_BYTES", "").strip()
+    try:
+        return parse_size(text) if text else DEFAULT_MAX_TEXT_BYTES
+    except ValueError as e:
+        raise CaffeFileError(None, f"$SFPORT_MAX_TEXT_BYTES: {e}") from None
+
+
+def check_text_size(path, data: bytes) -> None:
+    """One line naming ``path`` when the text definition ``data`` is over :func:`max_text_bytes`."""
+    limit = max_text_bytes()
+    if len(data) > limit:
+        raise CaffeFileError(path, f"is a text definition of {len(data):,} bytes, over the {limit:,}-byte limit for "
+                                   f"text (sfport parses text in Python, about half a second per MB: this one "
+                                   f"would take about {max(1, round(len(data) / 2 ** 20 * 0.5))} s); raise it "
+                                   f"with --max-text-size (e.g. --max-text-size {_size_above(len(data))}) or "
+                                   f"$SFPORT_MAX_TEXT_BYTES")
+
+
+def _size_above(n: int) -> str:
+    """The smallest whole number of MiB (G past 1024 MiB) at or above ``n`` bytes, as --max-text-size takes it."""
+    mib = -(-n // 2 ** 20)
+    return f"{-(-mib // 1024)}G" if mib > 1024 else f"{mib}M"
+
+
 def check_readable_file(path: str | os.PathLike, what: str = "file") -> int:
     """The size of ``path``, after checking, without opening it, that it is a regular file (not a folder, a
     device such as /dev/zero, or a FIFO that would never end) no larger than :func:`max_file_bytes`; else one
@@ -161,8 +208,8 @@ def _umask() -> int:
     return mask
 
 
-def load_torch_file(path: str | os.PathLike, fmt: str, what: str) -> dict:
-    """The dict of an sfport ``.pt`` whose ``format`` is ``fmt`` (``what`` names it in errors), read with
+def load_torch_file(path: str | os.PathLike, fmt: str | tuple, what: str) -> dict:
+    """The dict of an sfport ``.pt`` whose ``format`` is ``fmt`` (or one of them; ``what`` names it in errors), read with
     ``torch.load(weights_only=True)``; a missing file, a folder, a device or FIFO (refused before it is opened),
     a file over the readers' size limit (:func:`max_file_bytes`), a failed unpickling or another container
     is a :class:`CaffeFileError`."""
@@ -189,7 +236,7 @@ def load_torch_file(path: str | os.PathLike, fmt: str, what: str) -> dict:
         else:
             first = (text.splitlines()[0] if text else type(e).__name__).split(". ")[0]
         raise CaffeFileError(path, f"not {what}: {first[:300]}") from None
-    if not isinstance(doc, dict) or doc.get("format") != fmt:
+    if not isinstance(doc, dict) or doc.get("format") not in ((fmt,) if isinstance(fmt, str) else tuple(fmt)):
         raise CaffeFileError(path, f"not {what}")
     return doc
 
