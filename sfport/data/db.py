@@ -364,9 +364,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
         return cls(read_hdf5_list(source, base), list(layer.top), p.shuffle, seed, str(source), who)
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_cache"] = state["_orders"] = None
-        return state
+        return {**self.__dict__, "_cache": None, "_orders": None}
 
     def __len__(self) -> int:
         return self.total
@@ -387,9 +385,8 @@ class HDF5Dataset(torch.utils.data.Dataset):
         if self._orders is None or self._orders[0] != epoch:   # one epoch's orders, drawn once
             self._orders = (epoch, self.file_order(epoch), {})
         _, files, rows = self._orders
-        for f in files:
+        for f in map(int, files):
             if r < self.counts[f]:
-                f = int(f)
                 if f not in rows:
                     rows[f] = self.row_order(epoch, f)
                 return f, int(rows[f][r])
