@@ -55,6 +55,10 @@ class DropoutConverter(SameShape):
         draws masks: neither is an identity."""
         return layer.dropout_param.scale_train and not layer.dropout_param.sample_weights_test
 
+    def differs_in_training(self, layer, module):
+        """dropout_layer.cpp Forward_cpu in TRAIN: a random mask."""
+        return "a random part of the input is dropped there" if module.training and module.ratio > 0 else None
+
 
 @register("Clip")
 class ClipConverter(SameShape):

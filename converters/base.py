@@ -122,6 +122,7 @@ class Converter:
       whether a converter does), ``identity_at_inference``, ``fresh_top``, ``computes_nothing``;
     - the references of ``sfport verify`` (:mod:`sfport.runtime.verify`): ``for_reference`` (the layer as the
       references read it), ``reference_blobs``, ``opencv_layout`` and ``align_reference_output``;
+      ``differs_in_training`` (what a TRAIN-phase net computes otherwise: batch statistics, dropout);
     - training (:mod:`sfport.solver`, :mod:`sfport.data.feed`): ``class_count`` (the labels synthetic data
       draws from), ``loss_plateau`` (the value of a diverged loss);
     - pycaffe's coord_map.py (:mod:`sfport.pycaffe.coord_map`): ``coord_map``, ``coord_identity``,
@@ -254,6 +255,12 @@ class Converter:
         (ours): such a choice is the reference's arithmetic, not the layer's definition (a MAX pooling's mask at a
         near-tie). ``ref`` when there is nothing to align."""
         return ref
+
+    def differs_in_training(self, layer, module: nn.Module) -> str | None:
+        """What this layer of a TRAIN-phase net (``module`` in training mode) computes otherwise than the
+        references, which run a net for inference, in words ("the batch's statistics normalize there ..."); None
+        (the default): the same."""
+        return None
 
     # ---- pycaffe's coord_map.py (sfport.pycaffe.coord_map) ----
 

@@ -55,6 +55,13 @@ class BatchNormConverter(SameShape):
             return arrays
         return [np.zeros_like(mean), np.zeros_like(var), np.ones_like(factor)]
 
+    def differs_in_training(self, layer, module):
+        """batch_norm_layer.cpp: use_global_stats defaults to ``phase == TEST``: in TRAIN, unless it is set true,
+        the batch's mean and variance normalize (the references use the stored ones)."""
+        if module.global_stats():
+            return None
+        return "the batch's statistics normalize there (use_global_stats is not true), the stored ones in the reference"
+
 
 def _scale_axes(layer, shape) -> tuple[int, tuple]:
     """ScaleLayer / BiasLayer::LayerSetUp: the first axis and the shape of the learned blob (num_axes axes)."""
@@ -268,6 +275,12 @@ class BNConverter(SameShape):
         slope, bias, mean, inv = (getattr(module, n).detach().double().numpy().reshape(-1) for n in module.caffe_blobs)
         a = inv * slope
         return a, bias - mean * a
+
+    def differs_in_training(self, layer, module):
+        """The four-blob BN (bn_layer.cpp Forward_cpu) in TRAIN, not frozen: the batch's statistics."""
+        if not hasattr(module, "stored_stats") or module.stored_stats():
+            return None
+        return "the batch's statistics normalize there (frozen is not true), the stored ones in the reference"
 
 
 def __getattr__(name: str):

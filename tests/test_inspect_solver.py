@@ -74,11 +74,14 @@ def test_sphereface_solver(monkeypatch):
 
 def test_sphereface_solver_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # issue 33, item 11: the solver is fine, its net path is Caffe's run folder's: settings and schedule shown,
+    # exit 0, and the net line says which file was not found and where it was looked for
     r = CliRunner().invoke(cli, ["inspect", str(SPHEREFACE / "code/sphereface_solver.prototxt")])
-    assert r.exit_code == 2
-    line, = r.stderr.splitlines()
-    assert line.startswith("sfport: error: ") and "net 'code/sphereface_model.prototxt' not found in the current " \
-        f"directory {tmp_path} nor in the solver's folder {SPHEREFACE / 'code'}" in line
+    assert r.exit_code == 0 and r.stderr == ""
+    line, = [l for l in r.stdout.splitlines() if l.startswith("  train    ")]
+    assert line.startswith("  train    not found: ") and "net 'code/sphereface_model.prototxt' not found in the " \
+        f"current directory {tmp_path} nor in the solver's folder {SPHEREFACE / 'code'}" in line
+    assert "      16000  0.01\n" in r.stdout
 
 
 def test_lenet_solver_inv(tmp_path):

@@ -451,9 +451,9 @@ def test_eval_skip_missing(small_lfw, tmp_path):
     doc2 = json.loads((tmp_path / "r2.json").read_text())
     assert [x["accuracy"] for x in doc2["folds"]] == accs.tolist()
     assert [x["threshold"] for x in doc2["folds"]] == thrs.tolist()
-    # a fold with no pair left is an error
+    # a fold with no pair left is left out (issue 33; tests/test_face_trips.py has the details)
     for rel in ("Person_Bb/Person_Bb_0002.jpg", "Person_Cc/Person_Cc_0003.jpg"):   # fold 1's other pairs
         (lfw_dir / rel).unlink()
     r = CliRunner().invoke(cli, [*args, "--skip-missing"])
-    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1
-    assert "--skip-missing: fold 1 has no pair left whose two images are there" in r.stderr
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("pairs with both images, by fold: 1: 0/6, ") and "no pair left in fold 1" in r.stdout

@@ -36,7 +36,8 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
     extension replaced), or with --all-faces a crop per face MTCNN finds, PHOTO_face1 (nearest the centre),
     PHOTO_face2, ... Writes OUTPUT_DIR/landmarks.txt (path, 5 points, box and score when detected: the photo's
     path, a landmark list for the originals; with --all-faces each crop's path, the points in its photo) and
-    OUTPUT_DIR/no_face.txt (photos without a crop, and why).
+    OUTPUT_DIR/no_face.txt (photos without a crop, and why). Photos flat in INPUT_DIR match a landmark list's
+    entries by file name when unambiguous (lfw_landmark.txt names Person/Person_0001.jpg).
 
     \b
     Examples:
@@ -51,12 +52,14 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
                      workers=workers, landmarks_one_based=landmarks_base == "1", progress=None, backend=backend,
                      log=caffe_log(), all_faces=all_faces, ext=ext)
     faces = f"{s.faces} faces in " if all_faces else ""
+    by_name = f" ({s.by_file_name} matched to the landmark list by file name)" if s.by_file_name else ""
     click.echo(f"aligned {faces}{s.aligned} of {s.total} images to {output_dir} ({s.size[0]}x{s.size[1]}, "
-               f"{s.template}); {s.missing} listed in no_face.txt")
+               f"{s.template}); {s.missing} listed in no_face.txt{by_name}")
 
 
 @click.command(name="eval")
-@click.option("--model", "-m", help="caffemodel (+ --prototxt), sfport .pt or .onnx.")
+@click.option("--model", "-m", help="caffemodel, .caffemodel.h5 or training snapshot .pt (+ "
+                                                    "--prototxt), sfport .pt or .onnx.")
 @click.option("--prototxt", "-p", help="Net definition for a caffemodel (deploy, train_val or train_test).")
 @click.option("--blob", help="Feature blob (default fc5, else the last output).")
 @state_options()
@@ -74,7 +77,8 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 @click.option("--list", "list_file", help="Image list for --features (paths relative to the LFW root).")
 @click.option("--skip-missing", is_flag=True,
               help="Leave out the pairs with an image missing (no file, no landmarks, not in --list) instead of "
-                   "stopping; the others keep their folds.")
+                   "stopping; the others keep their folds, and folds left without pairs are left out (at least 2 "
+                   "must have pairs). Without it, missing images are an error with each fold's count of pairs.")
 @click.option("--report", help="Write a JSON report (with each pair's score, so --compare can draw it again).")
 @click.option("--plot", help="Write the ROC curve: .png, .svg or .pdf.")
 @click.option("--compare", "compare_reports", multiple=True, metavar="REPORT.json",
@@ -92,8 +96,9 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
     Prints each fold's accuracy and threshold, the mean, std and standard error, ROC AUC, EER and TAR at FAR
     1e-3 / 1e-2. --plot draws TAR against FAR (log scale) with those points and the protocol's own operating
     point marked; --compare adds the curves of earlier --report files to the figure. --skip-missing evaluates
-    the pairs whose two images are there: pair k of pairs.txt stays in fold ceil(k/600), a fold's accuracy is
-    over the pairs it has left, and the skipped pairs are counted in the table and the report.
+    the pairs whose two images are there: it first prints how many pairs of each fold have both images; pair k
+    of pairs.txt stays in fold ceil(k/600), a fold's accuracy is over the pairs it has left, a fold with none left
+    is left out, and the skipped pairs and folds are counted in the table and the report.
 
     \b
     Examples:
@@ -121,12 +126,13 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
         plots.plot_format(plot)
     earlier = [(path, lfw.read_report(path)) for path in compare_reports]
     if features_file:
-        rep = lfw.evaluate_features(pairs, features_file, list_file, protocol, skip_missing=skip_missing)
+        rep = lfw.evaluate_features(pairs, features_file, list_file, protocol, skip_missing=skip_missing,
+                                    note=click.echo)
     else:
         rep = lfw.evaluate_model(pairs, model, lfw_dir, prototxt, blob, protocol, landmarks, landmarks_base == "1",
                                  template, batch_size, workers, cache=not no_cache, progress=None,
                                  state=model_state(phase, stages, level, shapes), backend=backend, log=caffe_log(),
-                                 skip_missing=skip_missing)
+                                 skip_missing=skip_missing, note=click.echo)
     click.echo(rep.table())
     outputs = {}
     if report:
@@ -151,7 +157,9 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
 @click.option("--blob", help="Feature blob (default fc5, else the last output).")
 @state_options()
 @click.option("--list", "list_file", help="A file of image paths (relative to --root).")
-@click.option("--root", default=".", show_default=True)
+@click.option("--root", default=".", show_default=True,
+              help="The folder the --list paths are relative to (the LFW root); IMAGES inside it are listed "
+                   "relative to it, as pairs.txt names them.")
 @click.option("--output", "-o", required=True,
               help="Features .npy (row i = image i; the image list beside it as .txt) or .mat (variables features "
                    "and images).")
@@ -182,6 +190,8 @@ def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file
       sfport embed --list lfw_list.txt --root lfw-112X96 -m sphereface_model.caffemodel \\
           -p sphereface_deploy.prototxt -o features.mat
       sfport embed a.jpg b.jpg -m mobilefacenet.onnx --protocol insightface --flip sum -o ab.npy
+      sfport embed lfw-112X96/A/A_0001.jpg lfw-112X96/B/B_0001.jpg --root lfw-112X96 \\
+          -m sphereface_model.caffemodel -p sphereface_deploy.prototxt -o ab.npy
     """
     from sfport.face import features
 

@@ -1,5 +1,5 @@
 """Options and parsing that several commands share: the NetState options (--phase, --stage, --level), input
-shapes (--shape), and the commands' glog-format log on stderr."""
+shapes (--shape), the data options (--data-root, --source), and the commands' glog-format log on stderr."""
 from __future__ import annotations
 
 import click
@@ -38,23 +38,39 @@ def parse_shapes(values) -> dict | tuple | None:
 
 
 def state_options(default_phase: str = "TEST"):
-    """--phase, --stage (repeatable), --level and --shape (repeatable): Caffe's NetState and the input shapes."""
+    """--phase, --stage (repeatable), --level and --shape (repeatable): Caffe's NetState and the input shapes.
+    ``default_phase`` None: TEST and level 0, but an sfport .pt's own state (the one it was saved in)."""
+    saved = " [default: TEST; an sfport .pt: the one it was saved in]" if default_phase is None else ""
+
     def decorate(f):
         f = click.option("--shape", "shapes", multiple=True,
                          help="Input shape N,C,H,W (the first input) or NAME=N,C,H,W (repeatable), where the "
                               "definition does not fix it.")(f)
-        f = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(f)
+        f = click.option("--level", type=int, default=0 if default_phase else None, show_default=not saved,
+                         help="NetState level." + saved.replace("TEST", "0"))(f)
         f = click.option("--stage", "stages", multiple=True,
                          help="NetState stage (repeatable), as `caffe ... -stage`.")(f)
         f = click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
                          default=default_phase, show_default=True,
-                         help="Which layers of a train/test definition (include/exclude rules).")(f)
+                         help="Which layers of a train/test definition (include/exclude rules)." + saved)(f)
+        return f
+    return decorate
+
+
+def data_options(which: str = "the TRAIN data layer"):
+    """--data-root and --source: where a data layer's image list and images are (a net written on another
+    machine), with train's meaning for every command that reads a data layer; ``which`` names the layer in the
+    help. Both go to :class:`sfport.solver.config.Options` and are applied by :class:`sfport.data.feed.Feeder`."""
+    def decorate(f):
+        f = click.option("--source", help=f"Image list (or LMDB / HDF5 list) for {which} (replaces its source).")(f)
+        f = click.option("--data-root", help="Folder the image lists' paths are relative to (replaces "
+                                             "root_folder).")(f)
         return f
     return decorate
 
 
 def state_kwargs(phase, stages, level) -> dict:
-    return {"phase": phase.upper(), "stages": tuple(stages), "level": level}
+    return {"phase": phase and phase.upper(), "stages": tuple(stages), "level": level}
 
 
 def model_state(phase, stages, level, shapes) -> dict:

@@ -7,17 +7,18 @@ import sys
 import click
 
 from sfport.errors import CaffeFileError
+from sfport.commands.options import data_options
 
 
 @click.command()
 @click.argument("solver")
-@click.option("--weights", help="Caffemodel(s) to start from, comma-separated; copied by layer name.")
+@click.option("--weights", help="Weights to start from (caffemodel, .caffemodel.h5, sfport .pt or training "
+                                 "snapshot .pt), comma-separated; copied by layer name.")
 @click.option("--snapshot", help="Resume from a .solverstate (or .solverstate.h5): sfport's continue exactly, "
                                  "Caffe's as Caffe resumes. Not with --weights.")
 @click.option("--gpu", help="GPU ids ('0', '0,1') or 'all'; several GPUs run DistributedDataParallel. "
                             "Default: the CPU (or what torchrun sets up).")
-@click.option("--data-root", help="Folder the image lists' paths are relative to (replaces root_folder).")
-@click.option("--source", help="Image list for the TRAIN data layer (replaces its source).")
+@data_options("the TRAIN data layer")
 @click.option("--amp", is_flag=True, help="bf16 autocast on the GPU (fp32 is the default, for parity with Caffe).")
 @click.option("--seed", type=int, help="Seed for fillers, shuffling and augmentation (default: random_seed).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default: the CPU count, at most 16; none for HDF5Data, whose rows are "

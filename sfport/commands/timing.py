@@ -8,7 +8,8 @@ from sfport.commands.options import parse_shapes, state_kwargs, state_options
 
 @click.command("time")
 @click.argument("net_file", metavar="NET")
-@click.option("--weights", "-w", help="A caffemodel whose weights are copied into NET by layer name (default: the "
+@click.option("--weights", "-w", help="Weights (caffemodel, .caffemodel.h5, sfport .pt or training snapshot .pt) "
+                                      "copied into NET by layer name (default: the "
                                       "weights NET holds, else the fillers'; timing needs no trained weights).")
 @click.option("--iterations", "-n", type=click.IntRange(min=1), default=50, show_default=True,
               help="Timed iterations (after one untimed warm-up), as `caffe time -iterations`.")

@@ -68,7 +68,7 @@ class Feeder:
                                        f" net, found {len(layers)}")
         layer = layers[0]
         spec = datalayers.spec_of(layer)
-        if opts.source and phase == caffe_pb2.TRAIN and spec.reader is not None:
+        if opts.source and phase == opts.source_phase and spec.reader is not None:   # --source
             layer = type(layer)()
             layer.CopyFrom(layers[0])
             datalayers.params_of(layer).source = opts.source

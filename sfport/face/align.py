@@ -239,8 +239,8 @@ def _align_one(args):
         return rel, [], e.message
     if landmarks is not None:
         pts = landmarks.get(rel)
-        if pts is None:
-            return rel, [], "no landmarks in the list"
+        if pts is None or isinstance(pts, str):   # a string: why the photo has none (match_landmarks)
+            return rel, [], pts or "no landmarks in the list"
         faces = [(pts, None)]
     else:
         found = _by_centre(_detector(mtcnn_dir, backend).detect(img), img.shape)
@@ -278,6 +278,41 @@ class AlignSummary:
     size: tuple[int, int]   # (height, width) of the crops
     template: str
     faces: int = 0          # crops written (more than ``aligned`` with all_faces)
+    by_file_name: int = 0   # photos matched to the landmark list by file name (a flat folder)
+
+
+def _examples(names, k: int = 3) -> str:
+    return ", ".join(f"'{n}'" for n in list(names)[:k]) + (f" (of {len(names)})" if len(names) > k else "")
+
+
+def match_landmarks(files: list[str], marks: dict, landmarks, input_dir) -> tuple[dict, int]:
+    """The landmarks of each photo (relative path) -> ({photo: 5x2 points, or the reason it has none}, how many
+    were matched by file name). A photo takes the list's entry of its relative path; in a flat folder (no
+    subfolders) whose photos match no entry so, the entry whose file name is the photo's when exactly one is (LFW's
+    list names Person/Person_0001.jpg). No photo matched is one line naming the list, with examples of the names
+    in the list and of the photos found."""
+    out = {rel: marks[rel] for rel in files if rel in marks}
+    by_name = 0
+    if not out and all("/" not in rel.replace(os.sep, "/") for rel in files):
+        names: dict[str, list[str]] = {}
+        for key in marks:
+            names.setdefault(key.replace("\\", "/").rsplit("/", 1)[-1], []).append(key)
+        for rel in files:
+            found = names.get(rel, [])
+            if len(found) == 1:
+                out[rel] = marks[found[0]]
+                by_name += 1
+            elif found:
+                out[rel] = f"its file name matches {len(found)} entries of the list ({_examples(found, 2)})"
+    if not any(not isinstance(v, str) for v in out.values()):
+        base = {key.replace("\\", "/").rsplit("/", 1)[-1]: key for key in marks}
+        same = next((rel for rel in files if os.path.basename(rel) in base), None)   # the closest example
+        hint = (f"; e.g. the list has '{base[os.path.basename(same)]}' where the folder has '{same}'"
+                if same is not None else "")
+        raise CaffeFileError(landmarks, f"none of the {len(files)} images under {input_dir} is in the list: it names "
+                                        f"{_examples(list(marks))}, the folder has {_examples(files)}{hint} (paths "
+                                        f"relative to the input folder; a flat folder matches by file name)")
+    return out, by_name
 
 
 # the largest crop side --size takes (warpAffine allocates the whole crop)
@@ -308,9 +343,11 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
     ``landmarks`` list or detected by the MTCNN models in ``mtcnn_dir`` (the face nearest the centre), in
     ``workers`` processes. Writes ``landmarks.txt`` (path, 5 points, box and score when detected) and
     ``no_face.txt`` (path and reason of every image without a crop: no face, no landmarks in the list, or an
-    image that cannot be read). The inputs and outputs are checked before any work (a bad landmark list is one
-    error naming its line); a failure on the way removes the crops and folders this run created. ``backend``:
-    the MTCNN nets' (:class:`sfport.runtime.backend.Runner`); ``progress`` and ``log``: :class:`sfport.report.progress.Progress`.
+    image that cannot be read). The photos take their landmarks by :func:`match_landmarks` (by file name in a flat
+    folder). The inputs and outputs are checked before any work (a bad landmark list is one error naming its
+    line, a list that names none of the photos one saying how the names differ); a failure on the way removes
+    the crops and folders this run created. ``backend``: the MTCNN nets' (:class:`sfport.runtime.backend.Runner`);
+    ``progress`` and ``log``: :class:`sfport.report.progress.Progress`.
 
     ``ext`` ('jpg', JPEG quality 95, or 'png', lossless): the crops' format, default each photo's own extension.
     ``all_faces`` (MTCNN only): a crop of every face found, ``PHOTO_face1.EXT`` (nearest the centre),
@@ -351,6 +388,9 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
             if other != rel:
                 raise CaffeFileError(input_dir, f"{other} and {rel} would both be written as {crop_name(rel, ext)} "
                                                 f"(--ext {ext})")
+    by_name = 0
+    if marks is not None:
+        marks, by_name = match_landmarks(files, marks, landmarks, input_dir)
     existed = {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs}
     stems = {os.path.splitext(rel)[0] for rel in files}
     singles = {crop_name(rel, ext) for rel in files}
@@ -392,4 +432,4 @@ def align_folder(input_dir, output_dir, landmarks=None, mtcnn_dir=None, size=Non
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
-    return AlignSummary(len(rows), len(files), len(missing), hw, template, sum(len(r[1]) for r in rows))
+    return AlignSummary(len(rows), len(files), len(missing), hw, template, sum(len(r[1]) for r in rows), by_name)

@@ -155,11 +155,14 @@ def preprocess(img: np.ndarray, protocol: str) -> np.ndarray:
 
 
 class FaceImages(torch.utils.data.Dataset):
-    """Relative image paths under ``root`` -> (image, mirror image) tensors, aligned when landmarks are given."""
+    """Relative image paths under ``root`` -> (image, mirror image) tensors, aligned when landmarks are given.
+    ``origins``: per path, the (list file, line) that named it, or None; a bad image is then an error naming the
+    list and the line."""
 
     def __init__(self, paths: list[str], root, size: tuple[int, int], protocol: str, landmarks: dict | None = None,
-                 template: str | None = None, landmarks_file=None, net_path=None):
+                 template: str | None = None, landmarks_file=None, net_path=None, origins=None):
         self.paths, self.root, self.size, self.protocol = paths, str(root), tuple(size), protocol
+        self.origins = origins
         self.landmarks, self.landmarks_file = landmarks, landmarks_file
         self.tmpl = None
         if landmarks is not None:
@@ -177,17 +180,19 @@ class FaceImages(torch.utils.data.Dataset):
     def __getitem__(self, i):
         rel = self.paths[i]
         path = os.path.join(self.root, rel)
+        origin = self.origins[i] if self.origins is not None else None
+        at = f"{origin[0]}: line {origin[1]}: " if origin else ""   # the list and line that named the image
         try:
-            img = read_image(path)
+            img = read_image(path, list_file=origin[0], line=origin[1]) if origin else read_image(path)
         except CaffeFileError as e:
             return None, None, str(e)
         if self.landmarks is not None:
             pts = self.landmarks.get(rel)
             if pts is None:
-                return None, None, f"{self.landmarks_file or 'the landmark list'}: no landmarks for '{rel}'"
+                return None, None, f"{at}{self.landmarks_file or 'the landmark list'}: no landmarks for '{rel}'"
             img = align.align(img, pts, self.tmpl)
         elif img.shape[:2] != self.size:
-            return None, None, (f"{path}: the image is {img.shape[0]}x{img.shape[1]}, the net takes "
+            return None, None, (f"{at}{path}: the image is {img.shape[0]}x{img.shape[1]}, the net takes "
                                 f"{self.size[0]}x{self.size[1]}: give --landmarks or align the images first")
         x = preprocess(img, self.protocol)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(x[:, :, ::-1])), None
@@ -228,12 +233,12 @@ def default_cache_dir() -> Path:
 
 def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", landmarks: dict | None = None,
             landmarks_file=None, template: str | None = None, batch_size: int = 64, workers: int = 2,
-            cache_dir=None, progress=False, sink=None, log=None) -> Extracted | None:
+            cache_dir=None, progress=False, sink=None, log=None, origins=None) -> Extracted | None:
     """Features of ``paths`` (relative to ``root``) and of their mirror images, batched, cached. Images are
     read, aligned and preprocessed in DataLoader workers while the net runs on the batch before. ``sink``: a
     callable ``(start row, features, mirror features)`` given each batch as it is produced (then nothing is
     kept or cached and None is returned). ``progress``: see :class:`sfport.report.progress.Progress`; ``log`` a
-    CaffeLog-like callable for its lines."""
+    CaffeLog-like callable for its lines. ``origins``: :class:`FaceImages`' (the list and line of each path)."""
     cache = None
     if cache_dir is not False and sink is None:
         cache = Path(cache_dir or default_cache_dir()) / (cache_key(model, paths, root, protocol, landmarks_file,
@@ -242,7 +247,8 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
         if cached is not None:
             return Extracted(list(paths), *cached)
     bound_heap_growth()
-    ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path)
+    ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path,
+                    origins)
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     feats, flips = [], []
     done = 0
@@ -391,13 +397,27 @@ def mat_strings(path, name: str, v) -> list[str]:
                                f"{mat_kind(v)}")
 
 
+def root_relative(path, root) -> str:
+    """An image argument of ``embed`` as its name relative to ``root`` (what the image list beside the features
+    holds, and eval --list matches against pairs.txt): ``path`` itself when it names a file under ``root``, else,
+    for a file inside ``root`` given from the working folder (or absolutely), its path from ``root``."""
+    if not os.path.isabs(path) and os.path.exists(os.path.join(root, path)):
+        return path
+    if os.path.exists(path):
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel.replace(os.sep, "/")
+    return path
+
+
 def embed(images, model, output, prototxt=None, blob: str | None = None, list_file=None, root=".",
           flip: str = "concat", protocol: str = "sphereface", landmarks=None, batch_size: int = 64,
           workers: int = 2, progress=False, state: dict | None = None, template: str | None = None,
           landmarks_one_based: bool = False, backend: str = "auto", log=None) -> np.ndarray:
-    """``sfport embed``: the features of ``images`` and of the paths in ``list_file`` (first field of each
-    line; relative to ``root``), aligned first from the ``landmarks`` list when given (to ``template``, default
-    the one of the net's input size), joined with their mirror images' by ``flip`` (:func:`with_mirror`);
+    """``sfport embed``: the features of ``images`` (named relative to ``root``: :func:`root_relative`) and of the
+    paths in ``list_file`` (first field of each line; relative to ``root``; a bad image names the list's line),
+    aligned first from the ``landmarks`` list when given (to ``template``, default the one of the net's input
+    size), joined with their mirror images' by ``flip`` (:func:`with_mirror`);
     written as float32 ``output``: a ``.npy`` (row i = image i; written as the batches are produced, to a
     temporary file) and the image list beside it (.txt), both checked before any work and renamed together (a
     failure leaves neither); or a ``.mat`` (:func:`mat_bytes`: ``features`` and ``images`` in one file, written
@@ -413,15 +433,19 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
     check_output(out, "the features output")
     if names is not None:
         check_output(names, "the image list output")
-    paths = list(images)
-    if list_file:
-        text = read_list_text(list_file, "image list", "an image list")
-        paths += [l.split()[0] for l in text.splitlines() if l.strip()]
-    if not paths:
-        raise CaffeFileError(list_file, "the image list is empty" if list_file else "no images given")
     if not os.path.isdir(root):
         raise CaffeFileError(root, "the image folder (--root) is not a folder" if os.path.exists(root)
                              else "the image folder (--root) not found")
+    paths = [root_relative(p, root) for p in images]
+    origins = [None] * len(paths)
+    if list_file:
+        text = read_list_text(list_file, "image list", "an image list")
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                paths.append(line.split()[0])
+                origins.append((os.fspath(list_file), n))
+    if not paths:
+        raise CaffeFileError(list_file, "the image list is empty" if list_file else "no images given")
     m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
     staged = None if as_mat else Staged(out, "the features output")
@@ -437,7 +461,7 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
 
     try:
         extract(m, paths, root, protocol, marks, landmarks, template, batch_size, workers, cache_dir=False,
-                progress=progress, sink=sink, log=log)
+                progress=progress, sink=sink, log=log, origins=origins)
         if as_mat:
             write_files({out: mat_bytes(rows["mm"], paths)})
             return rows["mm"]

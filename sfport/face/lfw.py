@@ -16,7 +16,10 @@ a column) or the matrices it stacks from it, ``featureLs`` / ``featureRs`` (one 
 
 ``skip_missing``: the pairs with an image that is not there (no file, or no landmarks, or not in the features'
 image list) are left out; the others keep their folds (pair k of pairs.txt stays in fold ceil(k / 600)), so a fold
-has fewer pairs and its accuracy is counted over the pairs it has left; a fold with none left is an error.
+has fewer pairs and its accuracy is counted over the pairs it has left; a fold with none left is left out (its
+number in the report's ``folds_without_pairs``), as long as two folds have pairs. How many pairs of each fold have
+both images is said before any feature is computed (``note``), and is the error when images are missing without
+``skip_missing``.
 A :class:`Report` carries every pair's score and flag (``as_dict`` / ``from_dict``), so an earlier ``--report``
 can be drawn again beside a new run in one ROC figure (:func:`roc_figure`).
 """
@@ -131,6 +134,7 @@ class FoldResult:
     accuracy: float
     threshold: float
     pairs: int = 0    # the pairs its accuracy is counted over
+    fold: int = 0     # its number in pairs.txt (1-based; 0: unknown, then its place in the list)
 
 
 @dataclass
@@ -141,6 +145,7 @@ class Report:
     same: np.ndarray = field(repr=False, default=None)
     metrics: dict = field(default_factory=dict)
     skipped: int = 0  # pairs of pairs.txt left out (skip_missing)
+    folds_without_pairs: list = field(default_factory=list)   # the folds (1-based) with no pair left
 
     @property
     def accuracy(self) -> float:
@@ -159,9 +164,10 @@ class Report:
         metrics, the pairs evaluated and skipped, and each pair's score (the cosine of its L2-normalized
         features) and same flag, in pairs.txt order: what :meth:`from_dict` needs to draw the ROC again."""
         return {"protocol": self.protocol, "accuracy": self.accuracy, "std": self.std, "stderr": self.stderr,
-                "folds": [{"fold": i + 1, "accuracy": f.accuracy, "threshold": f.threshold, "pairs": f.pairs}
-                          for i, f in enumerate(self.folds)], **self.metrics,
+                "folds": [{"fold": f.fold or i + 1, "accuracy": f.accuracy, "threshold": f.threshold,
+                           "pairs": f.pairs} for i, f in enumerate(self.folds)], **self.metrics,
                 "pairs": len(self.scores), "skipped_pairs": self.skipped,
+                "folds_without_pairs": list(self.folds_without_pairs),
                 "scores": [float(v) for v in self.scores], "same": [bool(v) for v in self.same]}
 
     @classmethod
@@ -190,22 +196,27 @@ class Report:
         wrong = [k for k in METRICS if not real(doc.get(k))]
         if wrong or not isinstance(doc.get("protocol"), str):
             raise bad(f"'{wrong[0]}' is missing or not a finite number" if wrong else "no 'protocol'")
-        return cls(doc["protocol"], [FoldResult(float(f["accuracy"]), float(f["threshold"]), int(f.get("pairs", 0)))
-                                     for f in folds], np.asarray(scores, np.float64), np.asarray(same, bool),
-                   {k: float(doc[k]) for k in METRICS}, int(doc.get("skipped_pairs", 0)))
+        return cls(doc["protocol"], [FoldResult(float(f["accuracy"]), float(f["threshold"]), int(f.get("pairs", 0)),
+                                                int(f.get("fold", i + 1))) for i, f in enumerate(folds)],
+                   np.asarray(scores, np.float64), np.asarray(same, bool), {k: float(doc[k]) for k in METRICS},
+                   int(doc.get("skipped_pairs", 0)), [int(k) for k in doc.get("folds_without_pairs", [])])
 
     def table(self) -> str:
         counts = self.skipped > 0   # the folds' pair counts differ: show them
         lines = ["fold  ACC      threshold" + ("  pairs" if counts else ""), "----------------------------"]
         for i, f in enumerate(self.folds):
-            lines.append(f"{i + 1:<4}  {100 * f.accuracy:6.2f}%  {f.threshold:.4f}" + (f"   {f.pairs:5d}" if counts
-                                                                                       else ""))
+            row = f"{f.fold or i + 1:<4}  {100 * f.accuracy:6.2f}%  {f.threshold:.4f}"
+            lines.append(row + (f"   {f.pairs:5d}" if counts else ""))
         lines.append("----------------------------")
         lines.append(f"AVE   {100 * self.accuracy:6.2f}%  (std {100 * self.std:.2f}, standard error "
                      f"{100 * self.stderr:.2f})")
         if self.skipped:
             lines.append(f"skipped {self.skipped} of {self.skipped + len(self.scores)} pairs (an image missing); each "
                          f"fold's accuracy is over the pairs it has left")
+        if self.folds_without_pairs:
+            lines.append(f"evaluated {len(self.folds)} folds ({', '.join(str(f.fold) for f in self.folds)}: "
+                         f"{len(self.scores)} pairs); no pair left in fold "
+                         f"{', '.join(map(str, self.folds_without_pairs))}")
         m = self.metrics
         if m:
             lines.append(f"ROC AUC {m['auc']:.5f}   EER {100 * m['eer']:.2f}%   TAR@FAR=1e-3 "
@@ -237,14 +248,16 @@ def evaluate(left: np.ndarray, right: np.ndarray, same, folds, protocol: str = "
             grid = np.arange(-10000, 10001) / 10000
             acc = _grid_accuracies(s[train], same[train], grid, True)
             t = float(np.mean(grid[acc == acc.max()]))
-            results.append(FoldResult(float(_accuracy(s[test], same[test], t, True)), t, int(test.sum())))
+            results.append(FoldResult(float(_accuracy(s[test], same[test], t, True)), t, int(test.sum()),
+                                      int(k) + 1))
             accepted[test] = s[test] > t
         else:
             d = ((_normalize(L) - _normalize(R)) ** 2).sum(axis=1)
             grid = np.arange(0, 4, 0.01)
             acc = _grid_accuracies(d[train], same[train], grid, False)
             t = float(grid[int(np.argmax(acc))])
-            results.append(FoldResult(float(_accuracy(d[test], same[test], t, False)), t, int(test.sum())))
+            results.append(FoldResult(float(_accuracy(d[test], same[test], t, False)), t, int(test.sum()),
+                                      int(k) + 1))
             accepted[test] = d[test] < t
     scores = (_normalize(L) * _normalize(R)).sum(axis=1)
     rep = Report(protocol, results, scores, same)
@@ -259,18 +272,35 @@ def _needed(pairs: list[Pair]) -> list[str]:
     return sorted({p.left for p in pairs} | {p.right for p in pairs})
 
 
-def _available(pairs: list[Pair], present: set, where, why: str) -> list[Pair]:
-    """skip_missing: the pairs whose two images are ``present``, in their folds; a fold left without pairs is one
-    line naming ``where`` (``why`` says what an absent image lacks)."""
+def fold_counts(pairs: list[Pair], present: set) -> str:
+    """How many pairs of each fold have both images ``present``: 'pairs with both images, by fold: 1: 0/6, 2: 6/6,
+    ... (54 of 60)'."""
+    folds = pairs[-1].fold + 1
+    have, total = [0] * folds, [0] * folds
+    for p in pairs:
+        total[p.fold] += 1
+        have[p.fold] += p.left in present and p.right in present
+    return (f"pairs with both images, by fold: {', '.join(f'{k + 1}: {have[k]}/{total[k]}' for k in range(folds))} "
+            f"({sum(have)} of {len(pairs)})")
+
+
+def _available(pairs: list[Pair], present: set, where, why: str, hint: str = "") -> tuple[list[Pair], list[int]]:
+    """skip_missing: the pairs whose two images are ``present``, in their folds, and the folds (1-based) left
+    without pairs; fewer than two folds with pairs is one line naming ``where`` (``why`` says what an absent image
+    lacks; ``hint``, when given, ends the line)."""
     kept = [p for p in pairs if p.left in present and p.right in present]
-    empty = sorted(set(range(pairs[-1].fold + 1)) - {p.fold for p in kept})
-    if empty:
-        raise CaffeFileError(where, f"--skip-missing: fold {empty[0] + 1} has no pair left whose two images "
-                                    f"{why} ({len(pairs) - len(kept)} of {len(pairs)} pairs skipped)")
-    return kept
+    have = {p.fold for p in kept}
+    empty = [k + 1 for k in range(pairs[-1].fold + 1) if k not in have]
+    if len(have) < 2:
+        which = f"only fold {min(have) + 1} has" if have else "no fold has"
+        raise CaffeFileError(where, f"--skip-missing: {which} pairs whose two images {why} ({len(pairs) - len(kept)} "
+                                    f"of {len(pairs)} pairs skipped): the protocol chooses each fold's threshold on "
+                                    f"the other folds, so it needs two{hint}")
+    return kept, empty
 
 
-def _evaluate_pairs(pairs: list[Pair], f_of: dict, flip_of: dict | None, protocol: str, skipped: int = 0) -> Report:
+def _evaluate_pairs(pairs: list[Pair], f_of: dict, flip_of: dict | None, protocol: str, skipped: int = 0,
+                    empty=()) -> Report:
     """:func:`evaluate` of the pairs, each image's feature combined with its mirror image's (when given)."""
     def feat(name):
         return combine(f_of[name][None], None if flip_of is None else flip_of[name][None], protocol)[0]
@@ -278,8 +308,22 @@ def _evaluate_pairs(pairs: list[Pair], f_of: dict, flip_of: dict | None, protoco
     L = np.stack([feat(p.left) for p in pairs])
     R = np.stack([feat(p.right) for p in pairs])
     rep = evaluate(L, R, [p.same for p in pairs], [p.fold for p in pairs], protocol)
-    rep.skipped = skipped
+    rep.skipped, rep.folds_without_pairs = skipped, list(empty)
     return rep
+
+
+def _name_hint(absent: list[str], names: list[str]) -> str:
+    """How the image names of the pairs differ from a list's (an example of each): a prefix such as the LFW
+    folder's own name, a missing folder, or simply other names."""
+    want = absent[0]
+    for n in names:
+        if n.replace("\\", "/").endswith("/" + want):
+            return (f"; the list names it '{n}': its names carry the prefix '{n[:-len(want)]}', where they must be "
+                    f"relative to the LFW root (embed --root ROOT writes them so)")
+    flat = want.rsplit("/", 1)[-1]
+    if flat in names:
+        return f"; the list names it '{flat}', without its folder: names are relative to the LFW root (name/file)"
+    return f"; the list names e.g. '{names[0]}', the pairs e.g. '{want}'"
 
 
 def _list_names(list_file) -> list[str]:
@@ -340,11 +384,12 @@ def _mat_pair_features(doc: dict, path, pairs: list[Pair], pairs_file):
 
 
 def evaluate_features(pairs_file, features_file, list_file=None, protocol: str = "sphereface",
-                      skip_missing: bool = False) -> Report:
+                      skip_missing: bool = False, note=None) -> Report:
     """``sfport eval --features F [--list L]``: the pairs of ``pairs_file`` scored on precomputed features, used
     as they are: a 2-D ``.npy`` (row i the image on line i of ``list_file``, paths relative to the LFW root), or a
     ``.mat`` (sfport's ``features`` + ``images``, ``list_file`` replacing ``images`` when given; or evaluation.m's
-    per-pair layout, see the module). ``skip_missing``: pairs with an image not in the list are left out."""
+    per-pair layout, see the module). ``skip_missing``: pairs with an image not in the list are left out (``note``,
+    a callable, is given :func:`fold_counts` first); without it they are an error saying how the names differ."""
     pairs = read_pairs(pairs_file)
     names_from = list_file
     if Path(features_file).suffix.lower() == ".mat":
@@ -380,44 +425,61 @@ def evaluate_features(pairs_file, features_file, list_file=None, protocol: str =
                                              f"features in {features_file}")
     needed = _needed(pairs)
     absent = [n for n in needed if n not in index]
-    kept = pairs
+    kept, empty = pairs, []
     if absent and skip_missing:
-        kept = _available(pairs, set(index), names_from, "are listed")
+        if note is not None:
+            note(fold_counts(pairs, set(index)))
+        kept, empty = _available(pairs, set(index), names_from, "are listed", _name_hint(absent, names))
     elif absent:
-        raise CaffeFileError(names_from, f"{len(absent)} images of the pairs are not listed, e.g. {absent[0]}")
-    return _evaluate_pairs(kept, {n: feats[index[n]] for n in _needed(kept)}, None, protocol, len(pairs) - len(kept))
+        raise CaffeFileError(names_from, f"{len(absent)} images of the pairs are not listed, e.g. {absent[0]}"
+                                         f"{_name_hint(absent, names)}; {fold_counts(pairs, set(index))}; "
+                                         f"--skip-missing evaluates those")
+    return _evaluate_pairs(kept, {n: feats[index[n]] for n in _needed(kept)}, None, protocol, len(pairs) - len(kept),
+                           empty)
 
 
 def evaluate_model(pairs_file, model, lfw_dir, prototxt=None, blob: str | None = None,
                    protocol: str = "sphereface", landmarks=None, landmarks_one_based: bool = False,
                    template: str | None = None, batch_size: int = 64, workers: int = 2, cache: bool = True,
                    progress=False, state: dict | None = None, backend: str = "auto", log=None,
-                   skip_missing: bool = False) -> Report:
+                   skip_missing: bool = False, note=None) -> Report:
     """``sfport eval --model M --lfw-dir D``: the pairs of ``pairs_file`` scored on the features of ``model``
     (:class:`sfport.face.features.Model`) and of the mirror images, from the crops under ``lfw_dir`` or from the
     originals aligned on the fly with the ``landmarks`` list; features cached unless ``cache`` is False.
     ``state``: the phase / stages / level / input_shapes that select the net of a train or test definition;
     ``backend``, ``progress`` and ``log`` as for :func:`sfport.face.features.extract` and its Model. ``skip_missing``:
-    the pairs with an image that is not a file under ``lfw_dir`` (or, with ``landmarks``, has none) are left out
-    instead of stopping at the first."""
+    the pairs with an image that is not a file under ``lfw_dir`` (or, with ``landmarks``, has none) are left out,
+    ``note`` (a callable) given :func:`fold_counts` before any feature is computed; without it a missing image is
+    an error, with the count of each fold."""
     pairs = read_pairs(pairs_file)
     if not model or not lfw_dir:
         raise CaffeFileError(None, "give --model and --lfw-dir (or --features and --list)")
     if not os.path.isdir(lfw_dir):
         raise CaffeFileError(lfw_dir, "the LFW folder (--lfw-dir) is not a folder" if os.path.exists(lfw_dir)
                              else "the LFW folder (--lfw-dir) not found")
-    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
-    kept = pairs
-    if skip_missing:
-        present = {n for n in _needed(pairs) if os.path.isfile(os.path.join(lfw_dir, n))
-                   and (marks is None or n in marks)}
-        kept = _available(pairs, present, lfw_dir, "are there" + (" with landmarks" if marks is not None else ""))
+    kept, empty, needed = pairs, [], _needed(pairs)
+    files = {n for n in needed if os.path.isfile(os.path.join(lfw_dir, n))}
+    present = files if marks is None else {n for n in files if n in marks}
+    if len(present) < len(needed) and skip_missing:
+        if note is not None:
+            note(fold_counts(pairs, present))
+        kept, empty = _available(pairs, present, lfw_dir, "are there" + (" with landmarks" if marks is not None
+                                                                           else ""))
+    elif len(present) < len(needed):
+        absent = [n for n in needed if n not in present]
+        first = next((n for n in absent if n not in files), None)
+        where, what = ((os.path.join(lfw_dir, first), "missing") if first
+                       else (landmarks, f"no landmarks for '{absent[0]}'"))
+        lack = "missing" if marks is None else "missing or have no landmarks"
+        raise CaffeFileError(where, f"{what} ({len(absent)} of the {len(needed)} images of the pairs are {lack}; "
+                                    f"{fold_counts(pairs, present)}): --skip-missing evaluates those")
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     needed = _needed(kept)
     ex = extract(m, needed, lfw_dir, protocol, marks, landmarks, template, batch_size, workers,
                  cache_dir=None if cache else False, progress=progress, log=log)
     return _evaluate_pairs(kept, dict(zip(needed, ex.features)), dict(zip(needed, ex.flipped)), protocol,
-                           len(pairs) - len(kept))
+                           len(pairs) - len(kept), empty)
 
 
 def roc_curve(scores: np.ndarray, same: np.ndarray):

@@ -2,7 +2,7 @@
 
 Every writer of sfport goes through :func:`atomic_write` (a temporary name beside the target, then a rename), so
 a reader never sees half a file and an interrupted command leaves the old file or none. Every ``.pt`` sfport
-reads back (converted nets) goes through :func:`load_torch_file`, which unpickles with
+reads back (converted nets, training snapshots' weights) goes through :func:`load_torch_file`, which unpickles with
 ``torch.load(weights_only=True)`` (tensors and plain containers only: no code from the file runs) and checks the
 container's ``format`` tag.
 """

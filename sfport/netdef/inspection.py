@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from google.protobuf import unknown_fields
 
 from sfport import converters
-from sfport.formats import caffe_files
+from sfport.formats import caffe_files, disk, hdf5_weights
 from sfport.netdef import builtin, datalayers, shapes, wiring
 from sfport.errors import CaffeFileError
 from sfport.formats.caffe_files import CaffeModel, as_text, blob_shape
@@ -225,8 +225,80 @@ def _given_shapes(net, input_shapes, path) -> dict:
     return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
 
 
+TORCH_ZIP = "torch"             # torch.save's zip archive: sfport's converted net (`sfport convert`, format pt)
+TORCHSCRIPT = "torchscript"     # torch.jit.save's zip archive (`sfport convert --format torchscript`)
+ONNX = "onnx"                   # an ONNX ModelProto (`sfport convert --format onnx`)
+HDF5_WEIGHTS = "hdf5-weights"   # Caffe's HDF5 weights (Net::ToHDF5: snapshot_format HDF5's .caffemodel.h5)
+HDF5_STATE = "hdf5-solverstate"  # Caffe's HDF5 solver state (.solverstate.h5)
+SOLVERSTATE = "solverstate"     # a binary .solverstate
+CAFFE = "caffe"                 # a net definition, a caffemodel or a solver (caffe_files sniffs which)
+
+
+def file_kind(path) -> str:
+    """Which of the files sfport reads or writes ``path`` is, from its first bytes (a zip archive, HDF5) and,
+    where the bytes are a protobuf of any schema, its name (.onnx, .solverstate); the file is checked to be a
+    readable regular file first. Imports no torch."""
+    import zipfile
+
+    disk.check_readable_file(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    name = str(path).lower()
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CaffeFileError(path, f"a damaged zip archive (truncated .pt?): {e}") from None
+        # torch.jit.save writes the module's code (code/...) and constants.pkl beside data.pkl; torch.save only data.pkl
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return TORCHSCRIPT
+        return TORCH_ZIP
+    if head == b"\x89HDF\r\n\x1a\n":
+        return HDF5_STATE if name.endswith(".solverstate.h5") else HDF5_WEIGHTS
+    if name.endswith((".pt", ".pth")):   # not a zip: load_torch_file says what it is not
+        return TORCH_ZIP
+    if name.endswith(".onnx"):
+        return ONNX
+    if name.endswith(".solverstate"):
+        return SOLVERSTATE
+    return CAFFE
+
+
+def onnx_summary(path) -> dict:
+    """An ONNX model's header, inputs, outputs (name and shape: a size, or the name of a dynamic axis),
+    operators and initializer values, read with onnx (no torch, no external data)."""
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is bad input here
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CaffeFileError(path, f"not a valid ONNX model: {first}") from None
+    if not len(m.graph.node) and not len(m.graph.output):
+        raise CaffeFileError(path, "decodes as protobuf but holds no ONNX graph (not an ONNX model?)")
+
+    def shape(v):
+        dims = v.type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+    inits = {i.name for i in m.graph.initializer}
+    ops: dict[str, int] = {}
+    for node in m.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {"source": str(path), "kind": "onnx", "ir_version": m.ir_version,
+            "opsets": {o.domain or "ai.onnx": o.version for o in m.opset_import},
+            "producer": f"{m.producer_name} {m.producer_version}".strip(),
+            "inputs": [{"name": v.name, "shape": shape(v)} for v in m.graph.input if v.name not in inits],
+            "outputs": [{"name": v.name, "shape": shape(v)} for v in m.graph.output],
+            "nodes": len(m.graph.node), "operators": ops,
+            "initializers": len(m.graph.initializer),
+            "values": sum(math.prod(i.dims) for i in m.graph.initializer),
+            "metadata": {p.key: p.value for p in m.metadata_props}}
+
+
 def inspect(model: str | None = None, prototxt: str | None = None, state=None, input_shapes=None,
-            splits: bool = False) -> Inspection:
+            splits: bool = False, read: CaffeModel | None = None, source: str | None = None) -> Inspection:
     """A caffemodel or prototxt (``model``), a definition with ``model``'s weights merged in by layer name
     (``prototxt``), or without either the built-in SphereFace-20 deploy net, summarized layer by layer as Caffe
     would instantiate it: the layers of the NetState ``state`` (a NetState, a phase name or number; None: TEST)
@@ -234,9 +306,13 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
     shape" lines) from the definition and ``input_shapes`` ({input: shape}, or one shape for the first input),
     and the parameter blob shapes (stored, or inferred). A caffemodel's own net was filtered by Caffe before it
     was stored, and is shown as stored (``state`` then only adds a note when it differs). The Split layers
-    Caffe inserted are folded into their producers unless ``splits``."""
+    Caffe inserted are folded into their producers unless ``splits``. ``read``: a net already read (a converted
+    ``.pt``'s definition), shown as ``source``."""
     report = None
-    if model is None and prototxt is None:
+    if read is not None:
+        model = prototxt = None
+        source = source or read.path
+    elif model is None and prototxt is None:
         read = builtin.builtin_model()
         source = read.path
     elif prototxt is not None:
@@ -261,7 +337,11 @@ def inspect(model: str | None = None, prototxt: str | None = None, state=None, i
     if model is not None and prototxt is not None:
         definition = CaffeModel(read.path, netstate.without_rules(net), [[] for _ in net.layer], read.upgrades,
                                 read.kind)
-        shown, report = merge(definition, caffe_files.read_caffemodel(model))
+        if file_kind(model) == HDF5_WEIGHTS:   # Caffe's HDF5 weights (h5py; no torch)
+            weights = hdf5_weights.read_model(model)
+        else:
+            weights = caffe_files.read_caffemodel(model)
+        shown, report = merge(definition, weights)
     elif stored:
         shown = read
     else:

@@ -16,7 +16,7 @@ from sfport import converters
 from sfport.formats import caffe_files, forkschema
 from sfport.formats.caffe_files import as_text
 from sfport.errors import CaffeFileError
-from sfport.netdef.datalayers import data_tops, is_data_layer
+from sfport.netdef.datalayers import data_tops, is_data_layer, params_of, spec_of
 from sfport.netdef.netstate import NetState, included
 from sfport.netdef.wiring import Wiring, about_layer
 
@@ -79,6 +79,19 @@ def check_blob_shape(layer, what: str, shape, empty_ok: bool = True) -> None:
                                                       f"blob (num_output or a size of 0?)"))
 
 
+def check_batch_size(layer) -> None:
+    """A data layer that states ``batch_size: 0``: Caffe's DataLayerSetUp refuses it (image_data_layer.cpp,
+    data_layer.cpp: CHECK_GT(batch_size, 0) "Positive batch size required"), whatever the shapes given."""
+    spec = spec_of(layer)
+    if spec is None or not spec.has_batch or not layer.HasField(spec.param):
+        return
+    p = params_of(layer)
+    if p.HasField("batch_size") and p.batch_size <= 0:
+        raise CaffeFileError(None, about_layer(layer, f"batch_size must be positive, not {p.batch_size} "
+                                                      f"(Caffe's CHECK_GT(batch_size, 0): Positive batch size "
+                                                      f"required)"))
+
+
 def infer(net, state=None, input_shapes: dict | None = None, filtered: bool = False,
           path=None) -> list[LayerShapes]:
     """Shapes of every layer's tops and parameter blobs for the layers active in ``state`` (a NetState or a
@@ -109,6 +122,7 @@ def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
         if converter is not None or is_data_layer(layer):   # (an unknown type is its own error, below)
             forkschema.check_layer(layer, converter)   # --proto: no fork field goes unread
         if is_data_layer(layer):
+            check_batch_size(layer)
             tops, params = data_tops(layer, given), []
             for j, shape in enumerate(tops):
                 if shape is not None:

@@ -452,8 +452,9 @@ EXTENSIONS = {"pt": ".pt", "torchscript": ".torchscript.pt", "onnx": ".onnx", "c
 
 
 def default_output(model, fmt: str) -> str:
-    """The output name ``sfport convert`` uses without ``-o``: MODEL's name with the format's suffix."""
-    return str(Path(model).with_suffix("")) + EXTENSIONS[fmt]
+    """The output name ``sfport convert`` uses without ``-o``: MODEL's name with the format's suffix, in the
+    current folder (as the caffe tools write theirs; not beside MODEL, whose folder may be read-only)."""
+    return Path(model).with_suffix("").name + EXTENSIONS[fmt]
 
 
 def save(net, path, fmt: str, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: bool | None = None,

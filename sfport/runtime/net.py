@@ -13,7 +13,7 @@ from torch import nn
 
 from google.protobuf import text_format
 
-from sfport.formats import caffe_files, disk
+from sfport.formats import caffe_files, disk, hdf5_weights
 from sfport.netdef import builtin, datalayers, netstate
 from sfport import converters as conv_registry
 from sfport.netdef import deploy as deploy_mod
@@ -28,7 +28,14 @@ from sfport.runtime.caffenet import CaffeNet, _Positional
 PT_FORMAT = "sfport-net"
 # the batch from which an optimized net of dense 2-D convolutions takes its input as channels_last (Net._optimize)
 DENSE_NHWC_BATCH = 16
-PT_VERSION = 1
+# 2: the NetState and form the net was saved in ("state", "inference"), its default when loaded; 1: without them
+PT_VERSION = 2
+# the <prefix>_iter_N.pt training snapshots an earlier `sfport train` wrote: the training net's state_dict, no
+# definition (read as weights only, :func:`read_weights`)
+SNAPSHOT_FORMAT = "sfport-checkpoint"
+# how a command is given a net's weights without a definition
+_HOW = "(-p PROTOTXT; test, time: the prototxt as NET and this file with --weights)"
+PT_WHAT = "an sfport converted net (.pt made by `sfport convert`) or training snapshot (.pt of `sfport train`)"
 
 
 def _names(names, most: int = 5) -> str:
@@ -58,13 +65,19 @@ class Net:
     ``save_caffemodel(path)`` writes the (possibly changed) weights back in Caffe's format.
     """
 
-    def __init__(self, model, weights=None, phase: str = "test", input_shapes: dict | tuple | None = None,
+    def __init__(self, model, weights=None, phase: str | None = None, input_shapes: dict | tuple | None = None,
                  seed: int | None = None, *, stages=(), level: int | None = None, inference: bool | None = None,
                  optimize: bool = False):
-        self.state = NetState.of(phase, level, stages)
-        self.phase = self.state.phase
         self.report: weight_match.MergeReport | None = None   # set by _load: what weights the net got, and from where
         read = _read_model(model, input_shapes)                                              # (1) read
+        saved = read.saved   # a .pt's NetState: the default of what is not given (else TEST, level 0)
+        if saved is not None:
+            phase, level = saved.phase if phase is None else phase, saved.level if level is None else level
+            stages = stages or saved.stages
+        self.state = NetState.of(phase, level, stages)
+        self.phase = self.state.phase
+        if inference is None and saved is not None and self.state == saved:
+            inference = read.saved_inference
         weight_model = _weights_to_copy(weights, read.definition)                            # (2) weights to copy
         net = _filtered(read.definition, read.stored, self.state)                            # (3) filter
         inference = _inference_by_default(net, read.stored, self.phase) if inference is None else bool(inference)
@@ -74,11 +87,11 @@ class Net:
         self.path = read.definition.path
         self.input_shapes = dict(input_shapes or {})
         self.graph = _graph(net, self.phase, input_shapes, self.path)                        # (5) graph
-        if read.state is None and weight_model is not None:                                  # (6) match shapes
+        if read.state is None and isinstance(weight_model, caffe_files.CaffeModel):         # (6) match shapes
             _match_weight_shapes(self.graph, weight_model, self.path)
         self.module = _module(self.graph, self.path)                                         # (7) modules
         self.module.train(self.phase == caffe_pb2.TRAIN)
-        self._load(read.state, weight_model, weights is not None, seed)                      # (8) load
+        self._load(read.state, weight_model, weights is not None, seed, saved)               # (8) load
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
@@ -87,8 +100,8 @@ class Net:
         if optimize:
             self._optimize()
 
-    def _load(self, state: dict | None, weight_model: caffe_files.CaffeModel | None, weights_given: bool,
-              seed: int | None) -> None:
+    def _load(self, state: dict | None, weight_model, weights_given: bool, seed: int | None,
+              saved: NetState | None = None) -> None:
         """Step (8), the parameters' values, as pycaffe's ``caffe.Net(prototxt, weights, phase)``: Net::Init's
         fillers (each layer's LayerSetUp), then Net::CopyTrainedLayersFrom over them. A converted ``.pt``'s
         state_dict holds every parameter; else the weights are copied by layer name and only the layers left
@@ -96,8 +109,7 @@ class Net:
         and ``has_weights``."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:
-            self._load_state_dict(state)
-            self.report = weight_match.MergeReport(copied=list(self.params))
+            self.report = self._load_state_dict(state, saved)
         elif weight_model is not None:  # copied by name; only the layers left without weights are filled
             self.report = self.load_weights(weight_model)
             if weights_given and not self.report.copied and any(self.params.values()):
@@ -113,15 +125,29 @@ class Net:
         # trained weights: a converted .pt's, or a caffemodel's copied into at least one layer (else fillers')
         self.has_weights = state is not None or bool(self.report and self.report.copied)
 
-    def _load_state_dict(self, state: dict) -> None:
+    def _load_state_dict(self, state: dict, saved: NetState | None) -> weight_match.MergeReport:
         """A converted ``.pt``'s state_dict into the module (sfport's own format; Caffe's counterpart is
-        Net::CopyTrainedLayersFromBinaryProto of the caffemodel it was converted from)."""
+        Net::CopyTrainedLayersFromBinaryProto of the caffemodel it was converted from). Every tensor of the net
+        must be in it, of its shape; the file's layers the net does not have (a training net's, loaded in
+        another phase or as its inference form) are ignored, as Caffe's CopyTrainedLayersFrom ignores them."""
+        ours = self.module.state_dict()
+        missing = [k for k in ours if k not in state]
+        wrong = [f"{k} {list(state[k].shape)} (the net's {list(ours[k].shape)})" for k in ours
+                 if k in state and tuple(state[k].shape) != tuple(ours[k].shape)]
         try:
-            self.module.load_state_dict(state)
+            if not (missing or wrong):
+                self.module.load_state_dict({k: v for k, v in state.items() if k in ours})
         except (RuntimeError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()
-            raise CaffeFileError(self.path, "its state_dict does not fit its own net: "
-                                 + " ".join(l.strip() for l in first[:3])) from None
+            wrong = [" ".join(l.strip() for l in str(e).strip().splitlines()[:3])]
+        if missing or wrong:
+            form = " (inference form)" if self.inference else ""
+            hint = f"; it was saved in {saved.describe()}: leave out the phase to load it so" \
+                if saved is not None and saved != self.state else ""
+            problem = f"no tensor for {_names(missing)}" if missing else f"wrong shape: {_names(wrong, 2)}"
+            raise CaffeFileError(self.path, f"its state_dict does not fit its net in {self.state.describe()}{form}: "
+                                            f"{problem}{hint}")
+        extra = list(dict.fromkeys(k.split(".")[1] for k in state if k not in ours and k.count(".") >= 2))
+        return weight_match.MergeReport(copied=list(self.params), weights_without_layers=extra)
 
     def _optimize(self, outputs=None) -> None:
         """Become the inference-optimized form of this net (:mod:`sfport.netdef.optimize`): the folded definition
@@ -165,9 +191,11 @@ class Net:
         return {self.origin[u]: t for u, t in self.unique_blobs.items() if u in self.origin}
 
     # -- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, weights: caffe_files.CaffeModel) -> weight_match.MergeReport:
+    def load_weights(self, weights) -> weight_match.MergeReport:
         """Copy blobs by layer name with Caffe's rule (:func:`sfport.netdef.weight_match.match_weights`); returns what was
-        copied and what not."""
+        copied and what not. ``weights``: a CaffeModel, or what :func:`read_weights` reads."""
+        if isinstance(weights, SnapshotWeights):
+            weights = weights.as_caffemodel(self)
         targets = [weight_match.Target(gl.name, gl.type, [tuple(p.shape) for p in self.module.caffe_params(gl.name)])
                    for gl in self.graph.layers]
         chosen, report = weight_match.match_weights(targets, weights, self.path)
@@ -244,10 +272,12 @@ class Net:
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, path) -> None:
         """sfport's converted file: net definition (prototxt text) + state_dict, loadable with
-        ``torch.load(weights_only=True)``."""
+        ``torch.load(weights_only=True)``; with the NetState and form it is in, in which ``Net(path)`` loads it."""
         buf = _io.BytesIO()
         torch.save({"format": PT_FORMAT, "version": PT_VERSION, "net": caffe_files.net_to_text(self.definition),
                     "input_shapes": {k: list(v) for k, v in self.inputs.items()},
+                    "state": {"phase": caffe_pb2.Phase.Name(self.phase), "level": self.state.level,
+                              "stages": list(self.state.stages)}, "inference": bool(self.inference),
                     "state_dict": self.module.state_dict()}, buf)
         disk.atomic_write(path, buf.getvalue())
 
@@ -274,6 +304,8 @@ class _Read:
     state: dict | None                      # a converted .pt's state_dict
     input_shapes: dict | tuple | None       # the shapes given, else a .pt's saved ones
     stored: bool                            # a definition Caffe (or sfport) stored, already reduced to one state
+    saved: NetState | None = None           # the NetState a .pt was saved in (None: an older .pt, or no .pt)
+    saved_inference: bool | None = None     # and whether it was saved as its inference form
 
 
 def _read_model(model, input_shapes) -> _Read:
@@ -283,18 +315,22 @@ def _read_model(model, input_shapes) -> _Read:
     caffemodel path. A caffemodel, a ``.pt``, or any definition with a stored phase was stored by Caffe (or
     sfport) after Net::Init filtered it: net.cpp Net::Init gives every layer the net's phase and Net::ToProto
     stores it with the filtered layers."""
-    state, stored = None, False
+    state, stored, pt = None, False, None
     if isinstance(model, caffe_files.CaffeModel):
         definition = model
-    elif str(model).endswith(".pt"):
-        definition, state, saved_shapes = _load_pt(model)
-        input_shapes = input_shapes or saved_shapes
+    elif isinstance(model, _PtFile) or str(model).endswith(".pt"):
+        pt = model if isinstance(model, _PtFile) else _read_pt(model)
+        definition, state = pt.definition, pt.state_dict
+        input_shapes = input_shapes or pt.input_shapes
         stored = True
+    elif str(model).endswith(".h5"):
+        raise CaffeFileError(model, f"is Caffe's HDF5 weights, which hold no net definition: give the net's "
+                                    f"prototxt with this file as its weights {_HOW}")
     else:
         definition = caffe_files.read_net(model)
         stored = definition.kind == caffe_files.BINARY
     stored = stored or netstate.stored_phase(definition.net) is not None
-    return _Read(definition, state, input_shapes, stored)
+    return _Read(definition, state, input_shapes, stored, pt and pt.saved, pt and pt.inference)
 
 
 def _weights_to_copy(weights, definition: caffe_files.CaffeModel) -> caffe_files.CaffeModel | None:
@@ -302,7 +338,7 @@ def _weights_to_copy(weights, definition: caffe_files.CaffeModel) -> caffe_files
     caffemodel path, as pycaffe's ``caffe.Net(prototxt, weights, phase)``), else the definition's own blobs (a
     caffemodel read as the net), else none."""
     if weights is not None:
-        return weights if isinstance(weights, caffe_files.CaffeModel) else caffe_files.read_caffemodel(weights)
+        return weights if isinstance(weights, (caffe_files.CaffeModel, SnapshotWeights)) else read_weights(weights)
     if definition.has_weights():
         return definition
     return None
@@ -375,33 +411,128 @@ def _module(graph: NetGraph, path) -> CaffeNet:
         raise
 
 
-def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str = "test", *,
-             stages=(), level: int = 0, inference: bool = True, optimize: bool = False, seed: int = 0) -> "Net":
-    """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or a caffemodel's weights
-    copied into the ``prototxt`` definition by layer name, in its inference form (any definition: deploy,
-    train_val, train_test, a snapshot's stored net); the other arguments as for :class:`Net`. Without either,
-    the built-in SphereFace-20 deploy net (:func:`sfport.netdef.builtin.builtin_model`) with its fillers' weights drawn
-    from ``seed``: what ``sfport verify`` and ``sfport convert`` show the toolkit on."""
+def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, phase: str | None = None, *,
+             stages=(), level: int | None = None, inference: bool = True, optimize: bool = False,
+             seed: int = 0) -> "Net":
+    """What the commands load: MODEL (a caffemodel, prototxt or sfport .pt) alone, or the weights of MODEL (any
+    file :func:`read_weights` reads) copied into the ``prototxt`` definition by layer name, in its inference
+    form (any definition: deploy, train_val, train_test, a snapshot's stored net); the other arguments as for
+    :class:`Net` (a .pt's phase, level and stages default to those it was saved in; otherwise TEST, level 0).
+    Without either, the built-in SphereFace-20 deploy net (:func:`sfport.netdef.builtin.builtin_model`); without
+    weights (the built-in net, a definition alone) the fillers' weights are drawn from ``seed``: what ``sfport
+    verify`` and ``sfport convert`` show the toolkit on."""
     if model is None and prototxt is None:
         return Net(builtin.builtin_model(), phase=phase, input_shapes=input_shapes, seed=seed, stages=stages,
                    level=level, inference=inference, optimize=optimize)
     if prototxt is not None:
-        return Net(caffe_files.read_prototxt(prototxt), weights=caffe_files.read_net(model), phase=phase,
+        return Net(caffe_files.read_prototxt(prototxt), weights=read_weights(model), phase=phase,
                    input_shapes=input_shapes, stages=stages, level=level, inference=inference, optimize=optimize)
     return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference,
-               optimize=optimize)
+               optimize=optimize, seed=seed)
 
 
-def _load_pt(path):
+def read_weights(path) -> "caffe_files.CaffeModel | SnapshotWeights":
+    """The one reader of a weights file for a net (Net::CopyTrainedLayersFrom, by layer name): every weights
+    file sfport writes: a caffemodel, Caffe's HDF5 weights (``.h5``, ``snapshot_format: HDF5``), a converted
+    ``.pt`` (its state as Caffe blobs, :meth:`Net.to_caffemodel`), or an earlier ``sfport train``'s training
+    snapshot ``.pt`` (its net's tensors, :class:`SnapshotWeights`)."""
+    if str(path).endswith(".h5"):
+        return hdf5_weights.read_model(path)
+    if str(path).endswith(".pt"):
+        doc = disk.load_torch_file(path, (PT_FORMAT, SNAPSHOT_FORMAT), PT_WHAT)
+        if doc.get("format") == SNAPSHOT_FORMAT:
+            return SnapshotWeights(os.fspath(path), _tensors(doc, path))
+        model = Net(_pt_file(doc, path), inference=False).to_caffemodel()
+        model.path = os.fspath(path)
+        return model
+    return caffe_files.read_caffemodel(path)
+
+
+@dataclasses.dataclass
+class SnapshotWeights:
+    """The weights of a training snapshot ``.pt`` (an earlier ``sfport train``'s ``<prefix>_iter_N.pt``): the
+    training net's module tensors by name (``layers.<layer>.<tensor>``), without a definition; given to a net,
+    each of its layers with parameters takes the snapshot's tensors of its name (:meth:`as_caffemodel`)."""
+    path: str
+    state_dict: dict
+
+    def weight_layers(self) -> dict[str, int]:
+        keys = dict.fromkeys(k.split(".")[1] for k in self.state_dict if k.count(".") >= 2)
+        return {k: i for i, k in enumerate(keys)}
+
+    def as_caffemodel(self, net: "Net") -> caffe_files.CaffeModel:
+        """``net``'s definition with, as the blobs of each layer whose tensors the snapshot holds (every one of
+        them, of the layer's shapes), those tensors in Caffe's blob order (the layer's converter's ``save``)."""
+        out = caffe_files.CaffeModel.from_net(net.definition, self.path)
+        for gl in net.graph.layers:
+            module = net.module.module_of(gl.name)
+            own = module.state_dict()
+            prefix = f"layers.{net.module.keys[gl.name]}."
+            found = {k: self.state_dict[prefix + k] for k in own if prefix + k in self.state_dict}
+            if not own or not found:
+                continue
+            if len(found) != len(own):
+                raise CaffeFileError(self.path, f"layer '{caffe_files.as_text(gl.name)}' ({gl.type}): the snapshot "
+                                                f"holds {_names(found)}, the layer has {_names(own)}")
+            before = {k: v.detach().clone() for k, v in own.items()}
+            try:   # the layer's converter reads the blobs off its module: the snapshot's values, then its own again
+                module.load_state_dict(found)
+                out.set_blob_arrays(gl.index, conv_registry.get_for(gl.param).save(module))
+            except RuntimeError as e:
+                raise CaffeFileError(self.path, f"does not fit {net.path or 'the net'}: layer "
+                                                f"'{caffe_files.as_text(gl.name)}' ({gl.type}): "
+                                                f"{' '.join(str(e).split())[:300]}") from None
+            finally:
+                module.load_state_dict(before)
+        return out
+
+
+def _tensors(doc: dict, path) -> dict:
+    """A .pt's ``state_dict``, checked: tensors by name."""
+    state = doc.get("state_dict")
+    if not isinstance(state, dict):
+        raise CaffeFileError(path, "'state_dict' is missing or not a dict of tensors by name")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CaffeFileError(path, f"'state_dict' is not a dict of tensors by name: entry {_short(k)} is "
+                                       f"{type(v).__name__}")
+    return state
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclasses.dataclass
+class _PtFile:
+    """sfport's converted ``.pt``, read and checked (:func:`_read_pt`)."""
+    definition: caffe_files.CaffeModel
+    state_dict: dict
+    input_shapes: dict
+    saved: NetState | None          # the NetState it was saved in (version 2; None: version 1)
+    inference: bool | None          # whether that was the inference form (version 2)
+
+
+def _load_pt(path) -> tuple:
+    """sfport's .pt as (definition, state_dict, input_shapes), checked (:func:`_read_pt`)."""
+    pt = _read_pt(path)
+    return pt.definition, pt.state_dict, pt.input_shapes
+
+
+def _read_pt(path) -> _PtFile:
     """Read sfport's .pt without executing code (weights_only), and check the container's structure before any
     of it is used: ``net`` the text of a NetParameter, ``state_dict`` tensors by name, ``input_shapes``
-    (optional) input name -> a shape Caffe's Blob::Reshape takes (caffe_files.blob_count), every size >= 1."""
-    doc = disk.load_torch_file(path, PT_FORMAT, "an sfport converted net (.pt made by `sfport convert`)")
+    (optional) input name -> a shape Caffe's Blob::Reshape takes (caffe_files.blob_count), every size >= 1,
+    and (version 2) ``state`` the NetState it was saved in and ``inference`` its form. A training snapshot is
+    weights without a definition: one line saying so."""
+    return _pt_file(disk.load_torch_file(path, (PT_FORMAT, SNAPSHOT_FORMAT), PT_WHAT), path)
 
-    def short(value) -> str:
-        text = repr(value)
-        return text if len(text) <= 80 else text[:77] + "..."
 
+def _pt_file(doc: dict, path) -> _PtFile:
+    if doc.get("format") == SNAPSHOT_FORMAT:
+        raise CaffeFileError(path, "is a training snapshot: the training net's weights without its definition; "
+                                   f"give the net's prototxt with this file as its weights {_HOW}")
     text = doc.get("net")
     if not isinstance(text, str):
         raise CaffeFileError(path, f"'net' is {'missing' if text is None else 'a ' + type(text).__name__}, not the "
@@ -410,14 +541,9 @@ def _load_pt(path):
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as e:
-        raise CaffeFileError(path, f"'net' is not a valid net definition: {short(str(e))}") from None
-    state = doc.get("state_dict")
-    if not isinstance(state, dict):
-        raise CaffeFileError(path, "'state_dict' is missing or not a dict of tensors by name")
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise CaffeFileError(path, f"'state_dict' is not a dict of tensors by name: entry {short(k)} is "
-                                       f"{type(v).__name__}")
+        raise CaffeFileError(path, f"'net' is not a valid net definition: {_short(str(e))}") from None
+    state = _tensors(doc, path)
+    saved, inference = _saved_state(doc, path)
     raw = doc.get("input_shapes", {})
     if not isinstance(raw, dict):
         raise CaffeFileError(path, f"'input_shapes' is not a dict of input name -> shape (it is {type(raw).__name__})")
@@ -425,11 +551,11 @@ def _load_pt(path):
     for k, v in raw.items():
         problem = None
         if not isinstance(k, str):
-            problem = f"its key {short(k)} is not an input name"
+            problem = f"its key {_short(k)} is not an input name"
         elif not isinstance(v, (list, tuple)) or not v:
-            problem = f"'{k}': {short(v)} is not a list of sizes"
+            problem = f"'{k}': {_short(v)} is not a list of sizes"
         elif not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v):
-            problem = f"'{k}': {short(v)} is not a list of sizes >= 1"
+            problem = f"'{k}': {_short(v)} is not a list of sizes >= 1"
         else:
             try:
                 caffe_files.blob_count(v)
@@ -438,4 +564,24 @@ def _load_pt(path):
         if problem:
             raise CaffeFileError(path, f"'input_shapes' is not a dict of input name -> shape: {problem}")
         shapes_[k] = tuple(v)
-    return caffe_files.CaffeModel.from_net(net, os.fspath(path)), state, shapes_
+    return _PtFile(caffe_files.CaffeModel.from_net(net, os.fspath(path)), state, shapes_, saved, inference)
+
+
+def _saved_state(doc: dict, path) -> tuple[NetState | None, bool | None]:
+    """A version 2 ``.pt``'s ``state`` ({phase: TRAIN | TEST, level, stages}) and ``inference``, checked; a
+    version 1 file has neither (None, None)."""
+    version = doc.get("version", 1)
+    if version == 1:
+        return None, None
+    if version != PT_VERSION:
+        raise CaffeFileError(path, f"'version' is {_short(version)}: this sfport reads versions 1 and {PT_VERSION}")
+    raw, inference = doc.get("state"), doc.get("inference")
+    ok = isinstance(raw, dict) and raw.get("phase") in ("TRAIN", "TEST") and isinstance(raw.get("level"), int) \
+        and not isinstance(raw.get("level"), bool) and isinstance(raw.get("stages"), list) \
+        and all(isinstance(x, str) for x in raw["stages"])
+    if not ok:
+        raise CaffeFileError(path, f"'state' is {_short(raw)}, not {{'phase': 'TRAIN' or 'TEST', 'level': an "
+                                   f"integer, 'stages': a list of names}}")
+    if not isinstance(inference, bool):
+        raise CaffeFileError(path, f"'inference' is {_short(inference)}, not true or false")
+    return NetState.of(raw["phase"], raw["level"], raw["stages"]), inference

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sfport import converters as conv_registry
 from sfport.formats import caffe_files
 from sfport.formats import disk
 from sfport.data import images
 from sfport.errors import CaffeFileError
+from sfport.netdef import shapes as shape_inference
 from sfport.runtime.net import load_net
 from sfport.protos import caffe_pb2
 
@@ -266,6 +268,8 @@ class Verification:
     checks: list[BlobCheck]
     inputs: dict = None     # {input: {"shape": [...], "source": "random" | image | .npy}}
     optimized: str | None = None   # what the optimized net folded and dropped (verify --optimize)
+    notes: list = None      # the header lines: weights from the fillers, an image run at its size or resized
+    filler_weights: bool = False   # no trained weights: every layer with parameters runs on its fillers' values
 
     @property
     def failed(self) -> list[BlobCheck]:
@@ -286,6 +290,7 @@ class Verification:
         return as_json(self.checks, {"model": self.model, "reference": self.reference,
                                      "input_shape": list(self.input_shape), "inputs": self.inputs or {},
                                      "tolerance": self.tolerance, "optimized": self.optimized,
+                                     "filler_weights": self.filler_weights, "notes": self.notes or [],
                                      "passed": self.passed, "first_failure": failed[0].name if failed else None,
                                      "worst": worst.name if worst else None})
 
@@ -358,6 +363,79 @@ def input_values(net, shapes: dict) -> dict[str, tuple[np.ndarray, str]]:
     return out
 
 
+def _load(model, prototxt, shapes, phase, stages, level, seed):
+    """:func:`sfport.runtime.net.load_net`, the fillers of the layers without weights drawn from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_net(model, prototxt, shapes, phase, stages=stages, level=level, seed=seed)
+
+
+def _some(names, most: int = 4) -> str:
+    return ", ".join(names) if len(names) <= most else f"{', '.join(names[:most])} and {len(names) - most} more"
+
+
+def training_differences(net) -> list[str]:
+    """What the layers of a TRAIN-phase ``net`` compute otherwise than the references, which run a net for
+    inference (each converter's ``differs_in_training``: BatchNorm's batch statistics, Dropout's random mask),
+    one phrase per kind naming its layers; empty for a TEST-phase net or one without such layers."""
+    if net.phase != caffe_pb2.TRAIN:
+        return []
+    found: dict[tuple[str, str], list[str]] = {}
+    for gl in net.graph.layers:
+        why = conv_registry.get_for(gl.param).differs_in_training(gl.param, net.module.module_of(gl.name))
+        if why:
+            found.setdefault((gl.type, why), []).append(gl.name)
+    return [f"{len(names)} {kind} layer{'s' if len(names) > 1 else ''} ({_some(names)}): {why}"
+            for (kind, why), names in found.items()]
+
+
+def size_dependence(net, name: str, shape) -> str | None:
+    """Why ``net`` cannot run with its input ``name`` at ``shape`` as it is (a layer's parameters have the size of
+    the input, or a layer refuses that size); None when it can: every layer's parameter shapes (Caffe's shape
+    inference, :func:`sfport.netdef.shapes.infer`) are those of its declared input size - the net is fully
+    convolutional for that input."""
+    given = {n: tuple(s) for n, s in net.inputs.items()}
+    try:
+        here = shape_inference.infer(net.definition, input_shapes=given, filtered=True)
+        there = shape_inference.infer(net.definition, input_shapes={**given, name: tuple(shape)}, filtered=True)
+    except CaffeFileError as e:
+        return e.message
+    for a, b in zip(here, there):
+        if a.params != b.params:
+            layer = net.definition.layer[a.index]
+            return f"layer '{layer.name}' ({layer.type}) has parameters of its input's size"
+    return None
+
+
+def image_sizes(net, specs, shape) -> tuple[dict, list[str]]:
+    """The image ``--input`` values of ``net``'s 4-D inputs whose size differs from the input's: ({input: the
+    shape at the image's own size} for those the net runs at that size, one note per image saying which size it
+    runs at). An image runs at its own size when no ``shape`` gives that input's and the net is fully
+    convolutional for it (:func:`size_dependence`); otherwise it is resized to the input's size."""
+    sources = input_sources(specs, net.inputs)
+    names = list(net.inputs)
+    given = shape if isinstance(shape, dict) else ({names[0]: shape} if shape is not None and names else {})
+    own, notes = {}, []
+    for name, declared in net.inputs.items():
+        source = sources[name]
+        if source == "random" or str(source).lower().endswith(".npy") or len(declared) != 4:
+            continue
+        n, c, height, width = declared
+        h, w = images.read_image(source, c == 3).shape[:2]
+        if (h, w) == (height, width):
+            continue
+        why = "--shape" if name in given else size_dependence(net, name, (n, c, h, w))
+        if why is None:
+            own[name] = (n, c, h, w)
+            notes.append(f"input '{name}': {source} at its own size {h}x{w}, not resized to the declared "
+                         f"{height}x{width}: the net is fully convolutional (--shape {n},{c},{height},{width} "
+                         f"resizes it)")
+        else:
+            notes.append(f"input '{name}': {source} ({h}x{w}) resized to {height}x{width}"
+                         + (" (--shape)" if name in given else f", the net's input size: {why}"))
+    return own, notes
+
+
 def run(model, prototxt=None, reference: str = "opencv", input="random", shape=None, tol: float = 1e-5,
         seed: int = 0, *, phase: str = "TEST", stages=(), level: int = 0, optimize: bool = False) -> Verification:
     """``sfport verify``: load MODEL (+ ``prototxt``, any net form: deploy, train_val, train_test) in its inference
@@ -370,9 +448,25 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     line saying so. With ``optimize`` sfport's side is the inference-optimized net (:mod:`sfport.netdef.optimize`),
     compared with the reference running the original net at every blob whose value the optimized net still
     computes. Without ``model`` and ``prototxt``: the built-in SphereFace-20 deploy net, its weights drawn by its
-    fillers from ``seed`` (:func:`sfport.runtime.net.load_net`)."""
-    net = load_net(model, prototxt, given_array_shapes(input, shape), phase, stages=stages, level=level, seed=seed)
-    model = net.path if model is None and prototxt is None else model   # the built-in net
+    fillers from ``seed`` (:func:`sfport.runtime.net.load_net`); a net definition without weights runs on its
+    fillers' values drawn from ``seed`` too, and the first note says so. An image input runs at its own size
+    when the net is fully convolutional (:func:`image_sizes`; a note says which size it ran at). A TRAIN-phase
+    net whose layers compute otherwise than the inference the references run (:func:`training_differences`:
+    BatchNorm's batch statistics) is an error naming them, before anything runs."""
+    shape = given_array_shapes(input, shape)
+    net = _load(model, prototxt, shape, phase, stages, level, seed)
+    builtin = model is None and prototxt is None
+    model = net.path if builtin else model   # the built-in net
+    differences = training_differences(net) if reference in ("opencv", "caffe") else []
+    if differences:
+        raise CaffeFileError(prototxt or model, f"the reference ({reference}) does not apply in phase TRAIN, as it "
+                                                f"runs the net for inference: {'; '.join(differences)}; verify "
+                                                f"with --phase TEST")
+    own, notes = image_sizes(net, input, shape)
+    if own:   # fully convolutional: the net again, at the images' own sizes
+        net = _load(model if not builtin else None, prototxt, {**dict(net.inputs), **own}, phase, stages, level,
+                    seed)
+    filler_weights = not net.has_weights and bool(net.params) and not builtin
     sources = input_sources(input, net.inputs)
     made = input_values(net, net.inputs)
     feeds = {}
@@ -382,6 +476,10 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
         else:
             feeds[name] = make_input(in_shape, sources[name], seed + k)
     in_shape = next(iter(net.inputs.values()), ())
+    if filler_weights:
+        fed = ", ".join(f"{'x'.join(map(str, net.inputs[n]))} {sources[n]}" for n in net.inputs)
+        notes.insert(0, f"{model}: no trained weights, every layer runs on its fillers' values (seed {seed}); "
+                        f"input {fed}; against {reference}")
     ours_net = net.optimized() if optimize else net
     ours_net.forward(**feeds)
     values = ours_net.original_blobs()   # by the original net's unique blob names
@@ -417,4 +515,4 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
                                        + [gl.name for gl in net.graph.layers]))
     inputs = {n: {"shape": list(net.inputs[n]), "source": sources[n]} for n in net.inputs}
     return Verification(str(model), reference, list(in_shape), tol, compare(ours, ref, order, tol), inputs,
-                        ours_net.optimization.summary() if optimize else None)
+                        ours_net.optimization.summary() if optimize else None, notes, filler_weights)

@@ -18,7 +18,8 @@ class Options:
     weights: list[str] = field(default_factory=list)
     snapshot: str | None = None
     data_root: str | None = None
-    source: str | None = None         # replaces the TRAIN ImageData layer's list
+    source: str | None = None         # replaces the source of the data layer of the net in source_phase
+    source_phase: int = caffe_pb2.TRAIN   # train: the TRAIN net's; test: the scored net's (sfport.data.feed.Feeder)
     seed: int | None = None
     device: str = "cpu"
     amp: bool = False

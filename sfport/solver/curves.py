@@ -44,7 +44,8 @@ class Curves:
     """The series of a log, each a list of (iteration, value). ``smoothed``: the display loss (Caffe's smoothed
     loss over ``average_loss``); ``loss``: the display iteration's own loss (the sum of the weighted loss outputs
     of the Train net output lines); ``train`` / ``test``: each output by name (``test`` keyed by (test net,
-    name)); ``losses``: the output names that carry a loss weight; ``test_loss``: the ``Test loss`` lines by test
+    name); an output of several elements, one line each in the log, as ``name[0]``, ``name[1]``, ...);
+    ``losses``: the output names that carry a loss weight; ``test_loss``: the ``Test loss`` lines by test
     net; ``lr``: the ``lr =`` lines."""
     smoothed: Series = field(default_factory=list)
     loss: Series = field(default_factory=list)
@@ -63,14 +64,19 @@ def parse_log(text: str) -> Curves:
     (so glog's prefix and other tools' prefixes are skipped); every other line is ignored."""
     c = Curves()
     display_it, test_it, test_net = None, None, 0
+    elements: dict = {}   # (kind, name) -> how many of its lines this display or test has had (its element)
+    train: dict[tuple[str, int], Series] = {}
+    test: dict[tuple[int, str, int], Series] = {}
     for line in text.splitlines():
         if m := DISPLAY.search(line):
             display_it = int(m.group(1))
             c.smoothed.append((display_it, float(m.group(2))))
+            elements = {k: n for k, n in elements.items() if k[0] != "Train"}
         elif m := LR.search(line):
             c.lr.append((int(m.group(1)), float(m.group(2))))
         elif m := TESTING.search(line):
             test_it, test_net = int(m.group(1)), int(m.group(2))
+            elements = {k: n for k, n in elements.items() if k[0] != "Test"}
         elif m := TEST_LOSS.search(line):
             if test_it is not None:
                 c.test_loss.setdefault(test_net, []).append((test_it, float(m.group(1))))
@@ -78,24 +84,41 @@ def parse_log(text: str) -> Curves:
             kind, name, value, weighted = m.group(1), m.group(2), float(m.group(3)), m.group(5)
             if weighted is not None:
                 c.losses.add(name)
+            j = elements.get((kind, name), 0)   # an output of several elements: one line per element
+            elements[(kind, name)] = j + 1
             if kind == "Train" and display_it is not None:
-                c.train.setdefault(name, []).append((display_it, value))
+                train.setdefault((name, j), []).append((display_it, value))
                 if weighted is not None:   # the iteration's loss: the sum of the weighted loss outputs
                     if c.loss and c.loss[-1][0] == display_it:
                         c.loss[-1] = (display_it, c.loss[-1][1] + float(weighted))
                     else:
                         c.loss.append((display_it, float(weighted)))
             elif kind == "Test" and test_it is not None:
-                c.test.setdefault((test_net, name), []).append((test_it, value))
+                test.setdefault((test_net, name, j), []).append((test_it, value))
         elif m := FINAL.search(line):
             c.smoothed.append((int(m.group(1)), float(m.group(2))))
+    several = {k[:-1] for k in (*train, *test) if k[-1] > 0}
+    c.train = {_element(name, j, (name,) in several): s for (name, j), s in train.items()}
+    c.test = {(net, _element(name, j, (net, name) in several)): s for (net, name, j), s in test.items()}
+    c.losses |= {k for k in c.train if _output_name(k) in c.losses} | {k for _, k in c.test
+                                                                        if _output_name(k) in c.losses}
     return c
 
 
+def _element(name: str, j: int, several: bool) -> str:
+    """An output's series name: the output's, or ``name[j]`` for element j of an output of several elements."""
+    return f"{name}[{j}]" if several or j else name
+
+
+def _output_name(series: str) -> str:
+    return series.rsplit("[", 1)[0] if series.endswith("]") else series
+
+
 def curves_figure(c: Curves, title: str | None = None):
-    """The figure of ``c`` (not rendered): a loss panel (smoothed loss, the display iterations' loss, the test
-    nets' losses), an outputs panel (the outputs without a loss weight: accuracy, ...) when there are any, and
-    the learning rate (a log axis when it spans more than 10x)."""
+    """The figure of ``c`` (not rendered): a loss panel (smoothed loss, the display iterations' loss, every loss
+    output of the train and test nets), an outputs panel (every output without a loss weight: accuracy, ...; an
+    output of several elements one line per element) when there are any, and the learning rate (a log axis when
+    it spans more than 10x). Every ``Train net output`` and ``Test net output`` of the log is a line."""
     plt = plots.pyplot()
     several = len({net for net, _ in c.test} | set(c.test_loss)) > 1
     test_label = (lambda net, name: f"test #{net} {name}") if several else (lambda net, name: f"test {name}")
@@ -108,10 +131,13 @@ def curves_figure(c: Curves, title: str | None = None):
     def draw(a, series, label, **kw):
         a.plot([i for i, _ in series], [v for _, v in series], label=label, **kw)
 
-    if c.loss:
-        draw(ax["loss"], c.loss, "loss", color="0.7", linewidth=0.8)
+    train_losses = {n: s for n, s in c.train.items() if n in c.losses}
+    if c.loss and list(train_losses.values()) != [c.loss]:   # the sum, where it is not the one loss output's line
+        draw(ax["loss"], c.loss, "loss (weighted sum)", color="0.7", linewidth=0.8)
     if c.smoothed:
         draw(ax["loss"], c.smoothed, "smoothed loss", color="C0")
+    for name, s in train_losses.items():
+        draw(ax["loss"], s, f"train {name}")
     for (net, name), s in c.test.items():
         if name in c.losses:
             draw(ax["loss"], s, test_label(net, name), marker="o")

@@ -21,7 +21,7 @@ from sfport.solver import sgd
 from sfport.solver.state import state_for
 from sfport import converters as conv_registry
 from sfport.errors import CaffeFileError
-from sfport.runtime.net import Net
+from sfport.runtime.net import Net, read_weights
 from sfport.protos import caffe_pb2
 from sfport.solver import checkpoint, curves, signals
 from sfport.solver.config import Options, net_states, nets_of, read_solver
@@ -144,7 +144,7 @@ class Solver:
     def load_weights(self, path: str) -> None:
         """``-weights``: copy by layer name (several files, comma-separated, in order)."""
         for one in [s for s in str(path).split(",") if s]:
-            report = self.copy_weights(caffe_files.read_caffemodel(one))
+            report = self.copy_weights(read_weights(one))
             self.log(f"Finetuning from {one}", "caffe.cpp:155")
             for line in report.lines():
                 self.log(line, "net.cpp:0")

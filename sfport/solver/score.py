@@ -28,6 +28,7 @@ from sfport.formats import caffe_files
 from sfport.netdef import netstate
 from sfport.errors import CaffeFileError
 from sfport.runtime.net import Net
+from sfport.runtime.net import read_weights as net_weights
 from sfport.netdef.netstate import NetState
 from sfport.report.progress import CaffeLog
 from sfport.solver.config import Options, gpu_ids, net_states, nets_of, read_solver
@@ -112,13 +113,10 @@ def devices(gpu: str | None, log: CaffeLog) -> torch.device:
     return torch.device(f"cuda:{ids[0]}")
 
 
-def read_weights(path) -> caffe_files.CaffeModel:
-    """A caffemodel, or an sfport ``.pt`` (its state as Caffe blobs, :meth:`sfport.runtime.net.Net.to_caffemodel`)."""
-    if str(path).endswith(".pt"):
-        model = Net(path, inference=False).to_caffemodel()
-        model.path = str(path)
-        return model
-    return caffe_files.read_caffemodel(path)
+def read_weights(path):
+    """Any weights file sfport writes (:func:`sfport.runtime.net.read_weights`: a caffemodel, Caffe's HDF5
+    weights, a converted ``.pt``, a training snapshot ``.pt``)."""
+    return net_weights(path)
 
 
 class _Source(NamedTuple):
@@ -162,6 +160,10 @@ def _definition(model: str, phase, stages, level, test_net: int | None) -> _Sour
         net = caffe_files.read_prototxt(model).net
         return _Source(net, state.for_net(net), base, str(model), None, None, 1, None)
     weights = read_weights(model)
+    if not isinstance(weights, caffe_files.CaffeModel) or not len(weights.net.layer) or \
+            str(model).endswith(".h5"):
+        raise CaffeFileError(model, "holds weights without a net definition: give the train_test / train_val "
+                                    "prototxt as NET and this file with --weights")
     return _Source(netstate.without_rules(weights.net), state, base, str(model), weights, None, 1, None)
 
 
@@ -169,12 +171,14 @@ class Scorer:
     """``caffe test -model MODEL -weights WEIGHTS -iterations N``, set up: ``model`` a train_test / train_val
     prototxt, a solver prototxt (its test net ``test_net``, default 0; ``iterations`` default its ``test_iter``)
     or a caffemodel / ``.pt`` (its stored net; then ``weights`` defaults to it); ``weights`` a caffemodel or
-    ``.pt`` copied by layer name (Net::CopyTrainedLayersFrom); ``iterations`` default 50. A model without
-    weights, weights that match no layer with parameters, a net without a data layer to read are errors
-    (:class:`~sfport.errors.CaffeFileError`). :meth:`run` scores it."""
+    ``.pt`` copied by layer name (Net::CopyTrainedLayersFrom); ``iterations`` default 50; ``data_root`` and
+    ``source`` replace the data layer's root_folder and source (``sfport train``'s --data-root and --source, there
+    on the scored net's data layer). A model without weights, weights that match no layer with parameters, a net
+    without a data layer to read are errors (:class:`~sfport.errors.CaffeFileError`). :meth:`run` scores it."""
 
     def __init__(self, model, weights=None, iterations: int | None = None, *, phase=None, stages=(), level=None,
-                 test_net: int | None = None, gpu: str | None = None, data_root=None, workers: int = 0,
+                 test_net: int | None = None, gpu: str | None = None, data_root=None, source=None,
+                 workers: int = 0,
                  log: CaffeLog | None = None):
         log = log or CaffeLog()
         if iterations is not None and iterations <= 0:
@@ -194,7 +198,8 @@ class Scorer:
                 raise CaffeFileError(path, f"sfport test reads the batches from the {state.describe()} net's data "
                                            f"layer (ImageData, Data or HDF5Data; one), found {found}: give the "
                                            f"train_test / train_val prototxt with the data layer")
-            opts = Options(data_root=data_root, device=str(device), workers=workers)
+            opts = Options(data_root=data_root, source=source, source_phase=state.phase, device=str(device),
+                           workers=workers)
             self.feeder = feeder = Feeder(net_param, state, opts, src.base, src.seed, 1, 0, 1, log, net_path=path)
             self.net = net = Net(caffe_files.CaffeModel.from_net(net_param, path), weights=weight_model,
                                  phase=state, level=state.level, stages=state.stages, input_shapes=feeder.inputs,

@@ -21,7 +21,8 @@ from sfport.protos import caffe_pb2
 from sfport.solver.config import net_states, nets_of, read_solver
 from sfport.netdef.datalayers import batch_size, data_layers
 from sfport.solver.log import g6
-from sfport.solver.paths import RULE, resolve_path
+from sfport.solver.paths import RULE, existing, resolve_path
+from sfport.errors import CaffeFileError
 
 CONTINUOUS = ("exp", "inv", "poly", "sigmoid")   # a new rate every iteration: the schedule table is sampled
 POLICY_FIELDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",), "inv": ("gamma", "power"),
@@ -131,6 +132,25 @@ def _net(role, raw, file, net, state) -> dict:
             "state": state.describe(), "layers": len(layers), "layers_in_file": len(net.layer), "data": data}
 
 
+def _missing_nets(sp: caffe_pb2.SolverParameter, base: Path, path) -> list[dict]:
+    """When a net file the solver names (net, train_net, test_net) is not found by :data:`RULE`: one entry per
+    named file, the missing ones with ``error`` (the message of :func:`sfport.solver.paths.existing`: the file
+    and both places looked in); [] when every named file is found."""
+    named = [("train", "net", sp.net)] if sp.HasField("net") else \
+        [("train", "train_net", sp.train_net)] if sp.HasField("train_net") else []
+    named += [(f"test #{len(sp.test_net_param) + i}", "test_net", t) for i, t in enumerate(sp.test_net)]
+    out = []
+    for role, field_name, raw in named:
+        try:
+            found, error = str(existing(raw, base, field_name, path)), None
+        except CaffeFileError as e:
+            found, error = None, e.message
+        out.append({"role": role, "path": raw, "resolved": None if found is None else os.path.abspath(found),
+                    "found": found is not None, "error": error, "state": None, "layers": None,
+                    "layers_in_file": None, "data": []})
+    return out if any(not n["found"] for n in out) else []
+
+
 def solver_info(path) -> dict:
     """The document of ``sfport inspect SOLVER --json``: ``settings`` (every field set in the file, then the
     :func:`important_fields` left at Caffe's defaults, listed in ``defaults``), ``nets``, ``lr_schedule``,
@@ -144,14 +164,18 @@ def solver_info(path) -> dict:
         settings[f] = _value(sp, sp.DESCRIPTOR.fields_by_name[f])
     if sp.lr_policy == "multistep" and not len(sp.stepvalue):
         settings["stepvalue"] = []
-    train, tests, files = nets_of(sp, base, path)
-    train_state, test_states = net_states(sp, train, tests)
     train_raw = sp.net if sp.HasField("net") else sp.train_net if sp.HasField("train_net") else None
-    nets = [_net("train", train_raw, files[0], train, train_state)]
-    test_raw = [None] * len(sp.test_net_param) + list(sp.test_net)
-    test_raw += [train_raw] * (len(tests) - len(test_raw))
-    for i, (t, st, f, raw) in enumerate(zip(tests, test_states, files[1:], test_raw)):
-        nets.append({**_net(f"test #{i}", raw, f, t, st), "test_iter": sp.test_iter[i]})
+    missing = _missing_nets(sp, base, path)
+    if missing:   # the solver itself is fine: its settings and schedule are shown, and where each net was looked for
+        nets = missing
+    else:
+        train, tests, files = nets_of(sp, base, path)
+        train_state, test_states = net_states(sp, train, tests)
+        nets = [_net("train", train_raw, files[0], train, train_state)]
+        test_raw = [None] * len(sp.test_net_param) + list(sp.test_net)
+        test_raw += [train_raw] * (len(tests) - len(test_raw))
+        for i, (t, st, f, raw) in enumerate(zip(tests, test_states, files[1:], test_raw)):
+            nets.append({**_net(f"test #{i}", raw, f, t, st), "test_iter": sp.test_iter[i]})
     points, sampled = lr_schedule(sp)
     batch = next((d["batch_size"] for d in nets[0]["data"] if d["batch_size"]), None)
     iter_size = max(sp.iter_size, 1)
@@ -181,6 +205,10 @@ def format_info(info: dict) -> str:
         out.append(f"  {k.ljust(width)}  {text}" + ("  (default)" if k in info["defaults"] else ""))
     out.append(f"nets ({RULE}):")
     for n in info["nets"]:
+        if "found" in n:   # a net file not found (or not read because another was not)
+            out.append(f"  {n['role']:8s} " + (f"not found: {n['error']}" if n["error"] else
+                                                f"{n['path']} -> {n['resolved']} (not read: a net file is missing)"))
+            continue
         where = f"{n['path']} -> {n['resolved']}" if n["path"] else "(in the solver)"
         extra = f", test_iter {n['test_iter']}" if "test_iter" in n else ""
         out.append(f"  {n['role']:8s} {where}")
@@ -197,7 +225,10 @@ def format_info(info: dict) -> str:
         out.append(f"  max_iter {lr['max_iter']}: the last update is iteration {lr['max_iter'] - 1}" +
                    (f"; stepvalue {', '.join(map(str, late))} not reached" if late else ""))
     b = info["batch"]
-    if b["batch_size"]:
+    if any("found" in n for n in info["nets"]):
+        out.append(f"effective batch: unknown (the net file was not found); x {b['iter_size']} (iter_size) per "
+                   f"device, x N devices with --gpu")
+    elif b["batch_size"]:
         out.append(f"effective batch: {b['batch_size']} (batch_size) x {b['iter_size']} (iter_size) = "
                    f"{b['per_device']} per device, x N devices with --gpu")
     else:
