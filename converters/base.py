@@ -117,6 +117,9 @@ class Converter:
     Hooks that other parts of sfport ask instead of switching on type names; each default means "nothing
     special", so a converter overrides only those that concern its type:
 
+    - shape inference (:mod:`sfport.netdef.shapes`): ``check_parameters`` (Caffe's CHECKs on the layer's own values,
+      asked where its bottoms' shapes are unknown);
+
     - the optimized net (:mod:`sfport.netdef.optimize`): ``affine`` (the layer as ``a * bottom + b`` per channel),
       ``fold_affine`` and ``with_bias`` (a layer that takes such a chain into its own blobs; ``folds_affine`` says
       whether a converter does), ``identity_at_inference``, ``fresh_top``, ``computes_nothing``;
@@ -152,6 +155,10 @@ class Converter:
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""
         return None
+
+    def check_parameters(self, layer) -> None:
+        """Raise ValueError where the layer's own parameters fail a CHECK of Caffe's LayerSetUp that needs no
+        bottom shape (asked where the bottoms' shapes are unknown; ``top_shapes`` checks the rest)."""
 
     def param_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each parameter blob Caffe allocates for these bottom shapes (None: does not say)."""

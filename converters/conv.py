@@ -40,15 +40,10 @@ def _setup(layer, shape) -> _Setup:
     kernel, pad, stride, dilation = conv_geometry(p, n)
     if kernel[0] is None:
         raise ValueError(f"layer '{layer.name}': convolution without kernel_size")
-    for name, values in (("kernel", kernel), ("stride", stride), ("dilation", dilation)):
-        if any(v < 1 for v in values):
-            raise ValueError(f"{name} {list(values)} must be nonzero (Filter dimensions, stride and dilation must be "
-                             f"positive)")
+    _check_positive((("kernel", kernel), ("stride", stride), ("dilation", dilation)), p.num_output)
     cin = shape[axis]
     depthwise = layer.type not in ("Convolution", "Deconvolution")
     groups = cin if depthwise and not p.HasField("group") else p.group
-    if p.num_output < 1:
-        raise ValueError("num_output must be positive (CHECK_GT(num_output_, 0))")
     if groups < 1 or cin % groups or p.num_output % groups:
         raise ValueError(f"group {groups} must divide both the input channels ({cin}) and num_output "
                          f"({p.num_output})")
@@ -68,8 +63,28 @@ def conv_out(size: int, k: int, p: int, s: int, d: int) -> int:
     return _c_div(size + 2 * p - (d * (k - 1) + 1), s) + 1
 
 
+def _check_positive(geometry, num_output: int) -> None:
+    """base_conv_layer.cpp LayerSetUp: CHECK_GT of every kernel, stride and dilation value (``geometry``: (name,
+    values) pairs) and of num_output."""
+    for name, values in geometry:
+        if any(v < 1 for v in values):
+            raise ValueError(f"{name} {list(values)} must be nonzero (Filter dimensions, stride and dilation must be "
+                             f"positive)")
+    if num_output < 1:
+        raise ValueError("num_output must be positive (CHECK_GT(num_output_, 0))")
+
+
 @register("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise", "Deconvolution")
 class ConvolutionConverter(Converter):
+    def check_parameters(self, layer):
+        """The CHECKs of :func:`_setup` that need no bottom shape, on the values as given (a definition whose
+        input shapes are unknown is checked too)."""
+        p = layer.convolution_param
+        given = lambda field, h, w: list(getattr(p, field)) + [getattr(p, f) for f in (h, w) if p.HasField(f)]  # noqa: E731
+        _check_positive((("kernel", given("kernel_size", "kernel_h", "kernel_w")),
+                         ("stride", given("stride", "stride_h", "stride_w")), ("dilation", list(p.dilation))),
+                        p.num_output)
+
     fresh_top = True
     param_field = "convolution_param"
 

@@ -531,6 +531,9 @@ def test_feature_commands_need_trained_weights(tmp_path, model):
     from sfport.netdef import builtin
     for n in (1, 2):
         (tmp_path / f"{n}.jpg").write_bytes(jpeg(face(n)))
+    for name, n in (("A", 1), ("A", 2), ("B", 1)):   # the pairs' images (eval checks them before the model)
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / f"{name}_{n:04d}.jpg").write_bytes(jpeg(face(n)))
     renamed = builtin.sphereface_deploy(4)
     next(l for l in renamed.layer if l.name == "conv1_1").name = "conv1_1_new"
     caffe_files.write_prototxt(tmp_path / "renamed.prototxt", renamed)

@@ -257,3 +257,21 @@ def test_imagedata_batch_size_0_refused_in_train_phase_too(tmp_path):
     assert "batch_size must be positive, not 0" in refused(path, "--phase", "TRAIN", "--shape", "data=1,3,8,8")
     path.write_text(REFUSED["ImageData batch_size 0"][0].replace("batch_size: 0", "batch_size: 2"))
     assert "2 4 6 6 (288)" in row(ok("inspect", path, "--shape", "data=2,3,8,8"), "conv1")
+
+
+# a Data layer whose database is not here: the shape of 'data' is not known
+UNKNOWN_INPUT = 'layer { name: "db" type: "Data" top: "data" data_param { source: "absent_lmdb" batch_size: 1 } }\n'
+
+
+@pytest.mark.parametrize("param, says", [
+    ("stride: 0", "layer 'conv1' (Convolution): stride [0] must be nonzero"),
+    ("stride_h: 0 stride_w: 2", "layer 'conv1' (Convolution): stride [0, 2] must be nonzero"),
+    ("dilation: 0", "layer 'conv1' (Convolution): dilation [0] must be nonzero"),
+])
+def test_a_convolution_caffe_refuses_is_refused_with_its_input_shape_unknown(tmp_path, param, says):
+    """Without an input shape no top shape is inferred, but the CHECKs on the layer's own values still hold."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(UNKNOWN_INPUT + CONV % param)
+    assert says in refused(path)
+    path.write_text(UNKNOWN_INPUT + CONV % "stride: 2")   # the same net, valid: shown, shapes unknown
+    assert "conv1" in ok("inspect", path)

@@ -156,5 +156,5 @@ def test_bad_mat_files_are_one_line(tmp_path):
     r = run("eval", "--features", tmp_path / "ok.mat", "--pairs", pairs_txt)
     assert r.exit_code == 2 and "images of the pairs are not listed" in r.stderr
     r = run("eval", "--features", tmp_path / "ok.mat", "--pairs", pairs_txt, "--skip-missing")
-    assert r.exit_code == 2 and "--skip-missing: fold 2 has no pair left whose two images are listed (59 of 60 " \
+    assert r.exit_code == 2 and "--skip-missing: only fold 1 has pairs whose two images are listed (59 of 60 " \
                                 "pairs skipped)" in r.stderr   # only Person_Aa 1-3, in fold 1, is listed

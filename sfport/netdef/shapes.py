@@ -44,9 +44,10 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     bottoms (Caffe's CHECKs in LayerSetUp / Reshape) is a :class:`CaffeFileError` naming the layer."""
     ntop = len(layer.top)
     converter = converters.get_for(layer)   # an unknown type: LayerRegistry::CreateLayer fails
-    if any(b is None for b in bottoms):
-        return [None] * ntop, None
     try:
+        if any(b is None for b in bottoms):   # what can be checked without them (a convolution's stride: 0)
+            converter.check_parameters(layer)
+            return [None] * ntop, None
         tops = converter.top_shapes(layer, bottoms)
         params = converter.param_shapes(layer, bottoms)
     except CaffeFileError:
