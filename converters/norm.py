@@ -11,6 +11,13 @@ from sfport.converters.fillers import constant
 from .geometry import canonical_axis
 
 
+def stored_factor(scale_factor) -> float:
+    """batch_norm_layer.cpp Forward_cpu's ``scale_factor = blob[2] == 0 ? 0 : 1 / blob[2]``, computed in float, as a
+    number (``scale_factor``: the third blob, a tensor of one value)."""
+    s = np.float32(scale_factor.detach().reshape(-1)[0].item())
+    return 0.0 if s == 0 else float(np.float32(1) / s)
+
+
 @register("BatchNorm")
 class BatchNormConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
@@ -38,8 +45,7 @@ class BatchNormConverter(SameShape):
         forks that keep its three blobs and ``global_stats()``: brocolli's BatchNormKyle)."""
         if not module.global_stats():
             return None
-        s = float(module.scale_factor.detach().double()[0])
-        factor = 0.0 if s == 0 else float(np.float32(1) / np.float32(s))
+        factor = stored_factor(module.scale_factor)
         mean = module.mean_sum.detach().double().numpy() * factor
         var = module.var_sum.detach().double().numpy() * factor
         inv = 1.0 / np.sqrt(var + float(np.float32(module.eps)))

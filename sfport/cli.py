@@ -86,14 +86,13 @@ def cli(ctx, debug, max_file_size, max_text_size, python_layers, proto):
         from sfport.pycaffe import pylayers
         pylayers.enable()
     ctx.obj["debug"] = debug
-    try:  # set on every invocation (None: the default again), so one run's option never outlives it
-        disk.set_max_file_bytes(max_file_size or None)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--max-file-size") from None
-    try:
-        disk.set_max_text_bytes(max_text_size or None)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--max-text-size") from None
+    # set on every invocation (None: the default again), so one run's option never outlives it
+    for option, limit, value in (("--max-file-size", disk.FILE_LIMIT, max_file_size),
+                                 ("--max-text-size", disk.TEXT_LIMIT, max_text_size)):
+        try:
+            limit.set(value or None)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=option) from None
 
 
 for _command in (model.inspect, model.upgrade, model.convert, model.deploy, model.verify, data.convert_imageset,

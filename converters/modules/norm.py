@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import in_export_form
+from ..norm import stored_factor
 
 
 class CaffeBatchNorm(nn.Module):
@@ -36,8 +37,7 @@ class CaffeBatchNorm(nn.Module):
                     and not torch.jit.is_scripting():
                 # eager on the CPU (no device to wait for): Caffe's float factor as a number, three ops in place
                 # of eight (what a net of many BatchNorms spends its time on at batch 1); the same values
-                s = np.float32(self.scale_factor.detach()[0].item())
-                factor = 0.0 if s == 0 else float(np.float32(1) / s)
+                factor = stored_factor(self.scale_factor)
                 return F.batch_norm(x, self.mean_sum * factor, self.var_sum * factor, None, None, False, 0.0,
                                     self.eps)
             s = self.scale_factor[0]

@@ -282,12 +282,12 @@ def inspect(ctx, model, prototxt, phase, stages, level, shapes, splits, as_json,
     given = parse_shapes(shapes)
     pt = None
     if kind == inspection.TORCH_ZIP:   # sfport's converted net: its own checked loader (imports torch)
-        from sfport.runtime.net import _load_pt
+        from sfport.runtime.net import read_pt
 
-        definition, state_dict, saved = _load_pt(model)
-        pt = {"state_dict": {k: list(v.shape) for k, v in state_dict.items()}, "input_shapes": saved}
-        shown = inspection.inspect(state=state, input_shapes=given if given is not None else saved or None,
-                                   splits=splits, read=definition, source=model)
+        read = read_pt(model)
+        pt = {"state_dict": {k: list(v.shape) for k, v in read.state_dict.items()}, "input_shapes": read.input_shapes}
+        shown = inspection.inspect(state=state, input_shapes=given if given is not None else read.input_shapes or None,
+                                   splits=splits, read=read.definition, source=model)
         _stored_shapes(shown.rows, pt["state_dict"])
     else:
         shown = inspection.inspect(model, prototxt, state=state, input_shapes=given, splits=splits)

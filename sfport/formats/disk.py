@@ -18,6 +18,7 @@ from sfport.errors import CaffeFileError
 
 
 DEFAULT_MAX_FILE_BYTES = 2 ** 31 - 1
+ZIP_MAGIC = b"PK\x03\x04"   # a zip archive: torch.save's container, TorchScript's, .npz
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
 
@@ -29,72 +30,62 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
 
 
-def _limit_from_env() -> tuple[int, str | None]:
-    """$SFPORT_MAX_FILE_BYTES, or the default; and what is wrong with the variable, if anything (reported when a
-    file is read, as one line: importing sfport must not fail)."""
-    text = os.environ.get("SFPORT_MAX_FILE_BYTES", "").strip()
-    if not text:
-        return DEFAULT_MAX_FILE_BYTES, None
-    try:
-        return parse_size(text), None
-    except ValueError as e:
-        return DEFAULT_MAX_FILE_BYTES, f"$SFPORT_MAX_FILE_BYTES: {e}"
+class _Limit:
+    """A size limit with its environment variable and default, changed for a run by :meth:`set` (the command
+    line's option). A bad variable is reported when the limit is asked for, as one line: importing sfport must
+    not fail."""
+
+    def __init__(self, env: str, default: int, what: str):
+        self.env, self.default, self.what = env, default, what
+        self.given: int | None = None   # set(): this run's value; None: the variable's, or the default
+
+    def set(self, n: int | str | None) -> None:
+        """A number of bytes, a size such as '4G', or None for the variable (or the default) again; ValueError for
+        anything else."""
+        if isinstance(n, str):
+            n = parse_size(n)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"the {self.what} size limit must be a positive number of bytes, not {n!r}")
+        self.given = n
+
+    def value(self) -> int:
+        if self.given is not None:
+            return self.given
+        text = os.environ.get(self.env, "").strip()
+        try:
+            return parse_size(text) if text else self.default
+        except ValueError as e:
+            raise CaffeFileError(None, f"${self.env}: {e}") from None
 
 
-# The largest file sfport reads (Caffe files, sfport's .pt, .npy): $SFPORT_MAX_FILE_BYTES or 2 GiB - 1, changed
-# by set_max_file_bytes (the command line's option).
-MAX_FILE_BYTES, _LIMIT_PROBLEM = _limit_from_env()
+# The largest file sfport reads (Caffe files, sfport's .pt, .npy): $SFPORT_MAX_FILE_BYTES or 2 GiB - 1.
+FILE_LIMIT = _Limit("SFPORT_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES, "file")
+# The largest text definition parsed (prototxt, solver): $SFPORT_MAX_TEXT_BYTES or 16 MiB (about 270,000 layers).
+# Text is parsed in Python (fasttext, else protobuf's text_format), at about 0.3-0.6 s per MB on the 2-core
+# machine: past the limit a file is refused in one line instead of keeping the user waiting for minutes (issue 33:
+# 1,000,000 layers took over a minute).
+DEFAULT_MAX_TEXT_BYTES = 16 * 2 ** 20
+TEXT_LIMIT = _Limit("SFPORT_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES, "text")
 
 
 def set_max_file_bytes(n: int | str | None) -> None:
-    """Set the size limit of every file sfport reads: a number of bytes, a size such as '4G', or None for
-    $SFPORT_MAX_FILE_BYTES (or the default) again. ValueError for anything else."""
-    global MAX_FILE_BYTES, _LIMIT_PROBLEM
-    if n is None:
-        MAX_FILE_BYTES, _LIMIT_PROBLEM = _limit_from_env()
-        return
-    if isinstance(n, str):
-        n = parse_size(n)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the file size limit must be a positive number of bytes, not {n!r}")
-    MAX_FILE_BYTES, _LIMIT_PROBLEM = n, None
+    """Set the size limit of every file sfport reads (:meth:`_Limit.set`)."""
+    FILE_LIMIT.set(n)
 
 
 def max_file_bytes() -> int:
-    """The size limit now in force (a bad $SFPORT_MAX_FILE_BYTES is a one-line error here)."""
-    if _LIMIT_PROBLEM:
-        raise CaffeFileError(None, _LIMIT_PROBLEM)
-    return MAX_FILE_BYTES
-
-
-# The largest text definition parsed (prototxt, solver): $SFPORT_MAX_TEXT_BYTES or 16 MiB (about 270,000 layers),
-# changed by set_max_text_bytes (the command line's --max-text-size). Text is parsed in Python (fasttext, else
-# protobuf's text_format), at about 0.3-0.6 s per MB on the 2-core machine: past the limit a file is refused in one
-# line instead of keeping the user waiting for minutes (issue 33: 1,000,000 layers took over a minute).
-DEFAULT_MAX_TEXT_BYTES = 16 * 2 ** 20
-_TEXT_LIMIT: int | None = None   # None: $SFPORT_MAX_TEXT_BYTES or the default
+    """The file size limit now in force (a bad $SFPORT_MAX_FILE_BYTES is a one-line error here)."""
+    return FILE_LIMIT.value()
 
 
 def set_max_text_bytes(n: int | str | None) -> None:
-    """Set the size limit of a text definition: a number of bytes, a size such as '64M', or None for
-    $SFPORT_MAX_TEXT_BYTES (or the default) again. ValueError for anything else."""
-    global _TEXT_LIMIT
-    if isinstance(n, str):
-        n = parse_size(n)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"the text size limit must be a positive number of bytes, not {n!r}")
-    _TEXT_LIMIT = n
+    """Set the size limit of a text definition (:meth:`_Limit.set`)."""
+    TEXT_LIMIT.set(n)
 
 
 def max_text_bytes() -> int:
     """The text size limit now in force (a bad $SFPORT_MAX_TEXT_BYTES is a one-line error here)."""
-    if _TEXT_LIMIT is not None:
-        return _TEXT_LIMIT
-    text = os.environ.get("SFPORT_MAX_TEXT_BYTES", "").strip()
-    try:
-        return parse_size(text) if text else DEFAULT_MAX_TEXT_BYTES
-    except ValueError as e:
-        raise CaffeFileError(None, f"$SFPORT_MAX_TEXT_BYTES: {e}") from None
+    return TEXT_LIMIT.value()
 
 
 def check_text_size(path, data: bytes) -> None:
@@ -218,7 +209,7 @@ def load_torch_file(path: str | os.PathLike, fmt: str | tuple, what: str) -> dic
     if check_readable_file(path) == 0:
         raise CaffeFileError(path, f"empty file, not {what}")
     with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # torch.save's zip container (its legacy format is not sfport's)
+        if f.read(4) != ZIP_MAGIC:  # torch.save's zip container (its legacy format is not sfport's)
             raise CaffeFileError(path, f"not {what}: not the zip archive torch.save writes")
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
@@ -258,7 +249,7 @@ def load_array(path: str | os.PathLike, what: str = "array", ndim: int | None = 
     try:
         with open(path, "rb") as f:
             head = f.read(6)
-            if head[:4] == b"PK\x03\x04":
+            if head[:4] == ZIP_MAGIC:
                 raise CaffeFileError(path, f"is a .npz archive (zip), not a .npy {what}")
             if head != b"\x93NUMPY":
                 raise CaffeFileError(path, f"not a .npy file (no NumPy header): {what} expected"

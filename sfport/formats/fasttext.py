@@ -105,25 +105,18 @@ class _Parser:
             if field is None or field.is_extension:
                 raise _Fallback
             kind, value = self.peek()
-            if field.type in (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP):
-                if kind == "punct" and value == ":":
-                    self.skip()
-                    kind, value = self.peek()
-                if kind == "punct" and value == "[" and field.is_repeated:
-                    self.skip()
-                    self._list(msg, field, self._sub_message)
-                else:
-                    self._sub_message(msg, field)
-            else:
-                if not (kind == "punct" and value == ":"):
-                    raise _Fallback
+            nested = field.type in (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP)
+            if kind == "punct" and value == ":":   # optional before a message, required before a value
                 self.skip()
                 kind, value = self.peek()
-                if kind == "punct" and value == "[" and field.is_repeated:
-                    self.skip()
-                    self._list(msg, field, self._scalar)
-                else:
-                    self._scalar(msg, field)
+            elif not nested:
+                raise _Fallback
+            read = self._sub_message if nested else self._scalar
+            if kind == "punct" and value == "[" and field.is_repeated:
+                self.skip()
+                self._list(msg, field, read)
+            else:
+                read(msg, field)
             kind, value = self.peek()
             if kind == "punct" and value in ",;":
                 self.skip()

@@ -244,7 +244,7 @@ def file_kind(path) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     name = str(path).lower()
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] == disk.ZIP_MAGIC:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()

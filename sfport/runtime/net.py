@@ -318,8 +318,8 @@ def _read_model(model, input_shapes) -> _Read:
     state, stored, pt = None, False, None
     if isinstance(model, caffe_files.CaffeModel):
         definition = model
-    elif isinstance(model, _PtFile) or str(model).endswith(".pt"):
-        pt = model if isinstance(model, _PtFile) else _read_pt(model)
+    elif isinstance(model, PtFile) or str(model).endswith(".pt"):
+        pt = model if isinstance(model, PtFile) else read_pt(model)
         definition, state = pt.definition, pt.state_dict
         input_shapes = input_shapes or pt.input_shapes
         stored = True
@@ -505,8 +505,8 @@ def _short(value) -> str:
 
 
 @dataclasses.dataclass
-class _PtFile:
-    """sfport's converted ``.pt``, read and checked (:func:`_read_pt`)."""
+class PtFile:
+    """sfport's converted ``.pt``, read and checked (:func:`read_pt`)."""
     definition: caffe_files.CaffeModel
     state_dict: dict
     input_shapes: dict
@@ -514,13 +514,7 @@ class _PtFile:
     inference: bool | None          # whether that was the inference form (version 2)
 
 
-def _load_pt(path) -> tuple:
-    """sfport's .pt as (definition, state_dict, input_shapes), checked (:func:`_read_pt`)."""
-    pt = _read_pt(path)
-    return pt.definition, pt.state_dict, pt.input_shapes
-
-
-def _read_pt(path) -> _PtFile:
+def read_pt(path) -> PtFile:
     """Read sfport's .pt without executing code (weights_only), and check the container's structure before any
     of it is used: ``net`` the text of a NetParameter, ``state_dict`` tensors by name, ``input_shapes``
     (optional) input name -> a shape Caffe's Blob::Reshape takes (caffe_files.blob_count), every size >= 1,
@@ -529,7 +523,7 @@ def _read_pt(path) -> _PtFile:
     return _pt_file(disk.load_torch_file(path, (PT_FORMAT, SNAPSHOT_FORMAT), PT_WHAT), path)
 
 
-def _pt_file(doc: dict, path) -> _PtFile:
+def _pt_file(doc: dict, path) -> PtFile:
     if doc.get("format") == SNAPSHOT_FORMAT:
         raise CaffeFileError(path, "is a training snapshot: the training net's weights without its definition; "
                                    f"give the net's prototxt with this file as its weights {_HOW}")
@@ -564,7 +558,7 @@ def _pt_file(doc: dict, path) -> _PtFile:
         if problem:
             raise CaffeFileError(path, f"'input_shapes' is not a dict of input name -> shape: {problem}")
         shapes_[k] = tuple(v)
-    return _PtFile(caffe_files.CaffeModel.from_net(net, os.fspath(path)), state, shapes_, saved, inference)
+    return PtFile(caffe_files.CaffeModel.from_net(net, os.fspath(path)), state, shapes_, saved, inference)
 
 
 def _saved_state(doc: dict, path) -> tuple[NetState | None, bool | None]:
