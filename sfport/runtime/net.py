@@ -426,7 +426,8 @@ def load_net(model, prototxt=None, input_shapes: dict | tuple | None = None, pha
                    level=level, inference=inference, optimize=optimize)
     if prototxt is not None:
         return Net(caffe_files.read_prototxt(prototxt), weights=read_weights(model), phase=phase,
-                   input_shapes=input_shapes, stages=stages, level=level, inference=inference, optimize=optimize)
+                   input_shapes=input_shapes, stages=stages, level=level, inference=inference, optimize=optimize,
+                   seed=seed)
     return Net(model, phase=phase, input_shapes=input_shapes, stages=stages, level=level, inference=inference,
                optimize=optimize, seed=seed)
 

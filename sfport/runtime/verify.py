@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sfport import converters as conv_registry
 from sfport.formats import caffe_files
@@ -363,13 +362,6 @@ def input_values(net, shapes: dict) -> dict[str, tuple[np.ndarray, str]]:
     return out
 
 
-def _load(model, prototxt, shapes, phase, stages, level, seed):
-    """:func:`sfport.runtime.net.load_net`, the fillers of the layers without weights drawn from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return load_net(model, prototxt, shapes, phase, stages=stages, level=level, seed=seed)
-
-
 def _some(names, most: int = 4) -> str:
     return ", ".join(names) if len(names) <= most else f"{', '.join(names[:most])} and {len(names) - most} more"
 
@@ -454,7 +446,7 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
     net whose layers compute otherwise than the inference the references run (:func:`training_differences`:
     BatchNorm's batch statistics) is an error naming them, before anything runs."""
     shape = given_array_shapes(input, shape)
-    net = _load(model, prototxt, shape, phase, stages, level, seed)
+    net = load_net(model, prototxt, shape, phase, stages=stages, level=level, seed=seed)
     builtin = model is None and prototxt is None
     model = net.path if builtin else model   # the built-in net
     differences = training_differences(net) if reference in ("opencv", "caffe") else []
@@ -464,8 +456,8 @@ def run(model, prototxt=None, reference: str = "opencv", input="random", shape=N
                                                 f"with --phase TEST")
     own, notes = image_sizes(net, input, shape)
     if own:   # fully convolutional: the net again, at the images' own sizes
-        net = _load(model if not builtin else None, prototxt, {**dict(net.inputs), **own}, phase, stages, level,
-                    seed)
+        net = load_net(model if not builtin else None, prototxt, {**dict(net.inputs), **own}, phase,
+                       stages=stages, level=level, seed=seed)
     filler_weights = not net.has_weights and bool(net.params) and not builtin
     sources = input_sources(input, net.inputs)
     made = input_values(net, net.inputs)
