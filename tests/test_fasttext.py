@@ -93,3 +93,30 @@ def test_an_integer_of_many_digits_goes_to_protobuf():
 def test_lists_of_messages_and_scalars(text):
     ref, fast = _both(text)
     assert fast.SerializeToString(deterministic=True) == ref.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("sep", ["  # a comment\n", " "], ids=["lines", "one-line"])
+def test_texts_longer_than_a_chunk(sep):
+    # past fasttext's chunk of lines (findall) and, on one line, its match-by-match path: the same bytes as protobuf
+    layer = ('layer {{ name: "conv{0}" type: "Convolution" bottom: "d{0}" top: "c{0}" '
+             'convolution_param {{ num_output: {0} kernel_size: [3, 1] weight_filler {{ std: 0.{0} }} }} }}')
+    text = sep.join(layer.format(i) for i in range(4000))
+    assert len(text) > 4 * fasttext._CHUNK
+    ref, fast = _both(text)
+    assert fast.SerializeToString(deterministic=True) == ref.SerializeToString(deterministic=True)
+    assert len(fast.layer) == 4000 and fast.layer[3999].convolution_param.num_output == 3999
+
+
+@pytest.mark.parametrize("line", ["\n", " "], ids=["lines", "one-line"])
+def test_garbage_is_given_up_where_it_starts(monkeypatch, line):
+    # a character no token starts with, early in 8 MB: the parse gives up after tokenizing one list of tokens
+    lists = []
+
+    def counted(text):
+        for chunk in chunks(text):
+            lists.append(len(chunk))
+            yield chunk
+    chunks = fasttext._chunks
+    monkeypatch.setattr(fasttext, "_chunks", counted)
+    assert not fasttext.merge('name: "n" \x01' + ("a" + line) * (4 << 20), caffe_pb2.NetParameter())
+    assert len(lists) == 1 and lists[0] < 40_000

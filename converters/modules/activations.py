@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NoBlobs
+from .base import NoBlobs, set_fields
 
 
 class ReLU(NoBlobs):
@@ -172,9 +172,8 @@ class PReLU(nn.Module):
 
     def __init__(self, channels: int, shared: bool):
         super().__init__()
-        self.weight = nn.Parameter(torch.full((() if shared else (channels,)), 0.25))
-        self.caffe_blobs = ["weight"]
-        self.shared = shared
+        set_fields(self, {"weight": nn.Parameter(torch.full((() if shared else (channels,)), 0.25))},
+                   caffe_blobs=["weight"], shared=shared)
 
     def forward(self, x):
         if x.dim() >= 2:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NoBlobs
+from .base import NoBlobs, set_fields
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -21,17 +21,15 @@ class CaffeConv(nn.Module):
 
     def __init__(self, weight_shape, bias: bool, stride, pad, dilation, groups: int, transpose: bool):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(weight_shape))
-        self.caffe_blobs = ["weight"]
+        params = {"weight": nn.Parameter(torch.zeros(weight_shape))}
+        plain = {}
         if bias:
             n_out = weight_shape[1] * groups if transpose else weight_shape[0]
-            self.bias = nn.Parameter(torch.zeros(n_out))
-            self.caffe_blobs.append("bias")
+            params["bias"] = nn.Parameter(torch.zeros(n_out))
         else:
-            self.bias = None
-        self.stride, self.pad, self.dilation = tuple(stride), tuple(pad), tuple(dilation)
-        self.groups, self.transpose = groups, transpose
-        self.nd = len(weight_shape) - 2
+            plain["bias"] = None
+        set_fields(self, params, caffe_blobs=list(params), stride=tuple(stride), pad=tuple(pad),
+                   dilation=tuple(dilation), groups=groups, transpose=transpose, nd=len(weight_shape) - 2, **plain)
 
     def forward(self, x):
         if self.transpose:

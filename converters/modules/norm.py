@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import in_export_form
+from .base import set_fields
 from ..norm import stored_factor
 
 
@@ -21,11 +22,11 @@ class CaffeBatchNorm(nn.Module):
 
     def __init__(self, channels: int, eps: float, beta: float, use_global_stats: bool | None):
         super().__init__()
-        self.mean_sum = nn.Parameter(torch.zeros(channels), requires_grad=False)
-        self.var_sum = nn.Parameter(torch.zeros(channels), requires_grad=False)
-        self.scale_factor = nn.Parameter(torch.zeros(1), requires_grad=False)
-        self.caffe_blobs = ["mean_sum", "var_sum", "scale_factor"]
-        self.eps, self.beta, self.use_global_stats = eps, beta, use_global_stats
+        set_fields(self, {"mean_sum": nn.Parameter(torch.zeros(channels), requires_grad=False),
+                          "var_sum": nn.Parameter(torch.zeros(channels), requires_grad=False),
+                          "scale_factor": nn.Parameter(torch.zeros(1), requires_grad=False)},
+                   caffe_blobs=["mean_sum", "var_sum", "scale_factor"], eps=eps, beta=beta,
+                   use_global_stats=use_global_stats)
 
     def global_stats(self) -> bool:
         return (not self.training) if self.use_global_stats is None else self.use_global_stats
@@ -69,16 +70,16 @@ class CaffeScale(nn.Module):
 
     def __init__(self, axis: int, param_shape, learned: bool, bias_term: bool):
         super().__init__()
-        self.axis = axis
-        self.caffe_blobs = []
-        self.weight = None
+        params, plain = {}, {}
         if learned:
-            self.weight = nn.Parameter(torch.full(tuple(param_shape), self.init))
-            self.caffe_blobs.append("weight")
-        self.bias = None
+            params["weight"] = nn.Parameter(torch.full(tuple(param_shape), self.init))
+        else:
+            plain["weight"] = None
         if bias_term:
-            self.bias = nn.Parameter(torch.zeros(tuple(param_shape)))
-            self.caffe_blobs.append("bias")
+            params["bias"] = nn.Parameter(torch.zeros(tuple(param_shape)))
+        else:
+            plain["bias"] = None
+        set_fields(self, params, axis=axis, caffe_blobs=list(params), **plain)
 
     def _view(self, t, x):
         return t.reshape(tuple(t.shape) + (1,) * (x.dim() - self.axis - t.dim()))

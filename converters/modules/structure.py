@@ -8,7 +8,7 @@ from torch import nn
 
 from sfport.errors import CaffeFileError
 
-from .base import NoBlobs
+from .base import NoBlobs, set_fields
 
 
 class EltwiseProd(NoBlobs):
@@ -32,7 +32,7 @@ class EltwiseSum(NoBlobs):
 
     def __init__(self, coeff: list[float]):
         super().__init__()
-        self.coeff = coeff
+        set_fields(self, coeff=coeff)
 
     def forward(self, *xs):
         y = xs[0] if self.coeff[0] == 1 else xs[0] * self.coeff[0]

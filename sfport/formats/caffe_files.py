@@ -31,6 +31,7 @@ BINARY = "binary"
 _TEXT_SUFFIXES = {".prototxt", ".pbtxt", ".txt"}
 _BINARY_SUFFIXES = {".caffemodel", ".solverstate", ".binaryproto"}
 _SNIFF_BYTES = 65536
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13)) + b"\x7f"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -47,7 +48,12 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     limit = max_file_bytes()
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            # read(limit + 1) alone would allocate the whole limit (2 GiB) first: the file's own size + 1, and
+            # the rest up to the limit + 1 only when it grew meanwhile
+            want = min(limit, os.fstat(f.fileno()).st_size) + 1
+            data = f.read(want)
+            if len(data) == want and want <= limit:
+                data += f.read(limit + 1 - want)
     except PermissionError:
         raise CaffeFileError(path, "permission denied") from None
     except OSError as e:
@@ -62,8 +68,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def sniff(data: bytes) -> str:
     """Protobuf text or binary? Text has (almost) no control bytes; binary protobuf is full of them."""
     sample = data[:_SNIFF_BYTES]
-    control = sum(sample.count(bytes([b])) for b in range(32) if b not in (9, 10, 11, 12, 13))
-    control += sample.count(b"\x7f")
+    control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     # A text file with a few damaged bytes stays text (and gets a line:column error from the parser).
     return BINARY if control > max(2, len(sample) // 100) else TEXT
 
@@ -242,14 +247,15 @@ def _parse_binary(path, data: bytes, message, spec: dict, what: str):
 
 def has_legacy_shape(blob) -> bool:
     """Whether a BlobProto gives its shape in the deprecated 4-D num/channels/height/width fields."""
-    return any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    has = blob.HasField
+    return has("num") or has("channels") or has("height") or has("width")
 
 
 def blob_shape(blob) -> tuple[int, ...]:
     """Caffe Blob::FromProto: the legacy 4-D num/channels/height/width when any is set, else ``shape``."""
     if has_legacy_shape(blob):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return tuple(int(d) for d in blob.shape.dim)
+    return tuple(blob.shape.dim)
 
 
 _VALUE_FIELDS = (("data", "<f4"), ("diff", "<f4"), ("double_data", "<f8"), ("double_diff", "<f8"))
@@ -289,24 +295,24 @@ def blob_count(shape) -> int:
     return count
 
 
-def _check_blob(path, where: str, blob, values: wire.BlobValues) -> None:
+def _check_blob(path, where, blob, values: wire.BlobValues) -> None:
     """Blob::FromProto's CHECKs: a shape :func:`blob_count` accepts, and exactly that many stored values (and
-    diffs, when stored)."""
+    diffs, when stored). ``where()`` names the blob in a message."""
     shape = blob_shape(blob)
     try:
         count = blob_count(shape)
     except ValueError as e:
-        raise CaffeFileError(path, f"{where}: {e}") from None
+        raise CaffeFileError(path, f"{where()}: {e}") from None
     stored = values.arrays.get("data")
     if stored is None:
         stored = values.arrays.get("double_data")
     n = 0 if stored is None else stored.size
     if n != count:
-        raise CaffeFileError(path, f"{where}: blob holds {n} values but its shape {list(shape)} needs {count}")
+        raise CaffeFileError(path, f"{where()}: blob holds {n} values but its shape {list(shape)} needs {count}")
     for name in ("diff", "double_diff"):
         d = values.arrays.get(name)
         if d is not None and d.size != count:
-            raise CaffeFileError(path, f"{where}: blob {name} holds {d.size} values but its shape needs {count}")
+            raise CaffeFileError(path, f"{where()}: blob {name} holds {d.size} values but its shape needs {count}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -399,14 +405,15 @@ def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
     # Values in the order the blobs appear, so they follow their blobs through the upgrades.
     ordered = []
     for key, blob in iter_blob_messages(net):
-        vals = values.pop(key, None) or wire.BlobValues()
-        _take_message_values(blob, vals)
+        vals = values.pop(key, None)
+        if vals is None:   # else wire.strip_blobs took every value field out of this blob
+            vals = wire.BlobValues()
+            _take_message_values(blob, vals)
         ordered.append(vals)
     if values:
         raise CaffeFileError(path, "blob values found where the schema has no blob")
     notes = upgrade.upgrade_net(net, path=path)
-    blobs = [list(layer.blobs) for layer in net.layer]
-    if sum(len(b) for b in blobs) != len(ordered):
+    if sum(len(layer.blobs) for layer in net.layer) != len(ordered):
         raise CaffeFileError(path, "legacy upgrade lost parameter blobs (mixed V1 'layers' and 'layer' fields?)")
     values_by_layer: list[list[wire.BlobValues]] = []
     k = 0
@@ -414,7 +421,7 @@ def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
         row = ordered[k:k + len(layer.blobs)]
         k += len(layer.blobs)
         for j, (b, v) in enumerate(zip(layer.blobs, row)):
-            _check_blob(path, f"layer '{layer.name}' ({layer.type}) blob {j}", b, v)
+            _check_blob(path, lambda: f"layer '{layer.name}' ({layer.type}) blob {j}", b, v)
         values_by_layer.append(row)
     return CaffeModel(str(path), net, values_by_layer, notes, kind)
 
@@ -565,7 +572,7 @@ def read_solverstate(path: str | os.PathLike) -> SolverStateFile:
     for j, blob in enumerate(state.history):
         vals = values.pop(((3, j),), None) or wire.BlobValues()
         _take_message_values(blob, vals)
-        _check_blob(path, f"history blob {j}", blob, vals)
+        _check_blob(path, lambda: f"history blob {j}", blob, vals)
         arr = vals.arrays.get("data")
         if arr is None:
             arr = vals.arrays.get("double_data")

@@ -12,17 +12,27 @@ one the file gets. Where it returns True the message equals what ``text_format.M
 prototxt of the fixtures both ways and compare the bytes)."""
 from __future__ import annotations
 
+import functools
 import re
 
 from google.protobuf import descriptor, text_encoding
 
+# One match: the spaces and comments before a token, then the token in one of five groups: a word, punctuation,
+# a string, a number, or any other character (which no rule takes: the parse gives up there). A text's last match
+# may be spaces alone.
 _TOKEN = re.compile(r"""
-    (?P<space>[ \t\r\n\f\v]+|\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?![A-Za-z0-9_.]))
-  | (?P<word>-?[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>[{}<>\[\]:,;])
+    (?:[ \t\r\n\f\v]+|\#[^\n]*)*
+    (?:(-?[A-Za-z_][A-Za-z0-9_]*)
+     | ([{}<>\[\]:,;])
+     | ("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+     | ([-+]?(?:0[xX][0-9a-fA-F]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?![A-Za-z0-9_.]))
+     | ([\s\S]))?
 """, re.VERBOSE)
+_WORD, _PUNCT, _STRING, _NUMBER = range(4)   # a token's groups (the most frequent first: no two start alike)
+_SPACE = ("", "", "", "", "")
+_END = (None, None, None, None, None)        # after the last token
+_CHUNK = 1 << 16   # characters tokenized at a time (to the end of a line): a parse that gives up stops reading there
+_AHEAD = 16        # tokens kept ahead of the cursor at each check point (one field takes at most 5 between two)
 
 _FD = descriptor.FieldDescriptor
 _INTS = {_FD.TYPE_INT32, _FD.TYPE_INT64, _FD.TYPE_UINT32, _FD.TYPE_UINT64, _FD.TYPE_SINT32, _FD.TYPE_SINT64,
@@ -31,25 +41,67 @@ _FLOATS = {_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE}
 _TRUE, _FALSE = {"true", "t", "True", "1"}, {"false", "f", "False", "0"}
 _SPECIAL = {"inf": float("inf"), "infinity": float("inf"), "-inf": float("-inf"), "-infinity": float("-inf"),
             "nan": float("nan"), "-nan": float("nan")}
+# what a field holds, as the parser reads it
+_MESSAGE, _ANY, _STR, _BYTES, _INT, _FLOAT, _BOOL, _ENUM, _OTHER = range(9)
 
 
 class _Fallback(Exception):
     """The text holds something this fast path leaves to protobuf's parser."""
 
 
-def _tokens(text: str):
-    """The tokens of ``text`` as (kind, text), lazily: a parse that gives up stops reading there (a 10 MB file of
-    garbage costs nothing more than its first bad token)."""
-    pos = 0
-    for m in _TOKEN.finditer(text):
-        if m.start() != pos:   # a character no token starts with
-            raise _Fallback
-        pos = m.end()
-        kind = m.lastgroup
-        if kind != "space":
-            yield kind, m.group()
-    if pos != len(text):
-        raise _Fallback
+def _chunks(text: str):
+    """The tokens of ``text``, a list of them at a time: a chunk of lines at once (``findall``), or, in a line
+    longer than a few chunks, match by match."""
+    pos, n = 0, len(text)
+    while pos < n:
+        end = text.find("\n", pos + _CHUNK)
+        end = n if end < 0 else end + 1
+        if end - pos > 4 * _CHUNK:
+            batch = []
+            for m in _TOKEN.finditer(text, pos):
+                token = m.groups("")
+                if token != _SPACE:
+                    batch.append(token)
+                if len(batch) >= 1024:
+                    yield batch
+                    batch = []
+            yield batch
+            return
+        found = _TOKEN.findall(text, pos, end)
+        while found and found[-1] == _SPACE:
+            found.pop()
+        yield found
+        pos = end
+
+
+@functools.cache
+def _fields(message_descriptor) -> dict:
+    """Field name -> (name, what it holds, repeated, enum values by name and by number)."""
+    out = {}
+    for name, fd in message_descriptor.fields_by_name.items():
+        if fd.is_extension:
+            continue
+        t, enums = fd.type, None
+        if t in (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP):
+            kind = _ANY if fd.message_type.full_name == "google.protobuf.Any" else _MESSAGE
+        elif t == _FD.TYPE_STRING:
+            kind = _STR
+        elif t == _FD.TYPE_BYTES:
+            kind = _BYTES
+        elif t in _INTS:
+            kind = _INT
+        elif t in _FLOATS:
+            kind = _FLOAT
+        elif t == _FD.TYPE_BOOL:
+            kind = _BOOL
+        elif t == _FD.TYPE_ENUM:
+            kind = _ENUM
+            values = fd.enum_type.values
+            enums = ({v.name: v.number for v in values}, {v.number: v.number for v in values})
+        else:
+            kind = _OTHER
+        out[name] = (fd.name, kind, fd.is_repeated, enums)
+    return out
 
 
 def _int(token: str) -> int:
@@ -64,142 +116,164 @@ def _int(token: str) -> int:
 
 
 class _Parser:
-    _END = (None, None)
+    """Tokens in a list with a cursor ``i``; :meth:`fill` keeps at least _AHEAD tokens (or _END) after it at every
+    check point, so the code between two reads ``toks[i + k]`` without a bounds check."""
 
-    def __init__(self, tokens):
-        self._next = tokens.__next__
-        self.head = self._pull()
+    def __init__(self, text: str):
+        self.chunks = _chunks(text)
+        self.toks: list = []
+        self.i = 0
+        self.fill()
 
-    def _pull(self):
-        try:
-            return self._next()
-        except StopIteration:
-            return self._END
-
-    def peek(self):
-        return self.head
-
-    def take(self):
-        tok = self.head
-        self.head = self._pull()
-        return tok
-
-    def skip(self) -> None:
-        self.head = self._pull()
+    def fill(self) -> None:
+        toks = self.toks
+        if self.i:
+            del toks[:self.i]
+            self.i = 0
+        while len(toks) < _AHEAD:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                toks.extend([_END] * _AHEAD)
+                return
+            toks.extend(chunk)
 
     def message(self, msg, close: str | None) -> None:
-        fields = msg.DESCRIPTOR.fields_by_name
+        fields = _fields(msg.DESCRIPTOR)
+        toks = self.toks   # fill() changes this list in place
         while True:
-            kind, value = self.peek()
-            if kind is None:
-                if close is not None:
+            if len(toks) - self.i < _AHEAD:
+                self.fill()
+            i = self.i
+            t = toks[i]
+            word = t[_WORD]
+            if not word:
+                if t is _END:
+                    if close is None:
+                        return
                     raise _Fallback
-                return
-            if kind == "punct" and value == close:
-                self.skip()
-                return
-            if kind != "word":
+                if close is not None and t[_PUNCT] == close:
+                    self.i = i + 1
+                    return
                 raise _Fallback
-            self.skip()
-            field = fields.get(value)
-            if field is None or field.is_extension:
+            field = fields.get(word)
+            if field is None:
                 raise _Fallback
-            kind, value = self.peek()
-            nested = field.type in (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP)
-            if kind == "punct" and value == ":":   # optional before a message, required before a value
-                self.skip()
-                kind, value = self.peek()
+            kind, repeated = field[1], field[2]
+            nested = kind == _MESSAGE or kind == _ANY
+            i += 1
+            if toks[i][_PUNCT] == ":":   # optional before a message, required before a value
+                i += 1
             elif not nested:
                 raise _Fallback
+            self.i = i
             read = self._sub_message if nested else self._scalar
-            if kind == "punct" and value == "[" and field.is_repeated:
-                self.skip()
+            if toks[i][_PUNCT] == "[" and repeated:
+                self.i = i + 1
                 self._list(msg, field, read)
             else:
                 read(msg, field)
-            kind, value = self.peek()
-            if kind == "punct" and value in ",;":
-                self.skip()
+            p = toks[self.i][_PUNCT]
+            if p == "," or p == ";":
+                self.i += 1
 
     def _sub_message(self, msg, field) -> None:
-        kind, value = self.take()
-        if kind != "punct" or value not in "{<":
+        p = self.toks[self.i][_PUNCT]
+        if p == "{":
+            close = "}"
+        elif p == "<":
+            close = ">"
+        else:
             raise _Fallback
-        if field.message_type.full_name == "google.protobuf.Any":
+        if field[1] == _ANY:
             raise _Fallback
-        sub = getattr(msg, field.name).add() if field.is_repeated else getattr(msg, field.name)
+        sub = getattr(msg, field[0]).add() if field[2] else getattr(msg, field[0])
         sub.SetInParent()   # `name { }` sets the field, as protobuf's parser does
-        self.message(sub, "}" if value == "{" else ">")
+        self.i += 1
+        self.message(sub, close)
 
     def _list(self, msg, field, item) -> None:
         """``[a, b, ...]`` of a repeated field (after its ``[``), each element read by ``item``; ``[]`` is empty."""
-        kind, value = self.peek()
-        if kind == "punct" and value == "]":
-            self.skip()
+        toks = self.toks
+        if toks[self.i][_PUNCT] == "]":
+            self.i += 1
             return
         while True:
+            if len(toks) - self.i < _AHEAD:
+                self.fill()
             item(msg, field)
-            kind, value = self.take()
-            if kind == "punct" and value == "]":
+            p = toks[self.i][_PUNCT]
+            self.i += 1
+            if p == "]":
                 return
-            if not (kind == "punct" and value == ","):
+            if p != ",":
                 raise _Fallback
 
     def _scalar(self, msg, field) -> None:
-        kind, value = self.take()
-        t = field.type
-        if t == _FD.TYPE_STRING or t == _FD.TYPE_BYTES:
-            if kind != "string":
+        toks = self.toks
+        i = self.i
+        t = toks[i]
+        i += 1
+        name, kind, repeated, enums = field
+        if kind == _STR or kind == _BYTES:
+            if not t[_STRING]:
                 raise _Fallback
-            parts = [value]
-            while self.peek()[0] == "string":   # adjacent strings are one
-                parts.append(self.take()[1])
-            if t == _FD.TYPE_STRING and not any("\\" in p for p in parts):
+            parts = [t[_STRING]]
+            while True:   # adjacent strings are one
+                if len(toks) - i < _AHEAD:
+                    self.i = i
+                    self.fill()
+                    i = self.i
+                s = toks[i][_STRING]
+                if not s:
+                    break
+                parts.append(s)
+                i += 1
+            if kind == _STR and not any("\\" in p for p in parts):
                 v = "".join(p[1:-1] for p in parts)
             else:
-                raw = b"".join(text_encoding.CUnescape(p[1:-1]) for p in parts)
-                v = raw
-            if t == _FD.TYPE_STRING and isinstance(v, bytes):
-                try:
-                    v = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _Fallback from None
-        elif t in _INTS:
-            if kind != "number":
+                v = raw = b"".join(text_encoding.CUnescape(p[1:-1]) for p in parts)
+                if kind == _STR:
+                    try:
+                        v = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise _Fallback from None
+        elif kind == _INT:
+            if not t[_NUMBER]:
                 raise _Fallback
-            v = _int(value)
-        elif t in _FLOATS:
-            if kind == "number":
-                v = float(value) if not value.lstrip("+-")[:2].lower() == "0x" else float(_int(value))
-            elif kind == "word" and value.lower() in _SPECIAL:
-                v = _SPECIAL[value.lower()]
+            v = _int(t[_NUMBER])
+        elif kind == _FLOAT:
+            number, word = t[_NUMBER], t[_WORD]
+            if number:
+                v = float(number) if not number.lstrip("+-")[:2].lower() == "0x" else float(_int(number))
+            elif word and word.lower() in _SPECIAL:
+                v = _SPECIAL[word.lower()]
             else:
                 raise _Fallback
-        elif t == _FD.TYPE_BOOL:
-            if value in _TRUE and kind in ("word", "number"):
+        elif kind == _BOOL:
+            value = t[_WORD] or t[_NUMBER]
+            if value in _TRUE:
                 v = True
-            elif value in _FALSE and kind in ("word", "number"):
+            elif value in _FALSE:
                 v = False
             else:
                 raise _Fallback
-        elif t == _FD.TYPE_ENUM:
-            enum = field.enum_type
-            if kind == "word":
-                ev = enum.values_by_name.get(value)
-            elif kind == "number":
-                ev = enum.values_by_number.get(_int(value))
+        elif kind == _ENUM:
+            if t[_WORD]:
+                v = enums[0].get(t[_WORD])
+            elif t[_NUMBER]:
+                v = enums[1].get(_int(t[_NUMBER]))
             else:
-                ev = None
-            if ev is None:
+                v = None
+            if v is None:
                 raise _Fallback
-            v = ev.number
         else:
             raise _Fallback
+        self.i = i
         try:
-            if field.is_repeated:
-                getattr(msg, field.name).append(v)
+            if repeated:
+                getattr(msg, name).append(v)
             else:
-                setattr(msg, field.name, v)
+                setattr(msg, name, v)
         except (ValueError, TypeError):
             raise _Fallback from None
 
@@ -210,7 +284,7 @@ def merge(text: str, message) -> bool:
     something this fast path leaves to protobuf's parser."""
     fresh = type(message)()
     try:
-        _Parser(_tokens(text)).message(fresh, None)
+        _Parser(text).message(fresh, None)
     except (_Fallback, RecursionError, ValueError, OverflowError):   # e.g. an integer of a million digits
         return False
     message.MergeFrom(fresh)

@@ -57,26 +57,26 @@ def layer_shapes(layer, bottoms: list) -> tuple[list, list | None]:
     tops = list(tops) if tops is not None else [None] * ntop
     for j, shape in enumerate(tops):
         if shape is not None:
-            check_blob_shape(layer, f"top '{as_text(layer.top[j]) if j < ntop else j}'", shape)
+            check_blob_shape(layer, lambda: f"top '{as_text(layer.top[j]) if j < ntop else j}'", shape)
     for j, shape in enumerate(params or []):
         if shape is not None:
-            check_blob_shape(layer, f"parameter blob {j}", shape, empty_ok=False)
+            check_blob_shape(layer, lambda: f"parameter blob {j}", shape, empty_ok=False)
     return tops, params
 
 
-def check_blob_shape(layer, what: str, shape, empty_ok: bool = True) -> None:
+def check_blob_shape(layer, what, shape, empty_ok: bool = True) -> None:
     """Caffe's Blob::Reshape CHECKs (:func:`sfport.formats.caffe_files.blob_count`) for a top or parameter blob of
-    ``layer``; a parameter blob with a zero dimension (``empty_ok`` false: a num_output of 0, say) is refused
-    too - Caffe's fillers divide by its fan-in and crash."""
+    ``layer`` (``what()`` names it in a message); a parameter blob with a zero dimension (``empty_ok`` false: a
+    num_output of 0, say) is refused too - Caffe's fillers divide by its fan-in and crash."""
     dims = [int(d) for d in shape]
     try:
         caffe_files.blob_count(dims)
     except ValueError as e:
         hint = " (the kernel or window does not fit the input?)" if any(d < 0 for d in dims) else ""
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims if len(dims) <= 8 else '...'}"
+        raise CaffeFileError(None, about_layer(layer, f"{what()} would have the shape {dims if len(dims) <= 8 else '...'}"
                                                       f": {e}{hint}")) from None
     if not empty_ok and any(d == 0 for d in dims):
-        raise CaffeFileError(None, about_layer(layer, f"{what} would have the shape {dims}: an empty parameter "
+        raise CaffeFileError(None, about_layer(layer, f"{what()} would have the shape {dims}: an empty parameter "
                                                       f"blob (num_output or a size of 0?)"))
 
 
@@ -127,7 +127,7 @@ def _infer(net, state, input_shapes, filtered) -> list[LayerShapes]:
             tops, params = data_tops(layer, given), []
             for j, shape in enumerate(tops):
                 if shape is not None:
-                    check_blob_shape(layer, f"top '{as_text(layer.top[j])}'", shape)
+                    check_blob_shape(layer, lambda: f"top '{as_text(layer.top[j])}'", shape)
         else:
             tops, params = layer_shapes(layer, bottoms)
         for name, shape in zip(layer.top, tops):

@@ -87,11 +87,14 @@ class Net:
         self.path = read.definition.path
         self.input_shapes = dict(input_shapes or {})
         self.graph = _graph(net, self.phase, input_shapes, self.path)                        # (5) graph
+        matched = None
         if read.state is None and isinstance(weight_model, caffe_files.CaffeModel):         # (6) match shapes
-            _match_weight_shapes(self.graph, weight_model, self.path)
+            matched = _match_weight_shapes(self.graph, weight_model, self.path)
+            if any(gl.param_shapes is None for gl in self.graph.layers):
+                matched = None   # matched again against the modules' shapes, which every layer states
         self.module = _module(self.graph, self.path)                                         # (7) modules
         self.module.train(self.phase == caffe_pb2.TRAIN)
-        self._load(read.state, weight_model, weights is not None, seed, saved)               # (8) load
+        self._load(read.state, weight_model, weights is not None, seed, saved, matched)      # (8) load
         self.blobs: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | None = None
         self.layer_outputs: dict[str, list[torch.Tensor]] = {}
@@ -101,17 +104,17 @@ class Net:
             self._optimize()
 
     def _load(self, state: dict | None, weight_model, weights_given: bool, seed: int | None,
-              saved: NetState | None = None) -> None:
+              saved: NetState | None = None, matched: tuple | None = None) -> None:
         """Step (8), the parameters' values, as pycaffe's ``caffe.Net(prototxt, weights, phase)``: Net::Init's
         fillers (each layer's LayerSetUp), then Net::CopyTrainedLayersFrom over them. A converted ``.pt``'s
         state_dict holds every parameter; else the weights are copied by layer name and only the layers left
-        without any are filled; else every layer is filled (``seed``: the fillers' generator). Sets ``report``
-        and ``has_weights``."""
+        without any are filled; else every layer is filled (``seed``: the fillers' generator). ``matched``: step
+        (6)'s match of the weights, when it made one. Sets ``report`` and ``has_weights``."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if state is not None:
             self.report = self._load_state_dict(state, saved)
         elif weight_model is not None:  # copied by name; only the layers left without weights are filled
-            self.report = self.load_weights(weight_model)
+            self.report = self.load_weights(weight_model, matched)
             if weights_given and not self.report.copied and any(self.params.values()):
                 raise CaffeFileError(weight_model.path, f"no layer of the weights matches a layer with parameters "
                                                         f"of {self.path or 'the net'} (weights for: "
@@ -191,14 +194,19 @@ class Net:
         return {self.origin[u]: t for u, t in self.unique_blobs.items() if u in self.origin}
 
     # -- weights ---------------------------------------------------------------------------------------------
-    def load_weights(self, weights) -> weight_match.MergeReport:
+    def load_weights(self, weights, matched: tuple | None = None) -> weight_match.MergeReport:
         """Copy blobs by layer name with Caffe's rule (:func:`sfport.netdef.weight_match.match_weights`); returns what was
-        copied and what not. ``weights``: a CaffeModel, or what :func:`read_weights` reads."""
+        copied and what not. ``weights``: a CaffeModel, or what :func:`read_weights` reads. ``matched``: that
+        rule's (chosen, report) for these weights against the graph's parameter shapes, already made (each
+        blob's shape is checked again as it is copied)."""
         if isinstance(weights, SnapshotWeights):
             weights = weights.as_caffemodel(self)
-        targets = [weight_match.Target(gl.name, gl.type, [tuple(p.shape) for p in self.module.caffe_params(gl.name)])
-                   for gl in self.graph.layers]
-        chosen, report = weight_match.match_weights(targets, weights, self.path)
+        if matched is None:
+            targets = [weight_match.Target(gl.name, gl.type,
+                                           [tuple(p.shape) for p in self.module.caffe_params(gl.name)])
+                       for gl in self.graph.layers]
+            matched = weight_match.match_weights(targets, weights, self.path)
+        chosen, report = matched
         for gl in self.graph.layers:
             if gl.name in chosen:
                 try:
@@ -391,11 +399,12 @@ def _graph(net, phase: int, input_shapes, path) -> NetGraph:
     return graph
 
 
-def _match_weight_shapes(graph: NetGraph, weight_model: caffe_files.CaffeModel, path) -> None:
+def _match_weight_shapes(graph: NetGraph, weight_model: caffe_files.CaffeModel, path) -> tuple:
     """Step (6), Net::CopyTrainedLayersFrom's shape check (net.cpp: "Cannot copy param ... shape mismatch"),
     made before any blob is allocated, against the shapes the definition states: a num_output the weights
-    cannot fit is the "does not fit" error, not an allocation of its size."""
-    weight_match.match_weights([weight_match.Target(gl.name, gl.type, gl.param_shapes) for gl in graph.layers],
+    cannot fit is the "does not fit" error, not an allocation of its size. Returns the match (step (8) copies
+    by it)."""
+    return weight_match.match_weights([weight_match.Target(gl.name, gl.type, gl.param_shapes) for gl in graph.layers],
                                weight_model, path)
 
 
