@@ -1,17 +1,19 @@
-"""Load and forward speed on CPU: sfport (eager, TorchScript, ONNX export on onnxruntime) against OpenCV's
-Caffe importer, same weights, same inputs, one run.
+"""Load and forward speed on CPU: sfport (eager, TorchScript, ONNX export on OpenVINO and onnxruntime) against
+OpenCV's Caffe importer, same weights, same inputs, one run.
 
     python bench/bench_forward.py [--repeat 5] [--rounds 3] [--batches 1,64] [--threads N]
 
 Models: SphereFace-20 deploy (112x96) with random weights written by sfport, and the MobileFaceNet fixture
 (112x112). Prints two markdown tables: load time (read + build) and forward throughput in images/s (the best of
---repeat runs after a warm-up, in --rounds processes of each path, interleaved) of the default path of eval / embed / compare (sfport.runtime.backend.Runner: the
-optimized net's ONNX export on onnxruntime), the optimized eager net, the plain eager net and TorchScript, with
-the ratios to OpenCV's Caffe importer (its defaults: fusion and Winograd on).
+--repeat runs after a warm-up, in --rounds processes of each path, interleaved) of the default path of eval /
+embed / compare (sfport.runtime.backend.Runner: the optimized net's ONNX export on OpenVINO where it is
+installed, else onnxruntime), the export on onnxruntime, the optimized eager net, the plain eager net and
+TorchScript, with the ratios to OpenCV's Caffe importer (its defaults: fusion and Winograd on).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io as _io
 import os
 import pathlib
@@ -34,7 +36,9 @@ def best_time(fn, repeat: int) -> float:
     return min(times)
 
 
-PATHS = ("opencv", "default", "optimized", "eager", "torchscript")
+# what --backend auto runs the export on here (OpenVINO where it is installed)
+DEFAULT = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+PATHS = ("opencv", "default", "onnxruntime", "optimized", "eager", "torchscript")
 
 
 def measure(path: str, proto: str, weights: str, batch: int, repeat: int, threads: int) -> float:
@@ -64,9 +68,9 @@ def measure(path: str, proto: str, weights: str, batch: int, repeat: int, thread
         def fn():
             cvnet.setInput(x, in_name)
             return cvnet.forward(cv_out)
-    elif path in ("default", "optimized"):     # eval / embed / compare by default, and with --backend torch
-        runner = Runner(net, [out_name], backend="auto" if path == "default" else "torch")
-        assert runner.backend == ("onnxruntime" if path == "default" else "torch"), runner.line
+    elif path in ("default", "onnxruntime", "optimized"):   # eval / embed / compare: auto, and two --backend
+        runner = Runner(net, [out_name], backend={"default": "auto", "optimized": "torch"}.get(path, path))
+        assert runner.backend == ({"default": DEFAULT, "optimized": "torch"}.get(path, path)), runner.line
         fn = lambda: runner(x)[out_name]        # noqa: E731
     elif path == "torchscript":
         module = torch.jit.load(_io.BytesIO(export.torchscript_bytes(net)[0]))
@@ -146,13 +150,13 @@ def main(argv=None) -> int:
     for label, t_cv, t_sf in load_rows:
         print(f"| {label} | {t_cv * 1e3:.0f} | {t_sf * 1e3:.0f} | {t_sf / t_cv:.2f}x |")
     print()
-    print("| model | batch | OpenCV (img/s) | sfport default (optimized, onnxruntime) | optimized eager | "
-          "eager | TorchScript | default / OpenCV | optimized eager / OpenCV |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| model | batch | OpenCV (img/s) | sfport default (optimized, {DEFAULT}) | optimized, onnxruntime | "
+          "optimized eager | eager | TorchScript | default / OpenCV | optimized eager / OpenCV |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, b, ips in fwd_rows:
-        print(f"| {label} | {b} | {ips['opencv']:.1f} | {ips['default']:.1f} | {ips['optimized']:.1f} | "
-              f"{ips['eager']:.1f} | {ips['torchscript']:.1f} | {ips['default'] / ips['opencv']:.2f}x | "
-              f"{ips['optimized'] / ips['opencv']:.2f}x |")
+        print(f"| {label} | {b} | {ips['opencv']:.1f} | {ips['default']:.1f} | {ips['onnxruntime']:.1f} | "
+              f"{ips['optimized']:.1f} | {ips['eager']:.1f} | {ips['torchscript']:.1f} | "
+              f"{ips['default'] / ips['opencv']:.2f}x | {ips['optimized'] / ips['opencv']:.2f}x |")
     return 0
 
 

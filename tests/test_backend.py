@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sfport.formats import caffe_files
 from sfport.runtime import export
+from sfport.runtime import backend as backend_mod
 from sfport.runtime.backend import Runner, for_onnxruntime, run_session, session
 from sfport.face.features import Model
 from sfport.runtime.net import Net
@@ -54,17 +55,58 @@ def _plain_fc5(d, x):
     return net.blobs["fc5"].detach().numpy()
 
 
-def test_auto_runs_the_optimized_net_on_onnxruntime_and_only_what_the_blob_needs(bn_face):
+# auto's choice: OpenVINO where it is installed (the test extras install it), else onnxruntime
+AUTO = "openvino" if backend_mod.openvino_installed() else "onnxruntime"
+
+
+def test_auto_runs_the_optimized_net_on_its_export_and_only_what_the_blob_needs(bn_face):
     m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
-    assert m.backend == "onnxruntime" and m.output == "fc5"
-    assert m.backend_line.startswith("backend: onnxruntime (its ONNX export, checked against the eager net)")
+    assert m.backend == AUTO and m.output == "fc5"
+    assert m.backend_line.startswith(f"backend: {AUTO} (its ONNX export, checked against the eager net)")
     assert "4 layers folded into 2" in m.backend_line and "1 not needed for the output" in m.backend_line
     assert [gl.name for gl in m.net.graph.layers] == ["c1", "r1", "c2", "fc5"]
     x = np.random.default_rng(1).uniform(-1, 1, (5, 3, 112, 96)).astype(np.float32)
     want = _plain_fc5(bn_face, x)
-    for backend in ("auto", "torch"):
-        got = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend=backend).features(torch.from_numpy(x))
+    for backend in ("auto", "torch", "onnxruntime") + (("openvino",) if AUTO == "openvino" else ()):
+        m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend=backend)
+        assert m.backend == (AUTO if backend == "auto" else backend)
+        got = m.features(torch.from_numpy(x))
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+
+
+def test_openvino_is_taken_only_where_it_compiles_and_agrees(bn_face, monkeypatch):
+    pytest.importorskip("openvino")
+    from sfport.errors import CaffeFileError
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32)
+    want = _plain_fc5(bn_face, x)
+    run = backend_mod.OpenVINO.run
+
+    def off(self, outputs, input_name, batch):   # a backend 1e-4 (relative) away from the eager net
+        return {o: v * (1 + 1e-4) for o, v in run(self, outputs, input_name, batch).items()}
+    monkeypatch.setattr(backend_mod.OpenVINO, "run", off)
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert m.backend == "onnxruntime"   # auto: the next backend
+    np.testing.assert_allclose(m.features(torch.from_numpy(x)), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    with pytest.raises(CaffeFileError, match=r"bn.caffemodel: openvino's outputs differ from the eager net's by "
+                                             r"[\d.]+e-0[45] \(relative\), over 1e-5: use --backend onnxruntime"):
+        Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="openvino")
+    monkeypatch.setattr(backend_mod.OpenVINO, "run", run)
+
+    def refuse(self, data, path):
+        raise CaffeFileError(path, "openvino cannot compile it: no such op")
+    monkeypatch.setattr(backend_mod.OpenVINO, "__init__", refuse)
+    assert Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt").backend == "onnxruntime"
+    with pytest.raises(CaffeFileError, match="bn.caffemodel: openvino cannot compile it: no such op"):
+        Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="openvino")
+
+
+def test_backend_openvino_needs_openvino_installed(bn_face, monkeypatch):
+    from sfport.errors import CaffeFileError
+    monkeypatch.setattr(backend_mod, "openvino_installed", lambda: False)
+    assert Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt").backend == "onnxruntime"
+    with pytest.raises(CaffeFileError, match=r'bn.caffemodel: backend openvino: OpenVINO is not installed \(pip install '
+                                             r'"sfport\[openvino\]"\)'):
+        Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="openvino")
 
 
 def test_a_net_that_does_not_export_runs_eagerly_and_says_why(bn_face, monkeypatch):
@@ -138,6 +180,7 @@ def test_onnxruntime_prelu_after_a_conv_is_rewritten_as_batchnorms_to_caffes_val
 
 def test_the_runner_hands_onnxruntime_the_rewritten_net_and_checks_it(bn_face, monkeypatch):
     from sfport.runtime import backend
+    monkeypatch.setattr(backend, "openvino_installed", lambda: False)   # auto's onnxruntime
     seen = []
     real_session = backend.session
     monkeypatch.setattr(backend, "session", lambda m, p: seen.append(m) or real_session(m, p))
@@ -203,7 +246,7 @@ def test_eval_and_embed_log_the_backend_and_progress_when_not_on_a_terminal(bn_f
     assert r.returncode == 0, r.stderr
     err = r.stderr.splitlines()
     assert all(GLOG.match(l) for l in err), err
-    assert "] backend: onnxruntime (its ONNX export, checked against the eager net)" in err[0]
+    assert f"] backend: {AUTO} (its ONNX export, checked against the eager net)" in err[0]
     assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ img/s, done in", err[-1])
     f = np.load(out)
     assert f.shape == (6, 32) and f.dtype == np.float32

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sfport.commands.options import caffe_log, model_state, state_options
+from sfport.commands.options import backend_option, caffe_log, model_state, state_options
 from sfport.errors import CaffeFileError
 
 
@@ -21,8 +21,7 @@ from sfport.errors import CaffeFileError
 @click.option("--template", type=click.Choice(["sphereface", "arcface112"]), default="sphereface",
               show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+@backend_option()
 @click.option("--all-faces", is_flag=True,
               help="Write every face MTCNN finds (PHOTO_face1.jpg nearest the centre, then _face2, ...), not only the "
                    "one nearest the centre.")
@@ -86,8 +85,7 @@ def align(input_dir, output_dir, landmarks, landmarks_base, mtcnn_dir, size, tem
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+@backend_option()
 def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, landmarks, landmarks_base, template,
           protocol, features_file, list_file, skip_missing, report, plot, compare_reports, batch_size, workers,
           no_cache, backend):
@@ -173,8 +171,7 @@ def eval_(model, prototxt, blob, phase, stages, level, shapes, lfw_dir, pairs, l
               help="Template of --landmarks alignment. Default: by the net's input size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+@backend_option()
 def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file, root, output, flip, protocol,
           landmarks, landmarks_base, template, batch_size, workers, backend):
     """Features of aligned face images (or a list) -> .npy and its image list, or one .mat.
@@ -212,8 +209,7 @@ def embed(images, model, prototxt, blob, phase, stages, level, shapes, list_file
               help="Cosine above which the two faces are called the same person.")
 @click.option("--protocol", type=click.Choice(["sphereface", "insightface", "facenet"]), default="sphereface",
               show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="What runs the net: auto is its optimized form's ONNX export on onnxruntime, else eager torch.")
+@backend_option()
 def compare(a, b, model, prototxt, blob, phase, stages, level, shapes, threshold, protocol, backend):
     """Cosine similarity of two aligned face images (with their mirror images) and the same/different call.
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from sfport.runtime import BACKENDS
+
 
 def parse_shape(text: str | None):
     if text is None:
@@ -82,3 +84,10 @@ def caffe_log():
     """The commands' log: glog-format lines on stderr, as `train` writes them (the backend line, progress)."""
     from sfport.report.progress import CaffeLog
     return CaffeLog()
+
+
+def backend_option():
+    """``--backend`` of the commands that run a face net (sfport.runtime.backend.Runner)."""
+    return click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                        help="What runs the net: auto is its optimized form's ONNX export on OpenVINO where "
+                             "installed (sfport[openvino]), else on onnxruntime, else eager torch.")

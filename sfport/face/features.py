@@ -58,9 +58,9 @@ class Model:
         self.device = device
         self.session = None
         if self.path.endswith(".onnx"):
-            if backend == "torch":
-                raise CaffeFileError(self.path, "an ONNX file runs on onnxruntime (--backend torch needs a "
-                                                "caffemodel or a converted .pt)")
+            if backend in ("torch", "openvino"):
+                raise CaffeFileError(self.path, f"an ONNX file runs on onnxruntime (--backend {backend} needs a "
+                                                f"caffemodel or a converted .pt)")
             self.session = session(self.path, self.path)
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
