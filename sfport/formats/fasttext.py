@@ -21,13 +21,13 @@ from google.protobuf import descriptor, text_encoding
 # a string, a number, or any other character (which no rule takes: the parse gives up there). A text's last match
 # may be spaces alone.
 _TOKEN = re.compile(r"""
-    (?:[ \t\r\n\f\v]+|\#[^\n]*)*
-    (?:(-?[A-Za-z_][A-Za-z0-9_]*)
+    (?:[ \t\r\n\f\v]|\#[^\n]*)*
+    (?:(-?[A-Za-z_]\w*)
      | ([{}<>\[\]:,;])
-     | ("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+     | ("[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')
      | ([-+]?(?:0[xX][0-9a-fA-F]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?![A-Za-z0-9_.]))
      | ([\s\S]))?
-""", re.VERBOSE)
+""", re.VERBOSE | re.ASCII)   # no two ways to match the same text (no backtracking blow-up); \w is [A-Za-z0-9_]
 _WORD, _PUNCT, _STRING, _NUMBER = range(4)   # a token's groups (the most frequent first: no two start alike)
 _SPACE = ("", "", "", "", "")
 _END = (None, None, None, None, None)        # after the last token
