@@ -273,3 +273,46 @@ def test_every_fixture_models_optimized_onnx_export_passes_its_check(tmp_path, w
     r = _cli("convert", FIX / weights, "-p", FIX / proto, "--optimize", "--format", "onnx", "-o", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr
     assert r.stderr.startswith("optimized: ") and "checked against the eager net: ONNX" in r.stdout
+
+
+def test_the_runners_dense_convolutions_take_their_weights_reordered_once():
+    # Runner's own optimized net (what --backend torch and eval's eager path run) of dense convolutions: each one
+    # past a first layer of 3 channels runs oneDNN's convolution on a weight reordered once; the same values as the
+    # plain net at batches below and above the NHWC switch, a changed weight reordered again, and never kept in
+    # a copy or an export
+    import copy
+    from sfport.runtime.backend import Runner
+    conv = lambda n: f"convolution_param {{ num_output: {n} kernel_size: 3 pad: 1 }}"   # noqa: E731
+    body = (layer("c1", "Convolution", ["data"], ["c1"], conv(32)) + layer("r1", "PReLU", ["c1"], ["c1"])
+            + layer("c2", "Convolution", ["c1"], ["c2"], conv(32)) + layer("r2", "PReLU", ["c2"], ["c2"])
+            + layer("c3", "Convolution", ["c2"], ["c3"], conv(32)) + layer("sum", "Eltwise", ["c1", "c3"], ["s"]))
+    m = _net(body, (1, 3, 12, 10))
+    plain = Net(m)
+    runner = Runner(Net(m), ["s"], backend="torch")
+    mods = {gl.name: runner.net.module.module_of(gl.name) for gl in runner.net.graph.layers}
+    assert [k for k, v in mods.items() if getattr(v, "prepacked", False)] == ["c2", "c3"]
+    for n in (1, 4, 16, 20):
+        x = np.random.default_rng(n).uniform(-1, 1, (n, 3, 12, 10)).astype(np.float32)
+        want = plain.forward(data=x)["s"].detach().numpy()
+        np.testing.assert_allclose(runner(x)["s"], want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    assert mods["c2"]._packed is not None
+    with torch.no_grad():   # a changed weight (a torch op: its version moves) is reordered again
+        for net in (plain, runner.net):
+            net.module.module_of("c3").weight.mul_(-2)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 3, 12, 10)).astype(np.float32)
+    want = plain.forward(data=x)["s"].detach().numpy()
+    np.testing.assert_allclose(runner(x)["s"], want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    assert "_packed" not in copy.deepcopy(mods["c2"]).__dict__
+    from sfport.runtime import export
+    data, worst = export.onnx_bytes(runner.net)   # the export form takes F.conv2d, checked against the net
+    assert worst <= 1e-5
+
+
+def test_a_net_with_grouped_convolutions_is_not_prepacked():
+    from sfport.runtime.backend import Runner, prepack_convolutions
+    body = (layer("c1", "Convolution", ["data"], ["c1"], "convolution_param { num_output: 32 kernel_size: 3 }")
+            + layer("dw", "Convolution", ["c1"], ["dw"], "convolution_param { num_output: 32 kernel_size: 3 group: 32 }")
+            + layer("c2", "Convolution", ["dw"], ["c2"], "convolution_param { num_output: 32 kernel_size: 1 }"))
+    runner = Runner(Net(_net(body, (1, 3, 12, 10))), ["c2"], backend="torch")
+    assert prepack_convolutions(runner.net) == 0
+    assert not any(getattr(m, "prepacked", False) for m in runner.net.module.modules())

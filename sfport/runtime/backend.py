@@ -168,6 +168,24 @@ class OpenVINO:
         return {o: np.asarray(got[self.compiled.output(o)]) for o in outputs}
 
 
+def prepack_convolutions(net) -> int:
+    """Have the dense 2-D convolutions of an optimized net of dense convolutions (SphereFace's; not one with
+    grouped ones, as MobileFaceNet's depthwise, which run NHWC and are slower so) run on the CPU with their
+    weights reordered once into oneDNN's layout (CaffeConv.prepacked): SphereFace-20's eager forward 1.08-1.12x
+    at batch 1, 1.05-1.07x at 64. Not a first layer's few input channels (no faster, and its NHWC output would be
+    copied back for the NCHW layers after it). Only the Runner's own net: it is never trained or changed
+    in place. Returns how many."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return 0
+    convs = [m for m in net.module.modules() if hasattr(m, "prepacked")]
+    if any(m.groups > 1 for m in convs):
+        return 0
+    chosen = [m for m in convs if m.nd == 2 and not m.transpose and m.weight.shape[1] >= 16]
+    for m in chosen:
+        m.prepacked = True
+    return len(chosen)
+
+
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise CaffeFileError(None, f"backend '{backend}': one of {', '.join(BACKENDS)}")
@@ -184,6 +202,8 @@ class Runner:
         check_backend(backend)
         self.net = net.optimized(list(outputs) if outputs is not None else None)
         self.net.module.eval().to(device)
+        if device == "cpu":
+            prepack_convolutions(self.net)
         self.device = device
         self.input = next(iter(self.net.inputs))
         self.outputs = list(outputs) if outputs is not None else list(self.net.outputs)
