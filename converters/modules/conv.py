@@ -32,10 +32,11 @@ class CaffeConv(nn.Module):
         set_fields(self, params, caffe_blobs=list(params), stride=tuple(stride), pad=tuple(pad),
                    dilation=tuple(dilation), groups=groups, transpose=transpose, nd=len(weight_shape) - 2, **plain)
 
-    # set by the optimized net (sfport.runtime.net.Net.optimized): at inference on the CPU, an NCHW float32 input
-    # runs oneDNN's convolution with the weight reordered once into its blocked layout, not at every call as
-    # F.conv2d reorders it (SphereFace-20's 256- and 512-channel 3x3 convolutions at batch 1: 0.82 and 0.74 ms
-    # against 1.0); the same sums in another order (within 1e-6 relative)
+    # set by sfport.runtime.backend.prepack_convolutions on the Runner's own optimized net: at inference on the
+    # CPU, a float32 input (NCHW or NHWC) runs oneDNN's convolution with the weight reordered once into its blocked
+    # layout, not at every call as F.conv2d reorders it (SphereFace-20's 256- and 512-channel 3x3 convolutions at
+    # batch 1: 0.82 and 0.74 ms against 1.0); the top comes out NHWC; the same sums in another order (the tests:
+    # within 1e-5 relative of the plain net)
     prepacked = False
     _packed = None     # ((the weight's version, its data pointer), the reordered weight)
 
