@@ -14,7 +14,8 @@ would slow the next path down; a forward process times batch 1, then 64, of its 
 
 * forward, SphereFace-20 deploy (112x96, random weights written by sfport, as bench_forward.py), batch 1 and 64,
   images/s, best of --repeat forwards after a warm-up: Caffe ``net.forward()`` against sfport's default inference
-  path (``sfport.runtime.backend.Runner``: the optimized net on onnxruntime) and sfport's eager net
+  path (``sfport.runtime.backend.Runner``: the optimized net on OpenVINO where installed, else onnxruntime) and
+  sfport's eager net
   (``Net.exportable()`` under ``torch.inference_mode``). sfport's outputs are checked against Caffe's (1e-4).
 * training, the golden tiny SphereFace net (../shared/golden/solver/tiny_sphereface.prototxt with its ImageData
   layer replaced by HDF5Data over the golden input batches, batch 8, init.caffemodel, SGD lr 0.01 momentum 0.9),
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -53,6 +55,8 @@ BUILD_HINT = ("build it with `VENV=/tmp/oracle/venv WORK=/tmp/oracle/work bash .
 CLASSES = 10572
 SF20_BATCH = 32
 TINY_BATCH = 8
+# what --backend auto runs the export on here (OpenVINO where it is installed)
+DEFAULT = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
 
 # ---------------------------------------------------------------------------------------------------------------
 # the oracle interpreter
@@ -135,7 +139,7 @@ def sfport_forward(job: dict) -> list[float]:
     net = Net(job["proto"], job["weights"])
     if job["path"] == "default":          # eval / embed / compare by default
         runner = Runner(net, ["fc5"], backend="auto")
-        assert runner.backend == "onnxruntime", runner.line
+        assert runner.backend == DEFAULT, runner.line
         run_one = lambda x: runner(x)["fc5"]     # noqa: E731
     else:                                  # the plain eager net
         module = net.exportable().eval()
@@ -420,7 +424,7 @@ def main(argv=None) -> int:
     default_workers = feed.default_workers(datalayers.HDF5)
     rows = []
     for b in fwd_batches:
-        rows += [(f"forward SphereFace-20, batch {b}, img/s: sfport default (onnxruntime)", f"caffe fwd {b}",
+        rows += [(f"forward SphereFace-20, batch {b}, img/s: sfport default ({DEFAULT})", f"caffe fwd {b}",
                   f"default fwd {b}"),
                  (f"forward SphereFace-20, batch {b}, img/s: sfport eager", f"caffe fwd {b}", f"eager fwd {b}")]
     rows += [

@@ -19,9 +19,9 @@ SHARED = Path(os.environ.get("SFPORT_SHARED", ROOT.parent / "shared"))
 HEADER = "| row | Caffe | sfport | sfport / Caffe |"
 # each row's label, batch sizes left open (--quick runs smaller batches)
 ROWS = [
-    r"forward SphereFace-20, batch 1, img/s: sfport default \(onnxruntime\)",
+    r"forward SphereFace-20, batch 1, img/s: sfport default \((?:openvino|onnxruntime)\)",
     r"forward SphereFace-20, batch 1, img/s: sfport eager",
-    r"forward SphereFace-20, batch \d+, img/s: sfport default \(onnxruntime\)",
+    r"forward SphereFace-20, batch \d+, img/s: sfport default \((?:openvino|onnxruntime)\)",
     r"forward SphereFace-20, batch \d+, img/s: sfport eager",
     r"train tiny_sphereface \(HDF5Data, batch 8\), iter/s: sfport train --workers 0",
     r"train tiny_sphereface \(HDF5Data, batch 8\), iter/s: sfport train, default workers \(\d+\)",
