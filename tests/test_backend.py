@@ -293,3 +293,20 @@ def test_relus_run_in_place_where_nothing_else_reads_their_bottom():
             + layer("r2", "ReLU", ["data"], ["r2"]))
     b = Net(_net(body, (2, 3)), optimize=True)
     assert b.module.in_place == set()
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was(bn_face):
+    # OpenVINO 2026.4's CPU plugin installs an alternate signal stack of its own on the compiling thread; with it,
+    # a SIGCHLD (any child's exit, once torch's DataLoader installed a handler) killed this suite with SIGSEGV
+    pytest.importorskip("openvino")
+    import ctypes
+    sigaltstack = ctypes.CDLL(None).sigaltstack
+
+    def now():
+        buf = ctypes.create_string_buffer(64)
+        assert sigaltstack(None, buf) == 0
+        return buf.raw
+    before = now()
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt", backend="openvino")
+    m.features(torch.zeros(2, 3, 112, 96))
+    assert now() == before

@@ -17,6 +17,9 @@ and PyTorch.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+
 import numpy as np
 import onnx
 import onnx.numpy_helper
@@ -147,24 +150,50 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+@contextlib.contextmanager
+def _own_signal_stack():
+    """Within: whatever OpenVINO does, the calling thread keeps its own alternate signal stack (or none). Its CPU
+    plugin (2026.4) leaves one of its own on the thread that compiles a model (11,568 bytes here), onto which the
+    kernel later could not deliver a signal: once a SIGCHLD handler was in place (torch's DataLoader installs
+    one), the next child process's exit killed the process with SIGSEGV (si_code SI_KERNEL, in poll), in the
+    test suite's order: tests/test_annotated_data.py's DataLoader workers, then tests/test_backend.py's OpenVINO
+    nets and `sfport embed` subprocess. A no-op where the C library has no sigaltstack."""
+    try:
+        libc = ctypes.CDLL(None)
+        sigaltstack = libc.sigaltstack
+    except (OSError, AttributeError):
+        yield
+        return
+    saved = ctypes.create_string_buffer(64)   # a stack_t (24 bytes on x86-64 and aarch64)
+    if sigaltstack(None, saved) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        sigaltstack(saved, None)
+
+
 class OpenVINO:
     """An ONNX export compiled by OpenVINO for the CPU; ``run(outputs, input_name, x)`` as :func:`run_session`.
     In float32 (INFERENCE_PRECISION_HINT f32: its CPU plugin would otherwise run bfloat16 on a CPU that has it),
     for one request at a time (PERFORMANCE_HINT LATENCY). A model it cannot compile is one line naming ``path``."""
 
     def __init__(self, data: bytes, path):
-        import openvino as ov
-        core = ov.Core()
-        try:
-            self.compiled = core.compile_model(core.read_model(model=data, weights=b""), "CPU",
-                                               {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-        except Exception as e:  # noqa: BLE001 - whatever OpenVINO cannot take
-            raise CaffeFileError(path, f"openvino cannot compile it: {str(e).strip().splitlines()[0]}") from None
-        self.request = self.compiled.create_infer_request()
+        with _own_signal_stack():
+            import openvino as ov
+            core = ov.Core()
+            try:
+                self.compiled = core.compile_model(core.read_model(model=data, weights=b""), "CPU",
+                                                   {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+            except Exception as e:  # noqa: BLE001 - whatever OpenVINO cannot take
+                raise CaffeFileError(path, f"openvino cannot compile it: {str(e).strip().splitlines()[0]}") from None
+            self.request = self.compiled.create_infer_request()
 
     def run(self, outputs: list[str], input_name: str, x) -> dict[str, np.ndarray]:
         x = x.numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x, dtype=np.float32)
-        got = self.request.infer({self.compiled.input(input_name): x}, share_outputs=False)
+        with _own_signal_stack():
+            got = self.request.infer({self.compiled.input(input_name): x}, share_outputs=False)
         return {o: np.asarray(got[self.compiled.output(o)]) for o in outputs}
 
 
