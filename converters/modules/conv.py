@@ -73,12 +73,13 @@ class CaffeConv(nn.Module):
         spatial = [int(v) for v in x.shape[-self.nd:]]
         room = [size + 2 * p - (d * (k - 1) + 1) for size, p, d, k in
                 zip(spatial, pad, self.dilation, self.weight.shape[2:])]
-        if self.prepacked and all(r >= 0 and s <= r + 1 for r, s in zip(room, stride)):
+        overhangs = any(r < 0 or s > r + 1 for r, s in zip(room, stride))
+        if self.prepacked and not overhangs:
             packed = self._packed_weight(x)
             if packed is not None:
                 return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, list(pad), list(stride),
                                                                list(self.dilation), self.groups, "none", [], "")
-        if any(r < 0 or s > r + 1 for r, s in zip(room, stride)):
+        if overhangs:
             # one output position along an axis (conv_out): a stride past it changes nothing in Caffe but
             # overflows PyTorch's kernels (2^31 - 1 crashes the backward), and a window that overhangs the padded
             # input by less than the stride reads zeros there (im2col_cpu)

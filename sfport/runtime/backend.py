@@ -206,10 +206,10 @@ def prepack_convolutions(net) -> int:
     in place. Returns how many."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return 0
-    convs = [m for m in net.module.modules() if hasattr(m, "prepacked")]
-    if any(m.groups > 1 for m in convs):
+    if net.module.channels_last_from == 0:   # the optimized net's mark of grouped convolutions (NHWC throughout)
         return 0
-    chosen = [m for m in convs if m.nd == 2 and not m.transpose and m.weight.shape[1] >= 16]
+    chosen = [m for m in net.module.modules() if hasattr(m, "prepacked") and m.nd == 2 and not m.transpose
+              and m.weight.shape[1] >= 16]
     for m in chosen:
         m.prepacked = True
     return len(chosen)
