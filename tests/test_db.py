@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 
 import sfport
-from sfport.data import imagedata, db
+from sfport.data import imagedata, db, hdf5data
 from sfport.cli import cli
 from sfport.errors import CaffeFileError
 from sfport.protos import caffe_pb2
@@ -235,10 +235,10 @@ def hdf5_layer(source, shuffle=False, batch=3, extra=""):
 def test_hdf5_batches_are_the_arrays(tmp_path):
     datas, labels = write_h5(tmp_path, [5, 3, 4])
     lp = hdf5_layer(tmp_path / "h5.txt")
-    ds = db.HDF5Dataset.from_layer(lp)
+    ds = hdf5data.HDF5Dataset.from_layer(lp)
     assert data_set_tops(lp, ds.top_shapes()) == [(3, 2, 3), (3,)]
     x, y = np.concatenate(datas), np.concatenate(labels)
-    got = batches(ds, 3, 9, db.collate_tops)   # 27 rows: two passes of 12 and three more, across files
+    got = batches(ds, 3, 9, hdf5data.collate_tops)   # 27 rows: two passes of 12 and three more, across files
     for b, (rows, pos, err) in enumerate(got):
         assert err is None and pos == list(range(3 * b, 3 * b + 3))
         idx = [p % 12 for p in pos]
@@ -252,8 +252,8 @@ def test_hdf5_shuffle_is_seeded_per_pass(tmp_path):
     owner = np.repeat([0, 1, 2], [5, 3, 4])
 
     def stream(seed):
-        ds = db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt", shuffle=True), seed=seed)
-        rows = torch.cat([r[0][0] for r in batches(ds, 4, 9, db.collate_tops)]).numpy()   # three passes
+        ds = hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt", shuffle=True), seed=seed)
+        rows = torch.cat([r[0][0] for r in batches(ds, 4, 9, hdf5data.collate_tops)]).numpy()   # three passes
         return [int(np.flatnonzero((x == r).all(axis=(1, 2)))[0]) for r in rows]
 
     a = stream(1)
@@ -267,33 +267,55 @@ def test_hdf5_shuffle_is_seeded_per_pass(tmp_path):
     assert passes[0] != passes[1] and passes[1] != passes[2]
 
 
+def test_hdf5_batched_fetch_is_the_rows_one_by_one(tmp_path):
+    """The DataLoader's batched fetch (HDF5Dataset.__getitems__) gives what the rows one at a time stack to, for
+    micro-batches within a file and across files, shuffled; a file that became unreadable is each row's error."""
+    datas, labels = write_h5(tmp_path, [5, 3, 4])
+    x, y = np.concatenate(datas), np.concatenate(labels)
+    for shuffle in (False, True):
+        ds = hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt", shuffle=shuffle), seed=3)
+        for positions in ([0, 1, 2], [3, 4, 5, 6], [10, 11, 12, 13, 14], list(range(24, 37))):
+            got = hdf5data.collate_tops(ds.__getitems__(positions))
+            want = hdf5data.collate_tops([ds[p] for p in positions])
+            assert isinstance(ds.__getitems__(positions), hdf5data.StackedRows) and got[1:] == want[1:] == (positions, None)
+            assert all(torch.equal(a, b) for a, b in zip(got[0], want[0]))
+            if not shuffle:   # the rows themselves, in the stream's order (two passes of 12 rows)
+                idx = [p % 12 for p in positions]
+                assert torch.equal(got[0][0], torch.from_numpy(x[idx]))
+                assert torch.equal(got[0][1], torch.from_numpy(y[idx]))
+    ds = hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt"))
+    (tmp_path / "f1.h5").write_bytes(b"not hdf5 any more")
+    rows, positions, error = hdf5data.collate_tops(ds.__getitems__([3, 4, 5]))
+    assert rows is None and positions == [3, 4, 5] and error[0].endswith("f1.h5") and "unreadable" in error[1]
+
+
 def test_hdf5_bad_input(tmp_path):
     write_h5(tmp_path, [2])
     with pytest.raises(CaffeFileError, match=r"^layer 'h' \(HDF5Data\): HDF5Data does not transform data"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt", extra="transform_param { scale: 2 }"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "h5.txt", extra="transform_param { scale: 2 }"))
     (tmp_path / "l.txt").write_text("f0.h5 missing.h5\n")
     with pytest.raises(CaffeFileError, match=r"l.txt: line 1: HDF5 file 'missing.h5' not found$"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
     with h5py.File(tmp_path / "g.h5", "w") as f:
         f["data"] = np.zeros((3, 2))
         f["label"] = np.zeros(2)
     (tmp_path / "l.txt").write_text("g.h5\n")
     with pytest.raises(CaffeFileError, match=r"g.h5: the datasets 'data' \[3, 2\], 'label' \[2\] differ in rows"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
     with h5py.File(tmp_path / "g.h5", "w") as f:
         f["data"] = np.zeros((3, 2))
     with pytest.raises(CaffeFileError, match=r"g.h5: no dataset 'label'"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
     (tmp_path / "g.h5").write_bytes(b"not hdf5")
     with pytest.raises(CaffeFileError, match=r"g.h5: not a readable HDF5 file"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
     with h5py.File(tmp_path / "g.h5", "w") as f:
         f["data"] = np.zeros((3, 4))
         f["label"] = np.zeros(3)
     (tmp_path / "l.txt").write_text("f0.h5 g.h5\n")
     with pytest.raises(CaffeFileError, match=r"g.h5: rows of \[\[4\], \[\]\] where the first file has "
                                              r"\[\[2, 3\], \[\]\]"):
-        db.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
+        hdf5data.HDF5Dataset.from_layer(hdf5_layer(tmp_path / "l.txt"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

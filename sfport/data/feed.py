@@ -1,7 +1,7 @@
 """Feeding a net during training: micro-batches from its ImageData, Data (LMDB / LevelDB), HDF5Data, the SSD
 fork's AnnotatedData or the segmentation forks' DenseImageData / ImageSegData layer (a DataLoader over the
-deterministic streams of sfport.data.imagedata, sfport.data.db, sfport.data.annotated and sfport.data.segdata), or
-synthetic images and labels for benchmarks."""
+deterministic streams of sfport.data.imagedata, sfport.data.db, sfport.data.hdf5data, sfport.data.annotated and
+sfport.data.segdata), or synthetic images and labels for benchmarks."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from sfport.data.imagedata import INT32_MAX, ImageDataset, MicroBatches, check, loader
-from sfport.data.db import DP, DatumDataset, HDF5Dataset, collate_tops
+from sfport.data.db import DP, DatumDataset
+from sfport.data.hdf5data import HDF5Dataset, collate_tops
 from sfport.data.annotated import AnnotatedDataset, collate_for
 from sfport.data import segdata
 from sfport import converters as conv_registry
