@@ -21,7 +21,9 @@ would slow the next path down; a forward process times batch 1, then 64, of its 
   layer replaced by HDF5Data over the golden input batches, batch 8, init.caffemodel, SGD lr 0.01 momentum 0.9),
   iterations/s: Caffe ``solver.solve()`` (what ``caffe train`` runs) against ``sfport train --workers 0`` and
   ``sfport train`` with its default workers. Both log Caffe's display lines; the rate is the steady state between
-  two of them (from iteration --iters / 6 to --iters), start-up excluded.
+  two of them (from iteration --iters / 6 to --iters), start-up excluded. A third row times the same iterations
+  of a plain hand-written PyTorch loop of the same layers (``torch_tiny``): not sfport, the floor any eager
+  PyTorch trainer of this net stands on, in the sfport column.
 * training, SphereFace-20 + a 10,572-way InnerProduct + SoftmaxWithLoss on random 112x96 batches of 32, images/s,
   one net file for both (an Input layer with data and label tops): Caffe ``solver.step(n)`` (Input blobs filled
   once) against ``sfport.solver.Solver.step(n)`` with --synthetic-data (bench_train.py's sfport side), one update
@@ -199,7 +201,69 @@ def sfport_sf20(job: dict) -> float:
     return s.feeder.batch * job["iters"] / (time.perf_counter() - t0)
 
 
-WORKERS = {f.__name__: f for f in (caffe_forward, sfport_forward, caffe_solve, caffe_sf20, sfport_sf20)}
+def torch_tiny(job: dict) -> float:
+    """The peer that shows the floor of eager PyTorch: the tiny net's training step in a plain, hand-written loop
+    (nothing of sfport imported), iterations/s over the same window as the display lines. The net as
+    tiny_sphereface.prototxt: four 3x3 ``nn.Conv2d`` (8, 8, 8, 16 outputs; strides 2, 1, 1, 2; pad 1) each with an
+    ``nn.PReLU`` per channel, the sum of conv1_1's and conv1_3's outputs, ``nn.Linear`` 32 and 8,
+    ``F.cross_entropy``; ``torch.optim.SGD`` (lr 0.01, momentum 0.9, weight decay 0.0005; the biases of the
+    lr_mult 2 layers at twice the rate without decay, conv1_2's and conv1_3's frozen, as the prototxt's param
+    specs); the golden batches of 8 in memory, sliced in order; the loss read back every iteration (as a
+    solver reads it). Default initialisation: the values do not change the time."""
+    import h5py
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    with h5py.File(os.path.join(job["dir"], "train.h5"), "r") as f:
+        data = torch.from_numpy(f["data"][()].astype("float32"))
+        label = torch.from_numpy(f["label"][()].astype("int64"))
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1_1, self.relu1_1 = nn.Conv2d(3, 8, 3, 2, 1), nn.PReLU(8)
+            self.conv1_2, self.relu1_2 = nn.Conv2d(8, 8, 3, 1, 1), nn.PReLU(8)
+            self.conv1_3, self.relu1_3 = nn.Conv2d(8, 8, 3, 1, 1), nn.PReLU(8)
+            self.conv2_1, self.relu2_1 = nn.Conv2d(8, 16, 3, 2, 1), nn.PReLU(16)
+            h, w = data.shape[2], data.shape[3]
+            for _ in range(2):
+                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+            self.fc5, self.fc6 = nn.Linear(16 * h * w, 32), nn.Linear(32, 8)
+
+        def forward(self, x):
+            a = self.relu1_1(self.conv1_1(x))
+            r = a + self.relu1_3(self.conv1_3(self.relu1_2(self.conv1_2(a))))
+            return self.fc6(self.fc5(self.relu2_1(self.conv2_1(r)).flatten(1)))
+
+    net = Tiny()
+    for conv in (net.conv1_2, net.conv1_3):
+        conv.bias.requires_grad_(False)
+    doubled = [net.conv1_1.bias, net.conv2_1.bias, net.fc5.bias]
+    rest = [p for p in net.parameters() if p.requires_grad and all(p is not d for d in doubled)]
+    opt = torch.optim.SGD([{"params": rest}, {"params": doubled, "lr": 0.02, "weight_decay": 0.0}],
+                          lr=0.01, momentum=0.9, weight_decay=0.0005, foreach=True)
+    b, n = TINY_BATCH, data.shape[0]
+
+    def step(i):
+        k = (i * b) % n
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(data[k:k + b]), label[k:k + b])
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    for i in range(job["first"]):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(job["first"], job["last"]):
+        step(i)
+    return (job["last"] - job["first"]) / (time.perf_counter() - t0)
+
+
+WORKERS = {f.__name__: f for f in (caffe_forward, sfport_forward, caffe_solve, caffe_sf20, sfport_sf20, torch_tiny)}
 
 # ---------------------------------------------------------------------------------------------------------------
 # the files both sides read
@@ -412,6 +476,8 @@ def main(argv=None) -> int:
             keep("caffe tiny", steady_rate(log, first, last, "Caffe solver.solve()"))
             keep("tiny w0", tiny_sfport(0))
             keep("tiny wdefault", tiny_sfport(None))
+            keep("tiny torch", worker(sys.executable, dict(kind="torch_tiny", dir=str(tiny), first=first, last=last,
+                                                           threads=threads)))
             job = dict(dir=str(sf20), warm=1, iters=args.sf20_iters, threads=threads, batch=sf20_batch)
             keep("caffe sf20", worker(caffe_py, dict(job, kind="caffe_sf20"), caffe_env))
             keep("sfport sf20", worker(sys.executable, dict(job, kind="sfport_sf20")))
@@ -432,6 +498,8 @@ def main(argv=None) -> int:
          "tiny w0"),
         (f"train tiny_sphereface (HDF5Data, batch {TINY_BATCH}), iter/s: sfport train, default workers "
          f"({default_workers})", "caffe tiny", "tiny wdefault"),
+        (f"train tiny_sphereface (HDF5Data, batch {TINY_BATCH}), iter/s: not sfport, the floor of eager PyTorch: "
+         f"a plain hand-written PyTorch loop of the same layers", "caffe tiny", "tiny torch"),
         (f"train SphereFace-20 + InnerProduct {CLASSES:,} + SoftmaxWithLoss (batch {sf20_batch}), img/s",
          "caffe sf20", "sfport sf20"),
     ]

@@ -25,6 +25,8 @@ ROWS = [
     r"forward SphereFace-20, batch \d+, img/s: sfport eager",
     r"train tiny_sphereface \(HDF5Data, batch 8\), iter/s: sfport train --workers 0",
     r"train tiny_sphereface \(HDF5Data, batch 8\), iter/s: sfport train, default workers \(\d+\)",
+    r"train tiny_sphereface \(HDF5Data, batch 8\), iter/s: not sfport, the floor of eager PyTorch: a plain "
+    r"hand-written PyTorch loop of the same layers",
     r"train SphereFace-20 \+ InnerProduct 10,572 \+ SoftmaxWithLoss \(batch \d+\), img/s",
 ]
 
