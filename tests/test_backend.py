@@ -74,6 +74,24 @@ def test_auto_runs_the_optimized_net_on_its_export_and_only_what_the_blob_needs(
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
 
 
+def test_auto_runs_a_small_job_eagerly(bn_face):
+    """A job of fewer than AUTO_EAGER_BELOW images (mirror images counted) runs on the eager net under auto, and
+    says so; from that count on, or where the count is not given, on the export; a backend named is honoured."""
+    from sfport.runtime import AUTO_EAGER_BELOW
+    args = (bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32)
+    want = _plain_fc5(bn_face, x)
+    small = Model(*args, forwards=AUTO_EAGER_BELOW - 1)
+    assert small.backend == "torch" and small.runner.session is None
+    assert small.backend_line.startswith(f"backend: torch (auto: {AUTO_EAGER_BELOW - 1} image(s) to run, fewer "
+                                         f"than {AUTO_EAGER_BELOW}: done before an export would be ready); "
+                                         f"optimized: 4 layers folded into 2")
+    np.testing.assert_allclose(small.features(torch.from_numpy(x)), want, rtol=0,
+                               atol=1e-5 * max(1, np.abs(want).max()))
+    assert Model(*args, forwards=AUTO_EAGER_BELOW).backend == AUTO
+    assert Model(*args, backend="onnxruntime", forwards=4).backend == "onnxruntime"
+
+
 def test_openvino_is_taken_only_where_it_compiles_and_agrees(bn_face, monkeypatch):
     pytest.importorskip("openvino")
     from sfport.errors import CaffeFileError
@@ -240,20 +258,25 @@ def test_progress_lines_in_logs_are_glog_lines_with_rate_and_eta():
 
 def test_eval_and_embed_log_the_backend_and_progress_when_not_on_a_terminal(bn_face, tmp_path):
     out = tmp_path / "f.npy"
-    r = subprocess.run([sys.executable, "-m", "sfport", "embed", *[str(bn_face / f"f{k}.jpg") for k in range(6)],
-                        "-m", str(bn_face / "bn.caffemodel"), "-p", str(bn_face / "bn.prototxt"), "-o", str(out),
-                        "--batch-size", "4", "--workers", "1"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    err = r.stderr.splitlines()
-    assert all(GLOG.match(l) for l in err), err
-    assert f"] backend: {AUTO} (its ONNX export, checked against the eager net)" in err[0]
-    assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ img/s, done in", err[-1])
-    f = np.load(out)
-    assert f.shape == (6, 32) and f.dtype == np.float32
     x = np.stack([cv2.imread(str(bn_face / f"f{k}.jpg")).astype(np.float32) for k in range(6)])
     x = ((x - 127.5) / 128).transpose(0, 3, 1, 2)
     want = np.concatenate([_plain_fc5(bn_face, x), _plain_fc5(bn_face, np.ascontiguousarray(x[..., ::-1]))], 1)
-    np.testing.assert_allclose(f, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    # the export's backend as auto takes it for a large job; then auto itself, which runs these 12 images eagerly
+    for backend, line in ((AUTO, f"backend: {AUTO} (its ONNX export, checked against the eager net)"),
+                          ("auto", "backend: torch (auto: 12 image(s) to run, fewer than 256: done before an "
+                                   "export would be ready)")):
+        images = [str(bn_face / f"f{k}.jpg") for k in range(6)]
+        r = subprocess.run([sys.executable, "-m", "sfport", "embed", *images, "-m", str(bn_face / "bn.caffemodel"),
+                            "-p", str(bn_face / "bn.prototxt"), "-o", str(out), "--batch-size", "4", "--workers", "1",
+                            "--backend", backend], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        err = r.stderr.splitlines()
+        assert all(GLOG.match(l) for l in err), err
+        assert f"] {line}" in err[0]
+        assert re.search(r"\] features: 6 / 6 images \(100\.0%\), [\d.]+ img/s, done in", err[-1])
+        f = np.load(out)
+        assert f.shape == (6, 32) and f.dtype == np.float32
+        np.testing.assert_allclose(f, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
     r = subprocess.run([sys.executable, "-m", "sfport", "embed", str(bn_face / "f0.jpg"), "-m",
                         str(bn_face / "bn.caffemodel"), "-p", str(bn_face / "bn.prototxt"), "-o", str(out),
                         "--backend", "torch"], capture_output=True, text=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sfport.runtime import BACKENDS
+from sfport.runtime import AUTO_EAGER_BELOW, BACKENDS
 
 
 def parse_shape(text: str | None):
@@ -90,4 +90,6 @@ def backend_option():
     """``--backend`` of the commands that run a face net (sfport.runtime.backend.Runner)."""
     return click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                         help="What runs the net: auto is its optimized form's ONNX export on OpenVINO where "
-                             "installed (sfport[openvino]), else on onnxruntime, else eager torch.")
+                             "installed (sfport[openvino]), else on onnxruntime, else eager torch; eager torch "
+                             f"for fewer than {AUTO_EAGER_BELOW} images (mirror images counted), too few to pay "
+                             "for the export.")

@@ -40,11 +40,12 @@ class Model:
     ``input_size`` (h, w); ``backend`` the one that runs and ``backend_line`` why, in one line.
 
     A caffemodel or converted ``.pt`` runs through :class:`sfport.runtime.backend.Runner` (its inference-optimized net cut
-    to the layers the feature blob is computed from, on onnxruntime unless ``backend`` is ``torch`` or it does
-    not export); an ``.onnx`` file runs on onnxruntime."""
+    to the layers the feature blob is computed from, on its checked ONNX export unless ``backend`` is ``torch``,
+    it does not export, or ``forwards``, the images the caller will run, mirror images counted, are too few to
+    pay for the export); an ``.onnx`` file runs on onnxruntime."""
 
     def __init__(self, path, prototxt=None, blob: str | None = None, device: str = "cpu", *, phase: str = "TEST",
-                 stages=(), level: int = 0, input_shapes=None, backend: str = "auto"):
+                 stages=(), level: int = 0, input_shapes=None, backend: str = "auto", forwards: int | None = None):
         self.path = str(path)
         check_backend(backend)
         # the NetState and shapes that select the net of a train/test definition (Net::FilterNet); in the digest
@@ -81,7 +82,7 @@ class Model:
             raise CaffeFileError(self.path, f"no blob '{blob}' in the net")
         self.output = blob or ("fc5" if "fc5" in blobs else net.outputs[-1])
         _require_weights(net, self.path, prototxt, self.output)
-        self.runner = Runner(net, [self.output], backend, device, self.path)
+        self.runner = Runner(net, [self.output], backend, device, self.path, forwards=forwards)
         self.net = self.runner.net
         self.backend, self.backend_line = self.runner.backend, self.runner.line
 
@@ -446,7 +447,7 @@ def embed(images, model, output, prototxt=None, blob: str | None = None, list_fi
                 origins.append((os.fspath(list_file), n))
     if not paths:
         raise CaffeFileError(list_file, "the image list is empty" if list_file else "no images given")
-    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend, forwards=2 * len(paths))
     marks = align.read_landmarks(landmarks, one_based=landmarks_one_based) if landmarks else None
     staged = None if as_mat else Staged(out, "the features output")
     rows = {}
@@ -479,7 +480,7 @@ def compare(a, b, model, prototxt=None, blob: str | None = None, protocol: str =
             state: dict | None = None, backend: str = "auto", log=None) -> float:
     """``sfport compare``: the cosine of two aligned face images' features, each combined with its mirror
     image's as the ``protocol`` does (:func:`combine`)."""
-    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend, forwards=4)   # each image and its mirror
     ex = extract(m, [a, b], ".", protocol, cache_dir=False, workers=0)
     if log is not None:
         log(m.backend_line, "features.py:0")

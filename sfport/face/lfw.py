@@ -474,8 +474,8 @@ def evaluate_model(pairs_file, model, lfw_dir, prototxt=None, blob: str | None =
         lack = "missing" if marks is None else "missing or have no landmarks"
         raise CaffeFileError(where, f"{what} ({len(absent)} of the {len(needed)} images of the pairs are {lack}; "
                                     f"{fold_counts(pairs, present)}): --skip-missing evaluates those")
-    m = Model(model, prototxt, blob, **(state or {}), backend=backend)
     needed = _needed(kept)
+    m = Model(model, prototxt, blob, **(state or {}), backend=backend, forwards=2 * len(needed))
     ex = extract(m, needed, lfw_dir, protocol, marks, landmarks, template, batch_size, workers,
                  cache_dir=None if cache else False, progress=progress, log=log)
     return _evaluate_pairs(kept, dict(zip(needed, ex.features)), dict(zip(needed, ex.flipped)), protocol,

@@ -6,14 +6,17 @@ layers its requested outputs are computed from. ``auto`` (the default of ``eval`
 the eager net when it is made (:func:`sfport.runtime.export.onnx_export`, as ``sfport convert`` checks it): on
 OpenVINO where it is installed (``pip install "sfport[openvino]"``; a fixed-size net, in float32, once more checked
 against the eager net), else on onnxruntime; a net that does not export runs eagerly, and the line says why.
-``openvino``, ``onnxruntime`` and ``torch`` choose; a device other than the CPU runs eagerly there. Only the
+A job its caller says is small (``forwards``: fewer than :data:`AUTO_EAGER_BELOW` images, mirror images
+counted, as ``compare``'s four) runs eagerly under ``auto``: the export and its checks take longer than the eager
+net takes for the whole job. ``openvino``, ``onnxruntime`` and ``torch`` choose; a device other than the CPU runs
+eagerly there. Only the
 outputs are kept: each blob is freed after its last reader. onnxruntime is handed the export with its PReLUs in
 kernels it runs faster (:func:`for_onnxruntime`), checked once more against the eager net.
 
-Measured on a 2-core AMD EPYC (bench/bench_forward.py): OpenVINO's CPU plugin runs SphereFace-20 1.2-1.4x and
-MobileFaceNet 1.9-2.2x OpenCV 4's Caffe importer, onnxruntime 1.07-1.16x and 1.2-1.7x: the 3x3 convolutions
-that SphereFace's time goes to run as Winograd there, as in OpenCV, and as direct convolutions in onnxruntime
-and PyTorch.
+Measured on a 2-core AMD EPYC (bench/bench_forward.py): OpenVINO's CPU plugin runs SphereFace-20 1.27-1.37x and
+MobileFaceNet 2.05-2.33x OpenCV 4's Caffe importer, onnxruntime 1.11-1.13x and 1.57-1.93x. SphereFace's time goes to
+its 3x3 convolutions, which OpenCV runs as Winograd transforms and OpenVINO, onnxruntime and PyTorch as direct
+convolutions.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import onnx
 import onnx.numpy_helper
 import torch
 
-from sfport.runtime import BACKENDS, export
+from sfport.runtime import AUTO_EAGER_BELOW, BACKENDS, export
 from sfport.errors import CaffeFileError
 from sfport.runtime.verify import relative_error
 
@@ -222,12 +225,13 @@ def check_backend(backend: str) -> str:
 
 
 class Runner:
-    """``Runner(net, outputs=None, backend="auto", device="cpu", path=None, any_size=False)``; ``runner(x)`` ->
-    {output: array} for a batch of the net's first input (any batch; any height and width too with
-    ``any_size``, where the net allows); ``backend`` the one that runs, ``line`` what and why."""
+    """``Runner(net, outputs=None, backend="auto", device="cpu", path=None, any_size=False, forwards=None)``;
+    ``runner(x)`` -> {output: array} for a batch of the net's first input (any batch; any height and width too
+    with ``any_size``, where the net allows); ``backend`` the one that runs, ``line`` what and why. ``forwards``:
+    how many images the caller will run, where it knows (a small job runs eagerly under ``auto``)."""
 
     def __init__(self, net, outputs=None, backend: str = "auto", device: str = "cpu", path=None,
-                 any_size: bool = False):
+                 any_size: bool = False, forwards: int | None = None):
         check_backend(backend)
         self.net = net.optimized(list(outputs) if outputs is not None else None)
         self.net.module.eval().to(device)
@@ -241,7 +245,10 @@ class Runner:
         path = path or net.path
         if backend == "openvino" and not openvino_installed():
             raise CaffeFileError(path, 'backend openvino: OpenVINO is not installed (pip install "sfport[openvino]")')
-        if backend != "torch" and device == "cpu":
+        if backend == "auto" and device == "cpu" and forwards is not None and forwards < AUTO_EAGER_BELOW:
+            why = (f"auto: {forwards} image(s) to run, fewer than {AUTO_EAGER_BELOW}: done before an export would "
+                   f"be ready")
+        elif backend != "torch" and device == "cpu":
             try:
                 # at the net's own input size unless the caller feeds others (MTCNN's pyramid): the export is
                 # then checked there only, not rebuilt and run at a second size
