@@ -402,11 +402,12 @@ def onnx_export(net, tol: float = 1e-5, *, opset: int = ONNX_OPSET, dynamic: boo
     notes += [time_note] if time_note else []
     for k, v in meta.items():   # what finishing an exported-early layer needs travels in the file
         proto.metadata_props.add(key=k, value=v)
-    checked_data = proto.SerializeToString()
-    for _ in probes:            # the file written has the net's outputs only
-        proto.graph.output.pop()
-    data = proto.SerializeToString()
-    onnx.checker.check_model(onnx.load_from_string(data))
+    checked_data = data = proto.SerializeToString()
+    if probes:                  # the file written has the net's outputs only
+        for _ in probes:
+            proto.graph.output.pop()
+        data = proto.SerializeToString()
+    onnx.checker.check_model(data)   # the bytes themselves (a ModelProto would be serialized once more)
     sess = ort.InferenceSession(checked_data, providers=["CPUExecutionProvider"])
 
     def call(inputs):
