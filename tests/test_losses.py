@@ -253,3 +253,49 @@ def test_the_losses_are_losses_with_label_bottoms():
               "MultinomialLogisticLoss"):
         assert converters.is_loss(t) and converters.is_training_only(t)
     assert converters.label_bottoms("ContrastiveLoss") == (2,)
+
+
+@pytest.mark.parametrize("norm", ["FULL", "VALID", "BATCH_SIZE", "NONE"])
+def test_softmax_loss_without_ignored_labels(norm):
+    """SoftmaxWithLoss with every label counted (its short path) against softmax_loss_layer.cpp's formulas in
+    float64 (loss: sum of -log(max(p_y, FLT_MIN)) over the normalizer; gradient: (p - onehot) over it), over axis
+    1 of a 4-D blob; and, in float32, exactly the values and gradient of the masked path (an ignore_label no
+    sample has)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 5, 2, 2)) * 3
+    x[0, :, 0, 0] = [-200, 0, 0, 0, 0]        # p_y below FLT_MIN: the loss is capped, the gradient is not
+    y = rng.integers(0, 5, (3, 1, 2, 2)).astype(np.float64)
+    y[0, 0, 0, 0] = 0
+    loss, (g,), _ = run("SoftmaxWithLoss", f"loss_param {{ normalization: {norm} }}", [x, y])
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = (np.arange(5)[None, :, None, None] == y).astype(np.float64)
+    py = (p * onehot).sum(1)
+    n = {"FULL": 12, "VALID": 12, "BATCH_SIZE": 3, "NONE": 1}[norm]
+    assert loss == pytest.approx(-np.log(np.maximum(py, np.finfo(np.float32).tiny)).sum() / n, rel=1e-12)
+    np.testing.assert_allclose(g, (p - onehot) / n, rtol=0, atol=1e-12)
+    mods = [converters.get("SoftmaxWithLoss").build(make("SoftmaxWithLoss", f"loss_param {{ normalization: {norm} "
+                                                         f"{extra} }}"), [x.shape, y.shape])
+            for extra in ("", "ignore_label: 99")]
+    got = []
+    for mod in mods:
+        xt = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+        value = mod(xt, torch.tensor(y, dtype=torch.float32))
+        value.backward()
+        got.append((value.detach(), xt.grad))
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_accuracy_without_ignored_labels(top_k):
+    """Accuracy with every label counted (its short path): accuracy_layer.cpp's rule, a sample is right when fewer
+    than top_k scores are strictly greater than its label's (ties count for it), over axis 1 of a 4-D blob."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, (4, 5, 3, 2)).astype(np.float32)   # small integers: many ties
+    y = rng.integers(0, 5, (4, 1, 3, 2)).astype(np.float32)
+    mod = converters.get("Accuracy").build(make("Accuracy", f"accuracy_param {{ top_k: {top_k} }}"),
+                                           [x.shape, y.shape])
+    target = np.take_along_axis(x, y.astype(int), axis=1)
+    want = ((x > target).sum(1) < top_k).mean()
+    got = mod(torch.from_numpy(x), torch.from_numpy(y))
+    assert got.shape == () and float(got) == pytest.approx(want, abs=1e-7)
