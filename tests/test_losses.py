@@ -299,3 +299,11 @@ def test_accuracy_without_ignored_labels(top_k):
     want = ((x > target).sum(1) < top_k).mean()
     got = mod(torch.from_numpy(x), torch.from_numpy(y))
     assert got.shape == () and float(got) == pytest.approx(want, abs=1e-7)
+
+
+def test_softmax_loss_of_no_samples_is_zero():
+    """A batch of no samples (a net reshaped to batch 0) gives loss 0, as Caffe's sum over nothing over the
+    normalizer's floor of 1, with every label counted and with an ignore_label."""
+    for extra in ("", "loss_param { ignore_label: 2 }"):
+        mod = converters.get("SoftmaxWithLoss").build(make("SoftmaxWithLoss", extra), [(0, 5), (0,)])
+        assert float(mod(torch.zeros(0, 5), torch.zeros(0))) == 0.0

@@ -86,7 +86,7 @@ class SoftmaxWithLoss(nn.Module):
     def _every_label(self, logp, logp_f, label, outer: int, inner: int):
         """forward without ignored labels or class weights (the usual classifier): the same value and gradient
         as below in fewer operations (every sample counts: no masks, and the normalizer needs no count)."""
-        lo, hi = torch.aminmax(label)
+        lo, hi = torch.aminmax(label) if label.numel() else (0, 0)
         if int(lo) < 0 or int(hi) >= logp_f.shape[-1]:
             raise ValueError(f"SoftmaxWithLoss: a label is outside 0..{logp_f.shape[-1] - 1}")
         picked = logp_f.gather(2, label.unsqueeze(2)).squeeze(2)

@@ -9,14 +9,14 @@ against the eager net), else on onnxruntime; a net that does not export runs eag
 A job its caller says is small (``forwards``: fewer than :data:`AUTO_EAGER_BELOW` images, mirror images
 counted, as ``compare``'s four) runs eagerly under ``auto``: the export and its checks take longer than the eager
 net takes for the whole job. ``openvino``, ``onnxruntime`` and ``torch`` choose; a device other than the CPU runs
-eagerly there. Only the
-outputs are kept: each blob is freed after its last reader. onnxruntime is handed the export with its PReLUs in
-kernels it runs faster (:func:`for_onnxruntime`), checked once more against the eager net.
+eagerly there. Only the outputs are kept: each blob is freed after its last reader. onnxruntime is handed the
+export with its PReLUs in kernels it runs faster (:func:`for_onnxruntime`), checked once more against the eager
+net.
 
 Measured on a 2-core AMD EPYC (bench/bench_forward.py): OpenVINO's CPU plugin runs SphereFace-20 1.27-1.37x and
-MobileFaceNet 2.05-2.33x OpenCV 4's Caffe importer, onnxruntime 1.11-1.13x and 1.57-1.93x. SphereFace's time goes to
-its 3x3 convolutions, which OpenCV runs as Winograd transforms and OpenVINO, onnxruntime and PyTorch as direct
-convolutions.
+MobileFaceNet 2.05-2.33x OpenCV 4's Caffe importer, onnxruntime 1.11-1.13x and 1.57-1.93x. SphereFace's time
+goes to its 3x3 convolutions, which OpenCV runs as Winograd transforms and OpenVINO, onnxruntime and PyTorch as
+direct convolutions.
 """
 from __future__ import annotations
 
