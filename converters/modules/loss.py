@@ -46,7 +46,7 @@ class SoftmaxWithLoss(nn.Module):
         outer = math.prod(scores.shape[:axis])
         inner = math.prod(scores.shape[axis + 1:])
         label = label.reshape(outer, inner).long()
-        logp_f = logp.movedim(axis, -1).reshape(outer, inner, -1)
+        logp_f = logp.movedim(axis, -1).reshape(outer, inner, scores.shape[axis])
         if not self.ignore_labels and self.class_weights is None and not self.by_weight:
             return self._every_label(logp, logp_f, label, outer, inner)
         valid = torch.ones_like(label, dtype=torch.bool)
