@@ -92,6 +92,28 @@ def test_auto_runs_a_small_job_eagerly(bn_face):
     assert Model(*args, backend="onnxruntime", forwards=4).backend == "onnxruntime"
 
 
+def test_auto_exports_at_the_first_use_so_cached_features_export_nothing(bn_face, tmp_path, monkeypatch):
+    """Under auto the Runner chooses (exports, compiles, checks) at its first use: features read from the cache
+    run nothing, so nothing is exported; the features computed are the plain net's."""
+    from sfport.face import features
+    made = []
+    real = export.onnx_bytes
+    monkeypatch.setattr(export, "onnx_bytes", lambda *a, **k: made.append(1) or real(*a, **k))
+    paths = [f"f{k}.jpg" for k in range(6)]
+    m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert made == [] and m.runner._chosen is None
+    first = features.extract(m, paths, bn_face, cache_dir=tmp_path, workers=0)
+    assert made == [1] and m.backend == AUTO
+    x = np.stack([cv2.imread(str(bn_face / p)).astype(np.float32) for p in paths])
+    want = _plain_fc5(bn_face, ((x - 127.5) / 128).transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(first.features, want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
+    again = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    cached = features.extract(again, paths, bn_face, cache_dir=tmp_path, workers=0)
+    assert made == [1] and again.runner._chosen is None
+    np.testing.assert_array_equal(cached.features, first.features)
+    np.testing.assert_array_equal(cached.flipped, first.flipped)
+
+
 def test_openvino_is_taken_only_where_it_compiles_and_agrees(bn_face, monkeypatch):
     pytest.importorskip("openvino")
     from sfport.errors import CaffeFileError
@@ -205,6 +227,7 @@ def test_the_runner_hands_onnxruntime_the_rewritten_net_and_checks_it(bn_face, m
     x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 112, 96)).astype(np.float32)
     want = _plain_fc5(bn_face, x)
     m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
+    assert seen == [] and m.backend == "onnxruntime"   # auto chooses at the first use
     assert len(seen) == 1 and "BatchNormalization" in [n.op_type for n in onnx.load_from_string(seen[0]).graph.node]
     np.testing.assert_allclose(m.features(torch.from_numpy(x)), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
 
@@ -218,7 +241,7 @@ def test_the_runner_hands_onnxruntime_the_rewritten_net_and_checks_it(bn_face, m
     seen.clear()
     monkeypatch.setattr(backend, "for_onnxruntime", wrong)
     m = Model(bn_face / "bn.caffemodel", bn_face / "bn.prototxt")
-    assert len(seen) == 2 and "PRelu" in [n.op_type for n in onnx.load_from_string(seen[1]).graph.node]
+    assert m.backend == "onnxruntime" and len(seen) == 2 and "PRelu" in [n.op_type for n in onnx.load_from_string(seen[1]).graph.node]
     np.testing.assert_allclose(m.features(torch.from_numpy(x)), want, rtol=0, atol=1e-5 * max(1, np.abs(want).max()))
 
 

@@ -58,6 +58,7 @@ class Model:
                 raise CaffeFileError(f, "no such file")
         self.device = device
         self.session = None
+        self.runner = None
         if self.path.endswith(".onnx"):
             if backend in ("torch", "openvino"):
                 raise CaffeFileError(self.path, f"an ONNX file runs on onnxruntime (--backend {backend} needs a "
@@ -71,7 +72,6 @@ class Model:
                 raise CaffeFileError(self.path, f"no output '{blob}' (outputs: {', '.join(names)})")
             self.output = blob or names[0]
             self.net = None
-            self.backend, self.backend_line = "onnxruntime", f"backend: onnxruntime ({Path(self.path).name})"
             return
         net = load_net(self.path, prototxt, input_shapes, phase, stages=stages, level=level)
         names = list(net.inputs)
@@ -84,7 +84,15 @@ class Model:
         _require_weights(net, self.path, prototxt, self.output)
         self.runner = Runner(net, [self.output], backend, device, self.path, forwards=forwards)
         self.net = self.runner.net
-        self.backend, self.backend_line = self.runner.backend, self.runner.line
+
+    @property
+    def backend(self) -> str:
+        """What runs the net (chosen at the first use under auto: features all cached, nothing is exported)."""
+        return self.runner.backend if self.runner is not None else "onnxruntime"
+
+    @property
+    def backend_line(self) -> str:
+        return self.runner.line if self.runner is not None else f"backend: onnxruntime ({Path(self.path).name})"
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         """The output blob of a batch, one row per image."""

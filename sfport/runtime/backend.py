@@ -240,11 +240,21 @@ class Runner:
         self.device = device
         self.input = next(iter(self.net.inputs))
         self.outputs = list(outputs) if outputs is not None else list(self.net.outputs)
-        self.session = None          # onnxruntime's session, or the OpenVINO model
-        self.backend, why = "torch", "--backend torch"
         path = path or net.path
         if backend == "openvino" and not openvino_installed():
             raise CaffeFileError(path, 'backend openvino: OpenVINO is not installed (pip install "sfport[openvino]")')
+        self._choice = (backend, device, path, any_size, forwards)
+        self._chosen: tuple | None = None   # (backend, session, line) once chosen
+        if backend != "auto":   # a backend named fails now if it cannot run the net; auto only falls back
+            self._choose()
+
+    def _choose(self) -> tuple:
+        """The backend, its session (onnxruntime's, the OpenVINO model, or None: eager) and the line saying
+        why; under ``auto`` made at the first use (a job whose features are all cached never exports)."""
+        if self._chosen is not None:
+            return self._chosen
+        backend, device, path, any_size, forwards = self._choice
+        chosen, session, why = "torch", None, "--backend torch"
         if backend == "auto" and device == "cpu" and forwards is not None and forwards < AUTO_EAGER_BELOW:
             why = (f"auto: {forwards} image(s) to run, fewer than {AUTO_EAGER_BELOW}: done before an export would "
                    f"be ready")
@@ -260,15 +270,29 @@ class Runner:
             else:
                 why = "its ONNX export, checked against the eager net"
                 if backend == "openvino" or (backend == "auto" and not any_size and openvino_installed()):
-                    self.session = self._openvino(data, path, required=backend == "openvino")
-                if self.session is not None:
-                    self.backend = "openvino"
+                    session = self._openvino(data, path, required=backend == "openvino")
+                if session is not None:
+                    chosen = "openvino"
                 else:
-                    self.session = self._fastest_session(data, path)
-                    self.backend = "onnxruntime"
+                    session = self._fastest_session(data, path)
+                    chosen = "onnxruntime"
         elif device != "cpu":
             why = f"on {device}"
-        self.line = f"backend: {self.backend} ({why}); {self.net.optimization.summary()}"
+        self._chosen = (chosen, session, f"backend: {chosen} ({why}); {self.net.optimization.summary()}")
+        return self._chosen
+
+    @property
+    def backend(self) -> str:
+        return self._choose()[0]
+
+    @property
+    def session(self):
+        """onnxruntime's session, or the OpenVINO model; None where the eager net runs."""
+        return self._choose()[1]
+
+    @property
+    def line(self) -> str:
+        return self._choose()[2]
 
     def _check_input(self) -> np.ndarray:
         """The seeded batch of one at the net's input size that a backend's result is checked on."""
@@ -314,8 +338,9 @@ class Runner:
         return {o: blobs[final[o]].float().cpu().numpy() for o in self.outputs}
 
     def __call__(self, x) -> dict[str, np.ndarray]:
-        if isinstance(self.session, OpenVINO):
-            return self.session.run(self.outputs, self.input, x)
-        if self.session is not None:
-            return run_session(self.session, self.outputs, self.input, x)
+        session = self._choose()[1]
+        if isinstance(session, OpenVINO):
+            return session.run(self.outputs, self.input, x)
+        if session is not None:
+            return run_session(session, self.outputs, self.input, x)
         return self._eager(x)
