@@ -355,3 +355,43 @@ def test_dropout_scale_train_false_scales_at_test(ratio):
     _, _, plain = one_layer("Dropout", f"dropout_param {{ dropout_ratio: {ratio} }}")
     plain.eval()
     np.testing.assert_array_equal(plain(torch.from_numpy(x)).numpy(), x)
+
+
+def test_small_dense_convolutions_run_on_im2col_and_gemm(monkeypatch):
+    """A dense 2-D convolution of fewer than SMALL_CONV_MACS multiply-adds runs on thnn_conv2d (im2col + GEMM, as
+    Caffe) on the CPU: values and gradients against the convolution in float64, strided and padded, with and
+    without bias; a large one, a grouped one and a traced one run F.conv2d."""
+    import torch.nn.functional as F
+
+    from sfport.converters.modules import conv as conv_mod
+    calls = []
+    real = torch._C._nn.thnn_conv2d
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d", lambda *a: calls.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(5)
+    for (n, c, h, w, o, stride, pad, bias) in [(8, 3, 24, 20, 8, 2, 1, True), (8, 8, 12, 10, 16, 1, 0, False),
+                                               (2, 4, 7, 9, 5, 3, 2, True)]:
+        m = conv_mod.CaffeConv((o, c, 3, 3), bias, (stride, stride), (pad, pad), (1, 1), 1, False)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(rng.normal(size=(o, c, 3, 3)).astype(np.float32)))
+            if bias:
+                m.bias.copy_(torch.from_numpy(rng.normal(size=o).astype(np.float32)))
+        x = torch.from_numpy(rng.normal(size=(n, c, h, w)).astype(np.float32)).requires_grad_()
+        calls.clear()
+        y = m(x)
+        assert calls == [x.shape]
+        g = torch.from_numpy(rng.normal(size=tuple(y.shape)).astype(np.float32))
+        y.backward(g)
+        x64, w64 = x.detach().double().requires_grad_(), m.weight.detach().double().requires_grad_()
+        ref = F.conv2d(x64, w64, m.bias.detach().double() if bias else None, stride, pad)
+        ref.backward(g.double())
+        for got, want in ((y, ref), (x.grad, x64.grad), (m.weight.grad, w64.grad)):
+            want = want.detach().numpy()
+            assert np.abs(got.detach().numpy() - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
+    big = conv_mod.CaffeConv((64, 64, 3, 3), True, (1, 1), (1, 1), (1, 1), 1, False)
+    grouped = conv_mod.CaffeConv((8, 1, 3, 3), True, (1, 1), (1, 1), (1, 1), 8, False)
+    small = conv_mod.CaffeConv((8, 8, 3, 3), True, (1, 1), (1, 1), (1, 1), 1, False)
+    calls.clear()
+    big(torch.zeros(1, 64, 32, 32))       # 37.7 M multiply-adds
+    grouped(torch.zeros(8, 8, 12, 10))
+    traced = torch.jit.trace(small, torch.zeros(8, 8, 12, 10), check_trace=False)
+    assert calls == [] and "aten::_convolution" in str(traced.graph) and "thnn" not in str(traced.graph)
