@@ -19,7 +19,8 @@ _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 # A dense 2-D convolution of fewer multiply-adds than this runs on PyTorch's own im2col + GEMM kernel
 # (thnn_conv2d, Caffe's own method) on the CPU, not on oneDNN, whose set-up dominates so small a call: forward +
 # backward 1.25-2.6x and forward 1.3-1.8x as fast from 0.2 to 0.55 M multiply-adds (the golden tiny net's
-# convolutions, batch 8), even at 1.7 M, slower above (2-core AMD EPYC, PyTorch 2.13).
+# convolutions, batch 8); at 1.7 M level forward + backward but forward alone at 0.5x; slower from 4 M (2-core AMD
+# EPYC, PyTorch 2.13).
 SMALL_CONV_MACS = 1 << 20
 
 
