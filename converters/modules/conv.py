@@ -48,18 +48,15 @@ class CaffeConv(nn.Module):
     _packed = None     # ((the weight's version, its data pointer), the reordered weight)
 
     def __getstate__(self):   # the reordered weight is a cache of the CPU's own layout: never saved or copied
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(self.__dict__)   # nn.Module's own __getstate__ is its __dict__
         state.pop("_packed", None)
         return state
 
     def _packed_weight(self, x):
         """The reordered weight, made again when the weight changed; None where this input does not take it."""
         w = self.weight
-        if not (x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-                and not torch.is_grad_enabled() and not in_export_form()
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
+        if not (_cpu_float32_images(x, w) and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+                and not torch.is_grad_enabled() and not _traced()):
             return None
         key = (w._version, w.data_ptr())
         if self._packed is None or self._packed[0] != key:
@@ -101,16 +98,25 @@ class CaffeConv(nn.Module):
         return _CONV[self.nd](x, self.weight, self.bias, stride, pad, self.dilation, self.groups)
 
 
+def _cpu_float32_images(x, w) -> bool:
+    """A 4-D float32 input on the CPU with a float32 weight: what the CPU-only kernels below take."""
+    return x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+
+
+def _traced() -> bool:
+    """Traced, scripted or exported: the files get the standard convolution, never a CPU-only kernel."""
+    return in_export_form() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def _small_dense(x, w, room, stride) -> bool:
     """Whether a 2-D convolution of NCHW float32 ``x`` on the CPU is small enough for thnn_conv2d
-    (SMALL_CONV_MACS); never while it is traced, scripted or exported (the files get the standard convolution)."""
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous()):
+    (SMALL_CONV_MACS); never while it is traced, scripted or exported."""
+    if not (_cpu_float32_images(x, w) and x.is_contiguous()):
         return False
     macs = x.shape[0] * w.shape[0] * w.shape[1] * w.shape[2] * w.shape[3]
     for r, s in zip(room, stride):
         macs *= r // s + 1
-    return macs < SMALL_CONV_MACS and not (in_export_form() or torch.jit.is_tracing() or torch.jit.is_scripting())
+    return macs < SMALL_CONV_MACS and not _traced()
 
 
 class Im2col(NoBlobs):

@@ -47,55 +47,38 @@ class SoftmaxWithLoss(nn.Module):
         inner = math.prod(scores.shape[axis + 1:])
         label = label.reshape(outer, inner).long()
         logp_f = logp.movedim(axis, -1).reshape(outer, inner, scores.shape[axis])
-        if not self.ignore_labels and self.class_weights is None and not self.by_weight:
-            return self._every_label(logp, logp_f, label, outer, inner)
-        valid = torch.ones_like(label, dtype=torch.bool)
-        for v in self.ignore_labels:
-            valid = valid & (label != v)
-        safe = torch.where(valid, label, torch.zeros_like(label))
-        if bool(((safe < 0) | (safe >= logp_f.shape[-1])).any()):
+        valid = None   # every sample counts: no mask (the usual classifier; half the operations)
+        safe = label
+        if self.ignore_labels:
+            valid = torch.ones_like(label, dtype=torch.bool)
+            for v in self.ignore_labels:
+                valid = valid & (label != v)
+            safe = torch.where(valid, label, torch.zeros_like(label))
+        lo, hi = torch.aminmax(safe) if safe.numel() else (0, 0)
+        if int(lo) < 0 or int(hi) >= logp_f.shape[-1]:
             raise ValueError(f"SoftmaxWithLoss: a label is outside 0..{logp_f.shape[-1] - 1}")
         picked = logp_f.gather(2, safe.unsqueeze(2)).squeeze(2)
         # value: -log(max(p, FLT_MIN)); gradient: that of -log p (Caffe's p - 1 for the label)
-        clamped = torch.clamp(picked.detach(), min=-LOSS_CAP)
-        nll = -(picked + (clamped - picked.detach()))
+        detached = picked.detach()
+        nll = -(picked + (torch.clamp(detached, min=-LOSS_CAP) - detached))
         w = None
         if self.class_weights is not None:
             w = torch.tensor(self.class_weights, dtype=nll.dtype, device=nll.device)[safe]
             nll = nll * w
-        total = torch.where(valid, nll, torch.zeros_like(nll)).sum()
-        n = self.normalization
+        if valid is not None:
+            nll = torch.where(valid, nll, torch.zeros_like(nll))
+        total = nll.sum()
         if self.by_weight:
             # DeepLab: loss / batch_weight, the sum of the counted samples' weights (no floor at 1)
-            norm = float(valid.sum()) if w is None else float(torch.where(valid, w, torch.zeros_like(w)).sum())
+            if w is None:
+                norm = float(outer * inner) if valid is None else float(valid.sum())
+            else:
+                norm = float((w if valid is None else torch.where(valid, w, torch.zeros_like(w))).sum())
             loss = total / norm
-            return (loss, logp.exp()) if self.with_prob else loss
-        if n == caffe_pb2.LossParameter.FULL:
-            norm = float(outer * inner)
-        elif n == caffe_pb2.LossParameter.VALID:
-            norm = float(valid.sum()) if self.ignore_labels else float(outer * inner)
-        elif n == caffe_pb2.LossParameter.BATCH_SIZE:
-            norm = float(outer)
-        else:
-            norm = 1.0
-        loss = total / max(1.0, norm)
-        if self.with_prob:
-            return loss, logp.exp()
-        return loss
-
-    def _every_label(self, logp, logp_f, label, outer: int, inner: int):
-        """forward without ignored labels or class weights (the usual classifier): the same value and gradient
-        as below in fewer operations (every sample counts: no masks, and the normalizer needs no count)."""
-        lo, hi = torch.aminmax(label) if label.numel() else (0, 0)
-        if int(lo) < 0 or int(hi) >= logp_f.shape[-1]:
-            raise ValueError(f"SoftmaxWithLoss: a label is outside 0..{logp_f.shape[-1] - 1}")
-        picked = logp_f.gather(2, label.unsqueeze(2)).squeeze(2)
-        detached = picked.detach()
-        nll = -(picked + (torch.clamp(detached, min=-LOSS_CAP) - detached))
-        n = self.normalization
-        norm = float(outer) if n == caffe_pb2.LossParameter.BATCH_SIZE else \
-            1.0 if n == caffe_pb2.LossParameter.NONE else float(outer * inner)   # FULL, and VALID: all count
-        loss = nll.sum() / max(1.0, norm)
+        else:   # the count of valid samples is read only where the normalizer needs it
+            count = outer * inner if valid is None or self.normalization != caffe_pb2.LossParameter.VALID \
+                else int(valid.sum())
+            loss = total / _normalizer(self.normalization, outer, inner, count)
         return (loss, logp.exp()) if self.with_prob else loss
 
 
@@ -114,22 +97,23 @@ class Accuracy(nn.Module):
         num_labels = scores.shape[axis]
         s = scores.movedim(axis, -1).reshape(-1, num_labels)
         label = label.reshape(-1).long()
-        if self.ignore_label is None and not self.per_class:   # every sample counts: no mask, no count to read
-            target = s.gather(1, label.unsqueeze(1))
-            hits = ((s > target).sum(dim=1) < self.top_k).sum()
-            return (hits.to(scores.dtype) / max(len(label), 1)).reshape(())
-        valid = torch.ones_like(label, dtype=torch.bool) if self.ignore_label is None else label != self.ignore_label
-        safe = torch.where(valid, label, torch.zeros_like(label))
+        if self.ignore_label is None:   # every sample counts: no mask, no count to read back
+            safe, counted, count = label, label, len(label)
+        else:
+            valid = label != self.ignore_label
+            safe = torch.where(valid, label, torch.zeros_like(label))
+            counted, count = safe[valid], int(valid.sum())
         target = s.gather(1, safe.unsqueeze(1))
-        correct = ((s > target).sum(dim=1) < self.top_k) & valid
-        count = int(valid.sum())
+        correct = (s > target).sum(dim=1) < self.top_k
+        if self.ignore_label is not None:
+            correct = correct[valid]
         acc = correct.sum().to(scores.dtype) / max(count, 1) if count else torch.zeros((), dtype=scores.dtype)
         acc = acc.reshape(())
         if not self.per_class:
             return acc
         per = torch.zeros(num_labels, dtype=scores.dtype, device=scores.device)
-        hits = torch.zeros_like(per).index_add_(0, safe[valid], correct[valid].to(scores.dtype))
-        seen = torch.zeros_like(per).index_add_(0, safe[valid], torch.ones_like(safe[valid], dtype=scores.dtype))
+        hits = torch.zeros_like(per).index_add_(0, counted, correct.to(scores.dtype))
+        seen = torch.zeros_like(per).index_add_(0, counted, torch.ones_like(counted, dtype=scores.dtype))
         per = torch.where(seen > 0, hits / seen.clamp_min(1), per)
         return acc, per
 

@@ -17,7 +17,6 @@ from sfport.data.imagedata import read_list_text, resolve
 from sfport.errors import CaffeFileError
 
 
-
 def read_hdf5_list(source, base: Path | None = None) -> list[Path]:
     """hdf5_data_param.source: the .h5 files, one per whitespace-separated token (Caffe reads ``source >> line``);
     a relative name as written (the working directory), else next to the solver/net file, else next to the list."""
