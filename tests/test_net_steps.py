@@ -116,3 +116,32 @@ def test_weights_that_match_no_layer_are_an_error(tmp_path):
     other = Net(_write(tmp_path, DEPLOY.replace('"ip"', '"fc"'), "other.prototxt"), seed=1).to_caffemodel()
     with pytest.raises(CaffeFileError, match="no layer of the weights matches a layer with parameters"):
         Net(_write(tmp_path, DEPLOY), weights=other)
+
+
+def test_layers_named_as_module_dict_attributes_build_run_and_save(tmp_path):
+    # a Caffe layer may be named keys, forward, training, update, state_dict...: names nn.ModuleDict's
+    # add_module refused ("attribute 'keys' already exists", a KeyError traceback). Each runs, with its weights,
+    # and a converted .pt and a caffemodel written back load into the same values.
+    import numpy as np
+    names = ["keys", "forward", "training", "update", "state_dict", "_modules"]
+    text = 'name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }\n'
+    bottom = "data"
+    for n in names:
+        text += (f'layer {{ name: "{n}" type: "InnerProduct" bottom: "{bottom}" top: "{n}" '
+                 f'inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.5 }} '
+                 f'bias_filler {{ type: "gaussian" std: 0.5 }} }} }}\n')
+        bottom = n
+    net = Net(_write(tmp_path, text), seed=3)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    got = net.forward(data=torch.from_numpy(x))[names[-1]].detach().numpy()
+    want = x.astype(np.float64)
+    for n in names:   # the chain of y = x W^T + b, computed here from the layers' own blobs
+        w, b = (p.detach().numpy().astype(np.float64) for p in net.params[n])
+        want = want @ w.T + b
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    assert len(set(net.module.keys.values())) == len(names)
+    pt, model = tmp_path / "t.pt", tmp_path / "t.caffemodel"
+    net.save(pt)
+    net.save_caffemodel(model)
+    for again in (Net(str(pt)), Net(_write(tmp_path, text), str(model))):
+        assert np.array_equal(again.forward(data=torch.from_numpy(x))[names[-1]].detach().numpy(), got)

@@ -14,11 +14,18 @@ from sfport.netdef.wiring import about_layer
 from sfport.errors import CaffeFileError
 from sfport.netdef.graph import NetGraph
 
+# Names a ModuleDict already answers to (its methods, nn.Module's attributes: keys, forward, training, ...): a
+# layer of such a name gets another key, as nn.Module.add_module would refuse it ("attribute already exists")
+_TAKEN_BY_MODULEDICT = frozenset(dir(nn.ModuleDict()))
+
+
 def _key(name: str, taken: set) -> str:
-    """A ModuleDict key for a Caffe layer name (no dots; unique)."""
+    """A ModuleDict key for a Caffe layer name (no dots; unique; not an attribute of the ModuleDict)."""
     key = re.sub(r"[^0-9A-Za-z_]", "_", name) or "layer"
     if key[0].isdigit():
         key = "_" + key
+    if key in _TAKEN_BY_MODULEDICT:
+        key += "_"
     base, k = key, 2
     while key in taken:
         key, k = f"{base}_{k}", k + 1
@@ -48,7 +55,9 @@ class CaffeNet(nn.Module):
                 raise CaffeFileError(None, about_layer(gl.param, str(e))) from None
             key = _key(gl.name, taken)
             self.keys[gl.name] = key
-            self.layers[key] = module
+            # what ModuleDict.__setitem__ (add_module) stores, without its checks (a key from _key passes them;
+            # their attribute probe costs as much as building the layer)
+            self.layers._modules[key] = module
         for gl in graph.layers:  # shared parameters: one owner's nn.Parameter everywhere
             module = self.layers[self.keys[gl.name]]
             for j, (owner, oj) in gl.shared.items():
