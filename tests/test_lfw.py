@@ -457,3 +457,16 @@ def test_eval_skip_missing(small_lfw, tmp_path):
     r = CliRunner().invoke(cli, [*args, "--skip-missing"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("pairs with both images, by fold: 1: 0/6, ") and "no pair left in fold 1" in r.stdout
+
+
+@pytest.mark.parametrize("n, fold_rows", [(1, 0), (257, 256), (1000, 300), (600, 60)])
+def test_train_mean_is_the_mean_of_the_stacked_training_rows_to_the_bit(n, fold_rows):
+    # evaluate takes the features a block of rows at a time; the mean of the nine training folds must stay the
+    # one-shot mean([featLs(trainFold,:); featRs(trainFold,:)]) of evaluation.m, whole blocks of test rows included
+    rng = np.random.default_rng(n)
+    L = rng.standard_normal((n, 13)) * rng.uniform(1e-3, 1e3, (n, 1))
+    R = rng.standard_normal((n, 13)) * rng.uniform(1e-3, 1e3, (n, 1))
+    train = np.ones(n, bool)
+    train[n - fold_rows - 1:n - 1] = False
+    want = np.concatenate([L[train], R[train]]).mean(axis=0)
+    assert np.array_equal(lfw._train_mean(L, R, train), want)
