@@ -470,3 +470,10 @@ def test_train_mean_is_the_mean_of_the_stacked_training_rows_to_the_bit(n, fold_
     train[n - fold_rows - 1:n - 1] = False
     want = np.concatenate([L[train], R[train]]).mean(axis=0)
     assert np.array_equal(lfw._train_mean(L, R, train), want)
+
+
+def test_train_mean_of_no_training_row_is_the_nan_mean():
+    L = np.ones((3, 2))
+    with pytest.warns(RuntimeWarning):
+        got = lfw._train_mean(L, L, np.zeros(3, bool))
+    assert got.shape == (2,) and np.isnan(got).all()
