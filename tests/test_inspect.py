@@ -339,3 +339,19 @@ def test_every_shared_net_is_ok_or_one_clean_line(shared, args):
     # the SSD nets (fields of the SSD fork the schema lacks) and the solvers whose net path is relative to
     # another folder (upstream's code/...) are the one-line errors; every other file is shown
     assert outcome["error"] <= 14 and outcome["ok"] >= len(nets) - 14, outcome
+
+
+def test_inspect_reads_a_prototxt_named_pt(tmp_path):
+    # py-faster-rcnn names its test nets faster_rcnn_test.pt: protobuf text, read as the prototxt it is (conv
+    # (9 + 2 - 3) / 2 + 1 = 5 by (8 + 2 - 3) / 2 + 1 = 4; inner product 4 * 5 * 4 = 80 inputs)
+    p = tmp_path / "rpn_test.pt"
+    p.write_text('name: "t"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 9 dim: 8 }\n'
+                 'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+                 'convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }\n'
+                 'layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }\n')
+    assert inspection.file_kind(p) == inspection.CAFFE
+    r = run("inspect", p, "--json")
+    assert r.exit_code == 0, r.output
+    rows = {l["name"]: l for l in json.loads(r.output)["layers"]}
+    assert rows["conv1"]["top_shapes"] == [[1, 4, 5, 4]]
+    assert rows["fc"]["param_shapes"] == [[5, 80], [5]]

@@ -145,3 +145,48 @@ def test_layers_named_as_module_dict_attributes_build_run_and_save(tmp_path):
     net.save_caffemodel(model)
     for again in (Net(str(pt)), Net(_write(tmp_path, text), str(model))):
         assert np.array_equal(again.forward(data=torch.from_numpy(x))[names[-1]].detach().numpy(), got)
+
+
+# py-faster-rcnn's deploy header style (input: / input_shape) in a file named .pt, as its
+# models/*/faster_rcnn_alt_opt/faster_rcnn_test.pt and rpn_test.pt are
+PT_NAMED_NET = """name: "ZF-like"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 9 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_a_prototxt_named_pt_is_a_net_definition_and_runs_as_opencv_reads_it(tmp_path):
+    # Caffe reads a file whatever its name; sfport's own .pt is a torch.save zip archive, and a .pt of protobuf
+    # text is a prototxt: sfport.Net and pycaffe's caffe.Net take it, and its forward agrees with OpenCV's Caffe
+    # reader on the same two files
+    import cv2
+    import numpy as np
+    import sfport as caffe
+    from sfport.netdef import weight_match
+    proto = _write(tmp_path, PT_NAMED_NET, "faster_rcnn_test.pt")
+    weights = str(tmp_path / "w.caffemodel")
+    caffe_files.write_caffemodel(weights, weight_match.with_random_weights(caffe_files.read_prototxt(proto), seed=2))
+    assert not caffe_files.is_torch_pt(proto)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 9, 8)).astype(np.float32)
+    cv = cv2.dnn.readNetFromCaffe(proto, weights)
+    cv.setInput(x)
+    want = cv.forward("prob")
+    got = Net(proto, weights).forward(data=torch.from_numpy(x))["prob"].detach().numpy()
+    assert np.abs(got - want).max() <= 1e-5
+    py = caffe.Net(proto, weights, caffe.TEST)
+    py.blobs["data"].data[...] = x
+    assert np.abs(py.forward()["prob"] - want).max() <= 1e-5
+    # sfport's own .pt is still its converted net; a .pt of other bytes is still refused as one
+    converted = tmp_path / "converted.pt"
+    Net(proto, weights).save(converted)
+    assert caffe_files.is_torch_pt(converted)
+    assert np.array_equal(Net(str(converted)).forward(data=torch.from_numpy(x))["prob"].detach().numpy(), got)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CaffeFileError, match="not the zip archive torch.save writes"):
+        Net(str(junk))

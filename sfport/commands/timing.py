@@ -40,6 +40,7 @@ def command(net_file, weights, iterations, phase, stages, level, shapes, backwar
 
     from sfport.solver import timing
     from sfport.errors import CaffeFileError
+    from sfport.formats import caffe_files
     from sfport.runtime.net import Net
 
     device = "cpu"
@@ -48,7 +49,7 @@ def command(net_file, weights, iterations, phase, stages, level, shapes, backwar
             raise click.BadParameter(f"no CUDA device {gpu} (this machine has {torch.cuda.device_count()})",
                                      param_hint="--gpu")
         device = f"cuda:{gpu}"
-    if weights is not None and net_file.endswith(".pt"):
+    if weights is not None and caffe_files.is_torch_pt(net_file):
         raise click.BadParameter("an sfport .pt holds its own weights; give --weights with a prototxt or "
                                  "caffemodel", param_hint="--weights")
     kw = state_kwargs(phase, stages, level)

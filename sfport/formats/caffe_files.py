@@ -5,6 +5,7 @@ input, and applies Caffe's legacy upgrades (:mod:`sfport.formats.upgrade`), list
 """
 from __future__ import annotations
 
+import codecs
 import enum
 import functools
 import math
@@ -71,6 +72,26 @@ def sniff(data: bytes) -> str:
     control = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
     # A text file with a few damaged bytes stays text (and gets a line:column error from the parser).
     return BINARY if control > max(2, len(sample) // 100) else TEXT
+
+
+def is_torch_pt(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is read as a torch.save file (sfport's converted ``.pt``, an earlier sfport's training
+    checkpoint): a name ending in ``.pt`` whose first bytes are not protobuf text. py-faster-rcnn and R-FCN name
+    their net definitions ``.pt`` (models/*/faster_rcnn_alt_opt/faster_rcnn_test.pt, rpn_test.pt, ...), and Caffe
+    reads a file whatever its name: those are prototxts, UTF-8 text (a pickle's first byte, 0x80, is not). What is
+    not a regular readable file counts as a torch file (never opened here: a FIFO would block; its reader says
+    what is wrong)."""
+    if not str(path).endswith(".pt"):
+        return False
+    if not os.path.isfile(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)   # a character cut at the end is fine
+    except (OSError, UnicodeDecodeError):
+        return True
+    return not head or head[:4] == disk.ZIP_MAGIC or sniff(head) != TEXT
 
 
 def _kind_by_suffix(path: str | os.PathLike) -> str | None:

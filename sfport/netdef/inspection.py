@@ -256,7 +256,7 @@ def file_kind(path) -> str:
         return TORCH_ZIP
     if head == b"\x89HDF\r\n\x1a\n":
         return HDF5_STATE if name.endswith(".solverstate.h5") else HDF5_WEIGHTS
-    if name.endswith((".pt", ".pth")):   # not a zip: load_torch_file says what it is not
+    if name.endswith(".pth") or caffe_files.is_torch_pt(path):   # not a zip: load_torch_file says what it is not
         return TORCH_ZIP
     if name.endswith(".onnx"):
         return ONNX

@@ -347,7 +347,7 @@ def _read_model(model, input_shapes) -> _Read:
     state, stored, pt = None, False, None
     if isinstance(model, caffe_files.CaffeModel):
         definition = model
-    elif isinstance(model, PtFile) or str(model).endswith(".pt"):
+    elif isinstance(model, PtFile) or caffe_files.is_torch_pt(model):
         pt = model if isinstance(model, PtFile) else read_pt(model)
         definition, state = pt.definition, pt.state_dict
         input_shapes = input_shapes or pt.input_shapes
@@ -469,7 +469,7 @@ def read_weights(path) -> "caffe_files.CaffeModel | SnapshotWeights":
     snapshot ``.pt`` (its net's tensors, :class:`SnapshotWeights`)."""
     if str(path).endswith(".h5"):
         return hdf5_weights.read_model(path)
-    if str(path).endswith(".pt"):
+    if caffe_files.is_torch_pt(path):
         doc = disk.load_torch_file(path, (PT_FORMAT, SNAPSHOT_FORMAT), PT_WHAT)
         if doc.get("format") == SNAPSHOT_FORMAT:
             return SnapshotWeights(os.fspath(path), _tensors(doc, path))

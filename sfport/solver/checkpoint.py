@@ -251,7 +251,7 @@ def restore(solver, path: str) -> None:
     """``--snapshot``: a ``.solverstate`` or ``.solverstate.h5`` (sfport's or Caffe's), checked whole before
     anything changes: the histories (Caffe's RestoreSolverStateFromBinaryProto / FromHDF5), the learned_net's
     weights, and the resume record when there is one."""
-    if str(path).endswith(".pt"):
+    if caffe_files.is_torch_pt(path):
         raise CaffeFileError(path, "a .pt training checkpoint of an earlier sfport: resume from the .solverstate "
                                    "written beside it (the snapshot is now Caffe's two files)")
     st = read_state(path)

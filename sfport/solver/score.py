@@ -135,7 +135,7 @@ def _definition(model: str, phase, stages, level, test_net: int | None) -> _Sour
     it, paths resolved next to the solver as ``sfport train`` does), a net prototxt (in the NetState, merged
     with the file's own state as Net::Net does), or a caffemodel / ``.pt`` (the net it stored, already
     filtered: every layer of it)."""
-    text = not str(model).endswith(".pt") and caffe_files.sniff(caffe_files.read_bytes(model)) == caffe_files.TEXT
+    text = not caffe_files.is_torch_pt(model) and caffe_files.sniff(caffe_files.read_bytes(model)) == caffe_files.TEXT
     if text and caffe_files.is_solver_prototxt(model):
         if phase is not None or stages or level is not None:
             raise CaffeFileError(model, "is a solver: its test net's state is the solver's test_state (leave out "
