@@ -512,7 +512,7 @@ def verify(model, prototxt, reference, input_, phase, stages, level, shapes, tol
             click.echo("no blob in common with the reference")
         elif failed:
             click.echo(f"FAILED: {len(failed)} of {len(checks)} blobs over {tol:g}; first divergence at "
-                       f"'{failed[0].name}' (rel err {failed[0].rel_err:.3e})")
+                       f"'{failed[0].name}' ({V.failure_text(failed[0])})")
         else:
             click.echo(f"passed: {len(checks)} blobs within {tol:g}; worst '{worst.name}' "
                        f"(rel err {worst.rel_err:.3e}, cosine {worst.cosine:.8f})")

@@ -366,9 +366,25 @@ class MicroBatches(torch.utils.data.Sampler):
         return (self.stop - self.start) * self.k
 
 
+def settle_temp_folders() -> None:
+    """Make, in this process, the temporary files and folders that DataLoader workers would each make on the way:
+    Python's tempfile tries its folder with a randomly named file at its first use (tempfile._get_default_tempdir
+    writes and removes it), and multiprocessing makes a pymp-* folder for the file descriptors a worker passes
+    (resource_sharer). The loader stops its workers with SIGTERM when one of them fails, and a worker stopped in
+    between left that file or folder in $TMPDIR. Made before the workers fork, both are inherited; this process
+    removes its pymp-* folder when it exits (multiprocessing's atexit finalizer)."""
+    import multiprocessing.util
+    import tempfile
+
+    tempfile.gettempdir()
+    multiprocessing.util.get_temp_dir()
+
+
 def loader(dataset, sampler: MicroBatches, workers: int = 0, pin_memory: bool = False, collate_fn=None):
     """A DataLoader yielding (images, labels, positions, skipped, error) per micro-batch, in order (or what
     ``collate_fn`` makes of a micro-batch's items; by default :func:`collate` with the dataset's ``describe``)."""
+    if workers:
+        settle_temp_folders()
     if collate_fn is None:
         collate_fn = functools.partial(collate, describe=getattr(dataset, "describe", None))
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,

@@ -24,7 +24,7 @@ import torch
 
 from sfport.face import align
 from sfport.errors import CaffeFileError
-from sfport.data.imagedata import read_list_text
+from sfport.data.imagedata import read_list_text, settle_temp_folders
 from sfport.formats.disk import (Staged, atomic_write, check_output, check_readable_file, mat_file_bytes,
                                  write_files)
 from sfport.data.images import read_image
@@ -258,6 +258,8 @@ def extract(model: Model, paths: list[str], root, protocol: str = "sphereface", 
     bound_heap_growth()
     ds = FaceImages(paths, root, model.input_size, protocol, landmarks, template, landmarks_file, model.path,
                     origins)
+    if workers:
+        settle_temp_folders()
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     feats, flips = [], []
     done = 0

@@ -36,6 +36,7 @@ class BlobCheck:
     rel_err: float          # max_abs_err / max(1, max|ref|)
     cosine: float
     ok: bool
+    our_shape: list | None = None   # sfport's shape where its element count differs from the reference's
 
 
 def make_input(shape, source: str = "random", seed: int = 0) -> np.ndarray:
@@ -230,9 +231,9 @@ def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list
             continue
         a = np.asarray(ours[name], dtype=np.float64)
         b = np.asarray(ref[name], dtype=np.float64)
-        if a.size != b.size:
-            checks.append(BlobCheck(name, list(b.shape), float("nan"), float("inf"), float("inf"), float("nan"),
-                                    False))
+        if a.size != b.size:   # nothing to compare value by value: the table and the summary name both shapes
+            checks.append(BlobCheck(name, list(b.shape), float(np.abs(b).max()) if b.size else 0.0, float("inf"),
+                                    float("inf"), float("nan"), False, list(a.shape)))
             continue
         a = a.reshape(b.shape)
         max_ref, err, rel = _deviation(a, b)
@@ -242,9 +243,21 @@ def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], order: list
     return checks
 
 
+def shape_text(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def failure_text(check: BlobCheck) -> str:
+    """Why a blob failed, for the summary line: its two shapes, or its error."""
+    if check.our_shape is not None:
+        return f"shapes differ: sfport {shape_text(check.our_shape)}, reference {shape_text(check.shape)}"
+    return f"rel err {check.rel_err:.3e}"
+
+
 def format_table(checks: list[BlobCheck]) -> str:
     head = ("blob", "shape", "max|ref|", "max abs err", "rel err", "cosine", "")
-    rows = [(c.name, "x".join(map(str, c.shape)), f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}",
+    rows = [(c.name, "x".join(map(str, c.shape)) + (f" (sfport {shape_text(c.our_shape)})" if c.our_shape is not None
+                                                    else ""), f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}",
              f"{c.cosine:.8f}", "ok" if c.ok else "FAIL") for c in checks]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
