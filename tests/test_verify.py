@@ -182,3 +182,19 @@ def test_every_shared_prototxt_verifies_or_is_one_line(shared, tmp_path):
     assert len(outcome["passed"]) >= 23 and all("solver" in n or "SSD" in n or n.startswith(("margin", "inter"))
                                                  or n.startswith(("faster_rcnn", "rfcn")) for n in outcome["error"]), \
         outcome
+
+
+def test_blobs_of_different_sizes_are_named_with_both_shapes():
+    # OpenCV's Proposal always gives post_nms_topN rows where py-faster-rcnn's (and sfport's) keeps the NMS
+    # survivors: nothing to compare value by value, and the table and the summary say so with both shapes
+    import numpy as np
+    from sfport.runtime import verify as V
+    ours = {"a": np.ones((2, 3)), "rois": np.zeros((4, 5))}
+    ref = {"a": np.ones((2, 3)) + 1e-7, "rois": np.full((300, 5), -7.0)}
+    checks = V.compare(ours, ref, ["a", "rois"])
+    assert [c.ok for c in checks] == [True, False]
+    bad = checks[1]
+    assert bad.shape == [300, 5] and bad.our_shape == [4, 5] and bad.max_ref == 7.0
+    assert V.failure_text(bad) == "shapes differ: sfport 4x5, reference 300x5"
+    assert V.failure_text(checks[0]).startswith("rel err ")
+    assert "300x5 (sfport 4x5)" in V.format_table(checks).splitlines()[2]
