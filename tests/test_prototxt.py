@@ -159,3 +159,22 @@ def test_prototxt_writer_round_trips(tmp_path):
     caffe_files.write_prototxt(out, src.net)
     again = caffe_files.read_prototxt(out)
     assert again.net == src.net and again.upgrades == []
+
+
+def test_a_fork_solver_read_as_a_net_gets_the_solver_s_error(tmp_path):
+    # DeepLab-Context's lenet_stepearly_solver.prototxt: a solver with its fork's lr policy field, which neither
+    # schema reads whole; it reads further as a SolverParameter (to line 4) than as a NetParameter (line 1), so the
+    # error is the solver's, at the fork's field
+    p = tmp_path / "stepearly_solver.prototxt"
+    p.write_text('train_net: "lenet_train.prototxt"\nbase_lr: 0.01\nlr_policy: "stepearly"\nstepearly: 1\n'
+                 'max_iter: 10\n')
+    with pytest.raises(CaffeFileError) as e:
+        caffe_files.read_net(p)
+    assert str(e.value) == (f"{p}:4:1: syntax error: Message type \"caffe.SolverParameter\" has no field named "
+                            f"\"stepearly\" (the field of a Caffe fork? give that fork's caffe.proto with --proto)")
+    # a net with a field no schema has keeps the net's error, where the net's reading stops
+    q = tmp_path / "net.prototxt"
+    q.write_text('name: "x"\nlayer { name: "a" type: "ReLU" bottom: "d" top: "d" bogus: 1 }\n')
+    with pytest.raises(CaffeFileError, match=r'net.prototxt:2:53: syntax error: Message type "caffe.LayerParameter" '
+                                             r'has no field named "bogus"'):
+        caffe_files.read_net(q)
