@@ -182,31 +182,21 @@ def _parse_text(path, data: bytes, message):
     return message
 
 
-def _parses_as(data: bytes, message) -> bool:
+def _error_position(data: bytes, message) -> tuple[int, int] | None:
+    """(line, column) where protobuf's text parser stops reading ``data`` as ``message``; None when it reads it
+    whole (the fast path first)."""
     text = _decode(data)
     if fasttext.merge(text, message):
-        return True
+        return None
     try:
         text_format.Merge(text, message)
-    except text_format.ParseError:
-        return False
-    return True
-
-
-def _error_position(data: bytes, message) -> tuple[int, int] | None:
-    """(line, column) where protobuf's text parser stops reading ``data`` as ``message``; None when it reads it."""
-    try:
-        text_format.Merge(_decode(data), message)
     except text_format.ParseError as e:
         return (e.GetLine() or 0, e.GetColumn() or 0)
     return None
 
 
-def _reads_further(data: bytes, first, second) -> bool:
-    """Whether ``data`` (text neither message reads whole) reads further as ``first`` than as ``second``: the
-    kind of file it is meant to be."""
-    a, b = _error_position(data, first), _error_position(data, second)
-    return a is not None and b is not None and a > b
+def _parses_as(data: bytes, message) -> bool:
+    return _error_position(data, message) is None
 
 
 # The binary Caffe files, by message name: what each is to the user.
@@ -433,11 +423,13 @@ def _net_from_bytes(path, data: bytes, kind: str) -> CaffeModel:
         try:
             _parse_text(path, data, net)
         except CaffeFileError:
-            if _parses_as(data, caffe_pb2.SolverParameter()):
+            solver_stop = _error_position(data, caffe_pb2.SolverParameter())
+            if solver_stop is None:
                 raise CaffeFileError(path, "is a solver prototxt, not a net definition") from None
-            if _reads_further(data, caffe_pb2.SolverParameter(), caffe_pb2.NetParameter()):
-                # a fork's solver (DeepLab's lr_policy "stepearly" with its stepearly field): the solver's own
-                # error, which names its line and the SolverParameter field it lacks
+            net_stop = _error_position(data, caffe_pb2.NetParameter())   # None: the net's own error is not syntax
+            if net_stop is not None and solver_stop > net_stop:
+                # read further as a solver: a fork's solver (DeepLab's lr_policy "stepearly" with its stepearly
+                # field) gets the solver's own error, which names its line and the SolverParameter field it lacks
                 _parse_text(path, data, caffe_pb2.SolverParameter())
             raise
         values = {}
