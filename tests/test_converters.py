@@ -395,3 +395,51 @@ def test_small_dense_convolutions_run_on_im2col_and_gemm(monkeypatch):
     grouped(torch.zeros(8, 8, 12, 10))
     traced = torch.jit.trace(small, torch.zeros(8, 8, 12, 10), check_trace=False)
     assert calls == [] and "aten::_convolution" in str(traced.graph) and "thnn" not in str(traced.graph)
+
+
+def test_pointwise_convolutions_of_one_image_run_as_one_matrix_product(monkeypatch):
+    """A 1x1 convolution (stride 1, no padding, one group) of a batch of one at inference on the CPU runs as one
+    torch.mm / addmm (NCHW: W x pixels; NHWC: pixels x W^T) with its top in the input's layout: values against
+    the convolution in float64, with and without bias; a batch of two, a grouped one, a padded one, one with
+    gradients, a prepacked one and a traced one run as before (no mm)."""
+    import torch.nn.functional as F
+
+    from sfport.converters.modules import conv as conv_mod
+    calls = []
+    for name in ("mm", "addmm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    rng = np.random.default_rng(6)
+
+    def conv(o, c, bias, pad=0, groups=1):
+        m = conv_mod.CaffeConv((o, c // groups, 1, 1), bias, (1, 1), (pad, pad), (1, 1), groups, False)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(rng.normal(size=tuple(m.weight.shape)).astype(np.float32)))
+            if bias:
+                m.bias.copy_(torch.from_numpy(rng.normal(size=o).astype(np.float32)))
+        return m
+
+    for (c, h, w, o, bias) in [(64, 7, 6, 128, True), (16, 12, 10, 3, False), (5, 1, 1, 7, True)]:
+        m = conv(o, c, bias)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.from_numpy(rng.normal(size=(1, c, h, w)).astype(np.float32)).contiguous(memory_format=layout)
+            calls.clear()
+            with torch.no_grad():
+                y = m(x)
+            assert calls == ["addmm" if bias else "mm"]
+            assert y.shape == (1, o, h, w) and y.is_contiguous(memory_format=layout)
+            ref = F.conv2d(x.double(), m.weight.detach().double(), m.bias.detach().double() if bias else None)
+            assert np.abs(y.numpy() - ref.numpy()).max() <= 1e-5 * max(1.0, np.abs(ref.numpy()).max())
+    m = conv(8, 8, True)
+    prepacked = conv(32, 32, True)
+    prepacked.prepacked = True
+    calls.clear()
+    with torch.no_grad():
+        m(torch.zeros(2, 8, 5, 5))
+        conv(8, 8, True, groups=2)(torch.zeros(1, 8, 5, 5))
+        conv(8, 8, True, pad=1)(torch.zeros(1, 8, 5, 5))
+        prepacked(torch.zeros(1, 32, 5, 5))
+    m(torch.zeros(1, 8, 5, 5, requires_grad=True))
+    with torch.no_grad():
+        traced = torch.jit.trace(m, torch.zeros(1, 8, 5, 5), check_trace=False)
+    assert calls == [] and "aten::_convolution" in str(traced.graph) and "mm" not in str(traced.graph)
