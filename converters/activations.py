@@ -32,6 +32,7 @@ _BUILD = {
 
 @register(*_BUILD)
 class ElementwiseConverter(SameShape):
+    per_image = True
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         from .modules import activations
@@ -40,6 +41,7 @@ class ElementwiseConverter(SameShape):
 
 @register("Dropout")
 class DropoutConverter(SameShape):
+    per_image = True
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def build(self, layer, bottom_shapes):
         p = layer.dropout_param
@@ -62,6 +64,7 @@ class DropoutConverter(SameShape):
 
 @register("Clip")
 class ClipConverter(SameShape):
+    per_image = True
     def build(self, layer, bottom_shapes):
         p = layer.clip_param
         # both fields are `required` in caffe.proto: a layer without them does not parse in Caffe
@@ -73,6 +76,7 @@ class ClipConverter(SameShape):
 
 @register("Swish")
 class SwishConverter(SameShape):
+    per_image = True
     def build(self, layer, bottom_shapes):
         from .modules.activations import Swish
         return Swish(layer.swish_param.beta)
@@ -80,6 +84,7 @@ class SwishConverter(SameShape):
 
 @register("ReLU6")
 class ReLU6Converter(SameShape):
+    per_image = True
     def build(self, layer, bottom_shapes):
         # forks that give ReLU6 a negative slope differ in where they put it and how it combines with the cap
         if layer.HasField("relu_param") and layer.relu_param.negative_slope != 0:
@@ -91,6 +96,7 @@ class ReLU6Converter(SameShape):
 
 @register("PReLU")
 class PReLUConverter(SameShape):
+    per_image = True
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     def param_shapes(self, layer, bottom_shapes):
         return [()] if layer.prelu_param.channel_shared else [(bottom_shapes[0][1],)]

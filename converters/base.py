@@ -132,7 +132,8 @@ class Converter:
       ``coord_bottoms``;
     - inputs sfport makes up (``sfport verify``'s random inputs, export's checks): ``input_value`` (a meaningful
       value for an input that feeds the layer directly: Proposal's im_info), ``input_axes`` (which axis of a
-      bottom is the batch N, and which the time T, where it is not N on axis 0: the recurrent layers)."""
+      bottom is the batch N, and which the time T, where it is not N on axis 0: the recurrent layers);
+    - running a batch in parts (:func:`sfport.netdef.graph.images_apart`): ``images_apart`` (``per_image``)."""
 
     types: tuple[str, ...] = ()
     loss: bool = False            # Caffe LossLayer: the first top enters the loss with weight 1 by default
@@ -151,10 +152,19 @@ class Converter:
     #                                 on its bottoms as onnxruntime computes them (sfport.runtime.export)
     fork_fields: tuple = ()         # fields of a fork's schema (``--proto``) it reads: ``my_param`` or
     #                                 ``convolution_param.my_flag`` (sfport.formats.forkschema.check_layer)
+    per_image: bool = False         # at inference each image's tops come from its own bottoms alone: the
+    #                                 default answer of ``images_apart``
 
     def top_shapes(self, layer, bottom_shapes: list[Shape]) -> list[Shape] | None:
         """The shape of each top for these bottom shapes (None: this converter does not say)."""
         return None
+
+    def images_apart(self, layer, bottom_shapes) -> bool:
+        """Whether, at inference, row n (axis 0) of every top is computed from row n of every bottom alone (and
+        the layer's own blobs), at any batch: a batch may then run in parts and the parts' tops be joined
+        (:func:`sfport.netdef.graph.images_apart`: the Runner's eager net on the CPU). ``per_image`` unless the
+        layer's parameters decide (an axis that may be 0); False where a converter does not say."""
+        return self.per_image
 
     def check_parameters(self, layer) -> None:
         """Raise ValueError where the layer's own parameters fail a CHECK of Caffe's LayerSetUp that needs no

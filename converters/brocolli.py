@@ -26,6 +26,7 @@ def _pads(layer) -> tuple[int, int, int, int]:
 
 @register("HardSigmoid")
 class HardSigmoidConverter(SameShape):
+    per_image = True
     def build(self, layer, bottom_shapes):
         from .modules.brocolli import HardSigmoid
         p = layer.hardsigmoid_param
@@ -34,6 +35,7 @@ class HardSigmoidConverter(SameShape):
 
 @register("HardSwish")
 class HardSwishConverter(SameShape):
+    per_image = True
     def build(self, layer, bottom_shapes):
         from .modules.brocolli import HardSwish
         return HardSwish()

@@ -88,6 +88,10 @@ class ConvolutionConverter(Converter):
     fresh_top = True
     param_field = "convolution_param"
 
+    def images_apart(self, layer, bottom_shapes):
+        """Channels on ``axis``, the spatial axes after it: each image on its own where the axis is not 0."""
+        return canonical_axis(layer.convolution_param.axis, len(bottom_shapes[0])) > 0
+
     def coord_map(self, layer):
         """pycaffe coord_map.py: output coordinate i of a convolution is input i * stride + (extent - 1) / 2 -
         pad, so scale 1 / stride and shift (pad - (extent - 1) / 2) / stride; a deconvolution is the inverse."""
@@ -168,6 +172,7 @@ def _c_div(a: int, b: int) -> int:
 class Im2colConverter(Converter):
     param_field = "convolution_param"
     coord_map = ConvolutionConverter.coord_map
+    images_apart = ConvolutionConverter.images_apart
     def _setup(self, layer, shape):
         p = layer.convolution_param
         axis = canonical_axis(p.axis, len(shape))

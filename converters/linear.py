@@ -17,6 +17,10 @@ def _axis_and_k(p, shape) -> tuple[int, int]:
 class InnerProductConverter(Converter):
     fresh_top = True
 
+    def images_apart(self, layer, bottom_shapes):
+        """Every axis from ``axis`` on is one input vector: each image on its own where the axis is not 0."""
+        return _axis_and_k(layer.inner_product_param, bottom_shapes[0])[0] > 0
+
     def param_shapes(self, layer, bottom_shapes):
         p = layer.inner_product_param
         _, k = _axis_and_k(p, bottom_shapes[0])
@@ -61,6 +65,7 @@ def _embed_param(layer):
 
 @register("Embed")
 class EmbedConverter(Converter):
+    per_image = True   # a lookup per index
     def param_shapes(self, layer, bottom_shapes):
         p = _embed_param(layer)   # weight "transposed from InnerProductLayer for spatial locality": (K, N)
         return [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])

@@ -23,6 +23,12 @@ class BatchNormConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     fresh_top = True
 
+    def images_apart(self, layer, bottom_shapes):
+        """batch_norm_layer.cpp: at TEST the stored statistics (use_global_stats defaults to phase == TEST); one
+        set false normalizes by the batch's own."""
+        p = layer.batch_norm_param
+        return not p.HasField("use_global_stats") or p.use_global_stats
+
     def param_shapes(self, layer, bottom_shapes):
         c = bottom_shapes[0][1]
         return [(c,), (c,), (1,)]
@@ -93,6 +99,11 @@ class ScaleBiasConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
     fresh_top = True
 
+    def images_apart(self, layer, bottom_shapes):
+        """The scale (a blob, or the second bottom) spans the axes from ``axis`` on: from axis 0 it would pair
+        image n with its row n."""
+        return _scale_axes(layer, bottom_shapes[0])[0] > 0
+
     def param_shapes(self, layer, bottom_shapes):
         bias_term = layer.type == "Scale" and layer.scale_param.bias_term
         if len(bottom_shapes) > 1:
@@ -152,6 +163,7 @@ def affine_layer(layer) -> None:
 @register("LRN")
 class LRNConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
+    per_image = True
     def build(self, layer, bottom_shapes):
         p = layer.lrn_param
         if p.local_size % 2 == 0:
@@ -163,6 +175,7 @@ class LRNConverter(SameShape):
 @register("MVN")
 class MVNConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
+    per_image = True
     def build(self, layer, bottom_shapes):
         p = layer.mvn_param
         from .modules.norm import CaffeMVN
@@ -171,6 +184,7 @@ class MVNConverter(SameShape):
 
 @register("Normalize")
 class NormalizeConverter(SameShape):
+    per_image = True
     def param_shapes(self, layer, bottom_shapes):
         return [(1,)] if layer.norm_param.channel_shared else [(bottom_shapes[0][1],)]
 

@@ -28,6 +28,7 @@ def _check_geometry(name: str, kernel, stride, pad) -> None:
 
 @register("Pooling")
 class PoolingConverter(NoParams):
+    per_image = True
     fresh_top = True
 
     def coord_map(self, layer):
@@ -96,6 +97,7 @@ class PoolingConverter(NoParams):
 
 @register("SPP")
 class SPPConverter(Converter):
+    per_image = True
     def _setup(self, layer, bottom_shapes):
         p = layer.spp_param
         method = {0: "MAX", 1: "AVE"}.get(p.pool)

@@ -48,6 +48,7 @@ def _upsample_setup(layer):
 @register("Upsample")
 class UpsampleConverter(NoParams):
     """One bottom: the nearest form; two bottoms (data, mask): SegNet's unpooling."""
+    per_image = True
 
     def top_shapes(self, layer, bottom_shapes):
         (sh, sw), pad, size = _upsample_setup(layer)
@@ -125,6 +126,7 @@ def _interp_setup(layer, bottom_shapes):
 
 @register("Interp")
 class InterpConverter(NoParams):
+    per_image = True
     def top_shapes(self, layer, bottom_shapes):
         pad_beg, pad_end, zoom, shrink, size = _interp_setup(layer, bottom_shapes)
         n, c, h, w = bottom_shapes[0]
@@ -147,6 +149,7 @@ def _legacy_shape(shape) -> tuple:
 
 @register("ShuffleChannel")
 class ShuffleChannelConverter(NoParams):
+    per_image = True
     def _group(self, layer, bottom_shapes):
         g, shape = layer.shuffle_channel_param.group, tuple(bottom_shapes[0])
         if g < 1:  # LayerSetUp: CHECK_GT(group_, 0)
@@ -190,6 +193,7 @@ def _max_unpool_setup(layer, bottom_shapes) -> tuple[int, int]:
 
 @register("MaxUnPool")
 class MaxUnPoolConverter(NoParams):
+    per_image = True
     def top_shapes(self, layer, bottom_shapes):
         dst_h, dst_w = _max_unpool_setup(layer, bottom_shapes)
         return [tuple(bottom_shapes[0][:2]) + (dst_h, dst_w)]
@@ -215,6 +219,7 @@ def _pixel_shuffle_setup(layer, bottom_shapes) -> int:
 
 @register("PixelShuffle")
 class PixelShuffleConverter(NoParams):
+    per_image = True
     def top_shapes(self, layer, bottom_shapes):
         r = _pixel_shuffle_setup(layer, bottom_shapes)
         n, c, h, w = bottom_shapes[0]

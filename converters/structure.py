@@ -21,6 +21,7 @@ def _checked_axis(layer, axis: int, ndim: int) -> int:
 @register("Eltwise")
 class EltwiseConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
+    per_image = True
     @staticmethod
     def _check(layer, bottom_shapes) -> None:
         """EltwiseLayer::LayerSetUp / Reshape (eltwise_layer.cpp): at least two bottoms (MinBottomBlobs), coeff
@@ -60,6 +61,9 @@ def _concat_axis(layer, ndim: int) -> int:
 
 @register("Concat")
 class ConcatConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _concat_axis(layer, len(bottom_shapes[0])) > 0   # along axis 0 it joins batches
+
     def top_shapes(self, layer, bottom_shapes):
         axis = _concat_axis(layer, len(bottom_shapes[0]))
         top = list(bottom_shapes[0])
@@ -87,6 +91,9 @@ def _slice_sizes(layer, shape) -> tuple[int, list[int]]:
 
 @register("Slice")
 class SliceConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _slice_sizes(layer, bottom_shapes[0])[0] > 0   # along axis 0 it parts the batch
+
     def top_shapes(self, layer, bottom_shapes):
         axis, sizes = _slice_sizes(layer, bottom_shapes[0])
         return [tuple(bottom_shapes[0][:axis]) + (n,) + tuple(bottom_shapes[0][axis + 1:]) for n in sizes]
@@ -99,6 +106,7 @@ class SliceConverter(NoParams):
 @register("Split")
 class SplitConverter(SameShape):
     coord_identity = True   # pycaffe coord_map.py PASS_THROUGH_LAYERS
+    per_image = True
     copies_bottom = True    # split_layer.cpp: each top a copy of the one bottom (what insert_splits.cpp inserts)
 
     def build(self, layer, bottom_shapes):
@@ -116,6 +124,9 @@ def _flatten_axes(layer, ndim: int) -> tuple[int, int]:
 
 @register("Flatten")
 class FlattenConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _flatten_axes(layer, len(bottom_shapes[0]))[0] > 0   # from axis 0 it merges the batch
+
     def top_shapes(self, layer, bottom_shapes):
         b0 = bottom_shapes[0]
         a, e = _flatten_axes(layer, len(b0))
@@ -133,6 +144,12 @@ def _reshape_range(p, ndim: int) -> tuple[int, int | None]:
 
 @register("Reshape")
 class ReshapeConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        """Axis 0 kept: the reshaped range starts after it, or at it with a first dim of 0 (a copy)."""
+        p = layer.reshape_param
+        start, end = _reshape_range(p, len(bottom_shapes[0]))
+        return start > 0 or (end != 0 and len(p.shape.dim) > 0 and p.shape.dim[0] == 0)
+
     def top_shapes(self, layer, bottom_shapes):
         """Caffe ReshapeLayer::Reshape: 0 copies a dim, one -1 is inferred from the count."""
         bottom = tuple(bottom_shapes[0])
@@ -155,6 +172,9 @@ class ReshapeConverter(NoParams):
 @register("Crop")
 class CropConverter(NoParams):
     coord_bottoms = 1   # coord_map.py: only the cropped bottom maps; the second gives the size
+
+    def images_apart(self, layer, bottom_shapes):
+        return canonical_axis(layer.crop_param.axis, len(bottom_shapes[0])) > 0   # from axis 0 it crops the batch
 
     def coord_map(self, layer):
         """pycaffe coord_map.py: a crop shifts coordinates by its offsets, from the axis before ``axis``."""
@@ -183,6 +203,9 @@ def _permute_order(layer, ndim: int) -> list[int]:
 
 @register("Permute")
 class PermuteConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _permute_order(layer, len(bottom_shapes[0]))[0] == 0   # the batch stays first
+
     def top_shapes(self, layer, bottom_shapes):
         b0 = bottom_shapes[0]
         return [tuple(b0[i] for i in _permute_order(layer, len(b0)))]
@@ -194,6 +217,9 @@ class PermuteConverter(NoParams):
 
 @register("Softmax")
 class SoftmaxConverter(SameShape):
+    def images_apart(self, layer, bottom_shapes):
+        return canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0])) > 0   # over axis 0: the batch
+
     def top_shapes(self, layer, bottom_shapes):
         canonical_axis(layer.softmax_param.axis, len(bottom_shapes[0]))
         return super().top_shapes(layer, bottom_shapes)
@@ -228,6 +254,10 @@ def _argmax_setup(layer, shape) -> tuple[int | None, tuple]:
 
 @register("ArgMax")
 class ArgMaxConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        axis, _ = _argmax_setup(layer, bottom_shapes[0])   # no axis: over each sample's values
+        return axis is None or axis > 0
+
     def top_shapes(self, layer, bottom_shapes):
         return [_argmax_setup(layer, bottom_shapes[0])[1]]
 
@@ -240,6 +270,7 @@ class ArgMaxConverter(NoParams):
 
 @register("Silence")
 class SilenceConverter(NoParams):
+    per_image = True
     training_only = True
     computes_nothing = True     # silence_layer.cpp Forward_cpu does nothing
 
@@ -267,6 +298,9 @@ def _tile_setup(layer, shape) -> tuple[int, int]:
 
 @register("Tile")
 class TileConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _tile_setup(layer, bottom_shapes[0])[0] > 0   # along axis 0 it repeats the batch
+
     def top_shapes(self, layer, bottom_shapes):
         axis, tiles = _tile_setup(layer, bottom_shapes[0])
         top = list(bottom_shapes[0])
@@ -295,6 +329,9 @@ def _reduction_setup(layer, shape) -> tuple[str, int, float]:
 
 @register("Reduction")
 class ReductionConverter(NoParams):
+    def images_apart(self, layer, bottom_shapes):
+        return _reduction_setup(layer, bottom_shapes[0])[1] > 0   # from axis 0 (the default) over the batch
+
     def top_shapes(self, layer, bottom_shapes):
         _, axis, _ = _reduction_setup(layer, bottom_shapes[0])
         return [tuple(bottom_shapes[0][:axis])]     # the axes before the reduced one; () for axis 0

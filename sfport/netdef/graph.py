@@ -47,6 +47,24 @@ class NetGraph:
         raise KeyError(name)
 
 
+def images_apart(graph: NetGraph) -> bool:
+    """Whether the net, at inference, computes each image of a batch from that image alone: every blob has the
+    inputs' batch on axis 0 and every layer's converter says so of its parameters (Converter.images_apart; a
+    type whose converter does not say, or a layer that mixes images, as a Softmax over axis 0 or a BatchNorm of
+    the batch's own statistics, makes it False). Such a batch may run in parts, the parts' tops joined."""
+    batches = {s[0] if s else None for s in graph.inputs.values()}
+    if len(batches) != 1 or None in batches:
+        return False
+    n = batches.pop()
+    for gl in graph.layers:
+        if any(not s or s[0] != n for s in list(gl.bottom_shapes) + list(gl.top_shapes)):
+            return False
+        converter = converters.find_for(gl.param)
+        if converter is None or not converter.images_apart(gl.param, gl.bottom_shapes):
+            return False
+    return True
+
+
 def loss_weights(layer, path=None) -> list[float]:
     """Per-top loss weights as Caffe's Layer::SetLossWeights: explicit ``loss_weight`` (one per top), else 1 for
     the first top of a loss layer and 0 elsewhere."""
