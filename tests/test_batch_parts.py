@@ -1,7 +1,6 @@
 """A batch run in parts: which nets compute each image on its own (sfport.netdef.graph.images_apart, each
 converter's images_apart), against what the nets do (each image run alone against the whole batch), and the
-Runner's eager net on the CPU running a batch in parts that fit the cache, against the plain net on the whole
-batch."""
+Runner on the CPU running a batch in parts that fit the cache, against the plain net on the whole batch."""
 import numpy as np
 import pytest
 
@@ -76,13 +75,20 @@ def _cache_of(monkeypatch, nbytes):
     monkeypatch.setattr(backend_mod, "last_level_cache", lambda: nbytes)
 
 
-def _calls(runner):
-    sizes, real = [], runner.net.module.run
-    runner.net.module.run = lambda inputs: sizes.append(len(next(iter(inputs.values())))) or real(inputs)
+def _calls(runner, monkeypatch):
+    """The batch size of each run of the runner's backend: its eager net's, or onnxruntime's session's."""
+    sizes = []
+    if runner.backend == "torch":
+        real = runner.net.module.run
+        runner.net.module.run = lambda inputs: sizes.append(len(next(iter(inputs.values())))) or real(inputs)
+    else:
+        real = backend_mod.run_session
+        monkeypatch.setattr(backend_mod, "run_session", lambda s, o, i, x: sizes.append(len(x)) or real(s, o, i, x))
     return sizes
 
 
-def test_the_eager_runner_runs_a_batch_in_even_parts_that_fit_the_cache(monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_runner_runs_a_batch_in_even_parts_that_fit_the_cache(monkeypatch, backend):
     """The largest layer, PReLU on 8 x 24 x 20, holds 2 x 3,840 floats an image: 30,720 bytes; a 100,000-byte cache
     takes 3 images, and 8 run as 3 + 3 + 2, the outputs those of the plain net on the whole batch."""
     body = (layer("c", "Convolution", ["data"], ["c"], CONV) + layer("r", "PReLU", ["c"], ["r"])
@@ -90,9 +96,9 @@ def test_the_eager_runner_runs_a_batch_in_even_parts_that_fit_the_cache(monkeypa
             + layer("f", "InnerProduct", ["p"], ["f"], "inner_product_param { num_output: 5 }"))
     m = _net(body, (1, 3, 24, 20))
     _cache_of(monkeypatch, 100_000)
-    runner = Runner(Net(m), ["f"], backend="torch")
-    assert runner.part == 3
-    sizes = _calls(runner)
+    runner = Runner(Net(m), ["f"], backend=backend)
+    assert runner.part == 3 and runner.backend == backend
+    sizes = _calls(runner, monkeypatch)
     x = np.random.default_rng(4).uniform(-1, 1, (8, 3, 24, 20)).astype(np.float32)
     got = runner(x)["f"]
     assert sizes == [3, 3, 2]
@@ -112,7 +118,7 @@ def test_a_net_that_mixes_images_runs_its_batch_whole(monkeypatch):
     _cache_of(monkeypatch, 10_000)
     runner = Runner(Net(m), ["s"], backend="torch")
     assert runner.part is None
-    sizes = _calls(runner)
+    sizes = _calls(runner, monkeypatch)
     x = np.random.default_rng(5).uniform(-1, 1, (8, 3, 24, 20)).astype(np.float32)
     got = runner(x)["s"]
     assert sizes == [8]

@@ -11,7 +11,7 @@ counted, as ``compare``'s four) runs eagerly under ``auto``: the export and its 
 net takes for the whole job. ``openvino``, ``onnxruntime`` and ``torch`` choose; a device other than the CPU runs
 eagerly there. Only the outputs are kept: each blob is freed after its last reader. onnxruntime is handed the
 export with its PReLUs in kernels it runs faster (:func:`for_onnxruntime`), checked once more against the eager
-net. The eager net on the CPU runs a batch in parts that keep its largest layer's blobs in the CPU's cache
+net. On the CPU a batch runs in parts that keep the net's largest layer's blobs in the CPU's cache
 (:func:`images_per_part`), where every layer computes each image on its own.
 
 Measured on a 2-core AMD EPYC (bench/bench_forward.py): OpenVINO's CPU plugin runs SphereFace-20 1.27-1.37x and
@@ -223,13 +223,13 @@ def last_level_cache() -> int:
 
 
 def images_per_part(graph) -> int | None:
-    """How many images the eager net runs at once on the CPU: as many as keep the bottoms and tops of its
-    largest layer (float32) within the last-level cache, at least one; None where the net does not compute each
-    image on its own (:func:`sfport.netdef.graph.images_apart`) and a batch must run whole. A layer's output
-    then stays in the cache for the next one instead of a trip through memory: MobileFaceNet's eager net at
-    batch 64 ran 1.76x as fast in parts of 8 (290 against 165 img/s; its largest layer 2.4 MB an image),
-    SphereFace-20's 1.11x in parts of 32 (62 against 56; 1.4 MB an image), with a 32 MiB L3 on a 2-core AMD
-    EPYC. The parts are as even as their number allows (64 in parts of at most 10: 7 parts of 9 or 10). An
+    """How many images the Runner runs at once on the CPU, on any backend: as many as keep the bottoms and tops
+    of the net's largest layer (float32) within the last-level cache, at least one; None where the net does not
+    compute each image on its own (:func:`sfport.netdef.graph.images_apart`) and a batch must run whole. A
+    layer's output then stays in the cache for the next one instead of a trip through memory. MobileFaceNet at
+    batch 64 (its largest layer 3.2 MB an image: parts of 10 with a 32 MiB L3, 2-core AMD EPYC): the optimized
+    eager net 2.0x as fast (253.5 against 125.8 img/s, the same process alternating), OpenVINO 1.18x (305
+    against 259), onnxruntime within the noise; SphereFace-20 (parts of 16) within 1-4% on each. The parts are as even as their number allows (64 in parts of at most 10: 7 parts of 9 or 10). An
     image's numbers may differ in the last bits between part sizes, as between batch sizes (the kernels block
     their work by its size)."""
     if not images_apart(graph):
@@ -277,7 +277,7 @@ class Runner:
         if device == "cpu":
             prepack_convolutions(self.net)
         self.device = device
-        self.part = images_per_part(self.net.graph) if device == "cpu" else None   # the eager net's parts
+        self.part = images_per_part(self.net.graph) if device == "cpu" else None   # a batch's parts
         self.input = next(iter(self.net.inputs))
         self.outputs = list(outputs) if outputs is not None else list(self.net.outputs)
         path = path or net.path
@@ -372,16 +372,16 @@ class Runner:
 
     def _eager(self, x) -> dict[str, np.ndarray]:
         x = torch.as_tensor(x)
-        if self.part is not None and len(x) > self.part:
-            size = -(-len(x) // -(-len(x) // self.part))   # as even as ceil(len / part) parts can be
-            parts = [self._eager(x[i:i + size]) for i in range(0, len(x), size)]
-            return {o: np.concatenate([p[o] for p in parts]) for o in self.outputs}
         with torch.inference_mode():   # no autograd bookkeeping at all (a few % at batch 1 over no_grad)
             blobs = self.net.module.run({self.input: x.to(self.device)})
         final = self.net.graph.final
         return {o: blobs[final[o]].float().cpu().numpy() for o in self.outputs}
 
     def __call__(self, x) -> dict[str, np.ndarray]:
+        if self.part is not None and len(x) > self.part:
+            size = -(-len(x) // -(-len(x) // self.part))   # as even as ceil(len / part) parts can be
+            parts = [self(x[i:i + size]) for i in range(0, len(x), size)]
+            return {o: np.concatenate([p[o] for p in parts]) for o in self.outputs}
         session = self._choose()[1]
         if isinstance(session, OpenVINO):
             return session.run(self.outputs, self.input, x)
