@@ -125,3 +125,43 @@ def test_roles_are_declared_by_the_converters():
     assert converters.is_loss("EuclideanLoss") and not converters.is_loss("Accuracy")
     assert converters.is_training_only("Accuracy") and converters.is_training_only("Silence")
     assert converters.is_training_only("HDF5Output") and not converters.is_training_only("Convolution")
+
+
+APART = sorted(t for t in CASES if converters.get(t).images_apart(*_layer(t)))
+
+
+def test_the_types_that_compute_each_image_alone():
+    """The usual layers of a feature or classification net say so (a batch of theirs may run in parts); losses,
+    detection, recurrent and batch-reordering layers do not."""
+    assert {"Convolution", "Deconvolution", "InnerProduct", "Pooling", "PReLU", "ReLU", "BatchNorm", "Scale", "Eltwise",
+            "Concat", "Softmax", "Flatten", "Reshape", "LRN", "MVN", "Normalize", "Split", "Dropout"} <= set(APART)
+    assert not {"SoftmaxWithLoss", "Accuracy", "DetectionOutput", "PriorBox", "LSTM", "BatchReindex", "Filter",
+                "Parameter", "ROIPooling", "Proposal", "MarginInnerProduct"} & set(APART)
+
+
+@pytest.mark.parametrize("t", APART)
+def test_a_type_that_computes_each_image_alone_does(t):
+    """Row n of each top, the module run on the case's whole batch, is what the same module's blobs give for image
+    n alone (a module built for a batch of one), in eval mode, within 1e-6 relative."""
+    layer, bottoms = _layer(t)
+    c = converters.get(t)
+    n = bottoms[0][0]
+    assert n >= 2 and all(s[0] == n for s in bottoms)
+    module = c.build(layer, bottoms)
+    blobs = c.random_blobs(layer, c.param_shapes(layer, bottoms), np.random.default_rng(0))
+    c.load(module, blobs)
+    module.eval()
+    inputs = _inputs(layer, bottoms)
+    with torch.no_grad():
+        whole = module(*inputs)
+        whole = (whole,) if isinstance(whole, torch.Tensor) else tuple(whole)
+        one = [(1,) + tuple(s[1:]) for s in bottoms]
+        alone_module = c.build(layer, one)
+        c.load(alone_module, blobs)
+        alone_module.eval()
+        for i in range(n):
+            alone = alone_module(*[x[i:i + 1] for x in inputs])
+            alone = (alone,) if isinstance(alone, torch.Tensor) else tuple(alone)
+            for w, a in zip(whole, alone):
+                assert w.shape[0] == n and tuple(w.shape[1:]) == tuple(a.shape[1:])
+                assert (w[i] - a[0]).abs().max() <= 1e-6 * max(1.0, float(a.abs().max()))
