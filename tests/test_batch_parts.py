@@ -109,6 +109,7 @@ def test_the_runner_runs_a_batch_in_even_parts_that_fit_the_cache(monkeypatch, b
     sizes.clear()
     runner(x[:3])
     assert sizes == [3]
+    assert Runner(Net(m), ["f"], backend=backend, any_size=True).part is None   # other sizes: whole batches
 
 
 def test_a_net_that_mixes_images_runs_its_batch_whole(monkeypatch):

@@ -229,9 +229,10 @@ def images_per_part(graph) -> int | None:
     layer's output then stays in the cache for the next one instead of a trip through memory. MobileFaceNet at
     batch 64 (its largest layer 3.2 MB an image: parts of 10 with a 32 MiB L3, 2-core AMD EPYC): the optimized
     eager net 2.0x as fast (253.5 against 125.8 img/s, the same process alternating), OpenVINO 1.18x (305
-    against 259), onnxruntime within the noise; SphereFace-20 (parts of 16) within 1-4% on each. The parts are as even as their number allows (64 in parts of at most 10: 7 parts of 9 or 10). An
-    image's numbers may differ in the last bits between part sizes, as between batch sizes (the kernels block
-    their work by its size)."""
+    against 259), onnxruntime within the noise; SphereFace-20 (parts of 16) within 1-4% on each. The parts are
+    as even as their number allows (64 in parts of at most 10: 7 parts of 9 or 10). An image's numbers may
+    differ in the last bits between part sizes, as between batch sizes (the kernels block their work by its
+    size). The sizes are the graph's: a Runner fed other image sizes (``any_size``) runs its batches whole."""
     if not images_apart(graph):
         return None
     per_image = max((sum(int(np.prod(s[1:])) for s in list(gl.bottom_shapes) + list(gl.top_shapes))
@@ -277,7 +278,7 @@ class Runner:
         if device == "cpu":
             prepack_convolutions(self.net)
         self.device = device
-        self.part = images_per_part(self.net.graph) if device == "cpu" else None   # a batch's parts
+        self.part = images_per_part(self.net.graph) if device == "cpu" and not any_size else None
         self.input = next(iter(self.net.inputs))
         self.outputs = list(outputs) if outputs is not None else list(self.net.outputs)
         path = path or net.path
