@@ -29,6 +29,11 @@ class GraphLayer:
     loss_weights: list[float] = field(default_factory=list)           # per top (Caffe's loss_weight)
     param_shapes: list | None = None  # the parameter blobs' shapes the converter states (None: it does not say)
 
+    @property
+    def blob_shapes(self) -> list:
+        """The shapes of its bottoms, then its tops."""
+        return list(self.bottom_shapes) + list(self.top_shapes)
+
 
 @dataclass
 class NetGraph:
@@ -57,7 +62,7 @@ def images_apart(graph: NetGraph) -> bool:
         return False
     n = batches.pop()
     for gl in graph.layers:
-        if any(not s or s[0] != n for s in list(gl.bottom_shapes) + list(gl.top_shapes)):
+        if any(not s or s[0] != n for s in gl.blob_shapes):
             return False
         converter = converters.find_for(gl.param)
         if converter is None or not converter.images_apart(gl.param, gl.bottom_shapes):

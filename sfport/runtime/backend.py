@@ -235,8 +235,7 @@ def images_per_part(graph) -> int | None:
     size). The sizes are the graph's: a Runner fed other image sizes (``any_size``) runs its batches whole."""
     if not images_apart(graph):
         return None
-    per_image = max((sum(int(np.prod(s[1:])) for s in list(gl.bottom_shapes) + list(gl.top_shapes))
-                     for gl in graph.layers), default=0) * 4
+    per_image = max((sum(int(np.prod(s[1:])) for s in gl.blob_shapes) for gl in graph.layers), default=0) * 4
     return max(1, last_level_cache() // per_image) if per_image else None
 
 

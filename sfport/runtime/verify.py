@@ -256,9 +256,10 @@ def failure_text(check: BlobCheck) -> str:
 
 def format_table(checks: list[BlobCheck]) -> str:
     head = ("blob", "shape", "max|ref|", "max abs err", "rel err", "cosine", "")
-    rows = [(c.name, "x".join(map(str, c.shape)) + ("" if c.our_shape is None else f" (sfport {shape_text(c.our_shape)})"),
-             f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}", f"{c.cosine:.8f}", "ok" if c.ok else "FAIL")
-            for c in checks]
+    rows = [(c.name, "x".join(map(str, c.shape))   # a scalar's cell stays empty here; shape_text names it
+             + ("" if c.our_shape is None else f" (sfport {shape_text(c.our_shape)})"),
+             f"{c.max_ref:.4g}", f"{c.max_abs_err:.3e}", f"{c.rel_err:.3e}", f"{c.cosine:.8f}",
+             "ok" if c.ok else "FAIL") for c in checks]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) if i in (0, 1, 6) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
