@@ -192,26 +192,28 @@ class Converter:
         return math.prod(weight_shape[1:])
 
     def params(self, module: nn.Module) -> list[nn.Parameter]:
-        return [getattr(module, name) for name in getattr(module, "caffe_blobs", ())]
+        own = module._parameters   # most blobs are parameters: read directly, not through nn.Module.__getattr__
+        return [own[name] if name in own else getattr(module, name) for name in getattr(module, "caffe_blobs", ())]
 
     def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
         """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
         (:func:`sfport.netdef.weight_match.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
+        import torch
         params = self.params(module)
         if len(arrays) != len(params):
             raise ValueError(f"{len(arrays)} blobs for the layer's {len(params)} parameters")
-        for j, (p, a) in enumerate(zip(params, arrays)):
-            stored, need = tuple(np.shape(a)), tuple(p.shape)
+        shapes = [a.shape if isinstance(a, np.ndarray) else np.shape(a) for a in arrays]
+        for j, (p, stored) in enumerate(zip(params, shapes)):
+            need = tuple(p.shape)
             if stored != need and stored != (1,) * (len(stored) - len(need)) + need:  # Blob::ShapeEquals
                 raise ValueError(f"blob {j} has shape {list(stored)}, the layer needs {list(need)}")
-        import torch
-        with torch.no_grad():
-            for p, a in zip(params, arrays):
-                if p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
-                    # one copy, straight from the file's bytes into the parameter's memory (a model of a few
-                    # hundred blobs loads 4x faster than through a tensor made from them)
-                    np.copyto(p.detach().numpy().reshape(np.shape(a)), a, casting="same_kind")
-                else:
+        for p, a, stored in zip(params, arrays, shapes):
+            if p.dtype is torch.float32 and p.device.type == "cpu" and p.is_contiguous():
+                # one copy, straight from the file's bytes into the parameter's memory (a model of a few hundred
+                # blobs loads 4x faster than through a tensor made from them); outside autograd, as numpy
+                np.copyto(p.detach().numpy().reshape(stored), a, casting="same_kind")
+            else:
+                with torch.no_grad():
                     p.copy_(torch.tensor(np.asarray(a, dtype=np.float32)).reshape(p.shape))
 
     def save(self, module: nn.Module) -> list[np.ndarray]:

@@ -314,7 +314,7 @@ def blob_count(shape) -> int:
     dims = [int(d) for d in shape]
     if len(dims) > MAX_BLOB_AXES:
         raise ValueError(f"blob shape has {len(dims):,} axes (Caffe's limit is {MAX_BLOB_AXES})")
-    if any(d < 0 for d in dims):
+    if dims and min(dims) < 0:
         raise ValueError(f"negative dimension in blob shape {dims}")
     count = math.prod(dims)
     if count > INT_MAX:

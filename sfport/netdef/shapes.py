@@ -72,10 +72,10 @@ def check_blob_shape(layer, what, shape, empty_ok: bool = True) -> None:
     try:
         caffe_files.blob_count(dims)
     except ValueError as e:
-        hint = " (the kernel or window does not fit the input?)" if any(d < 0 for d in dims) else ""
+        hint = " (the kernel or window does not fit the input?)" if dims and min(dims) < 0 else ""
         raise CaffeFileError(None, about_layer(layer, f"{what()} would have the shape {dims if len(dims) <= 8 else '...'}"
                                                       f": {e}{hint}")) from None
-    if not empty_ok and any(d == 0 for d in dims):
+    if not empty_ok and 0 in dims:
         raise CaffeFileError(None, about_layer(layer, f"{what()} would have the shape {dims}: an empty parameter "
                                                       f"blob (num_output or a size of 0?)"))
 

@@ -44,6 +44,7 @@ class CaffeNet(nn.Module):
         self.layers = nn.ModuleDict()
         self.keys: dict[str, str] = {}
         taken: set = set()
+        built = self.layers._modules   # the ModuleDict's own registry, filled directly below
         for gl in graph.layers:
             converter = conv_registry.get_for(gl.param)
             if any(s is None for s in gl.bottom_shapes):
@@ -57,11 +58,11 @@ class CaffeNet(nn.Module):
             self.keys[gl.name] = key
             # what ModuleDict.__setitem__ (add_module) stores, without its checks (a key from _key passes them;
             # their attribute probe costs as much as building the layer)
-            self.layers._modules[key] = module
+            built[key] = module
         for gl in graph.layers:  # shared parameters: one owner's nn.Parameter everywhere
-            module = self.layers[self.keys[gl.name]]
+            module = built[self.keys[gl.name]]
             for j, (owner, oj) in gl.shared.items():
-                owner_module = self.layers[self.keys[owner]]
+                owner_module = built[self.keys[owner]]
                 name = module.caffe_blobs[j]
                 owner_param = getattr(owner_module, owner_module.caffe_blobs[oj])
                 if getattr(module, name).shape != owner_param.shape:
@@ -70,7 +71,9 @@ class CaffeNet(nn.Module):
                                                f"{list(owner_param.shape)}")
                 setattr(module, name, owner_param)
         for gl in graph.layers:  # lr_mult 0: no gradient at all (Caffe's param_propagate_down false)
-            module = self.layers[self.keys[gl.name]]
+            if not gl.param.param:
+                continue
+            module = built[self.keys[gl.name]]
             for j, spec in enumerate(gl.param.param):
                 if j < len(module.caffe_blobs) and j not in gl.shared and spec.HasField("lr_mult") \
                         and spec.lr_mult == 0:
