@@ -276,8 +276,8 @@ def test_every_fixture_models_optimized_onnx_export_passes_its_check(tmp_path, w
 
 
 def test_the_runners_dense_convolutions_take_their_weights_reordered_once():
-    # Runner's own optimized net (what --backend torch and eval's eager path run) of dense convolutions: each one
-    # past a first layer of 3 channels runs oneDNN's convolution on a weight reordered once; the same values as the
+    # Runner's own optimized net (what --backend torch and eval's eager path run) of dense convolutions: each one,
+    # the first layer's of 3 channels too, runs oneDNN's convolution on a weight reordered once; the same values as the
     # plain net at batches below and above the NHWC switch, a changed weight reordered again, and never kept in
     # a copy or an export
     import copy
@@ -290,7 +290,7 @@ def test_the_runners_dense_convolutions_take_their_weights_reordered_once():
     plain = Net(m)
     runner = Runner(Net(m), ["s"], backend="torch")
     mods = {gl.name: runner.net.module.module_of(gl.name) for gl in runner.net.graph.layers}
-    assert [k for k, v in mods.items() if getattr(v, "prepacked", False)] == ["c2", "c3"]
+    assert [k for k, v in mods.items() if getattr(v, "prepacked", False)] == ["c1", "c2", "c3"]
     for n in (1, 4, 16, 20):
         x = np.random.default_rng(n).uniform(-1, 1, (n, 3, 12, 10)).astype(np.float32)
         want = plain.forward(data=x)["s"].detach().numpy()

@@ -243,15 +243,17 @@ def prepack_convolutions(net) -> int:
     """Have the dense 2-D convolutions of an optimized net of dense convolutions (SphereFace's; not one with
     grouped ones, as MobileFaceNet's depthwise, which run NHWC and are slower so) run on the CPU with their
     weights reordered once into oneDNN's layout (CaffeConv.prepacked): SphereFace-20's eager forward 1.08-1.12x
-    at batch 1, 1.05-1.07x at 64. Not a first layer's few input channels (no faster, and its NHWC output would be
-    copied back for the NCHW layers after it). Only the Runner's own net: it is never trained or changed
-    in place. Returns how many."""
+    at batch 1, 1.05-1.07x at 64. The first layer's too, though it has 3 input channels: its top then comes out
+    NHWC as the next layers take it, where an NCHW one was copied twice at batch 1 (into the next convolution and
+    beside the NHWC top of the residual sum: 2 x 194 us of SphereFace-20's 64 x 56 x 48) and the sum took 270
+    us, not 123; the forward at batch 1 19.17 against 19.47 ms (the best of 8 alternating rounds), the same at
+    batch 64, the same numbers. Only the Runner's own net: it is never trained or changed in place. Returns how
+    many."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return 0
     if net.module.channels_last_from == 0:   # the optimized net's mark of grouped convolutions (NHWC throughout)
         return 0
-    chosen = [m for m in net.module.modules() if hasattr(m, "prepacked") and m.nd == 2 and not m.transpose
-              and m.weight.shape[1] >= 16]
+    chosen = [m for m in net.module.modules() if hasattr(m, "prepacked") and m.nd == 2 and not m.transpose]
     for m in chosen:
         m.prepacked = True
     return len(chosen)
