@@ -112,6 +112,45 @@ def test_the_runner_runs_a_batch_in_even_parts_that_fit_the_cache(monkeypatch, b
     assert Runner(Net(m), ["f"], backend=backend, any_size=True).part is None   # other sizes: whole batches
 
 
+def test_openvino_runs_a_batchs_parts_at_once_where_that_compilation_agrees(monkeypatch):
+    """On OpenVINO the parts of a batch run at once on a second compilation (one stream each), checked once against
+    the eager net; the outputs those of the plain net on the whole batch. A compilation that disagrees is let go
+    and the parts run one after another on the first."""
+    pytest.importorskip("openvino")
+    body = (layer("c", "Convolution", ["data"], ["c"], CONV) + layer("r", "PReLU", ["c"], ["r"])
+            + layer("f", "InnerProduct", ["r"], ["f"], "inner_product_param { num_output: 5 }"))
+    m = _net(body, (1, 3, 24, 20))
+    _cache_of(monkeypatch, 100_000)
+    x = np.random.default_rng(6).uniform(-1, 1, (8, 3, 24, 20)).astype(np.float32)
+    want = Net(m, input_shapes={"data": x.shape}).forward(data=x)["f"].detach().numpy()
+    runner = Runner(Net(m), ["f"], backend="openvino")
+    assert runner.part == 3
+    at_once, one = [], []
+    run_parts, run = backend_mod.OpenVINO.run_parts, backend_mod.OpenVINO.run
+    monkeypatch.setattr(backend_mod.OpenVINO, "run_parts",
+                        lambda self, o, i, parts: at_once.append([len(p) for p in parts]) or run_parts(self, o, i, parts))
+    monkeypatch.setattr(backend_mod.OpenVINO, "run", lambda self, o, i, x: one.append(len(x)) or run(self, o, i, x))
+    got = runner(x)["f"]
+    assert at_once == [[1], [3, 3, 2]] and one == []    # the check batch of one, then the parts
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    assert runner.session._streams is not None
+    at_once.clear()
+    runner(x[:3])            # one part: the first compilation
+    assert at_once == [] and one == [3]
+
+    def off(self, o, i, parts):   # a compilation whose numbers are off
+        return [{k: v + 1e-3 for k, v in out.items()} for out in run_parts(self, o, i, parts)]
+
+    monkeypatch.setattr(backend_mod.OpenVINO, "run_parts", off)
+    runner = Runner(Net(m), ["f"], backend="openvino")   # (its first compilation checked on a batch of one)
+    one.clear()
+    got = runner(x)["f"]
+    assert runner.session._streams is None and one == [3, 3, 2]
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    runner(x)
+    assert one == [3, 3, 2] * 2   # never asked again
+
+
 def test_a_net_that_mixes_images_runs_its_batch_whole(monkeypatch):
     body = (layer("c", "Convolution", ["data"], ["c"], CONV)
             + layer("s", "Softmax", ["c"], ["s"], "softmax_param { axis: 0 }"))
