@@ -195,7 +195,7 @@ class OpenVINO:
             except Exception as e:  # noqa: BLE001 - whatever OpenVINO cannot take
                 raise CaffeFileError(path, f"openvino cannot compile it: {str(e).strip().splitlines()[0]}") from None
             self.request = self.compiled.create_infer_request()
-        self._streams = None   # (model, request queue) compiled for several parts at once, at run_parts' first call
+        self._streams = None   # (compiled model, request queue) for several parts at once: run_parts' first call
 
     def run(self, outputs: list[str], input_name: str, x) -> dict[str, np.ndarray]:
         with _own_signal_stack():
@@ -205,10 +205,12 @@ class OpenVINO:
     def run_parts(self, outputs: list[str], input_name: str, parts: list) -> list[dict[str, np.ndarray]]:
         """:meth:`run` of each part, the parts run at once, each on a stream of its own: a second compilation of
         the model, PERFORMANCE_HINT THROUGHPUT (one thread a stream here), made at the first call. SphereFace-20
-        at batch 128 in parts of 16 on the 2-core AMD EPYC: 65.3 against 64.1 img/s (medians of 8 alternating
-        rounds) for the LATENCY model's two threads on one part after another, the same numbers. It holds its
-        own copy of the weights and its streams' buffers (158 MB more for SphereFace-20): the Runner compiles
-        it only for a batch of several parts, and checks it as it checks the first (:meth:`Runner._parts`)."""
+        at batch 128 in parts of 16 on the 2-core AMD EPYC: 65.7 against 63.8 img/s (medians of 8 alternating
+        rounds) for the LATENCY model's two threads on one part after another, the same numbers (MobileFaceNet:
+        the same rate). It holds its
+        own copy of the weights and its streams' buffers (158 MB more for SphereFace-20; compiled in 0.13 s,
+        the model already read): the Runner compiles it only for a batch of several parts, and checks it as it
+        checks the first (:meth:`Runner._parts`)."""
         with _own_signal_stack():
             if self._streams is None:
                 compiled = self._core.compile_model(self._model, "CPU", {**_F32, "PERFORMANCE_HINT": "THROUGHPUT"})
