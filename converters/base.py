@@ -197,7 +197,8 @@ class Converter:
 
     def load(self, module: nn.Module, arrays: list[np.ndarray]) -> None:
         """Copy Caffe blobs into the module's parameters. The caller has checked them with Caffe's rule
-        (:func:`sfport.netdef.weight_match.blob_fits`); a legacy 4-D blob padded with leading 1s takes the parameter's shape."""
+        (:func:`sfport.netdef.weight_match.blob_fits`); a legacy 4-D blob padded with leading 1s takes the
+        parameter's shape."""
         import torch
         params = self.params(module)
         if len(arrays) != len(params):

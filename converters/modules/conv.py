@@ -112,8 +112,9 @@ def _pointwise_one(x, w, bias):
     """A 1x1 convolution (stride 1, no padding, one group) of a batch of one float32 NCHW or NHWC image on the
     CPU at inference as the one matrix product it is, W (out x in) times the image's in x (h * w) pixels (NHWC:
     pixels x in times W transposed), the output in the input's layout; None where the input is neither.
-    oneDNN's set-up dominates a call this small: MobileFaceNet's 1x1 convolutions at batch 1, NHWC, 5-28% faster (318 against 295 us at 64 x 56 x 56 -> 128, 78 against 56 at 512 x 7 x 7 -> 128), NCHW
-    1.5-4x (2-core AMD EPYC, PyTorch 2.13); at batch 64 it is no faster, so a batch of one only, and a prepacked
+    oneDNN's set-up dominates a call this small: MobileFaceNet's 1x1 convolutions at batch 1, NHWC, 5-28% faster
+    (318 against 295 us at 64 x 56 x 56 -> 128, 78 against 56 at 512 x 7 x 7 -> 128), NCHW 1.5-4x (2-core AMD
+    EPYC, PyTorch 2.13); at batch 64 it is no faster, so a batch of one only, and a prepacked
     convolution keeps oneDNN (as fast at these sizes). The same sums in another order (the tests: within 1e-5
     relative of F.conv2d). Never while traced, scripted or exported (the caller checks)."""
     if not _cpu_float32_images(x, w) or x.shape[0] != 1:

@@ -207,10 +207,9 @@ class OpenVINO:
         the model, PERFORMANCE_HINT THROUGHPUT (one thread a stream here), made at the first call. SphereFace-20
         at batch 128 in parts of 16 on the 2-core AMD EPYC: 65.7 against 63.8 img/s (medians of 8 alternating
         rounds) for the LATENCY model's two threads on one part after another, the same numbers (MobileFaceNet:
-        the same rate). It holds its
-        own copy of the weights and its streams' buffers (158 MB more for SphereFace-20; compiled in 0.13 s,
-        the model already read): the Runner compiles it only for a batch of several parts, and checks it as it
-        checks the first (:meth:`Runner._parts`)."""
+        the same rate). It holds its own copy of the weights and its streams' buffers (158 MB more for
+        SphereFace-20; compiled in 0.13 s, the model already read): the Runner compiles it only for a batch of
+        several parts, and checks it as it checks the first (:meth:`Runner._parts`)."""
         with _own_signal_stack():
             if self._streams is None:
                 compiled = self._core.compile_model(self._model, "CPU", {**_F32, "PERFORMANCE_HINT": "THROUGHPUT"})
@@ -380,6 +379,13 @@ class Runner:
         """The seeded batch of one at the net's input size that a backend's result is checked on."""
         return export._inputs(self.net, {self.input: self.net.inputs[self.input]}, 1, 0)[0].numpy()
 
+    def _disagreement(self, run) -> float:
+        """The worst relative error (relative above 1) of ``run``'s outputs (input -> {output: array}) against the
+        eager net's on the check batch: every backend and compilation is taken only where it is within 1e-5."""
+        x = self._check_input()
+        got, want = run(x), self._eager(x)
+        return max(relative_error(got[o].reshape(want[o].shape), want[o]) for o in self.outputs)
+
     def _openvino(self, data: bytes, path, required: bool):
         """The OpenVINO model of the export where it compiles and agrees with the eager net (1e-5, relative above
         1) on the check batch; else None (``required``: one line saying why)."""
@@ -389,9 +395,7 @@ class Runner:
             if required:
                 raise
             return None
-        x = self._check_input()
-        got, want = model.run(self.outputs, self.input, x), self._eager(x)
-        worst = max(relative_error(got[o].reshape(want[o].shape), want[o]) for o in self.outputs)
+        worst = self._disagreement(lambda x: model.run(self.outputs, self.input, x))
         if worst <= 1e-5:
             return model
         if required:
@@ -406,9 +410,7 @@ class Runner:
         if fast is data:
             return session(data, path)
         sess = session(fast, path)
-        x = self._check_input()
-        got, want = run_session(sess, self.outputs, self.input, x), self._eager(x)
-        if all(relative_error(got[o].reshape(want[o].shape), want[o]) <= 1e-5 for o in self.outputs):
+        if self._disagreement(lambda x: run_session(sess, self.outputs, self.input, x)) <= 1e-5:
             return sess
         return session(data, path)
 
@@ -425,10 +427,8 @@ class Runner:
         let go and never asked again); else one after another."""
         if isinstance(session, OpenVINO) and self._parts_at_once is not False:
             if self._parts_at_once is None:
-                x = self._check_input()
-                got, want = session.run_parts(self.outputs, self.input, [x])[0], self._eager(x)
-                self._parts_at_once = max(relative_error(got[o].reshape(want[o].shape), want[o])
-                                          for o in self.outputs) <= 1e-5
+                self._parts_at_once = self._disagreement(
+                    lambda x: session.run_parts(self.outputs, self.input, [x])[0]) <= 1e-5
                 if not self._parts_at_once:
                     session.drop_parts()
             if self._parts_at_once:
